@@ -1,0 +1,95 @@
+# llem: `make help` lists the targets. Everything here works on a fresh Debian machine.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON      ?= python3
+VENV        ?= .venv
+VERSION     := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -1)
+# Prefer Debian's docker client: the newer one some machines carry needs buildx for builds.
+DOCKER      ?= $(shell [ -x /usr/bin/docker ] && echo /usr/bin/docker || echo docker)
+export DOCKER
+
+# Base of the engine images. The default is built locally (debootstrap + docker import),
+# which needs no registry; set BASE_IMAGE to an official PyTorch CUDA image for GPUs.
+LOCAL_BASE  := llem/base:bookworm
+BASE_IMAGE  ?= $(LOCAL_BASE)
+PYTORCH_IMAGE ?= llem/pytorch:$(VERSION)
+# On the local (CPU) base, torch comes from a local CPU wheel when one is available.
+TORCH_WHEEL ?= $(firstword $(wildcard /opt/wheels/torch-*+cpu-*.whl))
+TORCH_SPEC  ?= $(if $(TORCH_WHEEL),torch==$(word 2,$(subst -, ,$(notdir $(TORCH_WHEEL)))),torch)
+# Extra CA bundle for TLS-intercepting proxies (pip during builds, downloads at run time).
+CA_BUNDLE   ?= $(wildcard /etc/ssl/certs/ca-certificates.crt)
+
+STUDY       ?= examples/quickstart.yaml
+TINY_MODEL  := examples/models/tiny-gpt2
+LLEM        := $(VENV)/bin/llem
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(VENV)/.installed: pyproject.toml images/agent/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+.PHONY: install
+install: $(VENV)/.installed ## Create .venv with llem and the dev tools
+
+.PHONY: docker-engine
+docker-engine: ## Make sure a Docker engine runs (installs and starts one on a fresh Debian machine)
+	@images/tools/ensure-docker.sh
+
+.PHONY: base-image
+base-image: docker-engine ## Build the registry-free Debian base image (only when BASE_IMAGE is the local one)
+ifeq ($(BASE_IMAGE),$(LOCAL_BASE))
+	@CA_BUNDLE="$(CA_BUNDLE)" images/tools/build-base-image.sh $(LOCAL_BASE)
+endif
+
+.PHONY: images
+images: base-image ## Build the engine images from images/ (pytorch)
+	@rm -rf images/.build/wheels images/.build/ca.crt && mkdir -p images/.build/wheels
+	@$(if $(and $(filter $(BASE_IMAGE),$(LOCAL_BASE)),$(TORCH_WHEEL)),cp $(TORCH_WHEEL) images/.build/wheels/)
+	@$(if $(CA_BUNDLE),cp $(CA_BUNDLE) images/.build/ca.crt)
+	DOCKER_BUILDKIT=0 $(DOCKER) build --quiet -f images/pytorch/Dockerfile -t $(PYTORCH_IMAGE) \
+		--build-arg BASE_IMAGE=$(BASE_IMAGE) \
+		$(if $(filter $(BASE_IMAGE),$(LOCAL_BASE)),--build-arg TORCH_SPEC=$(TORCH_SPEC)) \
+		--build-arg LLEM_VERSION=$(VERSION) images/
+	@rm -rf images/.build/wheels images/.build/ca.crt
+
+$(TINY_MODEL)/config.json: | images
+	@mkdir -p $(dir $(TINY_MODEL))
+	$(DOCKER) run --rm --network none --user $$(id -u):$$(id -g) -e HOME=/tmp --entrypoint python \
+		-v $(abspath $(dir $(TINY_MODEL))):/out $(PYTORCH_IMAGE) -m llem_agent.tiny_model /out/tiny-gpt2
+
+.PHONY: tiny-model
+tiny-model: $(TINY_MODEL)/config.json ## Make the tiny random-initialised GPT-2 used by the demo and tests
+
+.PHONY: demo
+demo: install images tiny-model ## Run the demo study (examples/quickstart.yaml) on CPU through real containers
+	$(LLEM) run examples/quickstart.yaml
+
+.PHONY: study
+study: install images ## Run a study: make study STUDY=path/to/study.yaml
+	$(LLEM) run $(STUDY)
+
+.PHONY: lint
+lint: install ## ruff lint + format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+.PHONY: typecheck
+typecheck: install ## mypy --strict on the host package and the agent
+	$(VENV)/bin/mypy
+
+.PHONY: test-unit
+test-unit: install ## Unit tests only (no Docker, no GPU)
+	$(VENV)/bin/pytest -m "not docker and not gpu" -q
+
+.PHONY: test
+test: install lint typecheck images tiny-model ## Everything CI runs: lint, types, unit and docker-tier tests
+	$(VENV)/bin/pytest -q
+
+.PHONY: clean
+clean: ## Remove the venv, caches and build extras (results/ is kept)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache images/.build/wheels images/.build/ca.crt

@@ -1,0 +1,5 @@
+import sys
+
+from llem_agent.main import main
+
+sys.exit(main())

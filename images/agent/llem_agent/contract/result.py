@@ -1,0 +1,134 @@
+"""What the agent writes back: ``result.json`` on success, ``error.json`` on failure.
+
+Units are in every field name. Latencies are seconds, energies joules, memory MiB.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+RESULT_SCHEMA_VERSION = "1.0"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Distribution(_Frozen):
+    """Summary of a sample of values (seconds for latencies). None when the sample is empty."""
+
+    n: int
+    mean: float | None
+    p50: float | None
+    p90: float | None
+    p99: float | None
+    min: float | None
+    max: float | None
+
+
+class PhaseTimings(_Frozen):
+    """Wall time of each agent phase, in seconds.
+
+    ``load_s`` covers importing the engine and loading model and tokenizer; the host uses
+    these to separate its own overhead from the agent's work.
+    """
+
+    load_s: float
+    warmup_s: float
+    measure_s: float
+
+
+class RequestRecord(_Frozen):
+    """One measured request. Token times are seconds since its batch started."""
+
+    index: int
+    input_tokens: int
+    output_tokens: int
+    ttft_s: float | None
+    e2e_latency_s: float
+    token_times_s: list[float]
+
+
+class DeviceEnergy(_Frozen):
+    """Energy of one device over the measured window, from its cumulative counter."""
+
+    index: int
+    name: str
+    energy_j: float
+
+
+class EnergyReport(_Frozen):
+    """Energy over the measured window; ``energy_j`` is None with a reason when unobservable."""
+
+    energy_j: float | None
+    source: Literal["nvml_total_energy"] | None
+    unavailable_reason: str | None = None
+    devices: list[DeviceEnergy] = Field(default_factory=list)
+    j_per_output_token: float | None = None
+
+
+class Throughput(_Frozen):
+    output_tokens_per_s: float
+    total_tokens_per_s: float
+    requests_per_s: float
+
+
+class Latency(_Frozen):
+    ttft_s: Distribution
+    inter_token_s: Distribution
+    e2e_s: Distribution
+
+
+class Memory(_Frozen):
+    """Peak memory: device memory allocated by the engine, and host resident set size."""
+
+    peak_device_mb: float | None
+    peak_host_rss_mb: float
+
+
+class AgentEnvironment(_Frozen):
+    """Facts about the container the run happened in."""
+
+    python: str
+    engine_version: str
+    torch_version: str | None
+    transformers_version: str | None
+    device: str
+    device_names: list[str]
+
+
+class ExperimentResult(_Frozen):
+    """Everything one run measured. Written atomically as ``result.json``."""
+
+    schema_version: str = RESULT_SCHEMA_VERSION
+    run_id: str
+    config_hash: str
+    engine: str
+    model: str
+    effective: dict[str, str | int | float | bool | None] = Field(
+        description="Engine defaults resolved at run time (dtype, batch size, ...)."
+    )
+    n_requests: int
+    n_batches: int
+    input_tokens: int
+    output_tokens: int
+    timings: PhaseTimings
+    throughput: Throughput
+    latency: Latency
+    energy: EnergyReport
+    memory: Memory
+    environment: AgentEnvironment
+    requests: list[RequestRecord]
+
+
+class RunError(_Frozen):
+    """Why a run failed. Written atomically as ``error.json``."""
+
+    schema_version: str = RESULT_SCHEMA_VERSION
+    run_id: str
+    type: str
+    message: str
+    phase: str
+    traceback: str

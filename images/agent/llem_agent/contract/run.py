@@ -1,0 +1,57 @@
+"""The request the host hands one container: ``experiment.json`` in the run directory."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llem_agent.contract.config import ExperimentConfig
+
+# Bumped whenever a change to the contract models would make an older agent misread a
+# newer host (or the reverse).
+CONTRACT_VERSION = "1"
+
+# Paths inside the container; the host mounts to them, the agent reads from them.
+CONTAINER_RUN_DIR = "/llem/run"
+CONTAINER_MODEL_DIR = "/llem/model"
+CONTAINER_HF_HOME = "/llem/hf-cache"
+
+EXPERIMENT_FILE = "experiment.json"
+RESULT_FILE = "result.json"
+ERROR_FILE = "error.json"
+
+
+class RunRequest(BaseModel):
+    """One run of one experiment in one cycle, as the agent receives it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["llem.run_request"] = "llem.run_request"
+    contract_version: str = CONTRACT_VERSION
+    run_id: str
+    study_name: str
+    cycle: int = Field(ge=1)
+    config_hash: str
+    config: ExperimentConfig
+    model_path: str | None = Field(
+        default=None,
+        description="Where the model is mounted in the container; None: load config.model from the hub.",
+    )
+
+
+def canonical_json(data: object) -> str:
+    """Stable JSON text used for hashing: sorted keys, no whitespace."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def config_hash(config: ExperimentConfig) -> str:
+    """16 hex chars of SHA-256 over the canonical explicit config.
+
+    Fields left at None ("the engine's default") are dropped, so adding a new optional
+    field to the schema does not change the identity of existing experiments.
+    """
+    explicit = config.model_dump(mode="json", exclude_none=True)
+    return hashlib.sha256(canonical_json(explicit).encode()).hexdigest()[:16]

@@ -1,0 +1,33 @@
+"""The narrow interface every engine implements; the measurement loop sees only this."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from llem_agent.contract import AgentEnvironment, ExperimentConfig
+from llem_agent.metrics import BatchObservation
+
+
+class Engine(Protocol):
+    """Load once, then generate batches. Everything engine-specific stays behind it."""
+
+    def load(self, config: ExperimentConfig, model_source: str) -> None:
+        """Import the engine's stack and load model and tokenizer."""
+
+    def batch_size(self) -> int:
+        """Effective number of prompts per generate call."""
+
+    def generate(self, prompts: list[str]) -> BatchObservation:
+        """Run one batch; token times are seconds since the call began, synchronised."""
+
+    def synchronize(self) -> None:
+        """Wait until all queued device work has finished."""
+
+    def effective(self) -> dict[str, str | int | float | bool | None]:
+        """The engine defaults this run resolved (dtype, batch size, device...)."""
+
+    def peak_device_memory_mb(self) -> float | None:
+        """Peak device memory allocated since load, or None on CPU."""
+
+    def environment(self) -> AgentEnvironment:
+        """Versions and device facts."""

@@ -1,0 +1,159 @@
+"""PyTorch / Transformers engine: ``model.generate`` over padded batches.
+
+Per-token timestamps come from a streamer: ``generate`` hands it each step's new tokens
+(already copied to the host, so the time is taken after the step really finished). Token
+counts come from token ids: the attention mask for inputs (padding excluded) and the
+generated ids up to and including the first end-of-sequence token for outputs.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from typing import Any
+
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.generation.streamers import BaseStreamer
+
+from llem_agent.contract import AgentEnvironment, ExperimentConfig
+from llem_agent.metrics import BatchObservation
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class _StepClock(BaseStreamer):  # type: ignore[misc]  # torch/transformers are untyped here
+    """Records the wall time at which each generation step's tokens arrived."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        now = time.perf_counter()
+        if not self._prompt_seen:  # generate() first hands over the prompt itself
+            self._prompt_seen = True
+            return
+        self.times.append(now)
+
+    def end(self) -> None:
+        pass
+
+
+def generated_lengths(generated: torch.Tensor, eos_ids: set[int]) -> list[int]:
+    """Tokens each row really generated: up to and including its first EOS, else all."""
+    lengths: list[int] = []
+    for row in generated.tolist():
+        n = len(row)
+        for i, token in enumerate(row):
+            if token in eos_ids:
+                n = i + 1
+                break
+        lengths.append(n)
+    return lengths
+
+
+class PyTorchEngine:
+    """Transformers ``AutoModelForCausalLM`` on one device (CUDA when visible, else CPU)."""
+
+    def __init__(self) -> None:
+        self._config: ExperimentConfig | None = None
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._device = "cpu"
+        self._dtype = "float32"
+        self._eos: set[int] = set()
+
+    def load(self, config: ExperimentConfig, model_source: str) -> None:
+        self._config = config
+        self._device = "cuda" if torch.cuda.is_available() else "cpu"
+        self._dtype = config.dtype or ("bfloat16" if self._device == "cuda" else "float32")
+        torch.manual_seed(config.random_seed)
+        tokenizer = AutoTokenizer.from_pretrained(model_source)
+        tokenizer.padding_side = "left"  # decoder-only: new tokens follow the prompt directly
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model = AutoModelForCausalLM.from_pretrained(model_source, dtype=_DTYPES[self._dtype])
+        model.to(self._device)
+        model.eval()
+        eos = model.generation_config.eos_token_id
+        if eos is None:
+            eos = tokenizer.eos_token_id
+        self._eos = set(eos if isinstance(eos, list) else [eos]) - {None}
+        if self._device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        self._model, self._tokenizer = model, tokenizer
+
+    def batch_size(self) -> int:
+        assert self._config is not None
+        section = self._config.pytorch
+        return section.batch_size if section and section.batch_size else 1
+
+    def _generate_kwargs(self) -> dict[str, Any]:
+        assert self._config is not None
+        cfg, dec = self._config, self._config.decoder
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": cfg.max_output_tokens,
+            "pad_token_id": self._tokenizer.pad_token_id,
+            "do_sample": not dec.greedy,
+            "repetition_penalty": dec.repetition_penalty,
+        }
+        if not dec.greedy:
+            kwargs.update(temperature=dec.temperature, top_k=dec.top_k, top_p=dec.top_p)
+            if dec.min_p is not None:
+                kwargs["min_p"] = dec.min_p
+        if dec.min_new_tokens is not None:
+            kwargs["min_new_tokens"] = dec.min_new_tokens
+        return kwargs
+
+    def generate(self, prompts: list[str]) -> BatchObservation:
+        assert self._config is not None
+        enc = self._tokenizer(
+            prompts,
+            return_tensors="pt",
+            padding=True,
+            truncation=self._config.max_input_tokens is not None,
+            max_length=self._config.max_input_tokens,
+        ).to(self._device)
+        clock = _StepClock()
+        self.synchronize()
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = self._model.generate(**enc, streamer=clock, **self._generate_kwargs())
+        self.synchronize()
+        generated = out[:, enc["input_ids"].shape[1] :]
+        lengths = generated_lengths(generated, self._eos)
+        steps = [t - start for t in clock.times]
+        if len(steps) != generated.shape[1]:
+            raise RuntimeError(f"streamer saw {len(steps)} steps for {generated.shape[1]} generated tokens")
+        return BatchObservation(
+            input_tokens=[int(n) for n in enc["attention_mask"].sum(dim=1).tolist()],
+            output_tokens=lengths,
+            token_times_s=[steps[:n] for n in lengths],
+        )
+
+    def synchronize(self) -> None:
+        if self._device == "cuda":
+            torch.cuda.synchronize()
+
+    def effective(self) -> dict[str, str | int | float | bool | None]:
+        return {"device": self._device, "dtype": self._dtype, "batch_size": self.batch_size()}
+
+    def peak_device_memory_mb(self) -> float | None:
+        if self._device != "cuda":
+            return None
+        return float(torch.cuda.max_memory_allocated()) / 2**20
+
+    def environment(self) -> AgentEnvironment:
+        names = (
+            [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if self._device == "cuda" else []
+        )
+        return AgentEnvironment(
+            python=platform.python_version(),
+            engine_version=transformers.__version__,
+            torch_version=torch.__version__,
+            transformers_version=transformers.__version__,
+            device=self._device,
+            device_names=names,
+        )

@@ -1,0 +1,123 @@
+"""Agent entry point: ``llem-agent EXPERIMENT_FILE [--out DIR]``.
+
+EXPERIMENT_FILE is either the ``experiment.json`` the host writes (a RunRequest) or a
+plain experiment config in JSON or YAML (``docker compose run`` with a mounted file).
+Exit 0 with ``result.json`` written, or non-zero with ``error.json`` written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from llem_agent.contract import (
+    CONTAINER_RUN_DIR,
+    ERROR_FILE,
+    RESULT_FILE,
+    ExperimentConfig,
+    RunError,
+    RunRequest,
+    config_hash,
+    write_atomic,
+)
+from llem_agent.energy import nvml_meter
+from llem_agent.engines import load_engine
+from llem_agent.measure import run_measurement
+
+EXIT_FAILED = 1
+EXIT_TERMINATED = 143
+
+
+class Terminated(Exception):
+    """SIGTERM arrived (``docker stop``): stop and report it as the failure."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Terminated(f"terminated by signal {signum}")
+
+
+def _read_document(path: Path) -> Any:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix in (".yaml", ".yml"):
+        import yaml  # a transformers dependency, present in every engine image
+
+        return yaml.safe_load(text)
+    return json.loads(text)
+
+
+def load_request(path: Path) -> RunRequest:
+    """Read a RunRequest, or wrap a plain experiment config into a standalone one."""
+    data = _read_document(path)
+    if isinstance(data, dict) and data.get("kind") == "llem.run_request":
+        return RunRequest.model_validate(data)
+    config = ExperimentConfig.model_validate(data)
+    digest = config_hash(config)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return RunRequest(
+        run_id=f"standalone-{stamp}-{digest[:8]}", study_name="standalone", cycle=1, config_hash=digest, config=config
+    )
+
+
+def _log(message: str) -> None:
+    print(f"[llem-agent {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="llem-agent", description="Measure one experiment.")
+    parser.add_argument("experiment", nargs="?", default=f"{CONTAINER_RUN_DIR}/experiment.json")
+    parser.add_argument("--out", help="directory for result.json / error.json (default: the file's directory)")
+    parser.add_argument("--results-root", help="write into RESULTS_ROOT/<run id>/ instead (standalone use)")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+    path = Path(args.experiment)
+    out_dir = Path(args.out) if args.out else path.parent
+    phase = "read"
+    run_id = "unknown"
+
+    def on_phase(name: str) -> None:
+        nonlocal phase
+        phase = name
+        _log(f"phase={name}")
+
+    try:
+        request = load_request(path)
+        run_id = request.run_id
+        if args.results_root:
+            out_dir = Path(args.results_root) / run_id
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _log(f"run={run_id} engine={request.config.engine} model={request.config.model}")
+        meter = nvml_meter().open()
+        try:
+            result = run_measurement(request, load_engine, meter, on_phase, base_dir=path.parent)
+        finally:
+            meter.close()
+        write_atomic(out_dir / RESULT_FILE, result.model_dump_json(indent=2))
+        _log(
+            f"done: {result.output_tokens} output tokens, "
+            f"{result.throughput.output_tokens_per_s:.1f} tok/s, energy_j={result.energy.energy_j}"
+        )
+        return 0
+    except (Exception, KeyboardInterrupt) as exc:
+        error = RunError(
+            run_id=run_id, type=type(exc).__name__, message=str(exc), phase=phase, traceback=traceback.format_exc()
+        )
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(out_dir / ERROR_FILE, error.model_dump_json(indent=2))
+        except OSError as write_exc:
+            _log(f"could not write {ERROR_FILE}: {write_exc}")
+        _log(f"failed in phase {phase}: {type(exc).__name__}: {exc}")
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

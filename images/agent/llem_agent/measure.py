@@ -1,0 +1,100 @@
+"""The measurement loop, engine-agnostic: load, warm up, measure, assemble the result."""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from llem_agent.contract import ExperimentResult, Memory, PhaseTimings, RunRequest
+from llem_agent.energy import EnergyMeter
+from llem_agent.engines.base import Engine
+from llem_agent.metrics import BatchObservation, latency, request_records, throughput
+from llem_agent.prompts import load_prompts
+
+PhaseCallback = Callable[[str], None]
+
+
+def batches(prompts: list[str], size: int) -> list[list[str]]:
+    """Split ``prompts`` into consecutive batches of ``size`` (the last may be shorter)."""
+    return [prompts[i : i + size] for i in range(0, len(prompts), size)]
+
+
+def warmup_batches(prompts: list[str], n_warmup: int, size: int) -> list[list[str]]:
+    """Full-size batches covering at least ``n_warmup`` prompts, drawn like measured ones.
+
+    Warmup uses the same batch shape and output length as the measurement, so it warms
+    the decode path and caches the measured phase will use, not just one short prompt.
+    """
+    if n_warmup <= 0:
+        return []
+    n_batches = math.ceil(n_warmup / size)
+    cycled = [prompts[i % len(prompts)] for i in range(n_batches * size)]
+    return batches(cycled, size)
+
+
+def run_measurement(
+    request: RunRequest,
+    engine_factory: Callable[[str], Engine],
+    meter: EnergyMeter,
+    on_phase: PhaseCallback,
+    base_dir: Path | None = None,
+) -> ExperimentResult:
+    """Execute one run and return its result; raises on any failure.
+
+    ``load_s`` spans reading prompts, importing the engine and loading the model;
+    ``measure_s`` is the energy window, bracketed by device synchronisation.
+    """
+    config = request.config
+    on_phase("load")
+    t0 = time.perf_counter()
+    prompts = load_prompts(config.dataset, config.random_seed, base_dir)
+    engine = engine_factory(config.engine)  # imports the engine's stack: part of load time
+    engine.load(config, request.model_path or config.model)
+    t_loaded = time.perf_counter()
+
+    on_phase("warmup")
+    size = engine.batch_size()
+    if config.warmup.enabled:
+        for batch in warmup_batches(prompts, config.warmup.n_warmup, size):
+            engine.generate(batch)
+    engine.synchronize()
+    t_warm = time.perf_counter()
+
+    on_phase("measure")
+    measured = batches(prompts, size)
+    observations: list[BatchObservation] = []
+    meter.start()
+    window_start = time.perf_counter()
+    for batch in measured:
+        observations.append(engine.generate(batch))
+    engine.synchronize()
+    window_s = time.perf_counter() - window_start
+    records = request_records(observations)
+    output_tokens = sum(r.output_tokens for r in records)
+    energy = meter.stop(output_tokens)
+
+    on_phase("report")
+    return ExperimentResult(
+        run_id=request.run_id,
+        config_hash=request.config_hash,
+        engine=config.engine,
+        model=config.model,
+        effective=engine.effective(),
+        n_requests=len(records),
+        n_batches=len(measured),
+        input_tokens=sum(r.input_tokens for r in records),
+        output_tokens=output_tokens,
+        timings=PhaseTimings(load_s=t_loaded - t0, warmup_s=t_warm - t_loaded, measure_s=window_s),
+        throughput=throughput(records, window_s),
+        latency=latency(records),
+        energy=energy,
+        memory=Memory(
+            peak_device_mb=engine.peak_device_memory_mb(),
+            peak_host_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        ),
+        environment=engine.environment(),
+        requests=records,
+    )

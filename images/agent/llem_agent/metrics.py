@@ -1,0 +1,86 @@
+"""Pure maths over what one run observed: latency distributions and throughput."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from llem_agent.contract import Distribution, Latency, RequestRecord, Throughput
+
+
+@dataclass(frozen=True)
+class BatchObservation:
+    """What one generate call produced, per request; token times are since batch start."""
+
+    input_tokens: list[int]
+    output_tokens: list[int]
+    token_times_s: list[list[float]]
+
+
+def distribution(values: Sequence[float]) -> Distribution:
+    """Mean, p50/p90/p99 (linear interpolation), min and max of ``values``."""
+    if len(values) == 0:
+        return Distribution(n=0, mean=None, p50=None, p90=None, p99=None, min=None, max=None)
+    arr = np.asarray(values, dtype=float)
+    p50, p90, p99 = (float(x) for x in np.percentile(arr, [50, 90, 99]))
+    return Distribution(
+        n=int(arr.size),
+        mean=float(arr.mean()),
+        p50=p50,
+        p90=p90,
+        p99=p99,
+        min=float(arr.min()),
+        max=float(arr.max()),
+    )
+
+
+def request_records(batches: Sequence[BatchObservation]) -> list[RequestRecord]:
+    """Flatten batches into one record per request.
+
+    TTFT is the time of a request's first generated token; its end-to-end latency is the
+    time of its last generated token (a request with no output token ends at 0).
+    """
+    records: list[RequestRecord] = []
+    for batch in batches:
+        for inp, out, times in zip(batch.input_tokens, batch.output_tokens, batch.token_times_s, strict=True):
+            if len(times) != out:
+                raise ValueError(f"request has {out} output tokens but {len(times)} token times")
+            records.append(
+                RequestRecord(
+                    index=len(records),
+                    input_tokens=inp,
+                    output_tokens=out,
+                    ttft_s=times[0] if times else None,
+                    e2e_latency_s=times[-1] if times else 0.0,
+                    token_times_s=[round(t, 6) for t in times],
+                )
+            )
+    return records
+
+
+def latency(records: Sequence[RequestRecord]) -> Latency:
+    """Distributions of TTFT, inter-token latency (gaps between consecutive tokens) and e2e."""
+    itl: list[float] = []
+    for rec in records:
+        itl.extend(float(b - a) for a, b in itertools.pairwise(rec.token_times_s))
+    return Latency(
+        ttft_s=distribution([r.ttft_s for r in records if r.ttft_s is not None]),
+        inter_token_s=distribution(itl),
+        e2e_s=distribution([r.e2e_latency_s for r in records]),
+    )
+
+
+def throughput(records: Sequence[RequestRecord], window_s: float) -> Throughput:
+    """Tokens and requests per second over the measured window."""
+    if window_s <= 0:
+        raise ValueError(f"measured window must be positive, got {window_s}")
+    out = sum(r.output_tokens for r in records)
+    total = out + sum(r.input_tokens for r in records)
+    return Throughput(
+        output_tokens_per_s=out / window_s,
+        total_tokens_per_s=total / window_s,
+        requests_per_s=len(records) / window_s,
+    )

@@ -1,0 +1,163 @@
+"""``llem``: the command line. Every error reaches the user as one line and an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import tempfile
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from rich.console import Console
+
+from llem_agent.contract import ENGINES, canonical_engine
+from orchestrator import __version__
+from orchestrator.errors import EXIT_INTERNAL, EXIT_OK, EXIT_RUNS_FAILED, ConfigError, LlemError
+from orchestrator.locks import DEFAULT_LOCK_DIR
+from orchestrator.plan import Plan, make_plan
+from orchestrator.study import ExperimentOrder, load_study
+
+DEFAULT_IMAGE = "llem/{engine}:" + __version__
+ORDERS: tuple[ExperimentOrder, ...] = ("sequential", "interleave", "shuffle", "reverse", "latin_square")
+
+
+def default_images(overrides: Sequence[str]) -> dict[str, str]:
+    """Image per engine: ``llem/<engine>:<version>``, then ``LLEM_IMAGE_<ENGINE>``, then ``--image``."""
+    images = {e: os.environ.get(f"LLEM_IMAGE_{e.upper()}", DEFAULT_IMAGE.format(engine=e)) for e in ENGINES}
+    for item in overrides:
+        engine, sep, ref = item.partition("=")
+        if not sep or not ref or canonical_engine(engine) not in ENGINES:
+            raise ConfigError(f"--image expects ENGINE=IMAGE with ENGINE one of {list(ENGINES)}, got {item!r}")
+        images[canonical_engine(engine)] = ref
+    return images
+
+
+def _gpu_indices(spec: str | None) -> tuple[int, ...]:
+    from orchestrator.devices import discover_gpus
+
+    found = [g.index for g in discover_gpus()]
+    if spec is None:
+        return tuple(found)
+    try:
+        wanted = tuple(int(x) for x in spec.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"--gpus expects comma-separated indices such as 0,1, got {spec!r}") from None
+    missing = sorted(set(wanted) - set(found))
+    if missing:
+        raise ConfigError(f"--gpus names GPUs {missing} that NVML does not see (visible: {found})")
+    return wanted
+
+
+def _print_plan(plan: Plan, console: Console) -> None:
+    from orchestrator.display import describe_experiment
+
+    study = plan.study
+    console.print(f"study [bold]{study.name}[/]  design {study.design_hash}")
+    console.print(
+        f"{len(study.experiments)} experiments × {plan.n_cycles} cycles = {len(plan.runs)} runs, order {plan.order}"
+    )
+    for exp in study.experiments:
+        console.print(f"  {exp.index + 1:3d}  {exp.config_hash}  {describe_experiment(study, exp.index)}")
+    for skipped in study.skipped:
+        console.print(f"  [yellow]skipped[/] grid point {skipped.index + 1}: {skipped.reason}")
+    console.print("run order: " + " ".join(r.run_id for r in plan.runs))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from orchestrator.display import ProgressDisplay, summary_table
+    from orchestrator.launcher import DockerLauncher
+    from orchestrator.runner import RunnerOptions, StudyRunner
+
+    out, err = Console(), Console(stderr=True)
+    study = load_study(Path(args.study), name_override=args.name)
+    plan = make_plan(study, n_cycles=args.cycles, order=args.order)
+    if args.dry_run:
+        _print_plan(plan, out)
+        return EXIT_OK
+    if args.run_timeout <= 0:
+        raise ConfigError(f"--run-timeout must be positive, got {args.run_timeout}")
+    hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")).expanduser()
+    options = RunnerOptions(
+        results_root=Path(args.results_dir),
+        images=default_images(args.image),
+        run_timeout_s=args.run_timeout,
+        gpu_indices=_gpu_indices(args.gpus),
+        lock_dir=Path(args.lock_dir),
+        lock_wait_s=None,
+        hf_home=hf_home,
+    )
+    for skipped in study.skipped:
+        err.print(f"[yellow]skipping[/] grid point {skipped.index + 1}: {skipped.reason}")
+    runner = StudyRunner(plan, options, DockerLauncher(), events=_NoEvents())
+    runner.preflight()
+    hf_home.mkdir(parents=True, exist_ok=True)
+    study_dir = runner.prepare()
+    err.print(f"study {study.name}: {len(plan.runs)} runs -> {study_dir}")
+    with ProgressDisplay(plan, err) as display:
+        runner.events = display
+        outcomes = runner.execute()
+    out.print(summary_table(plan, outcomes))
+    failed = [o for o in outcomes if o.entry.status != "completed"]
+    out.print(f"{len(outcomes) - len(failed)}/{len(outcomes)} runs completed; results in {study_dir}")
+    return EXIT_RUNS_FAILED if failed else EXIT_OK
+
+
+class _NoEvents:
+    def run_started(self, *args: object) -> None: ...
+
+    def run_finished(self, *args: object) -> None: ...
+
+    def waiting_for_devices(self, *args: object) -> None: ...
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llem", description="Measure energy, throughput and latency of LLM inference."
+    )
+    parser.add_argument("--version", action="version", version=f"llem {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a study or single-experiment YAML file")
+    run.add_argument("study", help="study or experiment YAML file")
+    run.add_argument("--dry-run", action="store_true", help="print the plan and exit without running anything")
+    run.add_argument("--cycles", type=int, help="number of cycles (default: study_execution.n_cycles, else 3)")
+    run.add_argument("--order", choices=ORDERS, help="experiment order (default: study_execution, else shuffle)")
+    run.add_argument("--name", help="study name (default: name: in the file, else the file name)")
+    run.add_argument(
+        "--results-dir", default=os.environ.get("LLEM_RESULTS_DIR", "results"), help="where study directories go"
+    )
+    run.add_argument("--image", action="append", default=[], metavar="ENGINE=IMAGE", help="image for an engine")
+    run.add_argument("--gpus", help="GPU indices the study may use, e.g. 0,1 (default: all NVML sees)")
+    run.add_argument("--run-timeout", type=float, default=3600.0, metavar="S", help="per-run timeout in seconds")
+    run.add_argument("--lock-dir", default=str(DEFAULT_LOCK_DIR), help="directory of the device lock files")
+    run.set_defaults(func=cmd_run)
+    return parser
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "run" and args.cycles is not None and args.cycles < 1:
+        parser.error(f"--cycles must be at least 1, got {args.cycles}")
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops a study like Ctrl-C does
+    try:
+        code: int = args.func(args)
+        return code
+    except LlemError as exc:
+        print(f"llem: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("llem: interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # a bug: keep the traceback for the report, never show it raw
+        with tempfile.NamedTemporaryFile("w", prefix="llem-crash-", suffix=".txt", delete=False) as handle:
+            traceback.print_exc(file=handle)
+        print(f"llem: internal error (a bug); traceback saved to {handle.name}", file=sys.stderr)
+        return EXIT_INTERNAL

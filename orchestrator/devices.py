@@ -1,0 +1,55 @@
+"""Host GPU discovery through NVML (nvidia-ml-py); no GPU means the CPU path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llem_agent.contract import ExperimentConfig
+
+
+@dataclass(frozen=True)
+class Gpu:
+    index: int
+    uuid: str
+    name: str
+
+
+def discover_gpus() -> list[Gpu]:
+    """GPUs NVML sees on this host, or [] when there is no driver or no device."""
+    try:
+        import pynvml
+    except ImportError:
+        return []
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return []
+    try:
+        gpus = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            gpus.append(Gpu(i, str(pynvml.nvmlDeviceGetUUID(handle)), str(pynvml.nvmlDeviceGetName(handle))))
+        return gpus
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def devices_needed(config: ExperimentConfig) -> int:
+    """How many GPUs one run of ``config`` occupies (the PyTorch agent uses one)."""
+    return 1
+
+
+def assign_devices(config: ExperimentConfig, allowed: list[int]) -> tuple[int, ...]:
+    """The GPU indices a run gets: the first ones of ``allowed``, the same for every cycle.
+
+    A fixed assignment keeps each experiment on the same physical device across cycles,
+    so device-to-device variation does not leak into the comparison.
+    """
+    if not allowed:
+        return ()
+    need = devices_needed(config)
+    if need > len(allowed):
+        from orchestrator.errors import EnvironmentProblem
+
+        raise EnvironmentProblem(f"a run needs {need} GPUs but only {len(allowed)} are available: {allowed}")
+    return tuple(allowed[:need])

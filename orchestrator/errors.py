@@ -1,0 +1,34 @@
+"""llem's own exceptions. Each carries the exit code and a one-line message for the user."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_RUNS_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_ENVIRONMENT = 3
+EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
+
+
+class LlemError(Exception):
+    """Base of every error llem reports to the user as one line."""
+
+    exit_code = EXIT_INTERNAL
+
+
+class ConfigError(LlemError):
+    """The study or experiment file is wrong: fix the file."""
+
+    exit_code = EXIT_CONFIG
+
+
+class EnvironmentProblem(LlemError):
+    """The machine is not ready (Docker, images, GPUs, disk): fix the environment."""
+
+    exit_code = EXIT_ENVIRONMENT
+
+
+class Interrupted(LlemError):
+    """The user (or a SIGTERM) stopped the study."""
+
+    exit_code = EXIT_INTERRUPTED

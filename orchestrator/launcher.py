@@ -1,0 +1,148 @@
+"""The only module that talks to Docker. Vendor errors become llem errors here."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.models.containers import Container
+
+from orchestrator.container import LABEL_MANAGED, ContainerSpec
+from orchestrator.errors import EnvironmentProblem
+
+
+@dataclass(frozen=True)
+class ContainerOutcome:
+    """How a run's container ended. ``exit_code`` is None when it never ran to an exit."""
+
+    exit_code: int | None
+    timed_out: bool
+    oom_killed: bool
+    duration_s: float
+
+
+class Launcher(Protocol):
+    """What the study runner needs from a container runtime; faked in unit tests."""
+
+    def check(self, images: Iterable[str]) -> None: ...
+
+    def run(self, spec: ContainerSpec, timeout_s: float, log_path: Path) -> ContainerOutcome: ...
+
+
+def _docker_client() -> docker.DockerClient:
+    try:
+        client = docker.from_env(version="auto", timeout=60)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        raise EnvironmentProblem(
+            f"Docker daemon not reachable at {host} ({_first_line(exc)}); start Docker or set DOCKER_HOST"
+        ) from None
+    return client
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+def _run_kwargs(spec: ContainerSpec) -> dict[str, Any]:
+    environment = dict(spec.environment)
+    environment.update({k: os.environ[k] for k in spec.passthrough_env if os.environ.get(k)})
+    kwargs: dict[str, Any] = {
+        "command": list(spec.command),
+        "name": spec.name,
+        "labels": spec.labels,
+        "environment": environment,
+        "volumes": {str(m.source): {"bind": m.target, "mode": "ro" if m.read_only else "rw"} for m in spec.mounts},
+        "user": spec.user,
+        "detach": True,
+    }
+    if spec.network_disabled:
+        kwargs["network_mode"] = "none"
+    if spec.gpu_ids:
+        kwargs["device_requests"] = [
+            docker.types.DeviceRequest(driver="nvidia", device_ids=list(spec.gpu_ids), capabilities=[["gpu"]])
+        ]
+    return kwargs
+
+
+class DockerLauncher:
+    """Runs agent containers with the Docker SDK: start, wait with a timeout, keep the log, remove."""
+
+    def __init__(self, client_factory: Callable[[], docker.DockerClient] = _docker_client) -> None:
+        self._factory = client_factory
+        self._client: docker.DockerClient | None = None
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            self._client = self._factory()
+        return self._client
+
+    def check(self, images: Iterable[str]) -> None:
+        """Fail early, before any results directory exists, when Docker or an image is missing."""
+        for image in sorted(set(images)):
+            try:
+                self.client.images.get(image)
+            except docker.errors.ImageNotFound:
+                raise EnvironmentProblem(
+                    f"image {image} not found; build it with `make images` or pull it (docker pull {image})"
+                ) from None
+            except docker.errors.DockerException as exc:
+                raise EnvironmentProblem(f"cannot inspect image {image}: {_first_line(exc)}") from None
+
+    def run(self, spec: ContainerSpec, timeout_s: float, log_path: Path) -> ContainerOutcome:
+        """Run ``spec`` to completion (or ``timeout_s``); the container is always removed."""
+        start = time.monotonic()
+        try:
+            container: Container = self.client.containers.run(spec.image, **_run_kwargs(spec))
+        except docker.errors.ImageNotFound:
+            raise EnvironmentProblem(f"image {spec.image} not found; build it with `make images`") from None
+        except docker.errors.APIError as exc:
+            message = _first_line(exc)
+            if "device driver" in message or "nvidia" in message.lower():
+                raise EnvironmentProblem(
+                    f"cannot give the container its GPUs ({message}); install the NVIDIA container toolkit"
+                ) from None
+            raise EnvironmentProblem(f"cannot start container for {spec.name}: {message}") from None
+        timed_out = False
+        exit_code: int | None = None
+        oom = False
+        try:
+            try:
+                status = container.wait(timeout=timeout_s)
+                exit_code = int(status.get("StatusCode", -1))
+            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+                timed_out = True
+                with contextlib.suppress(docker.errors.DockerException):
+                    container.kill()
+            with contextlib.suppress(docker.errors.DockerException):
+                container.reload()
+                oom = bool(container.attrs.get("State", {}).get("OOMKilled", False))
+        finally:
+            self._save_log(container, log_path)
+            with contextlib.suppress(docker.errors.DockerException):
+                container.remove(force=True)
+        return ContainerOutcome(exit_code, timed_out, oom, time.monotonic() - start)
+
+    @staticmethod
+    def _save_log(container: Container, log_path: Path) -> None:
+        try:
+            data = container.logs(stdout=True, stderr=True)
+        except docker.errors.DockerException as exc:
+            data = f"(container log unavailable: {_first_line(exc)})\n".encode()
+        log_path.write_bytes(data)
+
+    def managed_containers(self) -> list[Container]:
+        """Every container carrying llem's label, running or not."""
+        found: list[Container] = self.client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=true"})
+        return found

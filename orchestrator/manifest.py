@@ -1,0 +1,103 @@
+"""``manifest.json``: the status of every run of a study, rewritten atomically on each change."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llem_agent.contract import write_atomic
+
+MANIFEST_FILE = "manifest.json"
+MANIFEST_SCHEMA_VERSION = "1"
+RunStatus = Literal["pending", "running", "completed", "failed", "interrupted"]
+StudyStatus = Literal["running", "completed", "failed", "interrupted"]
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class RunFailure(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field(description="agent_error | timeout | oom | no_result | corrupt_result")
+    type: str | None = None
+    message: str
+
+
+class RunEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str
+    experiment_index: int
+    cycle: int
+    config_hash: str
+    status: RunStatus = "pending"
+    image: str
+    devices: list[str] = Field(default_factory=list)
+    started_at: str | None = None
+    finished_at: str | None = None
+    wall_s: float | None = None
+    exit_code: int | None = None
+    failure: RunFailure | None = None
+
+
+class SkippedEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    index: int
+    reason: str
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: str = MANIFEST_SCHEMA_VERSION
+    study_name: str
+    study_id: str
+    study_design_hash: str
+    llem_version: str
+    status: StudyStatus = "running"
+    created_at: str = Field(default_factory=utc_now)
+    updated_at: str = Field(default_factory=utc_now)
+    n_cycles: int
+    experiment_order: str
+    shuffle_seed: int | None
+    runs: list[RunEntry]
+    skipped: list[SkippedEntry] = Field(default_factory=list)
+
+    def run(self, run_id: str) -> RunEntry:
+        for entry in self.runs:
+            if entry.run_id == run_id:
+                return entry
+        raise KeyError(run_id)
+
+
+class ManifestStore:
+    """Owns one study's manifest; every mutation is persisted before it returns."""
+
+    def __init__(self, study_dir: Path, manifest: Manifest) -> None:
+        self.path = study_dir / MANIFEST_FILE
+        self.manifest = manifest
+
+    def save(self) -> None:
+        self.manifest.updated_at = utc_now()
+        write_atomic(self.path, self.manifest.model_dump_json(indent=2))
+
+    def update_run(self, run_id: str, **changes: object) -> RunEntry:
+        entry = self.manifest.run(run_id)
+        for key, value in changes.items():
+            setattr(entry, key, value)
+        self.save()
+        return entry
+
+    def set_status(self, status: StudyStatus) -> None:
+        self.manifest.status = status
+        self.save()
+
+    @staticmethod
+    def load(study_dir: Path) -> Manifest:
+        return Manifest.model_validate_json((study_dir / MANIFEST_FILE).read_text(encoding="utf-8"))

@@ -1,0 +1,152 @@
+"""Load a study (or single-experiment) YAML into validated experiments plus skipped points."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from llem_agent.contract import ExperimentConfig, canonical_json, config_hash
+from orchestrator.errors import ConfigError
+from orchestrator.sweep import deep_merge, expand
+from orchestrator.validation import describe, has_unknown_key
+
+STUDY_KEYS = ("name", "base", "sweep", "experiments", "study_execution")
+ExperimentOrder = Literal["sequential", "interleave", "shuffle", "reverse", "latin_square"]
+DEFAULT_CYCLES = 3
+DEFAULT_ORDER: ExperimentOrder = "shuffle"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class StudyExecution(BaseModel):
+    """How to run the collection (003 ``study_execution:``); excluded from the design hash."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n_cycles: int | None = Field(default=None, ge=1, description=f"None: {DEFAULT_CYCLES} (CLI default).")
+    experiment_order: ExperimentOrder | None = Field(default=None, description=f"None: {DEFAULT_ORDER}.")
+    shuffle_seed: int | None = Field(default=None, description="None: derived from the study design hash.")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One valid experiment of a study, in design order."""
+
+    index: int
+    config: ExperimentConfig
+    config_hash: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A grid point that failed validation; it never reaches a GPU (002)."""
+
+    index: int
+    raw: dict[str, Any]
+    reason: str
+
+
+@dataclass(frozen=True)
+class Study:
+    """A parsed study: what to measure and how to schedule it."""
+
+    name: str
+    path: Path
+    experiments: tuple[Experiment, ...]
+    skipped: tuple[Skipped, ...]
+    execution: StudyExecution
+    design_hash: str
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"study file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"study file is a directory: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
+
+
+def _load_mapping(path: Path) -> dict[str, Any]:
+    data = _read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def design_hash(experiments: tuple[Experiment, ...]) -> str:
+    """16 hex chars identifying the parameter space: the ordered experiment config hashes."""
+    return hashlib.sha256(canonical_json([e.config_hash for e in experiments]).encode()).hexdigest()[:16]
+
+
+def _validate(index: int, raw: dict[str, Any], origin: Path) -> Experiment | Skipped:
+    try:
+        config = ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        if has_unknown_key(exc):
+            # A typo is a mistake in the file, not an invalid grid point: stop here.
+            raise ConfigError(f"{origin}: {describe(exc, ExperimentConfig, STUDY_KEYS)}") from None
+        return Skipped(index=index, raw=raw, reason=describe(exc, ExperimentConfig))
+    return Experiment(index=index, config=config, config_hash=config_hash(config))
+
+
+def load_study(path: Path, name_override: str | None = None) -> Study:
+    """Parse ``path``: a study when it has ``sweep:`` or ``experiments:``, else one experiment."""
+    path = Path(path)
+    data = _load_mapping(path)
+    base_ref = data.get("base")
+    shared = {k: v for k, v in data.items() if k not in STUDY_KEYS}
+    if base_ref is not None:
+        if not isinstance(base_ref, str):
+            raise ConfigError(f"{path}: base: expected a file path, got {base_ref!r}")
+        base_path = (path.parent / base_ref).resolve()
+        base = {k: v for k, v in _load_mapping(base_path).items() if k not in (*STUDY_KEYS, "runners")}
+        shared = deep_merge(base, shared)
+    sweep, explicit = data.get("sweep"), data.get("experiments")
+    if sweep is not None and not isinstance(sweep, dict):
+        raise ConfigError(f"{path}: sweep: expected a mapping of axes, got {type(sweep).__name__}")
+    if explicit is not None and not isinstance(explicit, list):
+        raise ConfigError(f"{path}: experiments: expected a list, got {type(explicit).__name__}")
+    try:
+        execution = StudyExecution.model_validate(data.get("study_execution") or {})
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: study_execution: {describe(exc, StudyExecution)}") from None
+
+    raws = expand(shared, sweep, explicit) if (sweep or explicit) else expand(shared, None, None) or [shared]
+    results = [_validate(i, raw, path) for i, raw in enumerate(raws)]
+    experiments = tuple(r for r in results if isinstance(r, Experiment))
+    skipped = tuple(r for r in results if isinstance(r, Skipped))
+    if not experiments:
+        first = skipped[0].reason if skipped else "the file defines no experiment"
+        raise ConfigError(f"{path}: no valid experiment remains ({len(skipped)} skipped; first: {first})")
+    # Renumber so experiment indices are dense in design order.
+    experiments = tuple(Experiment(i, e.config, e.config_hash) for i, e in enumerate(experiments))
+
+    name = name_override or data.get("name") or path.stem
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(
+            f"{path}: name {name!r} must be 1-100 characters of letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return Study(
+        name=name,
+        path=path,
+        experiments=experiments,
+        skipped=skipped,
+        execution=execution,
+        design_hash=design_hash(experiments),
+    )

@@ -1,0 +1,31 @@
+"""Test tiers by marker: unit (default), docker (real engine + our images), gpu (NVML device)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _nvml_device_count() -> int:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:
+        return 0
+    try:
+        return int(pynvml.nvmlDeviceGetCount())
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # gpu tests run wherever NVML finds a device, and are skipped only where it finds none.
+    if any(item.get_closest_marker("gpu") for item in items) and _nvml_device_count() == 0:
+        skip = pytest.mark.skip(reason="no NVIDIA GPU visible through NVML")
+        for item in items:
+            if item.get_closest_marker("gpu"):
+                item.add_marker(skip)

@@ -1,0 +1,64 @@
+"""Docker tier: a real engine and the images built from images/ by `make images`.
+
+These tests fail (they are never skipped) when Docker or the image is missing:
+`make test` installs and starts the engine and builds the images before running them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import docker.errors
+import pytest
+
+from orchestrator import __version__
+from orchestrator.container import LABEL_MANAGED
+from tests.conftest import REPO
+
+IMAGE = f"llem/pytorch:{__version__}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.docker)
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    try:
+        client = docker.from_env(version="auto")
+        client.ping()
+    except docker.errors.DockerException as exc:
+        pytest.fail(f"Docker engine not reachable ({exc}); run `make docker-engine` or use `make test`")
+    try:
+        client.images.get(IMAGE)
+    except docker.errors.ImageNotFound:
+        pytest.fail(f"image {IMAGE} missing; run `make images`")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random GPT-2 of `make tiny-model`, or one made now through the image."""
+    existing = REPO / "examples" / "models" / "tiny-gpt2"
+    if (existing / "config.json").exists():
+        return existing
+    out = tmp_path_factory.mktemp("models")
+    subprocess.run(
+        ["docker", "run", "--rm", "--network", "none", "--entrypoint", "python", "-v", f"{out}:/out", IMAGE,
+         "-m", "llem_agent.tiny_model", "/out/tiny-gpt2"],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return out / "tiny-gpt2"
+
+
+def labelled_containers(client: docker.DockerClient, **labels: str) -> list[str]:
+    filters = [f"{LABEL_MANAGED}=true", *(f"{k}={v}" for k, v in labels.items())]
+    return [c.name or c.id for c in client.containers.list(all=True, filters={"label": filters})]

@@ -1,0 +1,75 @@
+"""`docker compose run` of the agent service measures one mounted experiment file."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+from tests.docker.conftest import labelled_containers
+
+
+def compose_commands() -> list[list[str]]:
+    """Every Compose CLI on this machine: v1 `docker-compose` and the v2 `docker compose` plugin."""
+    found = []
+    if shutil.which("docker-compose"):
+        found.append(["docker-compose"])
+    plugin = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True, check=False)
+    if plugin.returncode == 0:
+        found.append(["docker", "compose"])
+    return found
+
+
+def test_some_compose_cli_is_installed():
+    assert compose_commands(), "neither docker-compose (v1) nor the docker compose plugin (v2) is installed"
+
+
+@pytest.mark.parametrize("compose", compose_commands(), ids=" ".join)
+def test_compose_run_measures_the_mounted_experiment(compose, tmp_path, tiny_model, docker_client):
+    results = tmp_path / "results"
+    results.mkdir()
+    env = {
+        **os.environ,
+        "LLEM_MODELS": str(tiny_model.parent),
+        "LLEM_RESULTS": str(results),
+        "LLEM_EXPERIMENT": str(REPO / "examples" / "compose-experiment.yaml"),
+    }
+    proc = subprocess.run(
+        [*compose, "-f", str(REPO / "compose.yaml"), "run", "--rm", "pytorch-agent-cpu"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (run_dir,) = results.iterdir()
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["run_id"] == run_dir.name
+    assert result["n_requests"] == 16
+    assert result["output_tokens"] > 0
+    assert labelled_containers(docker_client, **{"llem.study": "compose"}) == []
+
+
+@pytest.mark.parametrize("compose", compose_commands(), ids=" ".join)
+def test_gpu_service_reserves_the_named_nvidia_device(compose):
+    proc = subprocess.run(
+        [*compose, "-f", str(REPO / "compose.yaml"), "config"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LLEM_GPU": "1"},
+        cwd=REPO,
+        check=True,
+    )
+    services = yaml.safe_load(proc.stdout)["services"]
+    (device,) = services["pytorch-agent"]["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia"
+    assert device["device_ids"] == ["1"]
+    assert device["capabilities"] == ["gpu"]
+    assert "deploy" not in services["pytorch-agent-cpu"]

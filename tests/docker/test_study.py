@@ -1,0 +1,128 @@
+"""The spine through real containers: study.yaml -> locks -> containers -> agent -> results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import docker
+
+from orchestrator.container import LABEL_STUDY
+from orchestrator.errors import EXIT_ENVIRONMENT, EXIT_RUNS_FAILED
+from orchestrator.locks import DeviceLocks
+from tests.docker.conftest import labelled_containers
+from tests.helpers import run_llem
+
+PLANTED_TOKEN = "hf_llemTestToken_9f8e7d6c5b4a"
+
+STUDY = """
+name: spine
+model: {model}
+engine: transformers
+max_input_tokens: 24
+max_output_tokens: 16
+dataset:
+  source: {source}
+  n_prompts: 8
+decoder:
+  do_sample: false
+warmup:
+  n_warmup: 2
+sweep:
+  pytorch.batch_size: [1, 4]
+study_execution:
+  n_cycles: 2
+  experiment_order: interleave
+"""
+
+
+def write_study(tmp_path: Path, model: Path, source: str = "builtin", n_cycles: int = 2) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(STUDY.format(model=model, source=source).replace("n_cycles: 2", f"n_cycles: {n_cycles}"))
+    return path
+
+
+def llem_args(tmp_path: Path, study: Path) -> list[str]:
+    return ["run", str(study), "--results-dir", str(tmp_path / "results"), "--lock-dir", str(tmp_path / "locks")]
+
+
+def test_two_experiments_two_cycles_through_real_containers(tmp_path, tiny_model, docker_client):
+    study = write_study(tmp_path, tiny_model)
+    env = {"HF_TOKEN": PLANTED_TOKEN, "HF_HOME": str(tmp_path / "hf")}
+    proc = run_llem(*llem_args(tmp_path, study), env=env)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "4/4 runs completed" in proc.stdout
+
+    (study_dir,) = (tmp_path / "results").iterdir()
+    assert study_dir.name.startswith("spine_")
+    manifest = json.loads((study_dir / "manifest.json").read_text())
+    assert manifest["status"] == "completed"
+    assert [r["run_id"] for r in manifest["runs"]] == ["e001-c1", "e002-c1", "e001-c2", "e002-c2"]
+    assert (study_dir / "study.yaml").read_text() == study.read_text()
+
+    batch_sizes = set()
+    for run in manifest["runs"]:
+        assert run["status"] == "completed"
+        run_dir = study_dir / "runs" / run["run_id"]
+        request = json.loads((run_dir / "experiment.json").read_text())
+        result = json.loads((run_dir / "result.json").read_text())
+        assert "phase=measure" in (run_dir / "container.log").read_text()
+        assert result["run_id"] == run["run_id"]
+        assert result["config_hash"] == request["config_hash"] == run["config_hash"]
+        assert result["n_requests"] == 8
+        assert result["output_tokens"] > 0
+        assert result["throughput"]["output_tokens_per_s"] > 0
+        assert result["energy"]["energy_j"] is None
+        assert result["energy"]["unavailable_reason"]
+        for req in result["requests"]:
+            assert 0 < req["input_tokens"] <= 24
+            assert 1 <= req["output_tokens"] <= 16
+            assert len(req["token_times_s"]) == req["output_tokens"]
+            assert req["ttft_s"] <= req["e2e_latency_s"]
+            assert req["token_times_s"] == sorted(req["token_times_s"])
+        batch_sizes.add(result["effective"]["batch_size"])
+    assert batch_sizes == {1, 4}
+
+    assert DeviceLocks(["cpu"], tmp_path / "locks").try_acquire(), "device lock still held after the study"
+    assert labelled_containers(docker_client, **{LABEL_STUDY: study_dir.name}) == []
+    for path in [*study_dir.rglob("*"), tmp_path / "hf"]:
+        if path.is_file():
+            assert PLANTED_TOKEN not in path.read_text(errors="replace"), f"token leaked into {path}"
+
+
+def test_agent_failure_keeps_error_and_log_and_the_study_reports_it(tmp_path, tiny_model, docker_client):
+    study = write_study(tmp_path, tiny_model, source="missing-prompts.jsonl", n_cycles=1)
+    proc = run_llem(*llem_args(tmp_path, study))
+    assert proc.returncode == EXIT_RUNS_FAILED, proc.stderr + proc.stdout
+    (study_dir,) = (tmp_path / "results").iterdir()
+    manifest = json.loads((study_dir / "manifest.json").read_text())
+    assert manifest["status"] == "failed"
+    for run in manifest["runs"]:
+        assert run["status"] == "failed"
+        assert run["failure"]["kind"] == "agent_error"
+        assert run["failure"]["type"] == "DatasetError"
+        error = json.loads((study_dir / "runs" / run["run_id"] / "error.json").read_text())
+        assert error["phase"] == "load"
+        assert "Traceback" in error["traceback"]
+        assert "dataset file not found" in (study_dir / "runs" / run["run_id"] / "container.log").read_text()
+    assert labelled_containers(docker_client, **{LABEL_STUDY: study_dir.name}) == []
+
+
+def test_missing_image_is_one_line_and_creates_no_results(tmp_path, tiny_model, docker_client):
+    study = write_study(tmp_path, tiny_model)
+    proc = run_llem(*llem_args(tmp_path, study), "--image", "pytorch=llem/does-not-exist:0")
+    assert proc.returncode == EXIT_ENVIRONMENT
+    assert proc.stderr.strip().splitlines() == [
+        "llem: error: image llem/does-not-exist:0 not found; build it with `make images` "
+        "or pull it (docker pull llem/does-not-exist:0)"
+    ]
+    assert not (tmp_path / "results").exists()
+
+
+def test_image_carries_contract_labels(docker_client: docker.DockerClient):
+    from llem_agent.contract import CONTRACT_VERSION
+    from tests.docker.conftest import IMAGE
+
+    labels = docker_client.images.get(IMAGE).labels
+    assert labels["io.llem.engine"] == "pytorch"
+    assert labels["io.llem.contract-version"] == CONTRACT_VERSION

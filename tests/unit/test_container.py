@@ -1,0 +1,64 @@
+from pathlib import Path
+
+import docker.types
+import pytest
+
+from orchestrator.container import LABEL_MANAGED, LABEL_RUN, LABEL_STUDY, build_spec
+from orchestrator.launcher import _run_kwargs
+
+
+def spec(model_dir: Path | None = None, gpus: tuple[int, ...] = ()):
+    return build_spec(
+        image="llem/pytorch:test",
+        study_id="s_20260101T000000Z",
+        run_id="e001-c1",
+        run_dir=Path("/results/s/runs/e001-c1"),
+        hf_home=Path("/home/u/.cache/huggingface"),
+        model_dir=model_dir,
+        gpu_indices=gpus,
+        user="1000:1000",
+        host_pid=42,
+    )
+
+
+def test_labels_and_name():
+    s = spec()
+    assert s.labels[LABEL_MANAGED] == "true"
+    assert s.labels[LABEL_STUDY] == "s_20260101T000000Z"
+    assert s.labels[LABEL_RUN] == "e001-c1"
+    assert s.name == "llem-s_20260101T000000Z-e001-c1"
+
+
+def test_local_model_is_read_only_and_disables_network():
+    s = spec(model_dir=Path("/models/tiny"))
+    model = [m for m in s.mounts if m.target == "/llem/model"]
+    assert model and model[0].read_only
+    assert s.network_disabled
+    assert s.environment["HF_HUB_OFFLINE"] == "1"
+    hub = spec()
+    assert not hub.network_disabled
+    assert all(m.target != "/llem/model" for m in hub.mounts)
+
+
+def test_run_dir_and_hf_cache_are_mounted_writable():
+    targets = {m.target: m.read_only for m in spec().mounts}
+    assert targets["/llem/run"] is False
+    assert targets["/llem/hf-cache"] is False
+
+
+def test_gpus_are_named_one_by_one_never_all():
+    kwargs = _run_kwargs(spec(gpus=(0, 3)))
+    (request,) = kwargs["device_requests"]
+    assert isinstance(request, docker.types.DeviceRequest)
+    assert request.device_ids == ["0", "3"]
+    assert request.count in (None, 0)
+    assert "device_requests" not in _run_kwargs(spec())
+
+
+def test_hf_token_comes_from_the_environment_and_never_sits_in_the_spec(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
+    s = spec()
+    assert "hf_secret_value" not in repr(s)
+    assert _run_kwargs(s)["environment"]["HF_TOKEN"] == "hf_secret_value"
+    monkeypatch.delenv("HF_TOKEN")
+    assert "HF_TOKEN" not in _run_kwargs(s)["environment"]

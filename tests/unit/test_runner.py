@@ -1,0 +1,186 @@
+"""The study runner against a fake launcher: manifest truth, failure kinds, interruption."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import pytest
+
+from llem_agent.contract import RunError, RunRequest
+from orchestrator.container import ContainerSpec
+from orchestrator.errors import EnvironmentProblem, Interrupted
+from orchestrator.launcher import ContainerOutcome
+from orchestrator.locks import DeviceLocks
+from orchestrator.manifest import ManifestStore
+from orchestrator.plan import make_plan
+from orchestrator.runner import RunnerOptions, StudyRunner, resolve_model_dir
+from orchestrator.study import load_study
+from tests.factories import make_result
+
+Behaviour = Callable[[Path, RunRequest], ContainerOutcome]
+
+
+def ok(run_dir: Path, req: RunRequest) -> ContainerOutcome:
+    (run_dir / "result.json").write_text(make_result(req.run_id, req.config_hash).model_dump_json())
+    return ContainerOutcome(0, False, False, 0.1)
+
+
+def agent_error(run_dir: Path, req: RunRequest) -> ContainerOutcome:
+    err = RunError(run_id=req.run_id, type="ValueError", message="boom", phase="load", traceback="tb")
+    (run_dir / "error.json").write_text(err.model_dump_json())
+    return ContainerOutcome(1, False, False, 0.1)
+
+
+class FakeLauncher:
+    def __init__(self, behaviours: dict[str, Behaviour] | None = None, default: Behaviour = ok) -> None:
+        self.behaviours = behaviours or {}
+        self.default = default
+        self.specs: list[ContainerSpec] = []
+        self.missing_images: set[str] = set()
+        self.lock_dir: Path | None = None
+
+    def check(self, images: Iterable[str]) -> None:
+        for image in images:
+            if image in self.missing_images:
+                raise EnvironmentProblem(f"image {image} not found")
+
+    def run(self, spec: ContainerSpec, timeout_s: float, log_path: Path) -> ContainerOutcome:
+        self.specs.append(spec)
+        run_dir = next(m.source for m in spec.mounts if m.target == "/llem/run")
+        request = RunRequest.model_validate_json((run_dir / "experiment.json").read_text())
+        if self.lock_dir is not None:  # the run's lock is held while its container runs
+            assert not DeviceLocks(["cpu"], self.lock_dir).try_acquire()
+        log_path.write_text("log line\n")
+        return self.behaviours.get(request.run_id, self.default)(run_dir, request)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def run_started(self, run, position, total):
+        self.events.append(f"start {run.run_id}")
+
+    def run_finished(self, outcome):
+        self.events.append(f"end {outcome.run.run_id} {outcome.entry.status}")
+
+    def waiting_for_devices(self, names):
+        self.events.append("wait")
+
+
+@pytest.fixture
+def study_file(tmp_path: Path) -> Path:
+    (tmp_path / "model").mkdir()
+    path = tmp_path / "study.yaml"
+    path.write_text("name: t\nmodel: ./model\nsweep:\n  pytorch.batch_size: [1, 2]\nstudy_execution: {n_cycles: 2}\n")
+    return path
+
+
+def make_runner(tmp_path: Path, study_file: Path, launcher: FakeLauncher) -> StudyRunner:
+    plan = make_plan(load_study(study_file), order="interleave")
+    options = RunnerOptions(
+        results_root=tmp_path / "results",
+        images={"pytorch": "llem/pytorch:test"},
+        run_timeout_s=10,
+        gpu_indices=(),
+        lock_dir=tmp_path / "locks",
+        lock_wait_s=1,
+        hf_home=tmp_path / "hf",
+    )
+    launcher.lock_dir = options.lock_dir
+    return StudyRunner(plan, options, launcher, Recorder())
+
+
+def test_every_run_gets_a_container_and_the_manifest_ends_completed(tmp_path, study_file):
+    launcher = FakeLauncher()
+    runner = make_runner(tmp_path, study_file, launcher)
+    runner.preflight()
+    study_dir = runner.prepare()
+    assert ManifestStore.load(study_dir).status == "running"
+    outcomes = runner.execute()
+    manifest = ManifestStore.load(study_dir)
+    assert manifest.status == "completed"
+    assert [r.status for r in manifest.runs] == ["completed"] * 4
+    assert len(outcomes) == len(launcher.specs) == 4
+    assert (study_dir / "study.yaml").read_text() == study_file.read_text()
+    for run in manifest.runs:
+        run_dir = study_dir / "runs" / run.run_id
+        assert {"experiment.json", "result.json", "container.log"} <= {p.name for p in run_dir.iterdir()}
+    assert all(s.network_disabled for s in launcher.specs)  # the model is local
+    assert DeviceLocks(["cpu"], tmp_path / "locks").try_acquire()  # nothing left locked
+
+
+def test_failures_are_classified_and_the_study_goes_on(tmp_path, study_file):
+    launcher = FakeLauncher(
+        {
+            "e001-c1": agent_error,
+            "e002-c1": lambda d, r: ContainerOutcome(None, True, False, 10.0),
+            "e001-c2": lambda d, r: ContainerOutcome(137, False, True, 1.0),
+        }
+    )
+    runner = make_runner(tmp_path, study_file, launcher)
+    runner.preflight()
+    study_dir = runner.prepare()
+    runner.execute()
+    manifest = ManifestStore.load(study_dir)
+    kinds = {r.run_id: (r.status, r.failure.kind if r.failure else None) for r in manifest.runs}
+    assert kinds == {
+        "e001-c1": ("failed", "agent_error"),
+        "e002-c1": ("failed", "timeout"),
+        "e001-c2": ("failed", "oom"),
+        "e002-c2": ("completed", None),
+    }
+    assert manifest.run("e001-c1").failure.message == "load: boom"
+    assert manifest.status == "failed"
+
+
+def test_corrupt_and_missing_results(tmp_path, study_file):
+    def corrupt(d: Path, r: RunRequest) -> ContainerOutcome:
+        (d / "result.json").write_text("{not json")
+        return ContainerOutcome(0, False, False, 0.1)
+
+    launcher = FakeLauncher({"e001-c1": corrupt, "e002-c1": lambda d, r: ContainerOutcome(0, False, False, 0.1)})
+    runner = make_runner(tmp_path, study_file, launcher)
+    runner.preflight()
+    study_dir = runner.prepare()
+    runner.execute()
+    manifest = ManifestStore.load(study_dir)
+    assert manifest.run("e001-c1").failure.kind == "corrupt_result"
+    assert manifest.run("e002-c1").failure.kind == "no_result"
+
+
+def test_ctrl_c_marks_the_running_run_interrupted_and_keeps_completed_ones(tmp_path, study_file):
+    def interrupt(d: Path, r: RunRequest) -> ContainerOutcome:
+        raise KeyboardInterrupt
+
+    runner = make_runner(tmp_path, study_file, FakeLauncher({"e001-c2": interrupt}))
+    runner.preflight()
+    study_dir = runner.prepare()
+    with pytest.raises(Interrupted):
+        runner.execute()
+    manifest = ManifestStore.load(study_dir)
+    assert manifest.status == "interrupted"
+    statuses = {r.run_id: r.status for r in manifest.runs}
+    assert statuses == {"e001-c1": "completed", "e002-c1": "completed", "e001-c2": "interrupted", "e002-c2": "pending"}
+    assert json.loads((study_dir / "runs" / "e001-c1" / "result.json").read_text())["run_id"] == "e001-c1"
+    assert DeviceLocks(["cpu"], tmp_path / "locks").try_acquire()
+
+
+def test_missing_image_fails_in_preflight_before_any_results_directory(tmp_path, study_file):
+    launcher = FakeLauncher()
+    launcher.missing_images = {"llem/pytorch:test"}
+    runner = make_runner(tmp_path, study_file, launcher)
+    with pytest.raises(EnvironmentProblem, match="not found"):
+        runner.preflight()
+    assert not (tmp_path / "results").exists()
+
+
+def test_resolve_model_dir(tmp_path):
+    (tmp_path / "m").mkdir()
+    assert resolve_model_dir("./m", tmp_path) == (tmp_path / "m").resolve()
+    assert resolve_model_dir("m", tmp_path) == (tmp_path / "m").resolve()
+    assert resolve_model_dir("openai-community/gpt2", tmp_path) is None
+    with pytest.raises(Exception, match="model directory not found"):
+        resolve_model_dir("./missing", tmp_path)

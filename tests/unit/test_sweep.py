@@ -1,0 +1,75 @@
+import pytest
+
+from orchestrator.errors import ConfigError
+from orchestrator.sweep import deep_merge, engine_scope, expand, set_dotted
+
+
+def test_independent_axes_form_a_cartesian_product_in_order():
+    configs = expand(
+        {"model": "m", "engine": "pytorch"}, {"dtype": ["float16", "bfloat16"], "dataset.n_prompts": [5, 10]}, None
+    )
+    assert [(c["dtype"], c["dataset"]["n_prompts"]) for c in configs] == [
+        ("float16", 5),
+        ("float16", 10),
+        ("bfloat16", 5),
+        ("bfloat16", 10),
+    ]
+
+
+def test_engine_scoped_key_expands_into_its_section_and_alias_maps_to_pytorch():
+    configs = expand({"model": "m", "engine": "transformers"}, {"transformers.batch_size": [1, 2]}, None)
+    assert [c["pytorch"] for c in configs] == [{"batch_size": 1}, {"batch_size": 2}]
+    assert {c["engine"] for c in configs} == {"pytorch"}
+
+
+def test_each_engine_gets_its_own_grid():
+    sweep = {"dtype": ["float16", "bfloat16"], "pytorch.batch_size": [1, 8, 32], "vllm.engine.max_num_seqs": [64, 256]}
+    configs = expand({"model": "m", "engine": ["pytorch", "vllm"]}, sweep, None)
+    pytorch = [c for c in configs if c["engine"] == "pytorch"]
+    vllm = [c for c in configs if c["engine"] == "vllm"]
+    assert len(pytorch) == 6 and len(vllm) == 4
+    assert all("vllm" not in c for c in pytorch)
+    assert vllm[0]["vllm"] == {"engine": {"max_num_seqs": 64}}
+
+
+def test_engine_inferred_from_scoped_keys_when_absent():
+    configs = expand({"model": "m"}, {"pytorch.batch_size": [1, 2]}, None)
+    assert {c["engine"] for c in configs} == {"pytorch"}
+
+
+def test_scoped_key_for_an_engine_not_in_the_study_is_an_error():
+    with pytest.raises(ConfigError, match="scoped to engine 'vllm'"):
+        expand({"model": "m", "engine": "pytorch"}, {"vllm.engine.block_size": [8]}, None)
+
+
+def test_explicit_experiments_merge_with_shared_fields_and_follow_the_sweep():
+    shared = {"model": "m", "dataset": {"n_prompts": 50, "source": "builtin"}}
+    configs = expand(shared, {"dtype": ["float16"]}, [{"engine": "pytorch", "dataset": {"n_prompts": 7}}])
+    assert len(configs) == 2
+    assert configs[-1]["dataset"] == {"n_prompts": 7, "source": "builtin"}
+
+
+@pytest.mark.parametrize(
+    ("sweep", "message"),
+    [
+        ({"dtype": []}, "non-empty list"),
+        ({"dtype": "float16"}, "non-empty list"),
+        ({"pytorch.compilation": [{"pytorch.torch_compile": True}]}, "dependent groups"),
+        ({"dtype": [["a"]]}, "scalars"),
+    ],
+)
+def test_malformed_axes_are_config_errors(sweep, message):
+    with pytest.raises(ConfigError, match=message):
+        expand({"model": "m", "engine": "pytorch"}, sweep, None)
+
+
+def test_helpers():
+    assert engine_scope("pytorch.batch_size") == "pytorch"
+    assert engine_scope("transformers.batch_size") == "pytorch"
+    assert engine_scope("dataset.n_prompts") is None
+    target: dict = {}
+    set_dotted(target, "vllm.engine.block_size", 16)
+    assert target == {"vllm": {"engine": {"block_size": 16}}}
+    base = {"a": {"b": 1, "c": 2}, "d": 1}
+    assert deep_merge(base, {"a": {"b": 9}}) == {"a": {"b": 9, "c": 2}, "d": 1}
+    assert base == {"a": {"b": 1, "c": 2}, "d": 1}
