@@ -90,6 +90,10 @@ test-unit: install ## Unit tests only (no Docker, no GPU)
 test: install lint typecheck images tiny-model ## Everything CI runs: lint, types, unit and docker-tier tests
 	$(VENV)/bin/pytest -q
 
+.PHONY: bench
+bench: install images tiny-model ## Benchmarks (overhead vs optimum-benchmark, harness overhead); writes docs/benchmarks.md
+	$(VENV)/bin/python -m tests.bench.run --out docs/benchmarks.md
+
 .PHONY: clean
 clean: ## Remove the venv, caches and build extras (results/ is kept)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache images/.build/wheels images/.build/ca.crt

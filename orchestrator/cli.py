@@ -72,7 +72,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.launcher import DockerLauncher
     from orchestrator.runner import RunnerOptions, StudyRunner
 
-    out, err = Console(), Console(stderr=True)
+    # Pipes and CI logs get a wide, fixed width instead of rich's 80-column fallback.
+    out = Console(width=None if sys.stdout.isatty() else 150)
+    err = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
     study = load_study(Path(args.study), name_override=args.name)
     plan = make_plan(study, n_cycles=args.cycles, order=args.order)
     if args.dry_run:
@@ -102,6 +104,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         outcomes = runner.execute()
     out.print(summary_table(plan, outcomes))
     failed = [o for o in outcomes if o.entry.status != "completed"]
+    for outcome in failed:
+        failure = outcome.entry.failure
+        reason = f"{failure.kind}: {failure.message}" if failure else outcome.entry.status
+        out.print(f"[red]failed[/] {outcome.entry.run_id}: {reason}")
+    for skipped in study.skipped:
+        out.print(f"[yellow]skipped[/] grid point {skipped.index + 1}: {skipped.reason}")
     out.print(f"{len(outcomes) - len(failed)}/{len(outcomes)} runs completed; results in {study_dir}")
     return EXIT_RUNS_FAILED if failed else EXIT_OK
 

@@ -24,7 +24,9 @@ def describe_experiment(study: Study, index: int) -> str:
     varying = sorted(k for k in set().union(*flat) if len({str(f.get(k)) for f in flat}) > 1)
     mine = flat[index]
     parts = [f"{k}={mine.get(k)}" for k in varying if k != "engine"]
-    return f"{study.experiments[index].config.engine} " + (" ".join(parts) if parts else "(single)")
+    if "engine" in varying:
+        parts.insert(0, str(mine["engine"]))
+    return " ".join(parts) if parts else study.experiments[index].config.engine
 
 
 def _flatten(data: dict[str, object], prefix: str = "") -> dict[str, object]:

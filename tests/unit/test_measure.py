@@ -17,6 +17,9 @@ class DummyEngine:
     def batch_size(self):
         return self.config.pytorch.batch_size
 
+    def prepare(self, prompts):
+        return list(prompts)
+
     def generate(self, prompts):
         self.calls.append(prompts)
         n = len(prompts)

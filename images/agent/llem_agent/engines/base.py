@@ -17,8 +17,11 @@ class Engine(Protocol):
     def batch_size(self) -> int:
         """Effective number of prompts per generate call."""
 
-    def generate(self, prompts: list[str]) -> BatchObservation:
-        """Run one batch; token times are seconds since the call began, synchronised."""
+    def prepare(self, prompts: list[str]) -> object:
+        """Tokenize one batch (done before the measured window opens)."""
+
+    def generate(self, batch: object) -> BatchObservation:
+        """Run one prepared batch; token times are seconds since the call began, synchronised."""
 
     def synchronize(self) -> None:
         """Wait until all queued device work has finished."""

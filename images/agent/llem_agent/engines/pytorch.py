@@ -107,15 +107,18 @@ class PyTorchEngine:
             kwargs["min_new_tokens"] = dec.min_new_tokens
         return kwargs
 
-    def generate(self, prompts: list[str]) -> BatchObservation:
+    def prepare(self, prompts: list[str]) -> Any:
         assert self._config is not None
-        enc = self._tokenizer(
+        return self._tokenizer(
             prompts,
             return_tensors="pt",
             padding=True,
             truncation=self._config.max_input_tokens is not None,
             max_length=self._config.max_input_tokens,
         ).to(self._device)
+
+    def generate(self, batch: Any) -> BatchObservation:
+        enc = batch
         clock = _StepClock()
         self.synchronize()
         start = time.perf_counter()

@@ -1,0 +1,196 @@
+"""``make bench``: llem's per-experiment overhead and harness overhead, written to docs/benchmarks.md.
+
+1. Per-experiment overhead: wall time of ``llem run`` on a one-experiment, one-cycle study
+   minus the phases the agent reports (load, warmup, measure). Side by side, alternating,
+   with the wall time of optimum-benchmark doing the same work (same tiny model, batch 4,
+   32 tokens in, 32 out, 40 prompts) in a container of the same image.
+2. Harness overhead: agent tokens/s over a bare ``model.generate`` loop, same container
+   (see harness.py).
+
+Medians and ratios only: these machines are noisy, so every comparison is made in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from orchestrator import __version__
+
+REPO = Path(__file__).resolve().parents[2]
+BENCH = REPO / "tests" / "bench"
+IMAGE = f"llem/pytorch:{__version__}"
+OB_IMAGE = f"llem/bench-optimum-benchmark:{__version__}"
+DOCKER = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"
+STUDY = """name: bench-overhead
+model: {model}
+engine: pytorch
+max_input_tokens: 32
+max_output_tokens: 32
+dataset: {{source: builtin, n_prompts: 40}}
+decoder: {{do_sample: false, min_new_tokens: 32}}
+warmup: {{n_warmup: 4}}
+pytorch: {{batch_size: 4}}
+study_execution: {{n_cycles: 1}}
+"""
+
+
+def sh(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), check=True, capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]
+
+
+def llem_once(study: Path, results: Path, image: str) -> dict[str, float]:
+    start = time.perf_counter()
+    llem = str(Path(sys.executable).parent / "llem")
+    sh(llem, "run", str(study), "--results-dir", str(results), "--image", f"pytorch={image}")
+    wall = time.perf_counter() - start
+    study_dir = max(results.iterdir(), key=lambda p: p.stat().st_mtime)
+    timings = json.loads((study_dir / "runs" / "e001-c1" / "result.json").read_text())["timings"]
+    phases = timings["load_s"] + timings["warmup_s"] + timings["measure_s"]
+    return {"wall_s": wall, "phases_s": phases, "overhead_s": wall - phases}
+
+
+def ob_once(model: Path) -> float:
+    start = time.perf_counter()
+    sh(
+        DOCKER, "run", "--rm", "--network", "none", "-e", "HF_HUB_OFFLINE=1", "-e", "HOME=/tmp",
+        "--entrypoint", "/opt/llem/bin/python", "-v", f"{model}:/model:ro", "-v", f"{BENCH}:/bench:ro", OB_IMAGE,
+        "/bench/ob_experiment.py", "/model",
+    )  # fmt: skip
+    return time.perf_counter() - start
+
+
+def harness(model: Path, repetitions: int) -> dict[str, object]:
+    out = sh(
+        DOCKER, "run", "--rm", "--network", "none", "-e", "HOME=/tmp", "--entrypoint", "/opt/llem/bin/python",
+        "-v", f"{model}:/model:ro", "-v", f"{BENCH}:/bench:ro", IMAGE, "/bench/harness.py", "/model", str(repetitions),
+    ).stdout  # fmt: skip
+    data: dict[str, object] = json.loads(out.strip().splitlines()[-1])
+    return data
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def _join(values: list[float]) -> str:
+    return ", ".join(f"{v:.2f}" for v in values)
+
+
+def render(
+    overhead: list[dict[str, float]],
+    shared: list[dict[str, float]],
+    ob: list[float],
+    harness_data: dict[str, object],
+    command: str,
+) -> str:
+    rows = harness_data["rows"]
+    assert isinstance(rows, list)
+    ratios = [r["agent_tokens_per_s"] / r["bare_tokens_per_s"] for r in rows]
+    med_over = median([o["overhead_s"] for o in overhead])
+    med_shared = median([o["overhead_s"] for o in shared])
+    med_shared_wall = median([o["wall_s"] for o in shared])
+    med_ob = median(ob)
+    cpu = platform.processor() or platform.machine()
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Produced by `{command}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, llem {__version__},",
+        f"{os.cpu_count()} CPU cores ({cpu}), no GPU, Docker engine on the same machine. Medians of",
+        f"{len(overhead)} alternating repetitions; ratios are of medians measured side by side in this one run.",
+        "",
+        "Workload everywhere: the tiny random-initialised GPT-2 of `make tiny-model` (2 layers, 64 wide),",
+        "batch 4, 32 input tokens, exactly 32 output tokens (`min_new_tokens: 32`), 40 prompts, one warmup batch.",
+        "",
+        "## Per-experiment overhead",
+        "",
+        "`llem run` wall time for a one-experiment, one-cycle study minus the agent's reported phases",
+        "(load, which includes importing torch and transformers, warmup, measure), in llem's own image",
+        f"(`{IMAGE}`, transformers 5.23) and in the comparison image (`{OB_IMAGE}`:",
+        "the same image plus",
+        "optimum-benchmark 0.6.0, which needs transformers 4.57.6). optimum-benchmark runs the same work in a",
+        "container of the comparison image (inline launcher, 10 iterations, 1 warmup run, 32 new tokens).",
+        "",
+        "| | median | all runs (s) |",
+        "|---|---:|---|",
+        f"| **llem overhead**, own image | **{med_over:.2f} s** | {_join([o['overhead_s'] for o in overhead])} |",
+        f"| llem wall time, own image | {median([o['wall_s'] for o in overhead]):.2f} s | "
+        f"{_join([o['wall_s'] for o in overhead])} |",
+        f"| **llem overhead**, comparison image | **{med_shared:.2f} s** | "
+        f"{_join([o['overhead_s'] for o in shared])} |",
+        f"| llem wall time, comparison image | {med_shared_wall:.2f} s | {_join([o['wall_s'] for o in shared])} |",
+        f"| optimum-benchmark wall time, comparison image | {med_ob:.2f} s | {_join(ob)} |",
+        "",
+        f"- Target: overhead within 3 s: **{med_over:.2f} s** own image, {med_shared:.2f} s comparison image "
+        f"({'met' if max(med_over, med_shared) <= 3 else 'NOT met'}).",
+        f"- Target: at most half optimum-benchmark's wall time (same image): llem overhead / optimum-benchmark "
+        f"wall = **{med_shared / med_ob:.2f}** ({'met' if med_shared <= 0.5 * med_ob else 'NOT met'}); "
+        f"whole llem wall / optimum-benchmark wall = {med_shared_wall / med_ob:.2f}.",
+        "",
+        "## Harness overhead",
+        "",
+        "Output tokens/s reported by the agent divided by tokens/s of a bare `model.generate` loop over the",
+        "same pre-tokenized batches, same model object, same container, alternating "
+        f"(torch threads: {harness_data['torch_threads']}).",
+        "",
+        "| repetition | agent tok/s | bare tok/s | ratio |",
+        "|---:|---:|---:|---:|",
+        *(
+            f"| {i} | {r['agent_tokens_per_s']:.1f} | {r['bare_tokens_per_s']:.1f} | {ratio:.3f} |"
+            for i, (r, ratio) in enumerate(zip(rows, ratios, strict=True), start=1)
+        ),
+        "",
+        f"- Target >= 0.98: median ratio **{median(ratios):.3f}** ({'met' if median(ratios) >= 0.98 else 'NOT met'}).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.run")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
+    parser.add_argument("--repetitions", type=int, default=5, help="llem / optimum-benchmark pairs")
+    parser.add_argument("--harness-repetitions", type=int, default=9, help="agent / bare-loop pairs")
+    parser.add_argument("--model", type=Path, default=REPO / "examples" / "models" / "tiny-gpt2")
+    args = parser.parse_args()
+    model = args.model.resolve()
+    print(f"building {OB_IMAGE}", flush=True)
+    sh(DOCKER, "build", "-q", "--build-arg", f"LLEM_IMAGE={IMAGE}", "-t", OB_IMAGE, "-f", str(BENCH / "Dockerfile.ob"),
+       str(BENCH), env={**os.environ, "DOCKER_BUILDKIT": "0"})  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        study = Path(tmp) / "bench.yaml"
+        study.write_text(STUDY.format(model=model))
+        results = Path(tmp) / "results"
+        llem_once(study, results, IMAGE)  # first runs pay one-off page-cache costs; not counted
+        llem_once(study, results, OB_IMAGE)
+        ob_once(model)
+        overhead, shared, ob = [], [], []
+        for i in range(args.repetitions):
+            overhead.append(llem_once(study, results, IMAGE))
+            shared.append(llem_once(study, results, OB_IMAGE))
+            ob.append(ob_once(model))
+            print(
+                f"  {i + 1}: llem overhead {overhead[-1]['overhead_s']:.2f} s (own image), "
+                f"{shared[-1]['overhead_s']:.2f} s (shared image); optimum-benchmark {ob[-1]:.2f} s",
+                flush=True,
+            )
+    print("harness overhead", flush=True)
+    harness_data = harness(model, args.harness_repetitions)
+    text = render(overhead, shared, ob, harness_data, "make bench")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
