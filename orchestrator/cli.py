@@ -18,16 +18,18 @@ from llem_agent.contract import ENGINES, canonical_engine
 from orchestrator import __version__
 from orchestrator.errors import EXIT_INTERNAL, EXIT_OK, EXIT_RUNS_FAILED, ConfigError, LlemError
 from orchestrator.locks import DEFAULT_LOCK_DIR
-from orchestrator.plan import Plan, make_plan
+from orchestrator.plan import make_plan
 from orchestrator.study import ExperimentOrder, load_study
 
 DEFAULT_IMAGE = "llem/{engine}:" + __version__
 ORDERS: tuple[ExperimentOrder, ...] = ("sequential", "interleave", "shuffle", "reverse", "latin_square")
 
 
-def default_images(overrides: Sequence[str]) -> dict[str, str]:
-    """Image per engine: ``llem/<engine>:<version>``, then ``LLEM_IMAGE_<ENGINE>``, then ``--image``."""
-    images = {e: os.environ.get(f"LLEM_IMAGE_{e.upper()}", DEFAULT_IMAGE.format(engine=e)) for e in ENGINES}
+def resolve_images(study_images: dict[str, str], overrides: Sequence[str]) -> dict[str, str]:
+    """Image per engine; later wins: ``llem/<engine>:<version>``, the study's ``runners:``,
+    ``LLEM_IMAGE_<ENGINE>``, ``--image``."""
+    images = {e: DEFAULT_IMAGE.format(engine=e) for e in ENGINES} | study_images
+    images |= {e: os.environ[f"LLEM_IMAGE_{e.upper()}"] for e in ENGINES if os.environ.get(f"LLEM_IMAGE_{e.upper()}")}
     for item in overrides:
         engine, sep, ref = item.partition("=")
         if not sep or not ref or canonical_engine(engine) not in ENGINES:
@@ -52,21 +54,6 @@ def _gpu_indices(spec: str | None) -> tuple[int, ...]:
     return wanted
 
 
-def _print_plan(plan: Plan, console: Console) -> None:
-    from orchestrator.display import describe_experiment
-
-    study = plan.study
-    console.print(f"study [bold]{study.name}[/]  design {study.design_hash}")
-    console.print(
-        f"{len(study.experiments)} experiments × {plan.n_cycles} cycles = {len(plan.runs)} runs, order {plan.order}"
-    )
-    for exp in study.experiments:
-        console.print(f"  {exp.index + 1:3d}  {exp.config_hash}  {describe_experiment(study, exp.index)}")
-    for skipped in study.skipped:
-        console.print(f"  [yellow]skipped[/] grid point {skipped.index + 1}: {skipped.reason}")
-    console.print("run order: " + " ".join(r.run_id for r in plan.runs))
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.display import ProgressDisplay, summary_table
     from orchestrator.launcher import DockerLauncher
@@ -75,17 +62,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Pipes and CI logs get a wide, fixed width instead of rich's 80-column fallback.
     out = Console(width=None if sys.stdout.isatty() else 150)
     err = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
+    if args.json and not args.dry_run:
+        raise ConfigError("--json goes with --dry-run")
     study = load_study(Path(args.study), name_override=args.name)
     plan = make_plan(study, n_cycles=args.cycles, order=args.order)
     if args.dry_run:
-        _print_plan(plan, out)
+        from orchestrator.dryrun import print_json, print_text
+
+        if args.json:
+            print_json(plan)
+        else:
+            print_text(plan, out)
         return EXIT_OK
     if args.run_timeout <= 0:
         raise ConfigError(f"--run-timeout must be positive, got {args.run_timeout}")
     hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")).expanduser()
     options = RunnerOptions(
         results_root=Path(args.results_dir),
-        images=default_images(args.image),
+        images=resolve_images(study.images, args.image),
         run_timeout_s=args.run_timeout,
         gpu_indices=_gpu_indices(args.gpus),
         lock_dir=Path(args.lock_dir),
@@ -121,6 +115,8 @@ class _NoEvents:
 
     def waiting_for_devices(self, *args: object) -> None: ...
 
+    def pausing(self, *args: object) -> None: ...
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -131,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a study or single-experiment YAML file")
     run.add_argument("study", help="study or experiment YAML file")
     run.add_argument("--dry-run", action="store_true", help="print the plan and exit without running anything")
+    run.add_argument("--json", action="store_true", help="with --dry-run: print the plan as one JSON object")
     run.add_argument("--cycles", type=int, help="number of cycles (default: study_execution.n_cycles, else 3)")
     run.add_argument("--order", choices=ORDERS, help="experiment order (default: study_execution, else shuffle)")
     run.add_argument("--name", help="study name (default: name: in the file, else the file name)")
@@ -142,7 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-timeout", type=float, default=3600.0, metavar="S", help="per-run timeout in seconds")
     run.add_argument("--lock-dir", default=str(DEFAULT_LOCK_DIR), help="directory of the device lock files")
     run.set_defaults(func=cmd_run)
+    schema = sub.add_parser("schema", help="write JSON Schemas of experiment and study files")
+    schema.add_argument("--out", default=".", help="directory to write llem-{experiment,study}.schema.json into")
+    schema.set_defaults(func=cmd_schema)
     return parser
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from orchestrator.schema import write_schemas
+
+    for path in write_schemas(Path(args.out)):
+        print(path)
+    return EXIT_OK
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:

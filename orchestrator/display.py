@@ -81,6 +81,9 @@ class ProgressDisplay:
     def waiting_for_devices(self, names: list[str]) -> None:
         self._progress.console.print(f"  waiting for devices {names} (locked by another study)")
 
+    def pausing(self, seconds: float) -> None:
+        self._progress.update(self._task, description=f"gap {seconds:g} s (study_execution)")
+
 
 def _mean(values: Sequence[float | None]) -> float | None:
     present = [v for v in values if v is not None]

@@ -15,6 +15,10 @@ class LlemError(Exception):
 
     exit_code = EXIT_INTERNAL
 
+    def __init__(self, message: str) -> None:
+        # User text (keys, values) may hold line breaks; the report stays one line.
+        super().__init__(message.replace("\r", "\\r").replace("\n", "\\n"))
+
 
 class ConfigError(LlemError):
     """The study or experiment file is wrong: fix the file."""

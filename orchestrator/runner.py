@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,6 +21,7 @@ from llem_agent.contract import (
     ExperimentResult,
     RunError,
     RunRequest,
+    unsupported_by_agent,
     write_atomic,
 )
 from orchestrator import __version__
@@ -29,6 +31,7 @@ from orchestrator.errors import ConfigError, EnvironmentProblem, Interrupted
 from orchestrator.launcher import ContainerOutcome, Launcher
 from orchestrator.locks import DeviceLocks, lock_names
 from orchestrator.manifest import Manifest, ManifestStore, RunEntry, RunFailure, SkippedEntry, utc_now
+from orchestrator.models import resolve_model_dir
 from orchestrator.plan import Plan, PlannedRun
 
 CONTAINER_LOG = "container.log"
@@ -64,21 +67,7 @@ class RunnerEvents(Protocol):
 
     def waiting_for_devices(self, names: list[str]) -> None: ...
 
-
-def resolve_model_dir(model: str, base_dir: Path) -> Path | None:
-    """The host directory of a local model, or None for a hub id.
-
-    A value that looks like a path (absolute, ``./``, ``../``, ``~``) must exist; any other
-    value is a local directory if one exists relative to the study file, else a hub id.
-    """
-    expanded = Path(model).expanduser()
-    candidate = expanded if expanded.is_absolute() else base_dir / expanded
-    looks_like_path = model.startswith(("/", "./", "../", "~"))
-    if candidate.is_dir():
-        return candidate.resolve()
-    if looks_like_path:
-        raise ConfigError(f"model directory not found: {candidate}")
-    return None
+    def pausing(self, seconds: float) -> None: ...
 
 
 def image_for(engine: str, images: dict[str, str]) -> str:
@@ -138,9 +127,17 @@ class StudyRunner:
         self._model_dirs: dict[int, Path | None] = {}
 
     def preflight(self) -> None:
-        """Everything that can fail before a results directory exists: models, images, Docker."""
+        """Everything that can fail before a results directory exists: settings, models, images, Docker."""
         base = self.plan.study.path.parent
         for exp in self.plan.study.experiments:
+            refused = unsupported_by_agent(exp.config, exp.config.engine)
+            if refused == ["engine"]:
+                raise ConfigError(f"engine '{exp.config.engine}' has no agent in llem {__version__} yet")
+            if refused:
+                raise ConfigError(
+                    f"experiment {exp.index + 1}: the {exp.config.engine} agent of llem {__version__} does not "
+                    f"apply {', '.join(refused)} yet; remove it rather than get results that ignore it"
+                )
             self._model_dirs[exp.index] = resolve_model_dir(exp.config.model, base)
             assign_devices(exp.config, list(self.options.gpu_indices))  # raises when too few GPUs
         self.launcher.check({image_for(e.config.engine, self.options.images) for e in self.plan.study.experiments})
@@ -180,8 +177,12 @@ class StudyRunner:
         assert self._store is not None and self.study_dir is not None, "call prepare() first"
         outcomes: list[RunOutcome] = []
         current: PlannedRun | None = None
+        execution = self.plan.study.execution
         try:
             for position, run in enumerate(self.plan.runs, start=1):
+                if position > 1:
+                    new_cycle = run.cycle != self.plan.runs[position - 2].cycle
+                    self._sleep(execution.cycle_gap_seconds if new_cycle else execution.config_gap_seconds)
                 current = run
                 self.events.run_started(run, position, len(self.plan.runs))
                 outcome = self._run_one(run)
@@ -196,6 +197,11 @@ class StudyRunner:
         failed = any(o.entry.status != "completed" for o in outcomes)
         self._store.set_status("failed" if failed else "completed")
         return outcomes
+
+    def _sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            self.events.pausing(seconds)
+            time.sleep(seconds)
 
     def _run_one(self, run: PlannedRun) -> RunOutcome:
         assert self._store is not None and self.study_dir is not None

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from llem_agent.contract import ExperimentConfig, canonical_json, config_hash
+from llem_agent.contract import ENGINES, ExperimentConfig, canonical_engine, canonical_json, config_hash
 from orchestrator.errors import ConfigError
 from orchestrator.sweep import deep_merge, expand
-from orchestrator.validation import describe, has_unknown_key
+from orchestrator.validation import describe, did_you_mean, has_unknown_key
 
-STUDY_KEYS = ("name", "base", "sweep", "experiments", "study_execution")
+STUDY_KEYS = ("name", "base", "sweep", "experiments", "study_execution", "runners")
 ExperimentOrder = Literal["sequential", "interleave", "shuffle", "reverse", "latin_square"]
 DEFAULT_CYCLES = 3
 DEFAULT_ORDER: ExperimentOrder = "shuffle"
@@ -31,6 +31,33 @@ class StudyExecution(BaseModel):
     n_cycles: int | None = Field(default=None, ge=1, description=f"None: {DEFAULT_CYCLES} (CLI default).")
     experiment_order: ExperimentOrder | None = Field(default=None, description=f"None: {DEFAULT_ORDER}.")
     shuffle_seed: int | None = Field(default=None, description="None: derived from the study design hash.")
+    config_gap_seconds: float = Field(default=0.0, ge=0.0, description="Pause between runs (thermal recovery).")
+    cycle_gap_seconds: float = Field(default=0.0, ge=0.0, description="Pause between cycles (thermal reset).")
+    max_consecutive_failures: int = Field(default=10, ge=0, description="Circuit breaker: 0 off, 1 fail fast.")
+    circuit_breaker_cooldown_seconds: float = Field(default=60.0, ge=0.0)
+    wall_clock_timeout_hours: float | None = Field(default=None, gt=0.0, description="None: no limit.")
+
+
+def _validate_runners(value: Any, path: Path) -> dict[str, str]:
+    """``runners:`` maps an engine to ``docker`` or ``docker:<image>`` (``local`` is not offered yet)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: runners: expected a mapping of engine to runner, got {type(value).__name__}")
+    images: dict[str, str] = {}
+    for engine, runner in value.items():
+        name = canonical_engine(str(engine))
+        if name not in ENGINES:
+            raise ConfigError(f"{path}: runners: unknown engine '{engine}'{did_you_mean(str(engine), ENGINES)}")
+        if runner == "docker":
+            continue
+        if isinstance(runner, str) and runner.startswith("docker:") and len(runner) > len("docker:"):
+            images[name] = runner.removeprefix("docker:")
+        elif runner == "local":
+            raise ConfigError(f"{path}: runners.{engine}: the local runner is not available yet; use docker")
+        else:
+            raise ConfigError(f"{path}: runners.{engine}: expected docker or docker:<image>, got {runner!r}")
+    return images
 
 
 @dataclass(frozen=True)
@@ -61,6 +88,7 @@ class Study:
     skipped: tuple[Skipped, ...]
     execution: StudyExecution
     design_hash: str
+    images: dict[str, str] = field(default_factory=dict)
 
 
 def _read_yaml(path: Path) -> Any:
@@ -107,27 +135,50 @@ def _validate(index: int, raw: dict[str, Any], origin: Path) -> Experiment | Ski
 def load_study(path: Path, name_override: str | None = None) -> Study:
     """Parse ``path``: a study when it has ``sweep:`` or ``experiments:``, else one experiment."""
     path = Path(path)
-    data = _load_mapping(path)
+    return study_from_data(_load_mapping(path), path, name_override)
+
+
+def _deduplicate(results: list[Experiment | Skipped]) -> list[Experiment | Skipped]:
+    """Identical configs (same hash) run once; later copies are reported as skipped."""
+    seen: dict[str, int] = {}
+    out: list[Experiment | Skipped] = []
+    for item in results:
+        if isinstance(item, Experiment):
+            if item.config_hash in seen:
+                raw = item.config.model_dump(mode="json", exclude_none=True)
+                out.append(Skipped(item.index, raw, f"duplicate of grid point {seen[item.config_hash] + 1}"))
+                continue
+            seen[item.config_hash] = item.index
+        out.append(item)
+    return out
+
+
+def study_from_data(data: dict[str, Any], path: Path, name_override: str | None = None) -> Study:
+    """Build a Study from an already-loaded mapping; ``path`` anchors relative paths and names."""
     base_ref = data.get("base")
     shared = {k: v for k, v in data.items() if k not in STUDY_KEYS}
     if base_ref is not None:
         if not isinstance(base_ref, str):
             raise ConfigError(f"{path}: base: expected a file path, got {base_ref!r}")
         base_path = (path.parent / base_ref).resolve()
-        base = {k: v for k, v in _load_mapping(base_path).items() if k not in (*STUDY_KEYS, "runners")}
+        base = {k: v for k, v in _load_mapping(base_path).items() if k not in STUDY_KEYS}
         shared = deep_merge(base, shared)
     sweep, explicit = data.get("sweep"), data.get("experiments")
     if sweep is not None and not isinstance(sweep, dict):
         raise ConfigError(f"{path}: sweep: expected a mapping of axes, got {type(sweep).__name__}")
     if explicit is not None and not isinstance(explicit, list):
         raise ConfigError(f"{path}: experiments: expected a list, got {type(explicit).__name__}")
+    execution_data = data.get("study_execution") or {}
+    if not isinstance(execution_data, dict):
+        raise ConfigError(f"{path}: study_execution: expected a mapping, got {type(execution_data).__name__}")
     try:
-        execution = StudyExecution.model_validate(data.get("study_execution") or {})
+        execution = StudyExecution.model_validate(execution_data)
     except ValidationError as exc:
         raise ConfigError(f"{path}: study_execution: {describe(exc, StudyExecution)}") from None
+    images = _validate_runners(data.get("runners"), path)
 
     raws = expand(shared, sweep, explicit) if (sweep or explicit) else expand(shared, None, None) or [shared]
-    results = [_validate(i, raw, path) for i, raw in enumerate(raws)]
+    results = _deduplicate([_validate(i, raw, path) for i, raw in enumerate(raws)])
     experiments = tuple(r for r in results if isinstance(r, Experiment))
     skipped = tuple(r for r in results if isinstance(r, Skipped))
     if not experiments:
@@ -149,4 +200,5 @@ def load_study(path: Path, name_override: str | None = None) -> Study:
         skipped=skipped,
         execution=execution,
         design_hash=design_hash(experiments),
+        images=images,
     )

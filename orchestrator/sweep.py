@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from llem_agent.contract import ENGINE_ALIASES, ENGINES, canonical_engine
@@ -49,66 +51,124 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
 
 
 def _normalise_sections(data: dict[str, Any]) -> dict[str, Any]:
-    # Treat `transformers:` and `pytorch:` as one section so merges line up.
-    if "transformers" in data and isinstance(data["transformers"], dict):
-        data = dict(data)
-        data["pytorch"] = deep_merge(data.get("pytorch") or {}, data.pop("transformers"))
-    return data
+    # `transformers:` is another name of the `pytorch:` section; rename it so merges line up.
+    if "transformers" not in data:
+        return data
+    if "pytorch" in data:
+        raise ConfigError("give either 'pytorch:' or 'transformers:', not both")
+    return {("pytorch" if k == "transformers" else k): v for k, v in data.items()}
 
 
-def _axes(sweep: dict[str, Any]) -> list[tuple[str, list[Scalar]]]:
-    axes: list[tuple[str, list[Scalar]]] = []
+@dataclass(frozen=True)
+class Axis:
+    """An independent axis: a list of scalars, crossed with everything else."""
+
+    key: str
+    values: list[Scalar]
+
+
+@dataclass(frozen=True)
+class Group:
+    """A dependent group: alternatives (each a dict of dotted keys), crossed as one dimension."""
+
+    name: str
+    variants: list[dict[str, Any]]
+
+
+def _mini_grid(group: str, index: int, entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """Expand list-valued keys of one group entry into their own small Cartesian product."""
+    for key in entry:
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"sweep.{group}[{index}]: keys must be non-empty strings, got {key!r}")
+    listed = [(k, v) for k, v in entry.items() if isinstance(v, list)]
+    for key, values in listed:
+        if not values or any(isinstance(v, (dict, list)) for v in values):
+            raise ConfigError(f"sweep.{group}[{index}].{key}: a list here must be a non-empty list of scalars")
+    fixed = {k: v for k, v in entry.items() if not isinstance(v, list)}
+    return [
+        {**fixed, **dict(zip([k for k, _ in listed], combo, strict=True))}
+        for combo in itertools.product(*(v for _, v in listed))
+    ]
+
+
+def parse_sweep(sweep: dict[str, Any]) -> tuple[list[Axis], list[Group]]:
+    """Split ``sweep:`` into independent axes (lists of scalars) and dependent groups (lists of dicts)."""
+    axes: list[Axis] = []
+    groups: list[Group] = []
     for key, values in sweep.items():
         if not isinstance(key, str) or not key:
             raise ConfigError(f"sweep: keys must be non-empty strings, got {key!r}")
         if not isinstance(values, list) or not values:
             raise ConfigError(f"sweep.{key}: expected a non-empty list of values, got {values!r}")
-        if any(isinstance(v, dict) for v in values):
-            raise ConfigError(
-                f"sweep.{key}: dependent groups (lists of mappings) are not supported yet; "
-                "use independent axes or experiments:"
-            )
-        if any(isinstance(v, list) for v in values):
+        dicts = [v for v in values if isinstance(v, dict)]
+        if dicts and len(dicts) != len(values):
+            raise ConfigError(f"sweep.{key}: a list must hold only scalars (an axis) or only mappings (a group)")
+        if dicts:
+            variants = [variant for i, entry in enumerate(dicts) for variant in _mini_grid(key, i, entry)]
+            groups.append(Group(key, variants))
+        elif any(isinstance(v, list) for v in values):
             raise ConfigError(f"sweep.{key}: values must be scalars, got a nested list")
-        axes.append((key, values))
-    return axes
+        else:
+            axes.append(Axis(key, values))
+    axis_keys = {_canonical_key(a.key) for a in axes}
+    for group in groups:
+        if _canonical_key(group.name) in axis_keys:
+            raise ConfigError(f"sweep.{group.name}: a group name must not equal an axis key; use an abstract name")
+    return axes, groups
 
 
-def _engines_of(shared: dict[str, Any], axes: list[tuple[str, list[Scalar]]]) -> list[str]:
+def _canonical_key(key: str) -> str:
+    head, dot, rest = key.partition(".")
+    return f"{canonical_engine(head)}{dot}{rest}" if head in _ENGINE_PREFIXES else key
+
+
+def _engines_of(shared: dict[str, Any], scoped_names: list[str]) -> list[str]:
     engine = shared.get("engine")
     if isinstance(engine, list):
         if not engine or not all(isinstance(e, str) for e in engine):
             raise ConfigError(f"engine: expected a name or a non-empty list of names, got {engine!r}")
-        return [canonical_engine(e) for e in engine]
+        return list(dict.fromkeys(canonical_engine(e) for e in engine))
     if isinstance(engine, str):
         return [canonical_engine(engine)]
-    scoped = sorted({s for key, _ in axes if (s := engine_scope(key))})
+    scoped = sorted({s for key in scoped_names if (s := engine_scope(key))})
     return scoped or ["pytorch"]
+
+
+def _grid(shared: dict[str, Any], engine: str, axes: list[Axis], groups: list[Group]) -> Iterator[dict[str, Any]]:
+    mine_axes = [a for a in axes if engine_scope(a.key) in (None, engine)]
+    mine_groups = [g for g in groups if engine_scope(g.name) in (None, engine)]
+    dimensions: list[list[Any]] = [a.values for a in mine_axes] + [g.variants for g in mine_groups]
+    for combo in itertools.product(*dimensions):
+        config = copy.deepcopy(shared)
+        config["engine"] = engine
+        for axis, value in zip(mine_axes, combo, strict=False):
+            set_dotted(config, axis.key, value)
+        for variant in combo[len(mine_axes) :]:
+            for key, value in variant.items():
+                set_dotted(config, key, value)
+        yield config
 
 
 def expand(shared: dict[str, Any], sweep: dict[str, Any] | None, experiments: list[Any] | None) -> list[dict[str, Any]]:
     """All raw experiment configs of a study, sweep grid first, then explicit entries.
 
-    Each engine gets its own grid: the universal axes crossed with the axes scoped to it
-    (002). Scoped axes for an engine the study does not run are an error.
+    Each engine gets its own grid (002): universal axes and groups crossed with the ones
+    scoped to it. A group contributes its variants as one dimension (alternatives, not
+    crossed with each other); an engine-scoped group applies only to that engine.
     """
     shared = _normalise_sections(shared)
     configs: list[dict[str, Any]] = []
     if sweep:
-        axes = _axes(sweep)
-        engines = _engines_of(shared, axes)
-        for key, _ in axes:
-            scope = engine_scope(key)
+        axes, groups = parse_sweep(sweep)
+        engines = _engines_of(shared, [a.key for a in axes] + [g.name for g in groups])
+        for name in [a.key for a in axes] + [g.name for g in groups]:
+            scope = engine_scope(name)
             if scope is not None and scope not in engines:
-                raise ConfigError(f"sweep.{key}: scoped to engine '{scope}', which this study does not run ({engines})")
+                raise ConfigError(
+                    f"sweep.{name}: scoped to engine '{scope}', which this study does not run ({engines})"
+                )
         for engine in engines:
-            mine = [(k, v) for k, v in axes if engine_scope(k) in (None, engine)]
-            for combo in itertools.product(*(values for _, values in mine)):
-                config = copy.deepcopy(shared)
-                config["engine"] = engine
-                for (key, _), value in zip(mine, combo, strict=True):
-                    set_dotted(config, key, value)
-                configs.append(config)
+            configs.extend(_grid(shared, engine, axes, groups))
     elif isinstance(shared.get("engine"), list) and not experiments:
         configs.extend({**copy.deepcopy(shared), "engine": e} for e in _engines_of(shared, []))
     for index, entry in enumerate(experiments or []):

@@ -1,10 +1,13 @@
 """Bad input through the real console script: one line, a distinct exit code, nothing written."""
 
+import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from orchestrator.errors import EXIT_CONFIG, EXIT_ENVIRONMENT
+from tests.conftest import REPO
 from tests.helpers import run_llem
 
 
@@ -69,5 +72,57 @@ def test_dry_run_prints_the_plan_and_skipped_points(tmp_path: Path):
     proc = run_llem("run", str(study), "--dry-run", "--order", "interleave")
     assert proc.returncode == 0, proc.stderr
     assert "2 experiments × 2 cycles = 4 runs, order interleave" in proc.stdout
-    assert "skipped" in proc.stdout
+    assert "skipping 1 invalid grid points" in proc.stdout
+    assert "grid point 1: pytorch.batch_size: Input should be greater than or equal to 1 (got 0)" in proc.stdout
     assert "run order: e001-c1 e002-c1 e001-c2 e002-c2" in proc.stdout
+
+
+def test_dry_run_json_is_exactly_one_object_with_the_documented_keys(tmp_path: Path):
+    study = tmp_path / "s.yaml"
+    study.write_text("model: hub/model\nsweep:\n  pytorch.batch_size: [0, 1, 2]\nstudy_execution: {n_cycles: 2}\n")
+    proc = run_llem("run", str(study), "--dry-run", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert proc.stdout.count("\n") == 1
+    assert len(doc["study_design_hash"]) == 16
+    assert [e["config"]["pytorch"]["batch_size"] for e in doc["experiments"]] == [1, 2]
+    assert doc["skipped"][0]["config"]["pytorch"] == {"batch_size": 0}
+    assert "greater than or equal to 1" in doc["skipped"][0]["reason"]
+    assert len(doc["runs"]) == 4
+    assert {(r["index"], r["cycle"]) for r in doc["runs"]} == {(0, 1), (1, 1), (0, 2), (1, 2)}
+    assert {r["config_hash"] for r in doc["runs"]} == {e["config_hash"] for e in doc["experiments"]}
+
+
+def test_json_without_dry_run_is_refused(tmp_path: Path):
+    study = tmp_path / "s.yaml"
+    study.write_text("model: hub/model\n")
+    assert_one_line_error(run_llem("run", str(study), "--json"), EXIT_CONFIG, "--json goes with --dry-run")
+
+
+def test_schema_command_writes_both_schemas(tmp_path: Path):
+    proc = run_llem("schema", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    experiment = json.loads((tmp_path / "llem-experiment.schema.json").read_text())
+    study = json.loads((tmp_path / "llem-study.schema.json").read_text())
+    assert experiment["required"] == ["model"]
+    assert "required" not in study
+    assert {"sweep", "experiments", "study_execution", "base", "name", "runners", "model"} <= set(study["properties"])
+    assert "n_cycles" in study["$defs"]["StudyExecution"]["properties"]
+    quickstart = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
+    assert set(quickstart) <= set(study["properties"])
+
+
+def test_dry_run_estimates_vram_from_local_model_files(tmp_path: Path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(
+        json.dumps({"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2})
+    )
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1000, 100], "data_offsets": [0, 400000]}}).encode()
+    (model / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+    study = tmp_path / "s.yaml"
+    study.write_text("model: ./model\ndtype: float16\nmax_input_tokens: 100\nmax_output_tokens: 100\n")
+    doc = json.loads(run_llem("run", str(study), "--dry-run", "--json").stdout)
+    weights = 100_000 * 2 / 1e9
+    kv = 2 * 2 * 2 * 16 * 200 * 1 * 2 / 1e9
+    assert doc["experiments"][0]["vram_estimate_gb"] == round(weights * 1.15 + kv, 3)

@@ -10,12 +10,13 @@ import pytest
 
 from llem_agent.contract import RunError, RunRequest
 from orchestrator.container import ContainerSpec
-from orchestrator.errors import EnvironmentProblem, Interrupted
+from orchestrator.errors import ConfigError, EnvironmentProblem, Interrupted
 from orchestrator.launcher import ContainerOutcome
 from orchestrator.locks import DeviceLocks
 from orchestrator.manifest import ManifestStore
+from orchestrator.models import resolve_model_dir
 from orchestrator.plan import make_plan
-from orchestrator.runner import RunnerOptions, StudyRunner, resolve_model_dir
+from orchestrator.runner import RunnerOptions, StudyRunner
 from orchestrator.study import load_study
 from tests.factories import make_result
 
@@ -68,6 +69,9 @@ class Recorder:
 
     def waiting_for_devices(self, names):
         self.events.append("wait")
+
+    def pausing(self, seconds):
+        self.events.append(f"gap {seconds}")
 
 
 @pytest.fixture
@@ -184,3 +188,13 @@ def test_resolve_model_dir(tmp_path):
     assert resolve_model_dir("openai-community/gpt2", tmp_path) is None
     with pytest.raises(Exception, match="model directory not found"):
         resolve_model_dir("./missing", tmp_path)
+
+
+def test_settings_the_agent_would_ignore_are_refused_before_anything_runs(tmp_path):
+    (tmp_path / "model").mkdir()
+    study = tmp_path / "s.yaml"
+    study.write_text("model: ./model\npytorch:\n  torch_compile: true\n")
+    runner = make_runner(tmp_path, study, FakeLauncher())
+    with pytest.raises(ConfigError, match=r"does not apply pytorch\.torch_compile yet"):
+        runner.preflight()
+    assert not (tmp_path / "results").exists()

@@ -54,7 +54,7 @@ def test_explicit_experiments_merge_with_shared_fields_and_follow_the_sweep():
     [
         ({"dtype": []}, "non-empty list"),
         ({"dtype": "float16"}, "non-empty list"),
-        ({"pytorch.compilation": [{"pytorch.torch_compile": True}]}, "dependent groups"),
+        ({"pytorch.compilation": [{"pytorch.torch_compile": True}, 3]}, "only scalars"),
         ({"dtype": [["a"]]}, "scalars"),
     ],
 )

@@ -140,3 +140,12 @@ class EnergyMeter:
 def nvml_meter() -> EnergyMeter:
     """The production meter: real NVML."""
     return EnergyMeter(lambda: NvmlBackend().open())
+
+
+def disabled_meter() -> EnergyMeter:
+    """``energy_sampler: null``: throughput-only runs that never touch NVML."""
+
+    def refuse() -> EnergyBackend:
+        raise NvmlUnavailable("energy measurement disabled (energy_sampler: null)")
+
+    return EnergyMeter(refuse)

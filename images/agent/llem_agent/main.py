@@ -28,7 +28,7 @@ from llem_agent.contract import (
     config_hash,
     write_atomic,
 )
-from llem_agent.energy import nvml_meter
+from llem_agent.energy import disabled_meter, nvml_meter
 from llem_agent.engines import load_engine
 from llem_agent.measure import run_measurement
 
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             out_dir = Path(args.results_root) / run_id
         out_dir.mkdir(parents=True, exist_ok=True)
         _log(f"run={run_id} engine={request.config.engine} model={request.config.model}")
-        meter = nvml_meter().open()
+        meter = (nvml_meter() if request.config.energy_sampler else disabled_meter()).open()
         try:
             result = run_measurement(request, load_engine, meter, on_phase, base_dir=path.parent)
         finally:

@@ -2,15 +2,18 @@
 
 from llem_agent.contract.atomic import write_atomic
 from llem_agent.contract.config import (
+    DECODER_PRESETS,
     ENGINE_ALIASES,
     ENGINES,
+    BaselineConfig,
     DatasetConfig,
     DecoderConfig,
     ExperimentConfig,
-    PyTorchConfig,
+    LoRAConfig,
     WarmupConfig,
     canonical_engine,
 )
+from llem_agent.contract.engine_sections import PyTorchConfig, TensorRTConfig, VLLMConfig
 from llem_agent.contract.result import (
     RESULT_SCHEMA_VERSION,
     AgentEnvironment,
@@ -37,12 +40,14 @@ from llem_agent.contract.run import (
     canonical_json,
     config_hash,
 )
+from llem_agent.contract.support import unsupported_by_agent
 
 __all__ = [
     "CONTAINER_HF_HOME",
     "CONTAINER_MODEL_DIR",
     "CONTAINER_RUN_DIR",
     "CONTRACT_VERSION",
+    "DECODER_PRESETS",
     "ENGINES",
     "ENGINE_ALIASES",
     "ERROR_FILE",
@@ -50,6 +55,7 @@ __all__ = [
     "RESULT_FILE",
     "RESULT_SCHEMA_VERSION",
     "AgentEnvironment",
+    "BaselineConfig",
     "DatasetConfig",
     "DecoderConfig",
     "DeviceEnergy",
@@ -58,16 +64,20 @@ __all__ = [
     "ExperimentConfig",
     "ExperimentResult",
     "Latency",
+    "LoRAConfig",
     "Memory",
     "PhaseTimings",
     "PyTorchConfig",
     "RequestRecord",
     "RunError",
     "RunRequest",
+    "TensorRTConfig",
     "Throughput",
+    "VLLMConfig",
     "WarmupConfig",
     "canonical_engine",
     "canonical_json",
     "config_hash",
+    "unsupported_by_agent",
     "write_atomic",
 ]

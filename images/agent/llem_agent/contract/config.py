@@ -11,13 +11,29 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from llem_agent.contract.engine_sections import (
+    PyTorchConfig,
+    Section,
+    TensorRTConfig,
+    VLLMConfig,
+)
+from llem_agent.contract.support import DECODING_SUPPORT, DTYPE_SUPPORT, LORA_SUPPORT
 
 EngineName = Literal["pytorch", "vllm", "tensorrt"]
 ENGINE_ALIASES: dict[str, str] = {"transformers": "pytorch"}
 ENGINES: tuple[str, ...] = ("pytorch", "vllm", "tensorrt")
 
 DType = Literal["float32", "float16", "bfloat16"]
+ENGINE_SECTIONS: dict[str, type[Section]] = {"pytorch": PyTorchConfig, "vllm": VLLMConfig, "tensorrt": TensorRTConfig}
+
+# llem's decoder presets; explicit decoder fields override the preset's values.
+DECODER_PRESETS: dict[str, dict[str, Any]] = {
+    "deterministic": {"do_sample": False, "temperature": 0.0},
+    "standard": {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 50},
+    "creative": {"do_sample": True, "temperature": 1.0, "top_p": 0.95, "top_k": 0},
+}
 
 
 def canonical_engine(name: str) -> str:
@@ -25,13 +41,7 @@ def canonical_engine(name: str) -> str:
     return ENGINE_ALIASES.get(name, name)
 
 
-class _Strict(BaseModel):
-    """Base for every config section: unknown keys fail, instances are immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DatasetConfig(_Strict):
+class DatasetConfig(Section):
     """Which prompts to use (003 ``dataset:``)."""
 
     source: str = Field(
@@ -40,11 +50,11 @@ class DatasetConfig(_Strict):
     )
     n_prompts: int = Field(default=100, ge=1, description="Number of prompts measured.")
     order: Literal["interleaved", "grouped", "shuffled"] = Field(
-        default="interleaved", description="Order in which prompts are drawn."
+        default="interleaved", description="interleaved: source order; grouped: by length; shuffled: seeded."
     )
 
 
-class DecoderConfig(_Strict):
+class DecoderConfig(Section):
     """Universal decoding settings (003 ``decoder:``)."""
 
     temperature: float = Field(default=1.0, ge=0.0)
@@ -54,6 +64,16 @@ class DecoderConfig(_Strict):
     repetition_penalty: float = Field(default=1.0, gt=0.0)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     min_new_tokens: int | None = Field(default=None, ge=0)
+    preset: Literal["deterministic", "standard", "creative"] | None = Field(
+        default=None, description="Fills the fields it defines; fields given explicitly win."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") in DECODER_PRESETS:
+            return {**DECODER_PRESETS[data["preset"]], **data}
+        return data
 
     @property
     def greedy(self) -> bool:
@@ -61,38 +81,77 @@ class DecoderConfig(_Strict):
         return not self.do_sample or self.temperature == 0.0
 
 
-class WarmupConfig(_Strict):
-    """Warmup before the measured window (003 ``warmup:``, fixed mode)."""
+class WarmupConfig(Section):
+    """Warmup before the measured window (003 ``warmup:``): fixed count or CV convergence."""
 
     enabled: bool = True
     n_warmup: int = Field(
-        default=5,
-        ge=0,
-        description="Warmup prompts, run as full-length batches drawn like the measured ones.",
+        default=5, ge=0, description="Warmup prompts, as full-length batches drawn like the measured ones."
     )
+    thermal_floor_seconds: float = Field(default=60.0, ge=30.0, description="Wait after warmup; minimum 30 s.")
+    convergence_detection: bool = False
+    cv_threshold: float = Field(default=0.05, gt=0.0, lt=1.0)
+    max_prompts: int = Field(default=20, ge=1)
+    window_size: int = Field(default=3, ge=2)
+    min_prompts: int = Field(default=5, ge=1)
+
+    @model_validator(mode="after")
+    def _cv_bounds(self) -> WarmupConfig:
+        if self.convergence_detection and self.min_prompts > self.max_prompts:
+            raise ValueError(f"min_prompts ({self.min_prompts}) exceeds max_prompts ({self.max_prompts})")
+        return self
 
 
-class PyTorchConfig(_Strict):
-    """Transformers engine settings (003 ``pytorch:``); None = the engine's default."""
+class BaselineConfig(Section):
+    """Idle power baseline (003 ``baseline:``)."""
 
-    batch_size: int | None = Field(default=None, ge=1, description="Effective default: 1.")
+    enabled: bool = True
+    duration_seconds: float = Field(default=30.0, ge=5.0, le=120.0)
+    strategy: Literal["validated", "cached", "fresh"] = "validated"
+    cache_ttl_seconds: float = Field(default=7200.0, ge=60.0)
+    validation_interval: int = Field(default=5, ge=1)
+    drift_threshold: float = Field(default=0.10, ge=0.01, le=0.50)
 
 
-class ExperimentConfig(_Strict):
+class LoRAConfig(Section):
+    """A LoRA adapter on top of the base model (001)."""
+
+    adapter_id: str | None = Field(default=None, description="Hugging Face Hub id of the adapter.")
+    adapter_path: str | None = Field(default=None, description="Local adapter directory.")
+    merge_weights: bool = Field(default=False, description="true: merged (deployed cost); false: adapter overhead.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> LoRAConfig:
+        if (self.adapter_id is None) == (self.adapter_path is None):
+            raise ValueError("lora needs exactly one of adapter_id and adapter_path")
+        return self
+
+
+class ExperimentConfig(Section):
     """One experiment: model, engine and how to measure it (003 Config Reference)."""
 
     model: str = Field(min_length=1, description="Hugging Face model id or local path.")
     engine: EngineName = "pytorch"
-    dtype: DType | None = Field(
-        default=None, description="None: bfloat16 on GPU, float32 on CPU (recorded in the result)."
-    )
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    dtype: DType | None = Field(default=None, description="None: bfloat16 on GPU, float32 on CPU (recorded).")
     random_seed: int = 42
     max_input_tokens: int | None = Field(default=256, ge=1)
     max_output_tokens: int | None = Field(default=256, ge=1)
-    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     decoder: DecoderConfig = Field(default_factory=DecoderConfig)
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)
+    baseline: BaselineConfig = Field(default_factory=BaselineConfig)
+    energy_sampler: Literal["auto", "nvml", "zeus", "codecarbon"] | None = Field(
+        default="auto", description="null disables energy measurement (throughput-only)."
+    )
+    gpu_telemetry: bool = True
     pytorch: PyTorchConfig | None = None
+    vllm: VLLMConfig | None = None
+    tensorrt: TensorRTConfig | None = None
+    lora: LoRAConfig | None = None
+    passthrough_kwargs: dict[str, Any] | None = Field(
+        default=None, description="Extra keyword arguments handed to the engine as they are."
+    )
+    output_dir: str | None = None
 
     @field_validator("engine", mode="before")
     @classmethod
@@ -109,11 +168,36 @@ class ExperimentConfig(_Strict):
             data = {("pytorch" if k == "transformers" else k): v for k, v in data.items()}
         return data
 
+    def decoding_mode(self) -> str:
+        """greedy, sampling or beam: what the engine will do with this config."""
+        if (self.pytorch and (self.pytorch.num_beams or 1) > 1) or (self.vllm and self.vllm.beam_search):
+            return "beam"
+        return "greedy" if self.decoder.greedy else "sampling"
+
     @model_validator(mode="after")
-    def _engine_section_matches(self) -> ExperimentConfig:
+    def _cross_rules(self) -> ExperimentConfig:
         for section in ENGINES:
-            if section != self.engine and getattr(self, section, None) is not None:
+            if section != self.engine and getattr(self, section) is not None:
                 raise ValueError(
                     f"'{section}:' section given but engine is '{self.engine}'; remove it or set engine: {section}"
                 )
+        if self.dtype is not None and self.dtype not in DTYPE_SUPPORT[self.engine]:
+            raise ValueError(
+                f"{self.engine} does not support dtype '{self.dtype}' (supported: {sorted(DTYPE_SUPPORT[self.engine])})"
+            )
+        mode = self.decoding_mode()
+        if mode not in DECODING_SUPPORT[self.engine]:
+            raise ValueError(f"{self.engine} does not support {mode} decoding")
+        if mode == "beam" and self.pytorch is not None and not self.decoder.greedy:
+            raise ValueError("pytorch.num_beams > 1 needs greedy decoding (decoder.do_sample: false)")
+        if self.lora is not None and self.engine not in LORA_SUPPORT:
+            raise ValueError(f"lora is not supported on {self.engine}: merge the adapter into the model first")
+        trt_dtype = self.tensorrt.dtype if self.tensorrt else None
+        if trt_dtype is not None and self.dtype is not None and trt_dtype != self.dtype:
+            raise ValueError(f"tensorrt.dtype '{trt_dtype}' contradicts dtype '{self.dtype}'")
+        if self.passthrough_kwargs:
+            real = set(ExperimentConfig.model_fields) | set(ENGINE_SECTIONS[self.engine].model_fields)
+            shadowed = sorted(set(self.passthrough_kwargs) & real)
+            if shadowed:
+                raise ValueError(f"passthrough_kwargs must not shadow real fields: {shadowed}; set them directly")
         return self

@@ -1,0 +1,250 @@
+"""Engine sections of the experiment config: ``pytorch:``, ``vllm:``, ``tensorrt:`` (003).
+
+Every field defaults to None, meaning "the engine's own default" (001): the engine resolves
+it at run time and records the effective value. Field names follow the engines' own
+argument names so that mapping them is mechanical.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys fail, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class PyTorchConfig(Section):
+    """Transformers engine (003 ``pytorch:``, every field of the 004 audit)."""
+
+    batch_size: int | None = Field(default=None, ge=1, description="Prompts per generate call. Default 1.")
+    attn_implementation: Literal["sdpa", "flash_attention_2", "flash_attention_3", "eager"] | None = None
+    torch_compile: bool | None = None
+    torch_compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None = (
+        None
+    )
+    torch_compile_backend: str | None = None
+    load_in_4bit: bool | None = None
+    load_in_8bit: bool | None = None
+    bnb_4bit_compute_dtype: Literal["float16", "bfloat16", "float32"] | None = None
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] | None = None
+    bnb_4bit_use_double_quant: bool | None = None
+    use_cache: bool | None = None
+    cache_implementation: Literal["static", "offloaded_static", "sliding_window"] | None = None
+    num_beams: int | None = Field(default=None, ge=1)
+    early_stopping: bool | None = None
+    length_penalty: float | None = None
+    no_repeat_ngram_size: int | None = Field(default=None, ge=0)
+    prompt_lookup_num_tokens: int | None = Field(default=None, ge=1)
+    device_map: str | None = None
+    max_memory: dict[str | int, str] | None = None
+    low_cpu_mem_usage: bool | None = None
+    allow_tf32: bool | None = None
+    autocast_enabled: bool | None = None
+    autocast_dtype: Literal["float16", "bfloat16"] | None = None
+    tp_plan: str | None = None
+    tp_size: int | None = Field(default=None, ge=1)
+    revision: str | None = Field(default=None, description="Model revision (commit, tag) for reproducibility.")
+    trust_remote_code: bool | None = Field(default=None, description="Off unless set to true.")
+    num_processes: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _cross_rules(self) -> PyTorchConfig:
+        if self.load_in_4bit and self.load_in_8bit:
+            raise ValueError("load_in_4bit and load_in_8bit are mutually exclusive")
+        if (self.torch_compile_mode or self.torch_compile_backend) and not self.torch_compile:
+            raise ValueError("torch_compile_mode / torch_compile_backend need torch_compile: true")
+        bnb = [
+            n
+            for n in ("bnb_4bit_compute_dtype", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant")
+            if getattr(self, n) is not None
+        ]
+        if bnb and not self.load_in_4bit:
+            raise ValueError(f"{', '.join(bnb)} need load_in_4bit: true")
+        if self.cache_implementation is not None and self.use_cache is False:
+            raise ValueError(f"cache_implementation '{self.cache_implementation}' contradicts use_cache: false")
+        if self.autocast_dtype is not None and not self.autocast_enabled:
+            raise ValueError("autocast_dtype needs autocast_enabled: true")
+        return self
+
+
+class VLLMAttentionConfig(Section):
+    """vLLM attention backend settings (003 ``vllm.engine.attention:``)."""
+
+    engine: str | None = Field(default=None, description="Attention backend name, e.g. FLASH_ATTN, FLASHINFER.")
+    flash_attn_version: int | None = Field(default=None, ge=2, le=3)
+    flash_attn_max_num_splits_for_cuda_graph: int | None = Field(default=None, ge=1)
+    use_prefill_decode_attention: bool | None = None
+    use_prefill_query_quantization: bool | None = None
+    use_cudnn_prefill: bool | None = None
+    disable_flashinfer_prefill: bool | None = None
+    disable_flashinfer_q_quantization: bool | None = None
+    use_trtllm_attention: bool | None = None
+    use_trtllm_ragged_deepseek_prefill: bool | None = None
+
+
+class VLLMSpeculativeConfig(Section):
+    """vLLM speculative decoding (``speculative_config``)."""
+
+    method: str | None = Field(default=None, description="ngram, eagle, eagle3, medusa, mtp, draft_model...")
+    model: str | None = None
+    num_speculative_tokens: int | None = Field(default=None, ge=1)
+    prompt_lookup_max: int | None = Field(default=None, ge=1)
+    prompt_lookup_min: int | None = Field(default=None, ge=1)
+    draft_tensor_parallel_size: int | None = Field(default=None, ge=1)
+
+
+class VLLMEngineConfig(Section):
+    """Arguments of ``vllm.LLM`` / EngineArgs (003 ``vllm.engine:``)."""
+
+    gpu_memory_utilization: float | None = Field(default=None, gt=0.0, le=1.0)
+    swap_space: float | None = Field(default=None, ge=0.0)
+    cpu_offload_gb: float | None = Field(default=None, ge=0.0)
+    block_size: Literal[8, 16, 32, 64, 128] | None = None
+    kv_cache_dtype: Literal["auto", "fp8", "fp8_e5m2", "fp8_e4m3"] | None = None
+    enforce_eager: bool | None = None
+    enable_chunked_prefill: bool | None = None
+    max_num_seqs: int | None = Field(default=None, ge=1)
+    max_num_batched_tokens: int | None = Field(default=None, ge=1)
+    max_model_len: int | None = Field(default=None, ge=1)
+    tensor_parallel_size: int | None = Field(default=None, ge=1)
+    pipeline_parallel_size: int | None = Field(default=None, ge=1)
+    enable_prefix_caching: bool | None = None
+    quantization: (
+        Literal["awq", "gptq", "fp8", "awq_marlin", "gptq_marlin", "bitsandbytes", "compressed-tensors"] | None
+    ) = None
+    num_scheduler_steps: int | None = Field(default=None, ge=1)
+    max_seq_len_to_capture: int | None = Field(default=None, ge=1)
+    distributed_executor_backend: Literal["mp", "ray"] | None = None
+    speculative_config: VLLMSpeculativeConfig | None = None
+    offload_group_size: int | None = Field(default=None, ge=0)
+    offload_num_in_group: int | None = Field(default=None, ge=1)
+    offload_prefetch_step: int | None = Field(default=None, ge=0)
+    offload_params: list[str] | None = None
+    disable_custom_all_reduce: bool | None = None
+    kv_cache_memory_bytes: int | None = Field(default=None, ge=1)
+    compilation_config: dict[str, Any] | None = None
+    attention: VLLMAttentionConfig | None = None
+
+    @model_validator(mode="after")
+    def _cross_rules(self) -> VLLMEngineConfig:
+        if self.gpu_memory_utilization is not None and self.kv_cache_memory_bytes is not None:
+            raise ValueError("give gpu_memory_utilization or kv_cache_memory_bytes, not both")
+        return self
+
+
+class VLLMSamplingConfig(Section):
+    """vLLM-only sampling parameters (003 ``vllm.sampling:``)."""
+
+    max_tokens: int | None = Field(default=None, ge=1)
+    min_tokens: int | None = Field(default=None, ge=0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    ignore_eos: bool | None = None
+    n: int | None = Field(default=None, ge=1)
+
+
+class VLLMBeamSearchConfig(Section):
+    """vLLM beam search (003 ``vllm.beam_search:``)."""
+
+    beam_width: int | None = Field(default=None, ge=1)
+    length_penalty: float | None = None
+    early_stopping: bool | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+
+
+class VLLMConfig(Section):
+    """vLLM engine (003 ``vllm:``)."""
+
+    engine: VLLMEngineConfig | None = None
+    sampling: VLLMSamplingConfig | None = None
+    beam_search: VLLMBeamSearchConfig | None = None
+
+    @model_validator(mode="after")
+    def _cross_rules(self) -> VLLMConfig:
+        if self.beam_search is not None and self.sampling is not None and (self.sampling.n or 1) > 1:
+            raise ValueError("vllm.beam_search and vllm.sampling.n > 1 are exclusive")
+        return self
+
+
+QuantAlgo = Literal[
+    "FP8",
+    "FP8_BLOCK_SCALES",
+    "FP8_PER_CHANNEL_PER_TOKEN",
+    "NVFP4",
+    "INT8",
+    "W8A16",
+    "W4A16",
+    "W4A16_AWQ",
+    "W4A8_AWQ",
+    "W4A16_GPTQ",
+    "W8A16_GPTQ",
+    "W8A8_SQ_PER_CHANNEL",
+    "MIXED_PRECISION",
+]
+
+
+class TensorRTQuantConfig(Section):
+    """TensorRT-LLM ``QuantConfig`` (003 ``tensorrt.quant``; ``quant_config`` is accepted too)."""
+
+    quant_algo: QuantAlgo | None = None
+    kv_cache_quant_algo: Literal["FP8", "INT8", "NVFP4"] | None = None
+    group_size: int | None = Field(default=None, ge=1)
+    exclude_modules: list[str] | None = None
+
+
+class TensorRTKvCacheConfig(Section):
+    """TensorRT-LLM ``KvCacheConfig``."""
+
+    free_gpu_memory_fraction: float | None = Field(default=None, gt=0.0, le=1.0)
+    enable_block_reuse: bool | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    dtype: Literal["auto", "fp8", "nvfp4"] | None = None
+
+
+class TensorRTSchedulerConfig(Section):
+    """TensorRT-LLM ``SchedulerConfig``."""
+
+    capacity_scheduler_policy: Literal["MAX_UTILIZATION", "GUARANTEED_NO_EVICT", "STATIC_BATCH"] | None = None
+    context_chunking_policy: Literal["FIRST_COME_FIRST_SERVED", "EQUAL_PROGRESS"] | None = None
+
+
+class TensorRTSamplingConfig(Section):
+    """TensorRT-LLM ``SamplingParams`` beyond the universal decoder settings."""
+
+    min_tokens: int | None = Field(default=None, ge=0)
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    ignore_eos: bool | None = None
+    n: int | None = Field(default=None, ge=1)
+
+
+class TensorRTConfig(Section):
+    """TensorRT-LLM engine (003 ``tensorrt:``)."""
+
+    max_batch_size: int | None = Field(default=None, ge=1)
+    tensor_parallel_size: int | None = Field(default=None, ge=1)
+    pipeline_parallel_size: int | None = Field(default=None, ge=1)
+    max_input_len: int | None = Field(default=None, ge=1)
+    max_seq_len: int | None = Field(default=None, ge=1)
+    max_num_tokens: int | None = Field(default=None, ge=1)
+    dtype: Literal["float16", "bfloat16"] | None = None
+    fast_build: bool | None = None
+    engine: Literal["pytorch", "tensorrt"] | None = Field(
+        default=None, description="TensorRT-LLM backend: the PyTorch flow or a compiled TensorRT engine."
+    )
+    engine_path: str | None = Field(default=None, description="Prebuilt engine directory; skips the build.")
+    quant: TensorRTQuantConfig | None = Field(default=None, validation_alias=AliasChoices("quant", "quant_config"))
+    kv_cache: TensorRTKvCacheConfig | None = None
+    scheduler: TensorRTSchedulerConfig | None = None
+    sampling: TensorRTSamplingConfig | None = None
+
+    @model_validator(mode="after")
+    def _cross_rules(self) -> TensorRTConfig:
+        if self.max_input_len is not None and self.max_seq_len is not None and self.max_input_len > self.max_seq_len:
+            raise ValueError(f"max_input_len ({self.max_input_len}) exceeds max_seq_len ({self.max_seq_len})")
+        return self

@@ -1,0 +1,130 @@
+"""Where a model lives on the host, and what its local files say about its size.
+
+Read with the standard library only (config.json, safetensors headers): the host never
+imports transformers or torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from llem_agent.contract import ExperimentConfig
+from orchestrator.errors import ConfigError
+
+_DTYPE_BYTES = {"float32": 4.0, "float16": 2.0, "bfloat16": 2.0}
+_OVERHEAD = 0.15  # activations, CUDA context, allocator slack: 15% of weights (002)
+
+
+def resolve_model_dir(model: str, base_dir: Path) -> Path | None:
+    """The host directory of a local model, or None for a hub id.
+
+    A value that looks like a path (absolute, ``./``, ``../``, ``~``) must exist; any other
+    value is a local directory if one exists relative to the study file, else a hub id.
+    """
+    expanded = Path(model).expanduser()
+    candidate = expanded if expanded.is_absolute() else base_dir / expanded
+    if candidate.is_dir():
+        return candidate.resolve()
+    if model.startswith(("/", "./", "../", "~")):
+        raise ConfigError(f"model directory not found: {candidate}")
+    return None
+
+
+def cached_snapshot(model: str, hf_home: Path) -> Path | None:
+    """The newest snapshot of a hub model in the local Hugging Face cache, if any."""
+    snapshots = hf_home / "hub" / f"models--{model.replace('/', '--')}" / "snapshots"
+    found = [p for p in snapshots.glob("*") if (p / "config.json").is_file()] if snapshots.is_dir() else []
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    n_params: int
+    n_layers: int
+    n_kv_heads: int
+    head_dim: int
+    params_from: str
+
+
+def _safetensors_params(folder: Path) -> int | None:
+    total, files = 0, sorted(folder.glob("*.safetensors"))
+    for path in files:
+        with path.open("rb") as handle:
+            (size,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(size))
+        total += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+    return total if files else None
+
+
+def _first(config: dict[str, object], *names: str) -> int | None:
+    for name in names:
+        value = config.get(name)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+@lru_cache(maxsize=64)
+def model_facts(folder: Path) -> ModelFacts | None:
+    """Parameter count and KV-cache geometry from local files; None when they are missing."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    config = config.get("text_config", config) if isinstance(config, dict) else {}
+    layers = _first(config, "num_hidden_layers", "n_layer", "num_layers")
+    hidden = _first(config, "hidden_size", "n_embd", "d_model")
+    heads = _first(config, "num_attention_heads", "n_head")
+    if not (layers and hidden and heads):
+        return None
+    kv_heads = _first(config, "num_key_value_heads") or heads
+    head_dim = _first(config, "head_dim") or hidden // heads
+    params = _safetensors_params(folder)
+    source = "safetensors"
+    if params is None:  # 12 h^2 per layer (attention + 4h MLP) plus embeddings
+        vocab = _first(config, "vocab_size") or 0
+        params, source = 12 * layers * hidden * hidden + vocab * hidden, "config.json"
+    return ModelFacts(params, layers, kv_heads, head_dim, source)
+
+
+@dataclass(frozen=True)
+class VramEstimate:
+    weights_gb: float
+    kv_cache_gb: float
+    overhead_gb: float
+    total_gb: float
+    params_from: str
+
+
+def _batch(config: ExperimentConfig) -> int:
+    if config.pytorch and config.pytorch.batch_size:
+        return config.pytorch.batch_size
+    if config.vllm and config.vllm.engine and config.vllm.engine.max_num_seqs:
+        return config.vllm.engine.max_num_seqs
+    if config.tensorrt and config.tensorrt.max_batch_size:
+        return config.tensorrt.max_batch_size
+    return 1
+
+
+def estimate_vram(config: ExperimentConfig, facts: ModelFacts) -> VramEstimate:
+    """002's estimate: weights + KV cache (2 x layers x kv width x sequence x batch) + 15%.
+
+    The KV width uses the key/value heads, so grouped-query attention is not overcounted.
+    Without an explicit dtype the GPU default (bfloat16) is assumed.
+    """
+    weight_bytes = _DTYPE_BYTES[config.dtype or "bfloat16"]
+    if config.pytorch and config.pytorch.load_in_4bit:
+        weight_bytes = 0.5
+    elif config.pytorch and config.pytorch.load_in_8bit:
+        weight_bytes = 1.0
+    kv_bytes = _DTYPE_BYTES[config.dtype or "bfloat16"]
+    sequence = (config.max_input_tokens or 256) + (config.max_output_tokens or 256)
+    weights = facts.n_params * weight_bytes / 1e9
+    kv = 2 * facts.n_layers * facts.n_kv_heads * facts.head_dim * sequence * _batch(config) * kv_bytes / 1e9
+    overhead = weights * _OVERHEAD
+    return VramEstimate(weights, kv, overhead, weights + kv + overhead, facts.params_from)

@@ -1,0 +1,76 @@
+"""Cross-field rules of the experiment config (001, 004) and the engine support tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from llem_agent.contract import ExperimentConfig, unsupported_by_agent
+from orchestrator.study import study_from_data
+
+
+def cfg(**data):
+    return ExperimentConfig.model_validate({"model": "m", **data})
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"pytorch": {"load_in_4bit": True, "load_in_8bit": True}}, "mutually exclusive"),
+        ({"pytorch": {"torch_compile_mode": "default"}}, "need torch_compile: true"),
+        ({"pytorch": {"bnb_4bit_quant_type": "nf4"}}, "need load_in_4bit: true"),
+        ({"pytorch": {"use_cache": False, "cache_implementation": "static"}}, "contradicts use_cache: false"),
+        ({"pytorch": {"num_beams": 4}}, "num_beams > 1 needs greedy decoding"),
+        ({"engine": "tensorrt", "lora": {"adapter_path": "/a"}}, "lora is not supported on tensorrt"),
+        ({"lora": {}}, "exactly one of adapter_id and adapter_path"),
+        ({"lora": {"adapter_id": "a", "adapter_path": "/b"}}, "exactly one of adapter_id and adapter_path"),
+        ({"passthrough_kwargs": {"batch_size": 3}}, "must not shadow real fields: ['batch_size']"),
+        ({"passthrough_kwargs": {"dtype": "x"}}, "must not shadow real fields: ['dtype']"),
+        ({"engine": "tensorrt", "dtype": "float32"}, "tensorrt does not support dtype 'float32'"),
+        ({"engine": "tensorrt", "dtype": "float16", "tensorrt": {"dtype": "bfloat16"}}, "contradicts dtype"),
+        ({"engine": "vllm", "tensorrt": {}}, "'tensorrt:' section given but engine is 'vllm'"),
+        ({"warmup": {"thermal_floor_seconds": 10}}, "greater than or equal to 30"),
+        ({"baseline": {"duration_seconds": 500}}, "less than or equal to 120"),
+        (
+            {"vllm": {"engine": {"gpu_memory_utilization": 0.9, "kv_cache_memory_bytes": 10}}, "engine": "vllm"},
+            "not both",
+        ),
+    ],
+)
+def test_invalid_combinations(data, message):
+    with pytest.raises(ValidationError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        cfg(**data)
+
+
+def test_valid_combinations():
+    beam = cfg(decoder={"do_sample": False}, pytorch={"num_beams": 4, "early_stopping": True})
+    assert beam.decoding_mode() == "beam"
+    q = cfg(pytorch={"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": "bfloat16"})
+    assert q.pytorch.bnb_4bit_quant_type == "nf4"
+    trt = cfg(engine="tensorrt", tensorrt={"quant_config": {"quant_algo": "FP8"}})
+    assert trt.tensorrt.quant.quant_algo == "FP8"
+    assert cfg(passthrough_kwargs={"use_bettertransformer": True}).passthrough_kwargs == {"use_bettertransformer": True}
+
+
+def test_presets_fill_fields_and_explicit_fields_win():
+    det = cfg(decoder={"preset": "deterministic"})
+    assert (det.decoder.do_sample, det.decoder.temperature, det.decoder.greedy) == (False, 0.0, True)
+    mine = cfg(decoder={"preset": "standard", "temperature": 0.3})
+    assert (mine.decoder.temperature, mine.decoder.top_p) == (0.3, 0.9)
+
+
+def test_agent_support_lists_settings_the_agent_would_not_apply():
+    assert unsupported_by_agent(cfg(pytorch={"batch_size": 2}, decoder={"do_sample": False}), "pytorch") == []
+    assert unsupported_by_agent(cfg(pytorch={"torch_compile": True}), "pytorch") == ["pytorch.torch_compile"]
+    assert unsupported_by_agent(cfg(energy_sampler="zeus"), "pytorch") == ["energy_sampler=zeus"]
+    assert unsupported_by_agent(cfg(energy_sampler="nvml"), "pytorch") == []
+    assert unsupported_by_agent(cfg(engine="vllm"), "vllm") == ["engine"]
+
+
+def test_identical_grid_points_run_once_and_the_copy_is_reported():
+    data = {"model": "m", "sweep": {"g": [{}, {"warmup.n_warmup": 5}, {"warmup.n_warmup": 6}]}}
+    study = study_from_data(data, Path("/x/s.yaml"))
+    assert len(study.experiments) == 2
+    assert [s.reason for s in study.skipped] == ["duplicate of grid point 1"]
