@@ -11,6 +11,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
@@ -19,7 +20,10 @@ from orchestrator import __version__
 from orchestrator.errors import EXIT_INTERNAL, EXIT_OK, EXIT_RUNS_FAILED, ConfigError, LlemError
 from orchestrator.locks import DEFAULT_LOCK_DIR
 from orchestrator.plan import make_plan
-from orchestrator.study import ExperimentOrder, load_study
+from orchestrator.study import ExperimentOrder, Study, load_study
+
+if TYPE_CHECKING:
+    from orchestrator.runner import RunnerOptions
 
 DEFAULT_IMAGE = "llem/{engine}:" + __version__
 ORDERS: tuple[ExperimentOrder, ...] = ("sequential", "interleave", "shuffle", "reverse", "latin_square")
@@ -54,10 +58,45 @@ def _gpu_indices(spec: str | None) -> tuple[int, ...]:
     return wanted
 
 
+def runner_options(args: argparse.Namespace, study: Study) -> RunnerOptions:
+    """Host settings of this invocation: CLI flags over the study's study_execution."""
+    from orchestrator.runner import RunnerOptions
+
+    if args.run_timeout <= 0:
+        raise ConfigError(f"--run-timeout must be positive, got {args.run_timeout}")
+    if args.stall_timeout <= 0:
+        raise ConfigError(f"--stall-timeout must be positive, got {args.stall_timeout}")
+    if args.timeout is not None and args.timeout <= 0:
+        raise ConfigError(f"--timeout must be positive hours, got {args.timeout}")
+    execution = study.execution
+    breaker = execution.max_consecutive_failures
+    if args.fail_fast:
+        breaker = 1
+    elif args.no_circuit_breaker:
+        breaker = 0
+    hours = args.timeout if args.timeout is not None else execution.wall_clock_timeout_hours
+    hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")).expanduser()
+    return RunnerOptions(
+        results_root=Path(args.results_dir),
+        images=resolve_images(study.images, args.image),
+        run_timeout_s=args.run_timeout,
+        gpu_indices=_gpu_indices(args.gpus),
+        lock_dir=None if args.no_lock else Path(args.lock_dir),
+        lock_wait_s=0.0 if args.no_wait else None,
+        hf_home=hf_home,
+        stall_timeout_s=args.stall_timeout,
+        container_memory=args.container_memory,
+        max_consecutive_failures=breaker,
+        circuit_breaker_cooldown_s=execution.circuit_breaker_cooldown_seconds,
+        wall_clock_limit_s=None if hours is None else hours * 3600.0,
+    )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.display import ProgressDisplay, summary_table
     from orchestrator.launcher import DockerLauncher
-    from orchestrator.runner import RunnerOptions, StudyRunner
+    from orchestrator.reaper import reap_orphans
+    from orchestrator.runner import StudyRunner, newest_unfinished
 
     # Pipes and CI logs get a wide, fixed width instead of rich's 80-column fallback.
     out = Console(width=None if sys.stdout.isatty() else 150)
@@ -74,24 +113,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             print_text(plan, out)
         return EXIT_OK
-    if args.run_timeout <= 0:
-        raise ConfigError(f"--run-timeout must be positive, got {args.run_timeout}")
-    hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")).expanduser()
-    options = RunnerOptions(
-        results_root=Path(args.results_dir),
-        images=resolve_images(study.images, args.image),
-        run_timeout_s=args.run_timeout,
-        gpu_indices=_gpu_indices(args.gpus),
-        lock_dir=Path(args.lock_dir),
-        lock_wait_s=None,
-        hf_home=hf_home,
-    )
+    options = runner_options(args, study)
     for skipped in study.skipped:
         err.print(f"[yellow]skipping[/] grid point {skipped.index + 1}: {skipped.reason}")
-    runner = StudyRunner(plan, options, DockerLauncher(), events=_NoEvents())
+    launcher = DockerLauncher()
+    runner = StudyRunner(plan, options, launcher, events=_NoEvents())
     runner.preflight()
-    hf_home.mkdir(parents=True, exist_ok=True)
-    study_dir = runner.prepare()
+    for name in reap_orphans(launcher):
+        err.print(f"removed orphan container {name} (its llem process is gone)")
+    if not options.hf_home.exists():
+        options.hf_home.mkdir(parents=True)
+        if os.getuid() == 0:  # llem's unprivileged agent (root group) may download into it
+            os.chmod(options.hf_home, 0o2775)
+    if args.resume or args.resume_dir:
+        previous = Path(args.resume_dir) if args.resume_dir else newest_unfinished(options.results_root, study.name)
+        study_dir = runner.resume(previous)
+    else:
+        study_dir = runner.prepare()
     err.print(f"study {study.name}: {len(plan.runs)} runs -> {study_dir}")
     with ProgressDisplay(plan, err) as display:
         runner.events = display
@@ -137,7 +175,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--image", action="append", default=[], metavar="ENGINE=IMAGE", help="image for an engine")
     run.add_argument("--gpus", help="GPU indices the study may use, e.g. 0,1 (default: all NVML sees)")
     run.add_argument("--run-timeout", type=float, default=3600.0, metavar="S", help="per-run timeout in seconds")
+    run.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="kill a run whose agent shows no progress for S seconds while measuring (default 600)",
+    )
+    run.add_argument("--container-memory", metavar="SIZE", help="memory limit of each run's container, e.g. 16g")
     run.add_argument("--lock-dir", default=str(DEFAULT_LOCK_DIR), help="directory of the device lock files")
+    run.add_argument("--no-lock", action="store_true", help="take no device locks (scheduling is done elsewhere)")
+    run.add_argument("--no-wait", action="store_true", help="fail at once when a device is locked, instead of waiting")
+    resume = run.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true", help="continue the newest unfinished run of this study")
+    resume.add_argument("--resume-dir", metavar="DIR", help="continue the study in DIR")
+    breaker = run.add_mutually_exclusive_group()
+    breaker.add_argument("--fail-fast", action="store_true", help="stop the study at the first failed run")
+    breaker.add_argument("--no-circuit-breaker", action="store_true", help="never stop the study for failures")
+    run.add_argument("--timeout", type=float, metavar="HOURS", help="wall-clock limit of the whole study")
     run.set_defaults(func=cmd_run)
     schema = sub.add_parser("schema", help="write JSON Schemas of experiment and study files")
     schema.add_argument("--out", default=".", help="directory to write llem-{experiment,study}.schema.json into")

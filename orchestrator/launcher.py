@@ -27,6 +27,23 @@ class ContainerOutcome:
     timed_out: bool
     oom_killed: bool
     duration_s: float
+    hung: bool = False
+
+
+@dataclass(frozen=True)
+class Liveness:
+    """How the launcher decides an agent is hung: its heartbeat file went stale."""
+
+    heartbeat: Path
+    stall_timeout_s: float
+    poll_s: float = 1.0
+
+    def stale(self, started_at: float) -> bool:
+        try:
+            last = self.heartbeat.stat().st_mtime
+        except FileNotFoundError:
+            last = started_at  # not started beating yet: count from the container's start
+        return time.time() - last > self.stall_timeout_s
 
 
 class Launcher(Protocol):
@@ -34,7 +51,9 @@ class Launcher(Protocol):
 
     def check(self, images: Iterable[str]) -> None: ...
 
-    def run(self, spec: ContainerSpec, timeout_s: float, log_path: Path) -> ContainerOutcome: ...
+    def run(
+        self, spec: ContainerSpec, timeout_s: float, log_path: Path, liveness: Liveness | None = None
+    ) -> ContainerOutcome: ...
 
 
 def _docker_client() -> docker.DockerClient:
@@ -64,8 +83,17 @@ def _run_kwargs(spec: ContainerSpec) -> dict[str, Any]:
         "environment": environment,
         "volumes": {str(m.source): {"bind": m.target, "mode": "ro" if m.read_only else "rw"} for m in spec.mounts},
         "user": spec.user,
+        "group_add": list(spec.group_add),
         "detach": True,
+        # Hardening: nothing the agent needs is lost, everything else is.
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "read_only": spec.read_only_root,
+        "tmpfs": spec.tmpfs or {},
     }
+    if spec.memory_limit:
+        kwargs["mem_limit"] = spec.memory_limit
+        kwargs["memswap_limit"] = spec.memory_limit  # no swap: the limit is the limit
     if spec.network_disabled:
         kwargs["network_mode"] = "none"
     if spec.gpu_ids:
@@ -100,9 +128,11 @@ class DockerLauncher:
             except docker.errors.DockerException as exc:
                 raise EnvironmentProblem(f"cannot inspect image {image}: {_first_line(exc)}") from None
 
-    def run(self, spec: ContainerSpec, timeout_s: float, log_path: Path) -> ContainerOutcome:
-        """Run ``spec`` to completion (or ``timeout_s``); the container is always removed."""
-        start = time.monotonic()
+    def run(
+        self, spec: ContainerSpec, timeout_s: float, log_path: Path, liveness: Liveness | None = None
+    ) -> ContainerOutcome:
+        """Run ``spec`` to completion, ``timeout_s``, or a stale heartbeat; the container is always removed."""
+        start, started_at = time.monotonic(), time.time()
         try:
             container: Container = self.client.containers.run(spec.image, **_run_kwargs(spec))
         except docker.errors.ImageNotFound:
@@ -114,17 +144,23 @@ class DockerLauncher:
                     f"cannot give the container its GPUs ({message}); install the NVIDIA container toolkit"
                 ) from None
             raise EnvironmentProblem(f"cannot start container for {spec.name}: {message}") from None
-        timed_out = False
+        timed_out = hung = False
         exit_code: int | None = None
         oom = False
         try:
-            try:
-                status = container.wait(timeout=timeout_s)
-                exit_code = int(status.get("StatusCode", -1))
-            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
-                timed_out = True
-                with contextlib.suppress(docker.errors.DockerException):
-                    container.kill()
+            while True:
+                left = timeout_s - (time.monotonic() - start)
+                try:
+                    status = container.wait(timeout=max(0.1, min(left, liveness.poll_s if liveness else left)))
+                    exit_code = int(status.get("StatusCode", -1))
+                    break
+                except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+                    timed_out = time.monotonic() - start >= timeout_s
+                    hung = not timed_out and liveness is not None and liveness.stale(started_at)
+                    if timed_out or hung:
+                        with contextlib.suppress(docker.errors.DockerException):
+                            container.kill()
+                        break
             with contextlib.suppress(docker.errors.DockerException):
                 container.reload()
                 oom = bool(container.attrs.get("State", {}).get("OOMKilled", False))
@@ -132,7 +168,7 @@ class DockerLauncher:
             self._save_log(container, log_path)
             with contextlib.suppress(docker.errors.DockerException):
                 container.remove(force=True)
-        return ContainerOutcome(exit_code, timed_out, oom, time.monotonic() - start)
+        return ContainerOutcome(exit_code, timed_out, oom, time.monotonic() - start, hung)
 
     @staticmethod
     def _save_log(container: Container, log_path: Path) -> None:

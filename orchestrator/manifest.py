@@ -12,8 +12,10 @@ from llem_agent.contract import write_atomic
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_SCHEMA_VERSION = "1"
-RunStatus = Literal["pending", "running", "completed", "failed", "interrupted"]
-StudyStatus = Literal["running", "completed", "failed", "interrupted"]
+RunStatus = Literal["pending", "running", "completed", "failed", "interrupted", "skipped"]
+StudyStatus = Literal["running", "completed", "failed", "interrupted", "circuit_open", "timed_out"]
+# Runs that --resume runs again; a completed run never is.
+RESUMABLE: frozenset[str] = frozenset({"pending", "running", "failed", "interrupted", "skipped"})
 
 
 def utc_now() -> str:
@@ -23,7 +25,10 @@ def utc_now() -> str:
 class RunFailure(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kind: str = Field(description="agent_error | timeout | oom | no_result | corrupt_result")
+    kind: str = Field(
+        description="agent_error | timeout | hung | oom | killed | no_result | corrupt_result "
+        "| circuit_open | timed_out"
+    )
     type: str | None = None
     message: str
 
@@ -43,6 +48,7 @@ class RunEntry(BaseModel):
     wall_s: float | None = None
     exit_code: int | None = None
     failure: RunFailure | None = None
+    attempts: int = 0
 
 
 class SkippedEntry(BaseModel):
@@ -68,6 +74,9 @@ class Manifest(BaseModel):
     shuffle_seed: int | None
     runs: list[RunEntry]
     skipped: list[SkippedEntry] = Field(default_factory=list)
+    history: list[dict[str, str]] = Field(
+        default_factory=list, description="Every status the study has had, oldest first, with its time."
+    )
 
     def run(self, run_id: str) -> RunEntry:
         for entry in self.runs:
@@ -95,7 +104,9 @@ class ManifestStore:
         return entry
 
     def set_status(self, status: StudyStatus) -> None:
+        """Set the study's status; every earlier status stays in ``history``."""
         self.manifest.status = status
+        self.manifest.history.append({"status": status, "at": utc_now()})
         self.save()
 
     @staticmethod

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import stat
 import struct
 from dataclasses import dataclass
 from functools import lru_cache
@@ -33,6 +34,19 @@ def resolve_model_dir(model: str, base_dir: Path) -> Path | None:
     if model.startswith(("/", "./", "../", "~")):
         raise ConfigError(f"model directory not found: {candidate}")
     return None
+
+
+def check_readable_by_agent(folder: Path, host_uid: int) -> None:
+    """When llem runs as root its agent does not: every model file must be group- or world-readable."""
+    if host_uid != 0:
+        return
+    for path in sorted(folder.rglob("*")):
+        mode = path.stat().st_mode
+        if path.is_file() and not mode & (stat.S_IRGRP | stat.S_IROTH):
+            raise ConfigError(
+                f"{path} is readable only by its owner (mode {stat.S_IMODE(mode):o}); llem's agent runs "
+                f"unprivileged, so make the model readable: chmod -R a+rX {folder}"
+            )
 
 
 def cached_snapshot(model: str, hf_home: Path) -> Path | None:

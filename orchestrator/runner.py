@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
 
+from filelock import FileLock, Timeout
 from pydantic import ValidationError
 
 from llem_agent.contract import (
@@ -27,14 +28,28 @@ from llem_agent.contract import (
 from orchestrator import __version__
 from orchestrator.container import build_spec
 from orchestrator.devices import assign_devices
-from orchestrator.errors import ConfigError, EnvironmentProblem, Interrupted
-from orchestrator.launcher import ContainerOutcome, Launcher
+from orchestrator.errors import ConfigError, EnvironmentProblem, Interrupted, LlemError
+from orchestrator.launcher import ContainerOutcome, Launcher, Liveness
 from orchestrator.locks import DeviceLocks, lock_names
-from orchestrator.manifest import Manifest, ManifestStore, RunEntry, RunFailure, SkippedEntry, utc_now
-from orchestrator.models import resolve_model_dir
+from orchestrator.manifest import (
+    MANIFEST_FILE,
+    RESUMABLE,
+    Manifest,
+    ManifestStore,
+    RunEntry,
+    RunFailure,
+    SkippedEntry,
+    StudyStatus,
+    utc_now,
+)
+from orchestrator.models import check_readable_by_agent, resolve_model_dir
 from orchestrator.plan import Plan, PlannedRun
+from orchestrator.policy import CircuitBreaker, WallClock
 
 CONTAINER_LOG = "container.log"
+HEARTBEAT_FILE = "heartbeat"  # written by the agent (llem_agent.heartbeat), read for liveness
+# Agent exception types that name a failure class of their own.
+_ERROR_KINDS = {"GpuNotVisible": "gpu_not_visible", "OutOfMemoryError": "oom"}
 STUDY_COPY = "study.yaml"
 
 
@@ -46,9 +61,14 @@ class RunnerOptions:
     images: dict[str, str]
     run_timeout_s: float
     gpu_indices: tuple[int, ...]
-    lock_dir: Path
+    lock_dir: Path | None
     lock_wait_s: float | None
     hf_home: Path
+    stall_timeout_s: float = 600.0
+    container_memory: str | None = None
+    max_consecutive_failures: int = 10
+    circuit_breaker_cooldown_s: float = 60.0
+    wall_clock_limit_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +97,21 @@ def image_for(engine: str, images: dict[str, str]) -> str:
         raise EnvironmentProblem(f"no image configured for engine '{engine}' (have: {sorted(images)})") from None
 
 
+def newest_unfinished(root: Path, name: str) -> Path:
+    """The newest study directory of ``name`` under ``root`` whose study did not complete."""
+    candidates = []
+    for manifest_path in root.glob(f"{name}_*/{MANIFEST_FILE}"):
+        try:
+            manifest = ManifestStore.load(manifest_path.parent)
+        except (OSError, ValueError):
+            continue
+        if manifest.study_name == name and manifest.status != "completed":
+            candidates.append((manifest.created_at, manifest_path.parent))
+    if not candidates:
+        raise ConfigError(f"no unfinished study named '{name}' under {root}; nothing to resume")
+    return max(candidates)[1]
+
+
 def _new_study_dir(root: Path, name: str) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     root.mkdir(parents=True, exist_ok=True)
@@ -90,11 +125,24 @@ def _new_study_dir(root: Path, name: str) -> Path:
     raise EnvironmentProblem(f"cannot create a new study directory under {root}")
 
 
+def _archive_attempt(run_dir: Path, attempt: int) -> None:
+    """Keep an earlier attempt's files under ``attempts/N/`` so a re-run loses nothing."""
+    files = [p for p in run_dir.iterdir() if p.is_file()]
+    if attempt < 1 or not files:
+        return
+    target = run_dir / "attempts" / str(attempt)
+    target.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        path.rename(target / path.name)
+
+
 def collect(run_dir: Path, run_id: str, outcome: ContainerOutcome) -> tuple[ExperimentResult | None, RunFailure | None]:
     """Read what the agent left in ``run_dir`` and decide how the run ended."""
     result_path, error_path = run_dir / RESULT_FILE, run_dir / ERROR_FILE
     if outcome.timed_out:
         return None, RunFailure(kind="timeout", message=f"no exit within the run timeout ({outcome.duration_s:.0f} s)")
+    if outcome.hung:
+        return None, RunFailure(kind="hung", message="the agent stopped making progress (stale heartbeat); killed")
     if outcome.oom_killed:
         return None, RunFailure(kind="oom", message="the container was killed for exceeding its memory limit")
     if result_path.exists() and outcome.exit_code == 0:
@@ -108,9 +156,14 @@ def collect(run_dir: Path, run_id: str, outcome: ContainerOutcome) -> tuple[Expe
     if error_path.exists():
         try:
             error = RunError.model_validate_json(error_path.read_text(encoding="utf-8"))
-            return None, RunFailure(kind="agent_error", type=error.type, message=f"{error.phase}: {error.message}")
+            kind = _ERROR_KINDS.get(error.type, "agent_error")
+            return None, RunFailure(kind=kind, type=error.type, message=f"{error.phase}: {error.message}")
         except (ValidationError, ValueError):
             pass
+    if outcome.exit_code in (137, 143):
+        return None, RunFailure(
+            kind="killed", message=f"the container was killed from outside (exit {outcome.exit_code})"
+        )
     return None, RunFailure(kind="no_result", message=f"container exited {outcome.exit_code} without {RESULT_FILE}")
 
 
@@ -125,6 +178,7 @@ class StudyRunner:
         self.study_dir: Path | None = None
         self._store: ManifestStore | None = None
         self._model_dirs: dict[int, Path | None] = {}
+        self._study_lock: FileLock | None = None
 
     def preflight(self) -> None:
         """Everything that can fail before a results directory exists: settings, models, images, Docker."""
@@ -138,9 +192,33 @@ class StudyRunner:
                     f"experiment {exp.index + 1}: the {exp.config.engine} agent of llem {__version__} does not "
                     f"apply {', '.join(refused)} yet; remove it rather than get results that ignore it"
                 )
-            self._model_dirs[exp.index] = resolve_model_dir(exp.config.model, base)
+            model_dir = self._model_dirs[exp.index] = resolve_model_dir(exp.config.model, base)
+            if model_dir is not None:
+                check_readable_by_agent(model_dir, os.getuid())
             assign_devices(exp.config, list(self.options.gpu_indices))  # raises when too few GPUs
         self.launcher.check({image_for(e.config.engine, self.options.images) for e in self.plan.study.experiments})
+
+    def _entry(self, run: PlannedRun) -> RunEntry:
+        return RunEntry(
+            run_id=run.run_id,
+            experiment_index=run.experiment.index,
+            cycle=run.cycle,
+            config_hash=run.experiment.config_hash,
+            image=image_for(run.experiment.config.engine, self.options.images),
+        )
+
+    def _open(self, study_dir: Path, manifest: Manifest) -> Path:
+        # One llem process per study directory; flock frees it however the holder dies.
+        lock = FileLock(study_dir / ".lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise EnvironmentProblem(f"{study_dir} is being run by another llem process") from None
+        self._study_lock = lock
+        self._store = ManifestStore(study_dir, manifest)
+        self.study_dir = study_dir
+        self._store.set_status("running")
+        return study_dir
 
     def prepare(self) -> Path:
         """Create the study directory with a copy of the study file and an all-pending manifest."""
@@ -155,59 +233,119 @@ class StudyRunner:
             n_cycles=self.plan.n_cycles,
             experiment_order=self.plan.order,
             shuffle_seed=self.plan.seed,
-            runs=[
-                RunEntry(
-                    run_id=run.run_id,
-                    experiment_index=run.experiment.index,
-                    cycle=run.cycle,
-                    config_hash=run.experiment.config_hash,
-                    image=image_for(run.experiment.config.engine, self.options.images),
-                )
-                for run in self.plan.runs
-            ],
+            runs=[self._entry(run) for run in self.plan.runs],
             skipped=[SkippedEntry(index=s.index, reason=s.reason) for s in study.skipped],
         )
-        self._store = ManifestStore(study_dir, manifest)
-        self._store.save()
-        self.study_dir = study_dir
-        return study_dir
+        return self._open(study_dir, manifest)
+
+    def resume(self, study_dir: Path) -> Path:
+        """Continue an earlier study: its completed runs stay, every other run runs again.
+
+        The study's design must not have changed (same design hash): results of different
+        parameter spaces are never mixed. More cycles than before are added as new runs.
+        """
+        try:
+            manifest = ManifestStore.load(study_dir)
+        except FileNotFoundError:
+            raise ConfigError(f"{study_dir} is not a llem study directory (no {MANIFEST_FILE})") from None
+        except ValueError as exc:
+            raise ConfigError(f"{study_dir}/{MANIFEST_FILE} is unreadable: {str(exc).splitlines()[0]}") from None
+        if manifest.study_design_hash != self.plan.study.design_hash:
+            raise ConfigError(
+                f"{study_dir}: the study's design changed since it ran (design hash {manifest.study_design_hash} "
+                f"-> {self.plan.study.design_hash}); run it as a new study instead of mixing results"
+            )
+        known = {entry.run_id for entry in manifest.runs}
+        manifest.runs.extend(self._entry(run) for run in self.plan.runs if run.run_id not in known)
+        manifest.n_cycles = max(manifest.n_cycles, self.plan.n_cycles)
+        return self._open(study_dir, manifest)
 
     def execute(self) -> list[RunOutcome]:
-        """Run every planned run in order. Ctrl-C marks the current run interrupted and raises."""
-        assert self._store is not None and self.study_dir is not None, "call prepare() first"
-        outcomes: list[RunOutcome] = []
-        current: PlannedRun | None = None
+        """Run every run the manifest does not hold as completed, under the study's policies.
+
+        Ctrl-C marks the current run interrupted and raises. Returns an outcome for every
+        run of the plan, earlier completed ones included.
+        """
+        assert self._store is not None and self.study_dir is not None, "call prepare() or resume() first"
+        store = self._store
+        todo = [run for run in self.plan.runs if store.manifest.run(run.run_id).status in RESUMABLE]
         execution = self.plan.study.execution
+        breaker = CircuitBreaker(self.options.max_consecutive_failures, self.options.circuit_breaker_cooldown_s)
+        clock = WallClock(self.options.wall_clock_limit_s)
+        final: StudyStatus | None = None
+        current: PlannedRun | None = None
         try:
-            for position, run in enumerate(self.plan.runs, start=1):
+            for position, run in enumerate(todo, start=1):
+                if clock.expired():
+                    final = "timed_out"
+                    self._skip(todo[position - 1 :], "timed_out", "the study's wall-clock limit was reached")
+                    break
                 if position > 1:
-                    new_cycle = run.cycle != self.plan.runs[position - 2].cycle
+                    new_cycle = run.cycle != todo[position - 2].cycle
                     self._sleep(execution.cycle_gap_seconds if new_cycle else execution.config_gap_seconds)
                 current = run
-                self.events.run_started(run, position, len(self.plan.runs))
-                outcome = self._run_one(run)
-                outcomes.append(outcome)
+                self.events.run_started(run, position, len(todo))
+                outcome = self._run_one(run, clock.remaining_s())
+                current = None
                 self.events.run_finished(outcome)
-            current = None
+                decision = breaker.record(outcome.entry.status == "completed")
+                if decision == "abort":
+                    final = "circuit_open"
+                    self._skip(todo[position:], "circuit_open", "the circuit breaker stopped the study")
+                    break
+                if decision == "cooldown" and position < len(todo):
+                    self._sleep(self.options.circuit_breaker_cooldown_s)
+                    breaker.probe()
         except KeyboardInterrupt:
             if current is not None:
-                self._store.update_run(current.run_id, status="interrupted", finished_at=utc_now())
-            self._store.set_status("interrupted")
-            raise Interrupted(f"interrupted; completed results are kept in {self.study_dir}") from None
-        failed = any(o.entry.status != "completed" for o in outcomes)
-        self._store.set_status("failed" if failed else "completed")
-        return outcomes
+                store.update_run(current.run_id, status="interrupted", finished_at=utc_now())
+            store.set_status("interrupted")
+            raise Interrupted(
+                f"interrupted; completed results are kept in {self.study_dir} (--resume continues)"
+            ) from None
+        except LlemError:
+            # The environment broke mid-study (daemon gone, device held): stop, truthfully.
+            if current is not None:
+                store.update_run(current.run_id, status="interrupted", finished_at=utc_now())
+            store.set_status("interrupted")
+            raise
+        finally:
+            if self._study_lock is not None:
+                self._study_lock.release()
+        if final is None:
+            final = "completed" if all(e.status == "completed" for e in store.manifest.runs) else "failed"
+        store.set_status(final)
+        return [self._outcome(run) for run in self.plan.runs]
+
+    def _skip(self, runs: list[PlannedRun], kind: str, message: str) -> None:
+        assert self._store is not None
+        for run in runs:
+            self._store.update_run(run.run_id, status="skipped", failure=RunFailure(kind=kind, message=message))
+
+    def _outcome(self, run: PlannedRun) -> RunOutcome:
+        assert self._store is not None and self.study_dir is not None
+        entry = self._store.manifest.run(run.run_id)
+        result = None
+        if entry.status == "completed":
+            path = self.study_dir / "runs" / run.run_id / RESULT_FILE
+            result = ExperimentResult.model_validate_json(path.read_text(encoding="utf-8"))
+        return RunOutcome(run=run, entry=entry, result=result)
 
     def _sleep(self, seconds: float) -> None:
         if seconds > 0:
             self.events.pausing(seconds)
             time.sleep(seconds)
 
-    def _run_one(self, run: PlannedRun) -> RunOutcome:
+    def _run_one(self, run: PlannedRun, remaining_s: float | None) -> RunOutcome:
         assert self._store is not None and self.study_dir is not None
         config: ExperimentConfig = run.experiment.config
         run_dir = self.study_dir / "runs" / run.run_id
         run_dir.mkdir(parents=True, exist_ok=True)
+        attempt = self._store.manifest.run(run.run_id).attempts + 1
+        _archive_attempt(run_dir, attempt - 1)
+        if os.getuid() == 0:
+            os.chmod(run_dir, 0o2775)  # the unprivileged agent writes here through the root group
+        gpus = assign_devices(config, list(self.options.gpu_indices))
         model_dir = self._model_dirs.get(run.experiment.index)
         request = RunRequest(
             run_id=run.run_id,
@@ -216,9 +354,9 @@ class StudyRunner:
             config_hash=run.experiment.config_hash,
             config=config,
             model_path=CONTAINER_MODEL_DIR if model_dir is not None else None,
+            gpus=[str(g) for g in gpus],
         )
         write_atomic(run_dir / EXPERIMENT_FILE, request.model_dump_json(indent=2))
-        gpus = assign_devices(config, list(self.options.gpu_indices))
         image = image_for(config.engine, self.options.images)
         spec = build_spec(
             image=image,
@@ -228,17 +366,33 @@ class StudyRunner:
             hf_home=self.options.hf_home,
             model_dir=model_dir,
             gpu_indices=gpus,
-            user=f"{os.getuid()}:{os.getgid()}",
+            host_uid=os.getuid(),
+            host_gid=os.getgid(),
             host_pid=os.getpid(),
+            memory_limit=self.options.container_memory,
         )
-        locks = DeviceLocks(lock_names(gpus), self.options.lock_dir)
+        lock_dir = self.options.lock_dir
+        locks = DeviceLocks(lock_names(gpus) if lock_dir else [], lock_dir or Path("."))
         if not locks.acquire(self.options.lock_wait_s, on_wait=self.events.waiting_for_devices):
-            raise EnvironmentProblem(f"devices {locks.names} stayed locked by another study")
+            raise EnvironmentProblem(
+                f"devices {locks.names} are locked by another study (lock files in {lock_dir}); "
+                "wait for it, or run without --no-wait to queue behind it"
+            )
         with locks:
             self._store.update_run(
-                run.run_id, status="running", started_at=utc_now(), devices=[f"gpu{g}" for g in gpus] or ["cpu"]
+                run.run_id,
+                status="running",
+                started_at=utc_now(),
+                finished_at=None,
+                failure=None,
+                attempts=attempt,
+                devices=[f"gpu{g}" for g in gpus] or ["cpu"],
             )
-            outcome = self.launcher.run(spec, self.options.run_timeout_s, run_dir / CONTAINER_LOG)
+            timeout = (
+                self.options.run_timeout_s if remaining_s is None else min(self.options.run_timeout_s, remaining_s)
+            )
+            liveness = Liveness(run_dir / HEARTBEAT_FILE, self.options.stall_timeout_s)
+            outcome = self.launcher.run(spec, max(timeout, 1.0), run_dir / CONTAINER_LOG, liveness)
         result, failure = collect(run_dir, run.run_id, outcome)
         entry = self._store.update_run(
             run.run_id,

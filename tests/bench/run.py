@@ -78,6 +78,27 @@ def harness(model: Path, repetitions: int) -> dict[str, object]:
     return data
 
 
+def planning(tmp: Path, repetitions: int) -> dict[int, list[float]]:
+    """Whole-process time of ``llem run BIG --dry-run --json > /dev/null`` for 10k and 100k grids."""
+    import yaml
+
+    times: dict[int, list[float]] = {}
+    for size, (seeds, prompts) in {10_000: (100, 100), 100_000: (1000, 100)}.items():
+        study = tmp / f"big{size}.yaml"
+        sweep = {"random_seed": list(range(seeds)), "dataset.n_prompts": list(range(1, prompts + 1))}
+        study.write_text(yaml.safe_dump({"name": "big", "model": "hub/model", "sweep": sweep}))
+        times[size] = []
+        for _ in range(repetitions):
+            start = time.perf_counter()
+            subprocess.run(
+                [str(Path(sys.executable).parent / "llem"), "run", str(study), "--dry-run", "--json"],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+            times[size].append(time.perf_counter() - start)
+    return times
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -87,10 +108,12 @@ def _join(values: list[float]) -> str:
 
 
 def render(
+    *,
     overhead: list[dict[str, float]],
     shared: list[dict[str, float]],
     ob: list[float],
     harness_data: dict[str, object],
+    plan_times: dict[int, list[float]],
     command: str,
 ) -> str:
     rows = harness_data["rows"]
@@ -115,10 +138,9 @@ def render(
         "",
         "`llem run` wall time for a one-experiment, one-cycle study minus the agent's reported phases",
         "(load, which includes importing torch and transformers, warmup, measure), in llem's own image",
-        f"(`{IMAGE}`, transformers 5.23) and in the comparison image (`{OB_IMAGE}`:",
-        "the same image plus",
-        "optimum-benchmark 0.6.0, which needs transformers 4.57.6). optimum-benchmark runs the same work in a",
-        "container of the comparison image (inline launcher, 10 iterations, 1 warmup run, 32 new tokens).",
+        f"(`{IMAGE}`, transformers 5.23) and in the comparison image (`{OB_IMAGE}`: the same",
+        "image plus optimum-benchmark 0.6.0, which needs transformers 4.57.6). optimum-benchmark runs the same",
+        "work in a container of the comparison image (inline launcher, 10 iterations, 1 warmup run, 32 new tokens).",
         "",
         "| | median | all runs (s) |",
         "|---|---:|---|",
@@ -150,6 +172,21 @@ def render(
         ),
         "",
         f"- Target >= 0.98: median ratio **{median(ratios):.3f}** ({'met' if median(ratios) >= 0.98 else 'NOT met'}).",
+        "",
+        "## Planning a large grid",
+        "",
+        "`llem run big.yaml --dry-run --json > /dev/null`, whole process (interpreter start, imports, YAML,",
+        "expansion, validation, hashing, ordering, JSON). big.yaml sweeps `random_seed` x `dataset.n_prompts`.",
+        "",
+        "| experiments | median | all runs (s) |",
+        "|---:|---:|---|",
+        *(f"| {size:,} | {median(t):.2f} s | {_join(t)} |" for size, t in plan_times.items()),
+        "",
+        f"- Target: 10,000 within 2 s: **{median(plan_times[10_000]):.2f} s** "
+        f"({'met' if median(plan_times[10_000]) <= 2 else 'NOT met'}).",
+        f"- Target: 100,000 within 10x the 10,000 time: ratio **"
+        f"{median(plan_times[100_000]) / median(plan_times[10_000]):.1f}x** "
+        f"({'met' if median(plan_times[100_000]) <= 10 * median(plan_times[10_000]) else 'NOT met'}).",
         "",
     ]
     return "\n".join(lines)
@@ -185,7 +222,12 @@ def main() -> int:
             )
     print("harness overhead", flush=True)
     harness_data = harness(model, args.harness_repetitions)
-    text = render(overhead, shared, ob, harness_data, "make bench")
+    print("planning", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        plan_times = planning(Path(tmp), args.repetitions)
+    text = render(
+        overhead=overhead, shared=shared, ob=ob, harness_data=harness_data, plan_times=plan_times, command="make bench"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)

@@ -74,3 +74,32 @@ def test_identical_grid_points_run_once_and_the_copy_is_reported():
     study = study_from_data(data, Path("/x/s.yaml"))
     assert len(study.experiments) == 2
     assert [s.reason for s in study.skipped] == ["duplicate of grid point 1"]
+
+
+def test_quantisation_table_matches_the_schema():
+    from llem_agent.contract.support import QUANTISATION_SUPPORT
+
+    assert {"awq", "gptq", "fp8"} <= QUANTISATION_SUPPORT["vllm"]
+    assert {"INT8", "W4A16_AWQ", "FP8"} <= QUANTISATION_SUPPORT["tensorrt"]
+    assert cfg(pytorch={"load_in_8bit": True}).quantisation() == "bnb_8bit"
+    assert cfg(engine="vllm", vllm={"engine": {"quantization": "awq"}}).quantisation() == "awq"
+    assert cfg().quantisation() is None
+
+
+def test_vram_from_the_hub_cache_and_from_config_json_alone(tmp_path):
+    import json
+
+    from orchestrator.models import cached_snapshot, estimate_vram, model_facts
+
+    snap = tmp_path / "hub" / "models--org--name" / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text(json.dumps({"n_layer": 2, "n_embd": 64, "n_head": 4, "vocab_size": 100}))
+    assert cached_snapshot("org/name", tmp_path) == snap
+    assert cached_snapshot("org/other", tmp_path) is None
+    facts = model_facts(snap)
+    assert facts is not None
+    assert facts.params_from == "config.json"
+    assert facts.n_params == 12 * 2 * 64 * 64 + 100 * 64
+    estimate = estimate_vram(cfg(dtype="float32", max_input_tokens=10, max_output_tokens=10), facts)
+    assert estimate.weights_gb == facts.n_params * 4 / 1e9
+    assert estimate.kv_cache_gb == 2 * 2 * 4 * 16 * 20 * 1 * 4 / 1e9

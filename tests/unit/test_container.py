@@ -7,7 +7,7 @@ from orchestrator.container import LABEL_MANAGED, LABEL_RUN, LABEL_STUDY, build_
 from orchestrator.launcher import _run_kwargs
 
 
-def spec(model_dir: Path | None = None, gpus: tuple[int, ...] = ()):
+def spec(model_dir: Path | None = None, gpus: tuple[int, ...] = (), uid: int = 1000):
     return build_spec(
         image="llem/pytorch:test",
         study_id="s_20260101T000000Z",
@@ -16,8 +16,10 @@ def spec(model_dir: Path | None = None, gpus: tuple[int, ...] = ()):
         hf_home=Path("/home/u/.cache/huggingface"),
         model_dir=model_dir,
         gpu_indices=gpus,
-        user="1000:1000",
+        host_uid=uid,
+        host_gid=1000,
         host_pid=42,
+        memory_limit="2g",
     )
 
 
@@ -62,3 +64,16 @@ def test_hf_token_comes_from_the_environment_and_never_sits_in_the_spec(monkeypa
     assert _run_kwargs(s)["environment"]["HF_TOKEN"] == "hf_secret_value"
     monkeypatch.delenv("HF_TOKEN")
     assert "HF_TOKEN" not in _run_kwargs(s)["environment"]
+
+
+def test_agent_is_hardened_and_never_root():
+    kwargs = _run_kwargs(spec(uid=0))
+    assert kwargs["user"] == "65532:65532"
+    assert kwargs["group_add"] == ["0"]
+    assert kwargs["cap_drop"] == ["ALL"]
+    assert kwargs["security_opt"] == ["no-new-privileges"]
+    assert kwargs["read_only"] is True
+    assert "/tmp" in kwargs["tmpfs"]
+    assert kwargs["mem_limit"] == kwargs["memswap_limit"] == "2g"
+    assert _run_kwargs(spec(uid=1000))["user"] == "1000:1000"
+    assert not any("docker.sock" in source for source in kwargs["volumes"])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from orchestrator.locks import DeviceLocks
 from orchestrator.manifest import ManifestStore
 from orchestrator.models import resolve_model_dir
 from orchestrator.plan import make_plan
-from orchestrator.runner import RunnerOptions, StudyRunner
+from orchestrator.runner import RunnerOptions, StudyRunner, newest_unfinished
 from orchestrator.study import load_study
 from tests.factories import make_result
 
@@ -47,7 +49,7 @@ class FakeLauncher:
             if image in self.missing_images:
                 raise EnvironmentProblem(f"image {image} not found")
 
-    def run(self, spec: ContainerSpec, timeout_s: float, log_path: Path) -> ContainerOutcome:
+    def run(self, spec: ContainerSpec, timeout_s: float, log_path: Path, liveness=None) -> ContainerOutcome:
         self.specs.append(spec)
         run_dir = next(m.source for m in spec.mounts if m.target == "/llem/run")
         request = RunRequest.model_validate_json((run_dir / "experiment.json").read_text())
@@ -198,3 +200,119 @@ def test_settings_the_agent_would_ignore_are_refused_before_anything_runs(tmp_pa
     with pytest.raises(ConfigError, match=r"does not apply pytorch\.torch_compile yet"):
         runner.preflight()
     assert not (tmp_path / "results").exists()
+
+
+def fail(d: Path, r: RunRequest) -> ContainerOutcome:
+    return agent_error(d, r)
+
+
+def test_resume_runs_everything_but_completed_runs_and_keeps_earlier_attempts(tmp_path, study_file):
+    first = make_runner(tmp_path, study_file, FakeLauncher({"e001-c1": fail, "e002-c2": fail}))
+    first.preflight()
+    study_dir = first.prepare()
+    first.execute()
+    assert ManifestStore.load(study_dir).status == "failed"
+
+    launcher = FakeLauncher()
+    second = make_runner(tmp_path, study_file, launcher)
+    second.preflight()
+    assert second.resume(study_dir) == study_dir
+    outcomes = second.execute()
+    assert sorted(s.labels["llem.run"] for s in launcher.specs) == ["e001-c1", "e002-c2"]
+    manifest = ManifestStore.load(study_dir)
+    assert manifest.status == "completed"
+    assert [h["status"] for h in manifest.history] == ["running", "failed", "running", "completed"]
+    assert manifest.run("e001-c1").attempts == 2
+    assert manifest.run("e002-c1").attempts == 1
+    assert (study_dir / "runs" / "e001-c1" / "attempts" / "1" / "error.json").exists()
+    assert all(o.result is not None for o in outcomes)
+
+
+def test_resume_refuses_a_changed_design(tmp_path, study_file):
+    runner = make_runner(tmp_path, study_file, FakeLauncher())
+    runner.preflight()
+    study_dir = runner.prepare()
+    runner.execute()
+    study_file.write_text(study_file.read_text().replace("[1, 2]", "[1, 3]"))
+    changed = make_runner(tmp_path, study_file, FakeLauncher())
+    with pytest.raises(ConfigError, match="design changed since it ran"):
+        changed.resume(study_dir)
+
+
+def test_topping_up_cycles_keeps_the_study_and_adds_runs(tmp_path, study_file):
+    runner = make_runner(tmp_path, study_file, FakeLauncher())
+    runner.preflight()
+    study_dir = runner.prepare()
+    runner.execute()
+    plan = make_plan(load_study(study_file), n_cycles=3, order="interleave")
+    launcher = FakeLauncher()
+    more = StudyRunner(plan, runner.options, launcher, Recorder())
+    more.resume(study_dir)
+    more.execute()
+    assert sorted(s.labels["llem.run"] for s in launcher.specs) == ["e001-c3", "e002-c3"]
+    assert len(ManifestStore.load(study_dir).runs) == 6
+
+
+def test_fail_fast_stops_and_marks_the_rest_skipped_and_the_status_stays(tmp_path, study_file):
+    runner = make_runner(tmp_path, study_file, FakeLauncher(default=fail))
+    runner.options = dataclasses.replace(runner.options, max_consecutive_failures=1)
+    runner.preflight()
+    study_dir = runner.prepare()
+    runner.execute()
+    manifest = ManifestStore.load(study_dir)
+    assert manifest.status == "circuit_open"
+    assert [r.status for r in manifest.runs] == ["failed", "skipped", "skipped", "skipped"]
+    assert {r.failure.kind for r in manifest.runs[1:]} == {"circuit_open"}
+
+
+def test_breaker_probe_after_cooldown_resumes_normal_execution(tmp_path, study_file):
+    launcher = FakeLauncher({"e001-c1": fail, "e002-c1": fail})
+    runner = make_runner(tmp_path, study_file, launcher)
+    runner.options = dataclasses.replace(runner.options, max_consecutive_failures=2, circuit_breaker_cooldown_s=0.01)
+    runner.preflight()
+    study_dir = runner.prepare()
+    runner.execute()
+    manifest = ManifestStore.load(study_dir)
+    assert [r.status for r in manifest.runs] == ["failed", "failed", "completed", "completed"]
+    assert "gap 0.01" in runner.events.events
+
+
+def test_wall_clock_limit_skips_the_remaining_runs(tmp_path, study_file):
+    def slow(d: Path, r: RunRequest) -> ContainerOutcome:
+        time.sleep(0.2)
+        return ok(d, r)
+
+    runner = make_runner(tmp_path, study_file, FakeLauncher(default=slow))
+    runner.options = dataclasses.replace(runner.options, wall_clock_limit_s=0.3)
+    runner.preflight()
+    study_dir = runner.prepare()
+    runner.execute()
+    manifest = ManifestStore.load(study_dir)
+    assert manifest.status == "timed_out"
+    assert [r.status for r in manifest.runs] == ["completed", "completed", "skipped", "skipped"]
+
+
+def test_newest_unfinished_and_a_locked_study_directory(tmp_path, study_file):
+    runner = make_runner(tmp_path, study_file, FakeLauncher({"e001-c1": fail}))
+    runner.preflight()
+    study_dir = runner.prepare()
+    with pytest.raises(EnvironmentProblem, match="being run by another llem process"):
+        make_runner(tmp_path, study_file, FakeLauncher()).resume(study_dir)
+    runner.execute()
+    assert newest_unfinished(tmp_path / "results", "t") == study_dir
+    with pytest.raises(ConfigError, match="no unfinished study named 'other'"):
+        newest_unfinished(tmp_path / "results", "other")
+
+
+def test_model_files_must_be_readable_by_the_unprivileged_agent(tmp_path):
+    from orchestrator.models import check_readable_by_agent
+
+    (tmp_path / "m").mkdir()
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.write_text("x")
+    weights.chmod(0o600)
+    check_readable_by_agent(tmp_path / "m", host_uid=1000)  # the agent is the host user: fine
+    with pytest.raises(ConfigError, match=r"readable only by its owner \(mode 600\)"):
+        check_readable_by_agent(tmp_path / "m", host_uid=0)
+    weights.chmod(0o644)
+    check_readable_by_agent(tmp_path / "m", host_uid=0)

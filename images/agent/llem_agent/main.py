@@ -18,6 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from llem_agent import faults
 from llem_agent.contract import (
     CONTAINER_RUN_DIR,
     ERROR_FILE,
@@ -30,6 +31,7 @@ from llem_agent.contract import (
 )
 from llem_agent.energy import disabled_meter, nvml_meter
 from llem_agent.engines import load_engine
+from llem_agent.heartbeat import HEARTBEAT_FILE, Heartbeat
 from llem_agent.measure import run_measurement
 
 EXIT_FAILED = 1
@@ -83,24 +85,33 @@ def main(argv: list[str] | None = None) -> int:
     phase = "read"
     run_id = "unknown"
 
+    heartbeat = Heartbeat(out_dir / HEARTBEAT_FILE)
+
     def on_phase(name: str) -> None:
         nonlocal phase
         phase = name
         _log(f"phase={name}")
+        heartbeat.phase(name)
+        faults.at_phase(name)
 
     try:
         request = load_request(path)
         run_id = request.run_id
         if args.results_root:
             out_dir = Path(args.results_root) / run_id
+            heartbeat.path = out_dir / HEARTBEAT_FILE
         out_dir.mkdir(parents=True, exist_ok=True)
         _log(f"run={run_id} engine={request.config.engine} model={request.config.model}")
         meter = (nvml_meter() if request.config.energy_sampler else disabled_meter()).open()
         try:
-            result = run_measurement(request, load_engine, meter, on_phase, base_dir=path.parent)
+            with heartbeat:
+                result = run_measurement(
+                    request, load_engine, meter, on_phase, base_dir=path.parent, on_progress=heartbeat.progress
+                )
         finally:
             meter.close()
-        write_atomic(out_dir / RESULT_FILE, result.model_dump_json(indent=2))
+        text = "{corrupt" if faults.corrupt_result() else result.model_dump_json(indent=2)
+        write_atomic(out_dir / RESULT_FILE, text)
         _log(
             f"done: {result.output_tokens} output tokens, "
             f"{result.throughput.output_tokens_per_s:.1f} tok/s, energy_j={result.energy.energy_j}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import resource
 import time
 from collections.abc import Callable
@@ -15,6 +16,10 @@ from llem_agent.metrics import BatchObservation, latency, request_records, throu
 from llem_agent.prompts import load_prompts
 
 PhaseCallback = Callable[[str], None]
+
+
+class GpuNotVisible(RuntimeError):
+    """The run was given GPUs but the container cannot see them (runtime or driver problem)."""
 
 
 def batches(prompts: list[str], size: int) -> list[list[str]]:
@@ -40,7 +45,9 @@ def run_measurement(
     engine_factory: Callable[[str], Engine],
     meter: EnergyMeter,
     on_phase: PhaseCallback,
+    *,
     base_dir: Path | None = None,
+    on_progress: Callable[[], None] = lambda: None,
 ) -> ExperimentResult:
     """Execute one run and return its result; raises on any failure.
 
@@ -54,6 +61,8 @@ def run_measurement(
     prompts = load_prompts(config.dataset, config.random_seed, base_dir)
     engine = engine_factory(config.engine)  # imports the engine's stack: part of load time
     engine.load(config, request.model_path or config.model)
+    if request.gpus and engine.effective().get("device") != "cuda":
+        raise GpuNotVisible(f"the host gave this run GPUs {request.gpus} but the engine sees none")
     t_loaded = time.perf_counter()
 
     on_phase("warmup")
@@ -61,6 +70,7 @@ def run_measurement(
     if config.warmup.enabled:
         for batch in warmup_batches(prompts, config.warmup.n_warmup, size):
             engine.generate(engine.prepare(batch))
+            on_progress()
     engine.synchronize()
     t_warm = time.perf_counter()
 
@@ -72,6 +82,7 @@ def run_measurement(
     window_start = time.perf_counter()
     for ready in prepared:
         observations.append(engine.generate(ready))
+        on_progress()
     engine.synchronize()
     window_s = time.perf_counter() - window_start
     records = request_records(observations)
@@ -97,6 +108,6 @@ def run_measurement(
             peak_device_mb=engine.peak_device_memory_mb(),
             peak_host_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         ),
-        environment=engine.environment(),
+        environment=engine.environment().model_copy(update={"uid": os.getuid()}),
         requests=records,
     )

@@ -42,6 +42,8 @@ def make_tiny_model(out_dir: Path, n_layer: int = 2, n_embd: int = 64, vocab_siz
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    for path in out_dir.iterdir():  # safetensors writes 0600; the agent may run as another user
+        path.chmod(0o644)
     return out_dir
 
 

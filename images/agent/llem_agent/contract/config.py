@@ -19,7 +19,7 @@ from llem_agent.contract.engine_sections import (
     TensorRTConfig,
     VLLMConfig,
 )
-from llem_agent.contract.support import DECODING_SUPPORT, DTYPE_SUPPORT, LORA_SUPPORT
+from llem_agent.contract.support import DECODING_SUPPORT, DTYPE_SUPPORT, LORA_SUPPORT, QUANTISATION_SUPPORT
 
 EngineName = Literal["pytorch", "vllm", "tensorrt"]
 ENGINE_ALIASES: dict[str, str] = {"transformers": "pytorch"}
@@ -168,6 +168,16 @@ class ExperimentConfig(Section):
             data = {("pytorch" if k == "transformers" else k): v for k, v in data.items()}
         return data
 
+    def quantisation(self) -> str | None:
+        """The weight quantisation method this config asks for, or None."""
+        if self.pytorch and (self.pytorch.load_in_4bit or self.pytorch.load_in_8bit):
+            return "bnb_4bit" if self.pytorch.load_in_4bit else "bnb_8bit"
+        if self.vllm and self.vllm.engine and self.vllm.engine.quantization:
+            return self.vllm.engine.quantization
+        if self.tensorrt and self.tensorrt.quant and self.tensorrt.quant.quant_algo:
+            return self.tensorrt.quant.quant_algo
+        return None
+
     def decoding_mode(self) -> str:
         """greedy, sampling or beam: what the engine will do with this config."""
         if (self.pytorch and (self.pytorch.num_beams or 1) > 1) or (self.vllm and self.vllm.beam_search):
@@ -185,6 +195,9 @@ class ExperimentConfig(Section):
             raise ValueError(
                 f"{self.engine} does not support dtype '{self.dtype}' (supported: {sorted(DTYPE_SUPPORT[self.engine])})"
             )
+        quant = self.quantisation()
+        if quant is not None and quant not in QUANTISATION_SUPPORT[self.engine]:
+            raise ValueError(f"{self.engine} does not support quantisation '{quant}'")
         mode = self.decoding_mode()
         if mode not in DECODING_SUPPORT[self.engine]:
             raise ValueError(f"{self.engine} does not support {mode} decoding")

@@ -97,6 +97,7 @@ class AgentEnvironment(_Frozen):
     transformers_version: str | None
     device: str
     device_names: list[str]
+    uid: int | None = Field(default=None, description="User id the agent ran as (never 0 in llem's containers).")
 
 
 class ExperimentResult(_Frozen):

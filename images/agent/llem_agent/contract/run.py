@@ -36,6 +36,7 @@ class RunRequest(BaseModel):
     cycle: int = Field(ge=1)
     config_hash: str
     config: ExperimentConfig
+    gpus: list[str] = Field(default_factory=list, description="GPU ids the host gave this run; [] is CPU.")
     model_path: str | None = Field(
         default=None,
         description="Where the model is mounted in the container; None: load config.model from the hub.",

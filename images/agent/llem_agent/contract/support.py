@@ -7,9 +7,11 @@ that an agent of this version would ignore is refused instead of silently droppe
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel
+
+from llem_agent.contract.engine_sections import QuantAlgo, VLLMEngineConfig
 
 DTYPE_SUPPORT: dict[str, frozenset[str]] = {
     "pytorch": frozenset({"float32", "float16", "bfloat16"}),
@@ -22,6 +24,12 @@ DECODING_SUPPORT: dict[str, frozenset[str]] = {
     "tensorrt": frozenset({"greedy", "sampling"}),
 }
 LORA_SUPPORT: frozenset[str] = frozenset({"pytorch", "vllm"})
+# Quantisation methods per engine, read off the schema's own literals so the two cannot drift.
+QUANTISATION_SUPPORT: dict[str, frozenset[str]] = {
+    "pytorch": frozenset({"bnb_4bit", "bnb_8bit"}),
+    "vllm": frozenset(a for a in get_args(get_args(VLLMEngineConfig.model_fields["quantization"].annotation)[0])),
+    "tensorrt": frozenset(get_args(QuantAlgo)),
+}
 
 # Dotted config paths the agent of each engine applies in this llem version. Paths set in
 # a config but missing here are refused before any container starts.

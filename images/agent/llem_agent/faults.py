@@ -1,0 +1,42 @@
+"""Fault injection for the fault-tolerance tests. Off unless LLEM_FAULT_INJECTION is set.
+
+Values: ``crash`` (exit at once, no error.json), ``error`` (raise), ``hang`` (stop all
+progress), ``oom`` (allocate until the container's memory limit kills it), ``corrupt``
+(write a broken result.json), ``slow_start:SECONDS`` (a long, silent load).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+ENV = "LLEM_FAULT_INJECTION"
+
+
+def active() -> str:
+    return os.environ.get(ENV, "")
+
+
+def at_phase(phase: str) -> None:
+    """Act out the configured fault when the agent enters ``phase``."""
+    fault = active()
+    if not fault:
+        return
+    if phase == "load" and fault.startswith("slow_start:"):
+        time.sleep(float(fault.split(":", 1)[1]))
+    elif phase == "measure":
+        if fault == "crash":
+            os._exit(3)
+        if fault == "error":
+            raise RuntimeError("injected fault (LLEM_FAULT_INJECTION=error)")
+        if fault == "hang":
+            threading.Event().wait()
+        if fault == "oom":
+            hog = []
+            while True:
+                hog.append(bytearray(64 * 2**20))
+
+
+def corrupt_result() -> bool:
+    return active() == "corrupt"

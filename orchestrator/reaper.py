@@ -1,0 +1,60 @@
+"""Clean up after a llem process that died (SIGKILL, power loss): its containers and its manifest.
+
+Containers carry the host, pid and study directory of the llem process that started them.
+One whose process is gone is an orphan: it is removed, and the run it was measuring is
+marked interrupted so ``--resume`` runs it again. Device locks need no cleanup: the kernel
+released them when the process died.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from orchestrator.container import LABEL_HOST, LABEL_HOST_PID, LABEL_RUN, LABEL_STUDY_DIR
+from orchestrator.launcher import DockerLauncher
+from orchestrator.manifest import ManifestStore
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def mark_interrupted(study_dir: Path, run_id: str) -> None:
+    """Record in a dead study's manifest that its running run never finished."""
+    try:
+        manifest = ManifestStore.load(study_dir)
+    except (OSError, ValueError):
+        return
+    store = ManifestStore(study_dir, manifest)
+    entry = next((r for r in manifest.runs if r.run_id == run_id), None)
+    if entry is not None and entry.status == "running":
+        entry.status = "interrupted"
+    if manifest.status == "running":
+        store.set_status("interrupted")
+    else:
+        store.save()
+
+
+def reap_orphans(launcher: DockerLauncher) -> list[str]:
+    """Remove this host's llem containers whose llem process is gone; return their names."""
+    host = socket.gethostname()
+    reaped = []
+    for container in launcher.managed_containers():
+        labels = container.labels or {}
+        if labels.get(LABEL_HOST) != host or not labels.get(LABEL_HOST_PID, "").isdigit():
+            continue
+        if process_alive(int(labels[LABEL_HOST_PID])):
+            continue
+        container.remove(force=True)
+        reaped.append(container.name or container.id or "?")
+        if labels.get(LABEL_STUDY_DIR) and labels.get(LABEL_RUN):
+            mark_interrupted(Path(labels[LABEL_STUDY_DIR]), labels[LABEL_RUN])
+    return reaped
