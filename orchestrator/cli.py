@@ -17,7 +17,7 @@ from rich.console import Console
 
 from llem_agent.contract import ENGINES, canonical_engine
 from orchestrator import __version__
-from orchestrator.errors import EXIT_INTERNAL, EXIT_OK, EXIT_RUNS_FAILED, ConfigError, LlemError
+from orchestrator.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNS_FAILED, ConfigError, LlemError
 from orchestrator.locks import DEFAULT_LOCK_DIR
 from orchestrator.plan import make_plan
 from orchestrator.study import ExperimentOrder, Study, load_study
@@ -208,8 +208,19 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+class _InterruptHandler:
+    """First Ctrl-C / SIGTERM: stop gracefully (container removed, manifest updated).
+    A second one forces an immediate exit; the next `llem run` reaps what is left."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+        if self.count > 1:
+            os.write(2, b"llem: forced exit; the next `llem run` removes leftover containers\n")
+            os._exit(EXIT_INTERRUPTED)
+        raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -217,7 +228,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "run" and args.cycles is not None and args.cycles < 1:
         parser.error(f"--cycles must be at least 1, got {args.cycles}")
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops a study like Ctrl-C does
+    handler = _InterruptHandler()
+    signal.signal(signal.SIGTERM, handler)  # SIGTERM stops a study like Ctrl-C does
+    signal.signal(signal.SIGINT, handler)
     try:
         code: int = args.func(args)
         return code
@@ -226,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print("llem: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception:  # a bug: keep the traceback for the report, never show it raw
         with tempfile.NamedTemporaryFile("w", prefix="llem-crash-", suffix=".txt", delete=False) as handle:
             traceback.print_exc(file=handle)

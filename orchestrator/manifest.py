@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from llem_agent.contract import write_atomic
+from orchestrator.errors import EnvironmentProblem
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_SCHEMA_VERSION = "1"
@@ -94,7 +95,10 @@ class ManifestStore:
 
     def save(self) -> None:
         self.manifest.updated_at = utc_now()
-        write_atomic(self.path, self.manifest.model_dump_json(indent=2))
+        try:
+            write_atomic(self.path, self.manifest.model_dump_json(indent=2))
+        except OSError as exc:
+            raise EnvironmentProblem(f"cannot write {self.path}: {exc.strerror or exc}") from None
 
     def update_run(self, run_id: str, **changes: object) -> RunEntry:
         entry = self.manifest.run(run_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -114,14 +115,16 @@ def newest_unfinished(root: Path, name: str) -> Path:
 
 def _new_study_dir(root: Path, name: str) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    root.mkdir(parents=True, exist_ok=True)
     for attempt in range(1, 100):
         path = root / (f"{name}_{stamp}" if attempt == 1 else f"{name}_{stamp}-{attempt}")
         try:
+            root.mkdir(parents=True, exist_ok=True)
             path.mkdir()
             return path
         except FileExistsError:
             continue
+        except OSError as exc:
+            raise EnvironmentProblem(f"cannot create a study directory under {root}: {exc.strerror or exc}") from None
     raise EnvironmentProblem(f"cannot create a new study directory under {root}")
 
 
@@ -224,7 +227,10 @@ class StudyRunner:
         """Create the study directory with a copy of the study file and an all-pending manifest."""
         study = self.plan.study
         study_dir = _new_study_dir(self.options.results_root, study.name)
-        shutil.copyfile(study.path, study_dir / STUDY_COPY)
+        try:
+            shutil.copyfile(study.path, study_dir / STUDY_COPY)
+        except OSError as exc:
+            raise EnvironmentProblem(f"cannot write into {study_dir}: {exc.strerror or exc}") from None
         manifest = Manifest(
             study_name=study.name,
             study_id=study_dir.name,
@@ -297,17 +303,16 @@ class StudyRunner:
                     self._sleep(self.options.circuit_breaker_cooldown_s)
                     breaker.probe()
         except KeyboardInterrupt:
-            if current is not None:
-                store.update_run(current.run_id, status="interrupted", finished_at=utc_now())
-            store.set_status("interrupted")
+            self._mark_stopped(current)
             raise Interrupted(
                 f"interrupted; completed results are kept in {self.study_dir} (--resume continues)"
             ) from None
+        except OSError as exc:  # the results directory itself failed: full, read-only, gone
+            self._mark_stopped(current)
+            raise EnvironmentProblem(f"results directory {self.study_dir}: {exc.strerror or exc}") from None
         except LlemError:
             # The environment broke mid-study (daemon gone, device held): stop, truthfully.
-            if current is not None:
-                store.update_run(current.run_id, status="interrupted", finished_at=utc_now())
-            store.set_status("interrupted")
+            self._mark_stopped(current)
             raise
         finally:
             if self._study_lock is not None:
@@ -316,6 +321,14 @@ class StudyRunner:
             final = "completed" if all(e.status == "completed" for e in store.manifest.runs) else "failed"
         store.set_status(final)
         return [self._outcome(run) for run in self.plan.runs]
+
+    def _mark_stopped(self, current: PlannedRun | None) -> None:
+        """Best effort: record that the study stopped early (the disk may be what failed)."""
+        assert self._store is not None
+        with contextlib.suppress(LlemError):
+            if current is not None:
+                self._store.update_run(current.run_id, status="interrupted", finished_at=utc_now())
+            self._store.set_status("interrupted")
 
     def _skip(self, runs: list[PlannedRun], kind: str, message: str) -> None:
         assert self._store is not None

@@ -187,7 +187,7 @@ def study_from_data(data: dict[str, Any], path: Path, name_override: str | None 
     # Renumber so experiment indices are dense in design order.
     experiments = tuple(Experiment(i, e.config, e.config_hash) for i, e in enumerate(experiments))
 
-    name = name_override or data.get("name") or path.stem
+    name = name_override if name_override is not None else (data.get("name") or path.stem)
     if not isinstance(name, str) or not _NAME.match(name):
         raise ConfigError(
             f"{path}: name {name!r} must be 1-100 characters of letters, digits, '.', '_' or '-', "

@@ -126,3 +126,12 @@ def test_dry_run_estimates_vram_from_local_model_files(tmp_path: Path):
     weights = 100_000 * 2 / 1e9
     kv = 2 * 2 * 2 * 16 * 200 * 1 * 2 / 1e9
     assert doc["experiments"][0]["vram_estimate_gb"] == round(weights * 1.15 + kv, 3)
+
+
+@pytest.mark.parametrize("name", ["../../etc", "a/b", ".hidden", ""])
+def test_study_names_cannot_escape_the_results_directory(tmp_path: Path, name: str):
+    study = tmp_path / "s.yaml"
+    study.write_text("model: hub/model\n")
+    proc = run_llem("run", str(study), "--name", name, "--results-dir", str(tmp_path / "results"))
+    assert_one_line_error(proc, EXIT_CONFIG, "must be 1-100 characters")
+    assert not (tmp_path / "results").exists()

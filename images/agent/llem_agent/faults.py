@@ -2,7 +2,8 @@
 
 Values: ``crash`` (exit at once, no error.json), ``error`` (raise), ``hang`` (stop all
 progress), ``oom`` (allocate until the container's memory limit kills it), ``corrupt``
-(write a broken result.json), ``slow_start:SECONDS`` (a long, silent load).
+(write a broken result.json), ``slow_start:SECONDS`` (a long, silent load). A suffix
+``@RUN_ID`` limits the fault to that run, e.g. ``crash@e001-c1``.
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ import time
 ENV = "LLEM_FAULT_INJECTION"
 
 
-def active() -> str:
-    return os.environ.get(ENV, "")
+def active(run_id: str) -> str:
+    """The fault configured for ``run_id``, or an empty string."""
+    fault, _, target = os.environ.get(ENV, "").partition("@")
+    return fault if not target or target == run_id else ""
 
 
-def at_phase(phase: str) -> None:
+def at_phase(phase: str, run_id: str) -> None:
     """Act out the configured fault when the agent enters ``phase``."""
-    fault = active()
+    fault = active(run_id)
     if not fault:
         return
     if phase == "load" and fault.startswith("slow_start:"):
@@ -38,5 +41,5 @@ def at_phase(phase: str) -> None:
                 hog.append(bytearray(64 * 2**20))
 
 
-def corrupt_result() -> bool:
-    return active() == "corrupt"
+def corrupt_result(run_id: str) -> bool:
+    return active(run_id) == "corrupt"

@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         phase = name
         _log(f"phase={name}")
         heartbeat.phase(name)
-        faults.at_phase(name)
+        faults.at_phase(name, run_id)
 
     try:
         request = load_request(path)
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
         finally:
             meter.close()
-        text = "{corrupt" if faults.corrupt_result() else result.model_dump_json(indent=2)
+        text = "{corrupt" if faults.corrupt_result(run_id) else result.model_dump_json(indent=2)
         write_atomic(out_dir / RESULT_FILE, text)
         _log(
             f"done: {result.output_tokens} output tokens, "

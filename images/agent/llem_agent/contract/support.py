@@ -58,7 +58,7 @@ _UNIVERSAL = frozenset(
     }
 )
 AGENT_FIELDS: dict[str, frozenset[str]] = {
-    "pytorch": _UNIVERSAL | {"pytorch.batch_size"},
+    "pytorch": _UNIVERSAL | {"pytorch.batch_size", "pytorch.trust_remote_code", "pytorch.revision"},
 }
 # Fields an agent applies only for some of their values.
 AGENT_VALUES: dict[str, dict[str, frozenset[object]]] = {

@@ -70,11 +70,17 @@ class PyTorchEngine:
         self._device = "cuda" if torch.cuda.is_available() else "cpu"
         self._dtype = config.dtype or ("bfloat16" if self._device == "cuda" else "float32")
         torch.manual_seed(config.random_seed)
-        tokenizer = AutoTokenizer.from_pretrained(model_source)
+        section = config.pytorch
+        hub = {
+            # Remote code is never trusted unless the user says so (pytorch.trust_remote_code).
+            "trust_remote_code": bool(section and section.trust_remote_code),
+            "revision": section.revision if section else None,
+        }
+        tokenizer = AutoTokenizer.from_pretrained(model_source, **hub)
         tokenizer.padding_side = "left"  # decoder-only: new tokens follow the prompt directly
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(model_source, dtype=_DTYPES[self._dtype])
+        model = AutoModelForCausalLM.from_pretrained(model_source, dtype=_DTYPES[self._dtype], **hub)
         model.to(self._device)
         model.eval()
         eos = model.generation_config.eos_token_id
