@@ -74,3 +74,16 @@ def test_batching_helpers():
     assert batches(list("abcde"), 2) == [["a", "b"], ["c", "d"], ["e"]]
     assert warmup_batches(list("ab"), 3, 2) == [["a", "b"], ["a", "b"]]
     assert warmup_batches(list("ab"), 0, 2) == []
+
+
+def test_a_run_given_gpus_refuses_to_fall_back_to_cpu():
+    import pytest
+
+    from llem_agent.measure import GpuNotVisible
+
+    cfg = ExperimentConfig.model_validate({"model": "m", "dataset": {"source": "builtin", "n_prompts": 2}})
+    req = RunRequest(run_id="r", study_name="s", cycle=1, config_hash=config_hash(cfg), config=cfg, gpus=["0"])
+    engine = DummyEngine()
+    engine.batch_size = lambda: 1  # no pytorch section in this config
+    with pytest.raises(GpuNotVisible, match=r"GPUs \['0'\] but the engine sees none"):
+        run_measurement(req, lambda name: engine, EnergyMeter(no_nvml).open(), lambda phase: None)
