@@ -15,7 +15,7 @@ from orchestrator.container import ContainerSpec
 from orchestrator.errors import ConfigError, EnvironmentProblem, Interrupted
 from orchestrator.launcher import ContainerOutcome
 from orchestrator.locks import DeviceLocks
-from orchestrator.manifest import ManifestStore
+from orchestrator.manifest import Manifest, ManifestStore
 from orchestrator.models import resolve_model_dir
 from orchestrator.plan import make_plan
 from orchestrator.runner import RunnerOptions, StudyRunner, newest_unfinished
@@ -99,6 +99,18 @@ def make_runner(tmp_path: Path, study_file: Path, launcher: FakeLauncher) -> Stu
     return StudyRunner(plan, options, launcher, Recorder())
 
 
+def run_study(
+    tmp_path: Path, study_file: Path, launcher: FakeLauncher, **options: object
+) -> tuple[StudyRunner, Manifest]:
+    """Run a whole study through ``launcher``; return the runner and the final manifest."""
+    runner = make_runner(tmp_path, study_file, launcher)
+    runner.options = dataclasses.replace(runner.options, **options)  # type: ignore[arg-type]
+    runner.preflight()
+    study_dir = runner.prepare()
+    runner.execute()
+    return runner, ManifestStore.load(study_dir)
+
+
 def test_every_run_gets_a_container_and_the_manifest_ends_completed(tmp_path, study_file):
     launcher = FakeLauncher()
     runner = make_runner(tmp_path, study_file, launcher)
@@ -126,11 +138,7 @@ def test_failures_are_classified_and_the_study_goes_on(tmp_path, study_file):
             "e001-c2": lambda d, r: ContainerOutcome(137, False, True, 1.0),
         }
     )
-    runner = make_runner(tmp_path, study_file, launcher)
-    runner.preflight()
-    study_dir = runner.prepare()
-    runner.execute()
-    manifest = ManifestStore.load(study_dir)
+    _, manifest = run_study(tmp_path, study_file, launcher)
     kinds = {r.run_id: (r.status, r.failure.kind if r.failure else None) for r in manifest.runs}
     assert kinds == {
         "e001-c1": ("failed", "agent_error"),
@@ -148,11 +156,7 @@ def test_corrupt_and_missing_results(tmp_path, study_file):
         return ContainerOutcome(0, False, False, 0.1)
 
     launcher = FakeLauncher({"e001-c1": corrupt, "e002-c1": lambda d, r: ContainerOutcome(0, False, False, 0.1)})
-    runner = make_runner(tmp_path, study_file, launcher)
-    runner.preflight()
-    study_dir = runner.prepare()
-    runner.execute()
-    manifest = ManifestStore.load(study_dir)
+    _, manifest = run_study(tmp_path, study_file, launcher)
     assert manifest.run("e001-c1").failure.kind == "corrupt_result"
     assert manifest.run("e002-c1").failure.kind == "no_result"
 
@@ -254,12 +258,7 @@ def test_topping_up_cycles_keeps_the_study_and_adds_runs(tmp_path, study_file):
 
 
 def test_fail_fast_stops_and_marks_the_rest_skipped_and_the_status_stays(tmp_path, study_file):
-    runner = make_runner(tmp_path, study_file, FakeLauncher(default=fail))
-    runner.options = dataclasses.replace(runner.options, max_consecutive_failures=1)
-    runner.preflight()
-    study_dir = runner.prepare()
-    runner.execute()
-    manifest = ManifestStore.load(study_dir)
+    _, manifest = run_study(tmp_path, study_file, FakeLauncher(default=fail), max_consecutive_failures=1)
     assert manifest.status == "circuit_open"
     assert [r.status for r in manifest.runs] == ["failed", "skipped", "skipped", "skipped"]
     assert {r.failure.kind for r in manifest.runs[1:]} == {"circuit_open"}
@@ -267,12 +266,9 @@ def test_fail_fast_stops_and_marks_the_rest_skipped_and_the_status_stays(tmp_pat
 
 def test_breaker_probe_after_cooldown_resumes_normal_execution(tmp_path, study_file):
     launcher = FakeLauncher({"e001-c1": fail, "e002-c1": fail})
-    runner = make_runner(tmp_path, study_file, launcher)
-    runner.options = dataclasses.replace(runner.options, max_consecutive_failures=2, circuit_breaker_cooldown_s=0.01)
-    runner.preflight()
-    study_dir = runner.prepare()
-    runner.execute()
-    manifest = ManifestStore.load(study_dir)
+    runner, manifest = run_study(
+        tmp_path, study_file, launcher, max_consecutive_failures=2, circuit_breaker_cooldown_s=0.01
+    )
     assert [r.status for r in manifest.runs] == ["failed", "failed", "completed", "completed"]
     assert "gap 0.01" in runner.events.events
 
@@ -282,12 +278,7 @@ def test_wall_clock_limit_skips_the_remaining_runs(tmp_path, study_file):
         time.sleep(0.2)
         return ok(d, r)
 
-    runner = make_runner(tmp_path, study_file, FakeLauncher(default=slow))
-    runner.options = dataclasses.replace(runner.options, wall_clock_limit_s=0.3)
-    runner.preflight()
-    study_dir = runner.prepare()
-    runner.execute()
-    manifest = ManifestStore.load(study_dir)
+    _, manifest = run_study(tmp_path, study_file, FakeLauncher(default=slow), wall_clock_limit_s=0.3)
     assert manifest.status == "timed_out"
     assert [r.status for r in manifest.runs] == ["completed", "completed", "skipped", "skipped"]
 
