@@ -194,8 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     breaker.add_argument("--no-circuit-breaker", action="store_true", help="never stop the study for failures")
     run.add_argument("--timeout", type=float, metavar="HOURS", help="wall-clock limit of the whole study")
     run.set_defaults(func=cmd_run)
-    schema = sub.add_parser("schema", help="write JSON Schemas of experiment and study files")
-    schema.add_argument("--out", default=".", help="directory to write llem-{experiment,study}.schema.json into")
+    schema = sub.add_parser("schema", help="write JSON Schemas of experiment, study and result files")
+    schema.add_argument("--out", default=".", help="directory to write llem-{experiment,study,result}.schema.json into")
     schema.set_defaults(func=cmd_schema)
     return parser
 

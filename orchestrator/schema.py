@@ -1,4 +1,4 @@
-"""``llem schema``: JSON Schemas of experiment and study files, for editors and validators."""
+"""``llem schema``: JSON Schemas of experiment and study files (for editors) and of result.json."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from llem_agent.contract import ExperimentConfig
+from llem_agent.contract import RESULT_SCHEMA_VERSION, ExperimentConfig, ExperimentResult
 from orchestrator.study import StudyExecution
 
 _SCALAR = {"type": ["string", "number", "integer", "boolean", "null"]}
@@ -53,10 +53,17 @@ def study_schema() -> dict[str, Any]:
     return schema
 
 
+def result_schema() -> dict[str, Any]:
+    schema = ExperimentResult.model_json_schema()
+    schema["title"] = f"llem result (schema_version {RESULT_SCHEMA_VERSION})"
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
 def write_schemas(out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, schema in (("experiment", experiment_schema()), ("study", study_schema())):
+    for name, schema in (("experiment", experiment_schema()), ("study", study_schema()), ("result", result_schema())):
         path = out_dir / f"llem-{name}.schema.json"
         path.write_text(json.dumps(schema, indent=2) + "\n", encoding="utf-8")
         written.append(path)

@@ -70,6 +70,9 @@ def test_two_experiments_two_cycles_through_real_containers(tmp_path, tiny_model
         assert result["run_id"] == run["run_id"]
         assert result["config_hash"] == request["config_hash"] == run["config_hash"]
         assert result["n_requests"] == 8
+        assert result["flops_estimate"] == 2 * result["model_parameters"] * (
+            result["input_tokens"] + result["output_tokens"]
+        )
         assert result["output_tokens"] > 0
         assert result["throughput"]["output_tokens_per_s"] > 0
         assert result["environment"]["uid"] not in (0, None), "the agent ran as root"

@@ -108,6 +108,9 @@ def test_schema_command_writes_both_schemas(tmp_path: Path):
     assert "required" not in study
     assert {"sweep", "experiments", "study_execution", "base", "name", "runners", "model"} <= set(study["properties"])
     assert "n_cycles" in study["$defs"]["StudyExecution"]["properties"]
+    result = json.loads((tmp_path / "llem-result.schema.json").read_text())
+    assert {"energy", "latency", "throughput", "flops_estimate"} <= set(result["properties"])
+    assert "flags" in result["$defs"]["EnergyReport"]["properties"]
     quickstart = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
     assert set(quickstart) <= set(study["properties"])
 

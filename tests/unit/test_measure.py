@@ -31,6 +31,9 @@ class DummyEngine:
     def effective(self):
         return {"device": "cpu", "batch_size": self.batch_size()}
 
+    def n_parameters(self):
+        return 1000
+
     def peak_device_memory_mb(self):
         return None
 
@@ -68,6 +71,7 @@ def test_warmup_uses_full_batches_and_measurement_covers_every_prompt():
     assert result.energy.energy_j is None and result.energy.unavailable_reason == "no GPU here"
     assert result.throughput.output_tokens_per_s > 0
     assert result.config_hash == config_hash(cfg)
+    assert result.flops_estimate == 2 * 1000 * (20 + 30)
 
 
 def test_batching_helpers():

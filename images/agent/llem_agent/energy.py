@@ -1,22 +1,51 @@
-"""The only module that talks to NVML: per-device total-energy counters.
+"""The only module that talks to NVML: energy counters and one sampler thread.
 
 Energy over a window is the delta of each device's cumulative energy counter (Volta and
-newer: ``nvmlDeviceGetTotalEnergyConsumption``, millijoules). Devices are the ones NVML
-sees in this container, which are exactly the devices the host gave the run.
+newer: ``nvmlDeviceGetTotalEnergyConsumption``, millijoules). One thread samples every
+device (power, temperature, memory, SM utilisation and clock, throttle reasons) at a fixed
+interval; the integrated power trace is reported next to the counter as a cross-check and
+becomes the energy source only on devices without a counter. Devices are the ones NVML sees
+in this container, which are exactly the devices the host gave the run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from llem_agent.contract import DeviceEnergy, EnergyReport
+from llem_agent.telemetry import (
+    Sample,
+    WindowFacts,
+    device_trace,
+    integrate_j,
+    max_gap_s,
+    temperature_drift_c,
+    throttle_events,
+    validity_flags,
+    window_samples,
+)
+
+DEFAULT_INTERVAL_S = 0.1
 
 
 class NvmlUnavailable(RuntimeError):
     """NVML cannot be used here (no driver, no device, or no energy counter)."""
+
+
+@dataclass(frozen=True)
+class Reading:
+    power_w: float
+    temperature_c: float
+    memory_used_mb: float
+    memory_total_mb: float
+    sm_utilisation_pct: float
+    sm_clock_mhz: float
+    throttle_reasons: int
 
 
 class EnergyBackend(Protocol):
@@ -26,6 +55,8 @@ class EnergyBackend(Protocol):
 
     def total_energy_mj(self, index: int) -> int: ...
 
+    def read(self, index: int) -> Reading: ...
+
     def close(self) -> None: ...
 
 
@@ -33,6 +64,7 @@ class NvmlBackend:
     """Real NVML, through nvidia-ml-py. Vendor errors become ``NvmlUnavailable`` here only."""
 
     def __init__(self) -> None:
+        self._nvml: Any = None
         self._handles: list[object] = []
         self._names: list[str] = []
 
@@ -50,43 +82,119 @@ class NvmlBackend:
             raise NvmlUnavailable(f"NVML unavailable: {exc}") from exc
         if not self._handles:
             raise NvmlUnavailable("NVML sees no GPU in this container")
+        self._nvml = pynvml
         return self
 
     def device_names(self) -> list[str]:
         return list(self._names)
 
     def total_energy_mj(self, index: int) -> int:
-        import pynvml
-
+        nvml = self._nvml
         try:
-            return int(pynvml.nvmlDeviceGetTotalEnergyConsumption(self._handles[index]))
-        except pynvml.NVMLError as exc:
+            return int(nvml.nvmlDeviceGetTotalEnergyConsumption(self._handles[index]))
+        except nvml.NVMLError as exc:
             raise NvmlUnavailable(f"GPU {index} ({self._names[index]}) has no total-energy counter: {exc}") from exc
 
+    def _power_w(self, handle: object) -> float:
+        nvml = self._nvml
+        instant = getattr(nvml, "NVML_FI_DEV_POWER_INSTANT", None)
+        if instant is not None:  # instantaneous power where the driver offers it (not a 1 s average)
+            with contextlib.suppress(nvml.NVMLError):
+                (value,) = nvml.nvmlDeviceGetFieldValues(handle, [instant])
+                if value.nvmlReturn == 0:
+                    return float(value.value.uiVal) / 1000.0
+        return float(nvml.nvmlDeviceGetPowerUsage(handle)) / 1000.0
+
+    def read(self, index: int) -> Reading:
+        nvml, handle = self._nvml, self._handles[index]
+        memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+        reasons = getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or (
+            nvml.nvmlDeviceGetCurrentClocksThrottleReasons
+        )
+        return Reading(
+            power_w=self._power_w(handle),
+            temperature_c=float(nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)),
+            memory_used_mb=memory.used / 2**20,
+            memory_total_mb=memory.total / 2**20,
+            sm_utilisation_pct=float(nvml.nvmlDeviceGetUtilizationRates(handle).gpu),
+            sm_clock_mhz=float(nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_SM)),
+            throttle_reasons=int(reasons(handle)),
+        )
+
     def close(self) -> None:
-        import pynvml
+        with contextlib.suppress(self._nvml.NVMLError if self._nvml else Exception):
+            if self._nvml is not None:
+                self._nvml.nvmlShutdown()
 
-        with contextlib.suppress(pynvml.NVMLError):
-            pynvml.nvmlShutdown()
+
+class Sampler:
+    """One thread that reads every device each interval; never two pollers on one device."""
+
+    def __init__(self, backend: EnergyBackend, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.backend = backend
+        self.interval_s = interval_s
+        self.clock = clock
+        self.samples: list[Sample] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="llem-nvml-sampler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> list[Sample]:
+        self._stop.set()
+        self._thread.join()
+        return self.samples
+
+    def sample_once(self) -> None:
+        now = self.clock()
+        for index in range(len(self.backend.device_names())):
+            with contextlib.suppress(Exception):  # one failed read is a gap, not a crash
+                r = self.backend.read(index)
+                self.samples.append(
+                    Sample(now, index, r.power_w, r.temperature_c, r.memory_used_mb, r.memory_total_mb,
+                           r.sm_utilisation_pct, r.sm_clock_mhz, r.throttle_reasons)
+                )  # fmt: skip
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = self.clock()
+            self.sample_once()
+            self._stop.wait(max(0.0, self.interval_s - (self.clock() - started)))
 
 
-@dataclass
-class _Window:
-    start_mj: list[int]
+@dataclass(frozen=True)
+class WindowWork:
+    """What happened in the window, for the per-unit energies and the attribution."""
+
+    output_tokens: int
+    input_tokens: int
+    n_requests: int
+    # (start, first token, end) of each batch, seconds since the window opened.
+    batch_spans: list[tuple[float, float, float]]
 
 
 class EnergyMeter:
-    """Brackets a measured window with counter reads.
+    """Brackets a measured window with counter reads and a power/thermal trace.
 
-    When NVML or the counter is missing, the meter still works and reports
-    ``energy_j=None`` with the reason, so a CPU run is never mistaken for a 0 J run.
+    When NVML is missing the meter still works and reports ``energy_j=None`` with the
+    reason, so a CPU run is never mistaken for a 0 J run.
     """
 
-    def __init__(self, backend_factory: Callable[[], EnergyBackend]) -> None:
+    def __init__(
+        self,
+        backend_factory: Callable[[], EnergyBackend],
+        interval_s: float = DEFAULT_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._factory = backend_factory
+        self.interval_s = interval_s
+        self._clock = clock
         self._backend: EnergyBackend | None = None
         self._reason: str | None = None
-        self._window: _Window | None = None
+        self._sampler: Sampler | None = None
+        self._start_mj: list[int | None] = []
+        self._window_start = 0.0
 
     def open(self) -> EnergyMeter:
         try:
@@ -96,50 +204,150 @@ class EnergyMeter:
         return self
 
     def close(self) -> None:
+        if self._sampler is not None and self._sampler._thread.is_alive():
+            self._sampler.stop()
         if self._backend is not None:
             self._backend.close()
 
-    def _read(self) -> list[int] | None:
-        if self._backend is None:
-            return None
-        try:
-            return [self._backend.total_energy_mj(i) for i in range(len(self._backend.device_names()))]
-        except NvmlUnavailable as exc:
-            self._reason = str(exc)
-            self._backend.close()
-            self._backend = None
-            return None
+    def _counters(self) -> list[int | None]:
+        assert self._backend is not None
+        values: list[int | None] = []
+        for index in range(len(self._backend.device_names())):
+            try:
+                values.append(self._backend.total_energy_mj(index))
+            except NvmlUnavailable:
+                values.append(None)
+        return values
 
     def start(self) -> None:
-        start = self._read()
-        self._window = _Window(start) if start is not None else None
+        if self._backend is None:
+            return
+        self._sampler = Sampler(self._backend, self.interval_s, self._clock)
+        self._sampler.sample_once()  # a reading at the very start of the window
+        self._sampler.start()
+        self._start_mj = self._counters()
+        self._window_start = self._clock()
 
-    def stop(self, output_tokens: int) -> EnergyReport:
-        end = self._read()
-        if self._window is None or end is None or self._backend is None:
+    def stop(self, work: WindowWork) -> EnergyReport:
+        if self._backend is None or self._sampler is None:
             return EnergyReport(energy_j=None, source=None, unavailable_reason=self._reason)
+        end_mj = self._counters()
+        window_end = self._clock()
+        self._sampler.sample_once()  # and one at its very end
+        samples = self._sampler.stop()
         names = self._backend.device_names()
-        devices: list[DeviceEnergy] = []
-        for index, (a, b) in enumerate(zip(self._window.start_mj, end, strict=True)):
-            if b < a:
-                return EnergyReport(
-                    energy_j=None,
-                    source=None,
-                    unavailable_reason=f"energy counter of GPU {index} went backwards ({a} -> {b} mJ)",
-                )
-            devices.append(DeviceEnergy(index=index, name=names[index], energy_j=(b - a) / 1000.0))
-        total = sum(d.energy_j for d in devices)
-        return EnergyReport(
-            energy_j=total,
-            source="nvml_total_energy",
-            devices=devices,
-            j_per_output_token=total / output_tokens if output_tokens else None,
+        return energy_report(
+            names,
+            samples,
+            start_mj=self._start_mj,
+            end_mj=end_mj,
+            window=(self._window_start, window_end),
+            interval_s=self.interval_s,
+            work=work,
         )
 
 
-def nvml_meter() -> EnergyMeter:
+def energy_report(
+    names: list[str],
+    samples: list[Sample],
+    *,
+    start_mj: list[int | None],
+    end_mj: list[int | None],
+    window: tuple[float, float],
+    interval_s: float,
+    work: WindowWork,
+) -> EnergyReport:
+    """The window's energy from counter deltas and the sampled trace (a pure function).
+
+    Each device contributes its counter delta, or its integrated power where it has no
+    counter or the counter went backwards (flagged). Prefill energy is the trace over each
+    batch's wait for its first token, decode energy the trace over the rest of the batch.
+    """
+    start, end = window
+    devices: list[DeviceEnergy] = []
+    monotonic = True
+    all_counters = True
+    for index, name in enumerate(names):
+        trace = device_trace(samples, index)
+        inside = window_samples(trace, start, end)
+        a, b = start_mj[index], end_mj[index]
+        counter_j: float | None = None
+        if a is not None and b is not None:
+            if b < a:
+                monotonic = False
+            else:
+                counter_j = (b - a) / 1000.0
+        all_counters &= counter_j is not None
+        devices.append(
+            DeviceEnergy(
+                index=index,
+                name=name,
+                energy_j=counter_j,
+                trace_energy_j=integrate_j(trace, start, end) if trace else None,
+                mean_power_w=(sum(s.power_w for s in inside) / len(inside)) if inside else None,
+                peak_power_w=max((s.power_w for s in inside), default=None),
+            )
+        )
+    used = [d.energy_j if d.energy_j is not None else d.trace_energy_j for d in devices]
+    if any(u is None for u in used):
+        reason = "the energy counter went backwards" if not monotonic else "no counter and no power samples"
+        return EnergyReport(energy_j=None, source=None, unavailable_reason=reason, devices=devices)
+    energy = float(sum(u for u in used if u is not None))
+    trace_total = sum(d.trace_energy_j or 0.0 for d in devices)
+    counter_total = sum(d.energy_j or 0.0 for d in devices) if all_counters else None
+    in_window = window_samples(samples, start, end)
+    prefill = sum(
+        integrate_j(device_trace(samples, i), start + s, start + f)
+        for i in range(len(names))
+        for s, f, _ in work.batch_spans
+    )
+    decode = sum(
+        integrate_j(device_trace(samples, i), start + f, start + e)
+        for i in range(len(names))
+        for _, f, e in work.batch_spans
+    )
+    facts = WindowFacts(
+        duration_s=end - start,
+        interval_s=interval_s,
+        counter_j=counter_total,
+        trace_j=trace_total,
+        counter_monotonic=monotonic,
+        max_gap_s=max(max_gap_s(device_trace(samples, i), start, end) for i in range(len(names))),
+        throttle_events=throttle_events(in_window),
+        temperature_drift_c=max(
+            temperature_drift_c(window_samples(device_trace(samples, i), start, end)) for i in range(len(names))
+        ),
+    )
+    tokens = work.output_tokens + work.input_tokens
+    return EnergyReport(
+        energy_j=energy,
+        source="nvml_total_energy" if all_counters else "nvml_power_trace",
+        devices=devices,
+        trace_energy_j=trace_total,
+        j_per_output_token=energy / work.output_tokens if work.output_tokens else None,
+        j_per_token=energy / tokens if tokens else None,
+        j_per_request=energy / work.n_requests if work.n_requests else None,
+        mean_power_w=energy / (end - start) if end > start else None,
+        peak_power_w=_peak_total_power(in_window),
+        prefill_energy_j=prefill,
+        decode_energy_j=decode,
+        sample_interval_s=interval_s,
+        n_samples=len(in_window),
+        flags=validity_flags(facts),
+    )
+
+
+def _peak_total_power(samples: list[Sample]) -> float | None:
+    """Highest sum of all devices' power at one sampling instant."""
+    totals: dict[float, float] = {}
+    for s in samples:
+        totals[s.time_s] = totals.get(s.time_s, 0.0) + s.power_w
+    return max(totals.values(), default=None)
+
+
+def nvml_meter(interval_s: float = DEFAULT_INTERVAL_S) -> EnergyMeter:
     """The production meter: real NVML."""
-    return EnergyMeter(lambda: NvmlBackend().open())
+    return EnergyMeter(lambda: NvmlBackend().open(), interval_s)
 
 
 def disabled_meter() -> EnergyMeter:

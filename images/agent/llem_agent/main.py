@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             heartbeat.path = out_dir / HEARTBEAT_FILE
         out_dir.mkdir(parents=True, exist_ok=True)
         _log(f"run={run_id} engine={request.config.engine} model={request.config.model}")
-        meter = (nvml_meter() if request.config.energy_sampler else disabled_meter()).open()
+        meter = (nvml_meter(request.sample_interval_s) if request.config.energy_sampler else disabled_meter()).open()
         try:
             with heartbeat:
                 result = run_measurement(

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from llem_agent.contract import ExperimentResult, Memory, PhaseTimings, RunRequest
-from llem_agent.energy import EnergyMeter
+from llem_agent.energy import EnergyMeter, WindowWork
 from llem_agent.engines.base import Engine
 from llem_agent.metrics import BatchObservation, latency, request_records, throughput
 from llem_agent.prompts import load_prompts
@@ -78,16 +78,23 @@ def run_measurement(
     measured = batches(prompts, size)
     prepared = [engine.prepare(batch) for batch in measured]  # tokenizing is not what we measure
     observations: list[BatchObservation] = []
+    spans: list[tuple[float, float, float]] = []
     meter.start()
     window_start = time.perf_counter()
     for ready in prepared:
-        observations.append(engine.generate(ready))
+        begin = time.perf_counter() - window_start
+        observation = engine.generate(ready)
+        end = time.perf_counter() - window_start
+        first = min((times[0] for times in observation.token_times_s if times), default=end - begin)
+        spans.append((begin, begin + first, end))
+        observations.append(observation)
         on_progress()
     engine.synchronize()
     window_s = time.perf_counter() - window_start
     records = request_records(observations)
     output_tokens = sum(r.output_tokens for r in records)
-    energy = meter.stop(output_tokens)
+    input_tokens = sum(r.input_tokens for r in records)
+    energy = meter.stop(WindowWork(output_tokens, input_tokens, len(records), spans))
 
     on_phase("report")
     return ExperimentResult(
@@ -98,9 +105,11 @@ def run_measurement(
         effective=engine.effective(),
         n_requests=len(records),
         n_batches=len(measured),
-        input_tokens=sum(r.input_tokens for r in records),
+        input_tokens=input_tokens,
         output_tokens=output_tokens,
         timings=PhaseTimings(load_s=t_loaded - t0, warmup_s=t_warm - t_loaded, measure_s=window_s),
+        model_parameters=engine.n_parameters(),
+        flops_estimate=2.0 * engine.n_parameters() * (input_tokens + output_tokens),
         throughput=throughput(records, window_s),
         latency=latency(records),
         energy=energy,

@@ -27,6 +27,7 @@ from llem_agent.contract.result import (
     RequestRecord,
     RunError,
     Throughput,
+    ValidityFlag,
 )
 from llem_agent.contract.run import (
     CONTAINER_HF_HOME,
@@ -74,6 +75,7 @@ __all__ = [
     "TensorRTConfig",
     "Throughput",
     "VLLMConfig",
+    "ValidityFlag",
     "WarmupConfig",
     "canonical_engine",
     "canonical_json",

@@ -52,21 +52,56 @@ class RequestRecord(_Frozen):
 
 
 class DeviceEnergy(_Frozen):
-    """Energy of one device over the measured window, from its cumulative counter."""
+    """Energy of one device over the measured window: its cumulative counter (None where the
+    device has none) and, next to it, the integral of its sampled power."""
 
     index: int
     name: str
-    energy_j: float
+    energy_j: float | None
+    trace_energy_j: float | None = None
+    mean_power_w: float | None = None
+    peak_power_w: float | None = None
+
+
+class ValidityFlag(_Frozen):
+    """A reason to doubt a measurement, with its evidence."""
+
+    code: Literal[
+        "short_window",
+        "sampling_gap",
+        "counter_reset",
+        "throttled",
+        "temperature_drift",
+        "counter_trace_disagree",
+        "stale_baseline",
+    ]
+    message: str
 
 
 class EnergyReport(_Frozen):
-    """Energy over the measured window; ``energy_j`` is None with a reason when unobservable."""
+    """Energy over the measured window; ``energy_j`` is None with a reason when unobservable.
+
+    ``energy_j`` comes from the devices' energy counters where they have one, else from the
+    integrated power trace (``source`` says which). Denominators are in the names.
+    """
 
     energy_j: float | None
-    source: Literal["nvml_total_energy"] | None
+    source: Literal["nvml_total_energy", "nvml_power_trace"] | None
     unavailable_reason: str | None = None
     devices: list[DeviceEnergy] = Field(default_factory=list)
+    trace_energy_j: float | None = None
     j_per_output_token: float | None = None
+    j_per_token: float | None = Field(default=None, description="Per input + output token.")
+    j_per_request: float | None = None
+    mean_power_w: float | None = None
+    peak_power_w: float | None = None
+    prefill_energy_j: float | None = Field(
+        default=None, description="Trace energy while batches awaited their first token."
+    )
+    decode_energy_j: float | None = Field(default=None, description="Trace energy after the first token of each batch.")
+    sample_interval_s: float | None = None
+    n_samples: int = 0
+    flags: list[ValidityFlag] = Field(default_factory=list)
 
 
 class Throughput(_Frozen):
@@ -116,6 +151,11 @@ class ExperimentResult(_Frozen):
     input_tokens: int
     output_tokens: int
     timings: PhaseTimings
+    model_parameters: int | None = None
+    flops_estimate: float | None = Field(
+        default=None,
+        description="2 x parameters x (input + output tokens): the forward-pass rule of thumb, no attention term.",
+    )
     throughput: Throughput
     latency: Latency
     energy: EnergyReport

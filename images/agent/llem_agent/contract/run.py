@@ -37,6 +37,7 @@ class RunRequest(BaseModel):
     config_hash: str
     config: ExperimentConfig
     gpus: list[str] = Field(default_factory=list, description="GPU ids the host gave this run; [] is CPU.")
+    sample_interval_s: float = Field(default=0.1, gt=0.0, le=10.0, description="NVML sampling interval (10 Hz).")
     model_path: str | None = Field(
         default=None,
         description="Where the model is mounted in the container; None: load config.model from the hub.",

@@ -29,6 +29,9 @@ class Engine(Protocol):
     def effective(self) -> dict[str, str | int | float | bool | None]:
         """The engine defaults this run resolved (dtype, batch size, device...)."""
 
+    def n_parameters(self) -> int:
+        """Parameters of the loaded model (for the FLOPs estimate)."""
+
     def peak_device_memory_mb(self) -> float | None:
         """Peak device memory allocated since load, or None on CPU."""
 

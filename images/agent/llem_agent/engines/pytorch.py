@@ -149,6 +149,9 @@ class PyTorchEngine:
     def effective(self) -> dict[str, str | int | float | bool | None]:
         return {"device": self._device, "dtype": self._dtype, "batch_size": self.batch_size()}
 
+    def n_parameters(self) -> int:
+        return int(sum(p.numel() for p in self._model.parameters()))
+
     def peak_device_memory_mb(self) -> float | None:
         if self._device != "cuda":
             return None

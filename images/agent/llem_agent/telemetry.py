@@ -1,0 +1,140 @@
+"""Pure maths over a sampled power/thermal trace: integration, attribution, validity flags.
+
+Times are seconds on the agent's monotonic clock, powers watts, temperatures Celsius.
+Nothing here touches NVML: the sampler records, these functions judge.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from llem_agent.contract import ValidityFlag
+
+SHORT_WINDOW_S = 5.0
+GAP_FACTOR = 2.0
+DISAGREEMENT = 0.05
+TEMPERATURE_DRIFT_C = 5.0
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One reading of one device."""
+
+    time_s: float
+    device: int
+    power_w: float
+    temperature_c: float
+    memory_used_mb: float
+    memory_total_mb: float
+    sm_utilisation_pct: float
+    sm_clock_mhz: float
+    throttle_reasons: int
+
+
+def device_trace(samples: Sequence[Sample], device: int) -> list[Sample]:
+    return sorted((s for s in samples if s.device == device), key=lambda s: s.time_s)
+
+
+def integrate_j(trace: Sequence[Sample], start_s: float, end_s: float) -> float:
+    """Energy of ``trace`` between two times: trapezoids over the samples, power linearly
+    interpolated at the window's edges and held flat beyond the first and last sample."""
+    if end_s <= start_s or not trace:
+        return 0.0
+    times = [s.time_s for s in trace]
+    powers = [s.power_w for s in trace]
+
+    def power_at(t: float) -> float:
+        k = bisect.bisect_left(times, t)
+        if k == 0:
+            return powers[0]
+        if k == len(times):
+            return powers[-1]
+        t0, t1, p0, p1 = times[k - 1], times[k], powers[k - 1], powers[k]
+        return p1 if t1 == t0 else p0 + (p1 - p0) * (t - t0) / (t1 - t0)
+
+    lo, hi = bisect.bisect_right(times, start_s), bisect.bisect_left(times, end_s)
+    knots = [(start_s, power_at(start_s)), *zip(times[lo:hi], powers[lo:hi], strict=True), (end_s, power_at(end_s))]
+    return sum((t1 - t0) * (p0 + p1) / 2 for (t0, p0), (t1, p1) in itertools.pairwise(knots))
+
+
+def window_samples(trace: Sequence[Sample], start_s: float, end_s: float) -> list[Sample]:
+    return [s for s in trace if start_s <= s.time_s <= end_s]
+
+
+def max_gap_s(trace: Sequence[Sample], start_s: float, end_s: float) -> float:
+    """The longest stretch of the window without a sample (window edges included)."""
+    times = [start_s, *(s.time_s for s in window_samples(trace, start_s, end_s)), end_s]
+    return max(b - a for a, b in itertools.pairwise(times))
+
+
+@dataclass(frozen=True)
+class WindowFacts:
+    """What the validity checks need to know about one measured window."""
+
+    duration_s: float
+    interval_s: float
+    counter_j: float | None
+    trace_j: float | None
+    counter_monotonic: bool
+    max_gap_s: float
+    throttle_events: int
+    temperature_drift_c: float
+    baseline_age_s: float | None = None
+    baseline_ttl_s: float | None = None
+
+
+def validity_flags(facts: WindowFacts) -> list[ValidityFlag]:
+    """Every reason a reader should doubt this window's energy, each with its evidence."""
+    flags: list[ValidityFlag] = []
+    if facts.duration_s < SHORT_WINDOW_S:
+        flags.append(ValidityFlag(code="short_window", message=f"measured window {facts.duration_s:.2f} s < 5 s"))
+    if facts.max_gap_s > GAP_FACTOR * facts.interval_s:
+        flags.append(
+            ValidityFlag(
+                code="sampling_gap",
+                message=f"longest gap between samples {facts.max_gap_s:.3f} s > 2 x interval {facts.interval_s:.3f} s",
+            )
+        )
+    if not facts.counter_monotonic:
+        flags.append(ValidityFlag(code="counter_reset", message="the energy counter reset or went backwards"))
+    if facts.throttle_events:
+        flags.append(
+            ValidityFlag(code="throttled", message=f"{facts.throttle_events} samples with clock throttle reasons")
+        )
+    if facts.temperature_drift_c > TEMPERATURE_DRIFT_C:
+        flags.append(
+            ValidityFlag(code="temperature_drift", message=f"temperature moved {facts.temperature_drift_c:.1f} C")
+        )
+    if facts.counter_j and facts.trace_j is not None:
+        gap = abs(facts.counter_j - facts.trace_j) / facts.counter_j
+        if gap > DISAGREEMENT:
+            flags.append(
+                ValidityFlag(
+                    code="counter_trace_disagree",
+                    message=f"counter {facts.counter_j:.2f} J vs power trace {facts.trace_j:.2f} J ({gap:.1%})",
+                )
+            )
+    if (
+        facts.baseline_age_s is not None
+        and facts.baseline_ttl_s is not None
+        and facts.baseline_age_s > facts.baseline_ttl_s
+    ):
+        flags.append(ValidityFlag(code="stale_baseline", message=f"idle baseline is {facts.baseline_age_s:.0f} s old"))
+    return flags
+
+
+# Throttle reasons that mean the clocks were held back by something other than idling
+# (nvmlClocksEventReasonGpuIdle = 0x1 and ApplicationsClocksSetting = 0x2 are benign).
+BENIGN_THROTTLE = 0x1 | 0x2
+
+
+def throttle_events(samples: Sequence[Sample]) -> int:
+    return sum(1 for s in samples if s.throttle_reasons & ~BENIGN_THROTTLE)
+
+
+def temperature_drift_c(samples: Sequence[Sample]) -> float:
+    temps = [s.temperature_c for s in samples]
+    return max(temps) - min(temps) if temps else 0.0
