@@ -2,7 +2,7 @@
 
 from llem_agent.contract import AgentEnvironment, ExperimentConfig, RunRequest, config_hash
 from llem_agent.energy import EnergyMeter, NvmlUnavailable
-from llem_agent.measure import batches, run_measurement, warmup_batches
+from llem_agent.measure import batches, run_measurement
 from llem_agent.metrics import BatchObservation
 
 
@@ -74,10 +74,8 @@ def test_warmup_uses_full_batches_and_measurement_covers_every_prompt():
     assert result.flops_estimate == 2 * 1000 * (20 + 30)
 
 
-def test_batching_helpers():
+def test_batching_helper():
     assert batches(list("abcde"), 2) == [["a", "b"], ["c", "d"], ["e"]]
-    assert warmup_batches(list("ab"), 3, 2) == [["a", "b"], ["a", "b"]]
-    assert warmup_batches(list("ab"), 0, 2) == []
 
 
 def test_a_run_given_gpus_refuses_to_fall_back_to_cpu():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import resource
 import time
@@ -14,6 +13,7 @@ from llem_agent.energy import EnergyMeter, WindowWork
 from llem_agent.engines.base import Engine
 from llem_agent.metrics import BatchObservation, latency, request_records, throughput
 from llem_agent.prompts import load_prompts
+from llem_agent.warmup import run_warmup
 
 PhaseCallback = Callable[[str], None]
 
@@ -27,19 +27,6 @@ def batches(prompts: list[str], size: int) -> list[list[str]]:
     return [prompts[i : i + size] for i in range(0, len(prompts), size)]
 
 
-def warmup_batches(prompts: list[str], n_warmup: int, size: int) -> list[list[str]]:
-    """Full-size batches covering at least ``n_warmup`` prompts, drawn like measured ones.
-
-    Warmup uses the same batch shape and output length as the measurement, so it warms
-    the decode path and caches the measured phase will use, not just one short prompt.
-    """
-    if n_warmup <= 0:
-        return []
-    n_batches = math.ceil(n_warmup / size)
-    cycled = [prompts[i % len(prompts)] for i in range(n_batches * size)]
-    return batches(cycled, size)
-
-
 def run_measurement(
     request: RunRequest,
     engine_factory: Callable[[str], Engine],
@@ -48,6 +35,7 @@ def run_measurement(
     *,
     base_dir: Path | None = None,
     on_progress: Callable[[], None] = lambda: None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> ExperimentResult:
     """Execute one run and return its result; raises on any failure.
 
@@ -67,11 +55,7 @@ def run_measurement(
 
     on_phase("warmup")
     size = engine.batch_size()
-    if config.warmup.enabled:
-        for batch in warmup_batches(prompts, config.warmup.n_warmup, size):
-            engine.generate(engine.prepare(batch))
-            on_progress()
-    engine.synchronize()
+    warmed = run_warmup(engine, prompts, config.warmup, on_progress=on_progress, sleep=sleep)
     t_warm = time.perf_counter()
 
     on_phase("measure")
@@ -108,6 +92,7 @@ def run_measurement(
         input_tokens=input_tokens,
         output_tokens=output_tokens,
         timings=PhaseTimings(load_s=t_loaded - t0, warmup_s=t_warm - t_loaded, measure_s=window_s),
+        warmup=warmed,
         model_parameters=engine.n_parameters(),
         flops_estimate=2.0 * engine.n_parameters() * (input_tokens + output_tokens),
         throughput=throughput(records, window_s),

@@ -28,6 +28,7 @@ from llem_agent.contract.result import (
     RunError,
     Throughput,
     ValidityFlag,
+    WarmupReport,
 )
 from llem_agent.contract.run import (
     CONTAINER_HF_HOME,
@@ -77,6 +78,7 @@ __all__ = [
     "VLLMConfig",
     "ValidityFlag",
     "WarmupConfig",
+    "WarmupReport",
     "canonical_engine",
     "canonical_json",
     "config_hash",

@@ -31,13 +31,26 @@ class Distribution(_Frozen):
 class PhaseTimings(_Frozen):
     """Wall time of each agent phase, in seconds.
 
-    ``load_s`` covers importing the engine and loading model and tokenizer; the host uses
-    these to separate its own overhead from the agent's work.
+    ``load_s`` covers importing the engine and loading model and tokenizer; ``warmup_s``
+    includes the thermal floor. The host uses these to separate its own overhead from the
+    agent's work.
     """
 
     load_s: float
     warmup_s: float
     measure_s: float
+
+
+class WarmupReport(_Frozen):
+    """What warmup did before the window opened."""
+
+    mode: Literal["fixed", "cv", "disabled"]
+    prompts: int
+    batches: int
+    converged: bool | None = Field(default=None, description="CV mode: whether latency settled before max_prompts.")
+    final_cv: float | None = None
+    thermal_floor_s: float = 0.0
+    thermal_floor_note: str | None = None
 
 
 class RequestRecord(_Frozen):
@@ -151,6 +164,7 @@ class ExperimentResult(_Frozen):
     input_tokens: int
     output_tokens: int
     timings: PhaseTimings
+    warmup: WarmupReport | None = None
     model_parameters: int | None = None
     flops_estimate: float | None = Field(
         default=None,

@@ -54,6 +54,12 @@ _UNIVERSAL = frozenset(
         "decoder.preset",
         "warmup.enabled",
         "warmup.n_warmup",
+        "warmup.thermal_floor_seconds",
+        "warmup.convergence_detection",
+        "warmup.cv_threshold",
+        "warmup.max_prompts",
+        "warmup.window_size",
+        "warmup.min_prompts",
         "energy_sampler",
     }
 )
