@@ -58,6 +58,21 @@ def _gpu_indices(spec: str | None) -> tuple[int, ...]:
     return wanted
 
 
+def ensure_shared_dirs(paths: Sequence[Path | None]) -> None:
+    """Create the directories every run's container mounts (HF cache, baseline cache)."""
+    for shared in paths:
+        if shared is not None and not shared.exists():
+            shared.mkdir(parents=True)
+            if os.getuid() == 0:  # llem's unprivileged agent (root group) writes into it
+                os.chmod(shared, 0o2775)
+
+
+def baseline_cache_dir() -> Path:
+    """Idle baselines cached across runs and studies: LLEM_BASELINE_CACHE, else the user cache."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llem" / "baselines"
+    return Path(os.environ.get("LLEM_BASELINE_CACHE", default)).expanduser()
+
+
 def runner_options(args: argparse.Namespace, study: Study) -> RunnerOptions:
     """Host settings of this invocation: CLI flags over the study's study_execution."""
     from orchestrator.runner import RunnerOptions
@@ -84,6 +99,7 @@ def runner_options(args: argparse.Namespace, study: Study) -> RunnerOptions:
         lock_dir=None if args.no_lock else Path(args.lock_dir),
         lock_wait_s=0.0 if args.no_wait else None,
         hf_home=hf_home,
+        baseline_cache=baseline_cache_dir(),
         stall_timeout_s=args.stall_timeout,
         container_memory=args.container_memory,
         max_consecutive_failures=breaker,
@@ -121,10 +137,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     runner.preflight()
     for name in reap_orphans(launcher):
         err.print(f"removed orphan container {name} (its llem process is gone)")
-    if not options.hf_home.exists():
-        options.hf_home.mkdir(parents=True)
-        if os.getuid() == 0:  # llem's unprivileged agent (root group) may download into it
-            os.chmod(options.hf_home, 0o2775)
+    ensure_shared_dirs([options.hf_home, options.baseline_cache])
     if args.resume or args.resume_dir:
         previous = Path(args.resume_dir) if args.resume_dir else newest_unfinished(options.results_root, study.name)
         study_dir = runner.resume(previous)

@@ -6,7 +6,13 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from llem_agent.contract import CONTAINER_HF_HOME, CONTAINER_MODEL_DIR, CONTAINER_RUN_DIR, EXPERIMENT_FILE
+from llem_agent.contract import (
+    CONTAINER_BASELINE_DIR,
+    CONTAINER_HF_HOME,
+    CONTAINER_MODEL_DIR,
+    CONTAINER_RUN_DIR,
+    EXPERIMENT_FILE,
+)
 
 LABEL_MANAGED = "llem.managed"
 LABEL_STUDY = "llem.study"
@@ -77,6 +83,7 @@ def build_spec(
     host_gid: int,
     host_pid: int,
     memory_limit: str | None = None,
+    baseline_cache: Path | None = None,
 ) -> ContainerSpec:
     """The spec for one run.
 
@@ -92,6 +99,8 @@ def build_spec(
     else:
         user = f"{host_uid}:{host_gid}"
     mounts = [Mount(run_dir, CONTAINER_RUN_DIR, read_only=False), Mount(hf_home, CONTAINER_HF_HOME, read_only=False)]
+    if baseline_cache is not None:
+        mounts.append(Mount(baseline_cache, CONTAINER_BASELINE_DIR, read_only=False))
     environment = {"HF_HOME": CONTAINER_HF_HOME, "HOME": "/tmp", "PYTHONUNBUFFERED": "1"}
     if model_dir is not None:
         mounts.append(Mount(model_dir, CONTAINER_MODEL_DIR, read_only=True))

@@ -15,6 +15,7 @@ from filelock import FileLock, Timeout
 from pydantic import ValidationError
 
 from llem_agent.contract import (
+    CONTAINER_BASELINE_DIR,
     CONTAINER_MODEL_DIR,
     ERROR_FILE,
     EXPERIMENT_FILE,
@@ -65,6 +66,7 @@ class RunnerOptions:
     lock_dir: Path | None
     lock_wait_s: float | None
     hf_home: Path
+    baseline_cache: Path | None = None
     stall_timeout_s: float = 600.0
     container_memory: str | None = None
     max_consecutive_failures: int = 10
@@ -368,6 +370,7 @@ class StudyRunner:
             config=config,
             model_path=CONTAINER_MODEL_DIR if model_dir is not None else None,
             gpus=[str(g) for g in gpus],
+            baseline_cache_dir=CONTAINER_BASELINE_DIR if self.options.baseline_cache else None,
         )
         write_atomic(run_dir / EXPERIMENT_FILE, request.model_dump_json(indent=2))
         image = image_for(config.engine, self.options.images)
@@ -383,6 +386,7 @@ class StudyRunner:
             host_gid=os.getgid(),
             host_pid=os.getpid(),
             memory_limit=self.options.container_memory,
+            baseline_cache=self.options.baseline_cache,
         )
         lock_dir = self.options.lock_dir
         locks = DeviceLocks(lock_names(gpus) if lock_dir else [], lock_dir or Path("."))

@@ -133,6 +133,9 @@ class ReplayNvml:
     def device_names(self) -> list[str]:
         return self.names
 
+    def device_uuids(self) -> list[str]:
+        return [f"GPU-{i}" for i in range(len(self.names))]
+
     def total_energy_mj(self, index: int) -> int:
         if not self.counter:
             raise NvmlUnavailable(f"GPU {index} has no total-energy counter")
@@ -188,3 +191,18 @@ def test_sampler_survives_a_failing_read():
     time.sleep(0.1)
     samples = sampler.stop()
     assert len(samples) >= 3
+
+
+def test_meter_baseline_then_adjusted_energy(tmp_path):
+    from llem_agent.contract import BaselineConfig
+
+    meter = EnergyMeter(lambda: ReplayNvml(["L4"], 40.0), interval_s=0.01).open()
+    meter.sleep = lambda s: None
+    meter.measure_baseline(BaselineConfig(strategy="cached", duration_seconds=5), tmp_path)
+    meter.start()
+    time.sleep(0.2)
+    r = meter.stop(WindowWork(1, 1, 1, [(0.0, 0.01, 0.2)]))
+    assert r.baseline is not None
+    assert r.baseline.power_w == pytest.approx([40.0])
+    assert r.adjusted_energy_j == pytest.approx(0.0, abs=2.0)  # all of the window's power is idle power
+    assert (tmp_path / "baselines.json").exists()

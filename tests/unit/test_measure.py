@@ -62,7 +62,8 @@ def test_warmup_uses_full_batches_and_measurement_covers_every_prompt():
     engine = DummyEngine()
     phases: list[str] = []
     result = run_measurement(req, lambda name: engine, EnergyMeter(no_nvml).open(), phases.append)
-    assert phases == ["load", "warmup", "measure", "report"]
+    assert phases == ["baseline", "load", "warmup", "measure", "report"]
+    assert result.energy.baseline_note == "no baseline: no GPU here"
     assert engine.loaded_from == "/llem/model"
     warm, measured = engine.calls[:2], engine.calls[2:]
     assert [len(b) for b in warm] == [4, 4]

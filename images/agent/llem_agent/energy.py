@@ -11,13 +11,16 @@ in this container, which are exactly the devices the host gave the run.
 from __future__ import annotations
 
 import contextlib
+import statistics
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
-from llem_agent.contract import DeviceEnergy, EnergyReport
+from llem_agent.baseline import resolve_baseline
+from llem_agent.contract import BaselineConfig, BaselineReport, DeviceEnergy, EnergyReport
 from llem_agent.telemetry import (
     Sample,
     WindowFacts,
@@ -53,6 +56,8 @@ class EnergyBackend(Protocol):
 
     def device_names(self) -> list[str]: ...
 
+    def device_uuids(self) -> list[str]: ...
+
     def total_energy_mj(self, index: int) -> int: ...
 
     def read(self, index: int) -> Reading: ...
@@ -87,6 +92,9 @@ class NvmlBackend:
 
     def device_names(self) -> list[str]:
         return list(self._names)
+
+    def device_uuids(self) -> list[str]:
+        return [str(self._nvml.nvmlDeviceGetUUID(h)) for h in self._handles]
 
     def total_energy_mj(self, index: int) -> int:
         nvml = self._nvml
@@ -195,6 +203,10 @@ class EnergyMeter:
         self._sampler: Sampler | None = None
         self._start_mj: list[int | None] = []
         self._window_start = 0.0
+        self._baseline: BaselineReport | None = None
+        self._baseline_note: str | None = None
+        self._baseline_ttl_s: float | None = None
+        self.sleep: Callable[[float], None] = time.sleep
 
     def open(self) -> EnergyMeter:
         try:
@@ -208,6 +220,33 @@ class EnergyMeter:
             self._sampler.stop()
         if self._backend is not None:
             self._backend.close()
+
+    # PowerSource, for the idle baseline
+    def device_ids(self) -> list[str]:
+        assert self._backend is not None
+        return self._backend.device_uuids()
+
+    def idle_power_w(self, duration_s: float) -> list[float]:
+        """Mean power per device over ``duration_s`` of sampling (nothing else running)."""
+        assert self._backend is not None
+        sampler = Sampler(self._backend, self.interval_s, self._clock)
+        for _ in range(max(1, round(duration_s / self.interval_s))):
+            sampler.sample_once()
+            self.sleep(self.interval_s)
+        names = self._backend.device_names()
+        return [
+            statistics.fmean([s.power_w for s in sampler.samples if s.device == i] or [0.0]) for i in range(len(names))
+        ]
+
+    def measure_baseline(self, config: BaselineConfig, cache_dir: Path | None) -> None:
+        """Take (or reuse) the idle baseline; call before the model loads."""
+        if self._backend is None:
+            self._baseline_note = f"no baseline: {self._reason}"
+        elif not config.enabled:
+            self._baseline_note = "no baseline: baseline.enabled is false"
+        else:
+            self._baseline = resolve_baseline(self, config, cache_dir)
+            self._baseline_ttl_s = config.cache_ttl_seconds
 
     def _counters(self) -> list[int | None]:
         assert self._backend is not None
@@ -230,7 +269,9 @@ class EnergyMeter:
 
     def stop(self, work: WindowWork) -> EnergyReport:
         if self._backend is None or self._sampler is None:
-            return EnergyReport(energy_j=None, source=None, unavailable_reason=self._reason)
+            return EnergyReport(
+                energy_j=None, source=None, unavailable_reason=self._reason, baseline_note=self._baseline_note
+            )
         end_mj = self._counters()
         window_end = self._clock()
         self._sampler.sample_once()  # and one at its very end
@@ -244,6 +285,8 @@ class EnergyMeter:
             window=(self._window_start, window_end),
             interval_s=self.interval_s,
             work=work,
+            baseline=self._baseline,
+            baseline_ttl_s=self._baseline_ttl_s,
         )
 
 
@@ -256,6 +299,8 @@ def energy_report(
     window: tuple[float, float],
     interval_s: float,
     work: WindowWork,
+    baseline: BaselineReport | None = None,
+    baseline_ttl_s: float | None = None,
 ) -> EnergyReport:
     """The window's energy from counter deltas and the sampled trace (a pure function).
 
@@ -314,6 +359,8 @@ def energy_report(
         counter_monotonic=monotonic,
         max_gap_s=max(max_gap_s(device_trace(samples, i), start, end) for i in range(len(names))),
         throttle_events=throttle_events(in_window),
+        baseline_age_s=None if baseline is None else baseline.age_s + (end - start),
+        baseline_ttl_s=baseline_ttl_s,
         temperature_drift_c=max(
             temperature_drift_c(window_samples(device_trace(samples, i), start, end)) for i in range(len(names))
         ),
@@ -334,6 +381,8 @@ def energy_report(
         sample_interval_s=interval_s,
         n_samples=len(in_window),
         flags=validity_flags(facts),
+        baseline=baseline,
+        adjusted_energy_j=None if baseline is None else energy - baseline.total_power_w * (end - start),
     )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 
 HEARTBEAT_FILE = "heartbeat"
-_BACKGROUND_PHASES = frozenset({"read", "load"})
+_BACKGROUND_PHASES = frozenset({"read", "baseline", "load"})
 
 
 class Heartbeat:

@@ -44,6 +44,8 @@ def run_measurement(
     is tokenized before it opens, so the window holds generation work only.
     """
     config = request.config
+    on_phase("baseline")  # idle power, before the model is on the device
+    meter.measure_baseline(config.baseline, Path(request.baseline_cache_dir) if request.baseline_cache_dir else None)
     on_phase("load")
     t0 = time.perf_counter()
     prompts = load_prompts(config.dataset, config.random_seed, base_dir)

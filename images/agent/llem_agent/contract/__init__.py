@@ -17,6 +17,8 @@ from llem_agent.contract.engine_sections import PyTorchConfig, TensorRTConfig, V
 from llem_agent.contract.result import (
     RESULT_SCHEMA_VERSION,
     AgentEnvironment,
+    BaselineReport,
+    BaselineSource,
     DeviceEnergy,
     Distribution,
     EnergyReport,
@@ -31,6 +33,7 @@ from llem_agent.contract.result import (
     WarmupReport,
 )
 from llem_agent.contract.run import (
+    CONTAINER_BASELINE_DIR,
     CONTAINER_HF_HOME,
     CONTAINER_MODEL_DIR,
     CONTAINER_RUN_DIR,
@@ -45,6 +48,7 @@ from llem_agent.contract.run import (
 from llem_agent.contract.support import unsupported_by_agent
 
 __all__ = [
+    "CONTAINER_BASELINE_DIR",
     "CONTAINER_HF_HOME",
     "CONTAINER_MODEL_DIR",
     "CONTAINER_RUN_DIR",
@@ -58,6 +62,8 @@ __all__ = [
     "RESULT_SCHEMA_VERSION",
     "AgentEnvironment",
     "BaselineConfig",
+    "BaselineReport",
+    "BaselineSource",
     "DatasetConfig",
     "DecoderConfig",
     "DeviceEnergy",

@@ -91,6 +91,21 @@ class ValidityFlag(_Frozen):
     message: str
 
 
+BaselineSource = Literal["measured", "cache", "cache_validated", "remeasured_after_drift"]
+
+
+class BaselineReport(_Frozen):
+    """The idle power this run subtracts: measured on its devices before the model loaded."""
+
+    strategy: Literal["validated", "cached", "fresh"]
+    source: BaselineSource
+    power_w: list[float] = Field(description="Idle power per device.")
+    total_power_w: float
+    duration_s: float
+    measured_at: float = Field(description="Unix time of the measurement.")
+    age_s: float
+
+
 class EnergyReport(_Frozen):
     """Energy over the measured window; ``energy_j`` is None with a reason when unobservable.
 
@@ -115,6 +130,11 @@ class EnergyReport(_Frozen):
     sample_interval_s: float | None = None
     n_samples: int = 0
     flags: list[ValidityFlag] = Field(default_factory=list)
+    baseline: BaselineReport | None = None
+    adjusted_energy_j: float | None = Field(
+        default=None, description="energy_j minus the idle baseline power over the window."
+    )
+    baseline_note: str | None = None
 
 
 class Throughput(_Frozen):

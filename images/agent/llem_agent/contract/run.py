@@ -18,6 +18,7 @@ CONTRACT_VERSION = "1"
 CONTAINER_RUN_DIR = "/llem/run"
 CONTAINER_MODEL_DIR = "/llem/model"
 CONTAINER_HF_HOME = "/llem/hf-cache"
+CONTAINER_BASELINE_DIR = "/llem/baseline-cache"
 
 EXPERIMENT_FILE = "experiment.json"
 RESULT_FILE = "result.json"
@@ -37,6 +38,7 @@ class RunRequest(BaseModel):
     config_hash: str
     config: ExperimentConfig
     gpus: list[str] = Field(default_factory=list, description="GPU ids the host gave this run; [] is CPU.")
+    baseline_cache_dir: str | None = Field(default=None, description="Where cached idle baselines live.")
     sample_interval_s: float = Field(default=0.1, gt=0.0, le=10.0, description="NVML sampling interval (10 Hz).")
     model_path: str | None = Field(
         default=None,

@@ -61,6 +61,12 @@ _UNIVERSAL = frozenset(
         "warmup.window_size",
         "warmup.min_prompts",
         "energy_sampler",
+        "baseline.enabled",
+        "baseline.duration_seconds",
+        "baseline.strategy",
+        "baseline.cache_ttl_seconds",
+        "baseline.validation_interval",
+        "baseline.drift_threshold",
     }
 )
 AGENT_FIELDS: dict[str, frozenset[str]] = {
