@@ -51,6 +51,8 @@ class Launcher(Protocol):
 
     def check(self, images: Iterable[str]) -> None: ...
 
+    def describe(self, images: Iterable[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]: ...
+
     def run(
         self, spec: ContainerSpec, timeout_s: float, log_path: Path, liveness: Liveness | None = None
     ) -> ContainerOutcome: ...
@@ -127,6 +129,23 @@ class DockerLauncher:
                 ) from None
             except docker.errors.DockerException as exc:
                 raise EnvironmentProblem(f"cannot inspect image {image}: {_first_line(exc)}") from None
+
+    def describe(self, images: Iterable[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        """The Docker server's version, and each image's id, digests and labels (for host.json)."""
+        try:
+            version = self.client.version()
+            server = {"version": version.get("Version"), "api_version": version.get("ApiVersion")}
+            described = {}
+            for ref in sorted(set(images)):
+                image = self.client.images.get(ref)
+                described[ref] = {
+                    "id": image.id,
+                    "repo_digests": image.attrs.get("RepoDigests", []),
+                    "labels": image.labels,
+                }
+        except docker.errors.DockerException as exc:
+            raise EnvironmentProblem(f"cannot describe the Docker engine or images: {_first_line(exc)}") from None
+        return server, described
 
     def run(
         self, spec: ContainerSpec, timeout_s: float, log_path: Path, liveness: Liveness | None = None

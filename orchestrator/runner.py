@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import time
@@ -31,6 +32,7 @@ from orchestrator import __version__
 from orchestrator.container import build_spec
 from orchestrator.devices import assign_devices
 from orchestrator.errors import ConfigError, EnvironmentProblem, Interrupted, LlemError
+from orchestrator.hostinfo import host_facts
 from orchestrator.launcher import ContainerOutcome, Launcher, Liveness
 from orchestrator.locks import DeviceLocks, lock_names
 from orchestrator.manifest import (
@@ -49,6 +51,7 @@ from orchestrator.plan import Plan, PlannedRun
 from orchestrator.policy import CircuitBreaker, WallClock
 
 CONTAINER_LOG = "container.log"
+HOST_FILE = "host.json"
 HEARTBEAT_FILE = "heartbeat"  # written by the agent (llem_agent.heartbeat), read for liveness
 # Agent exception types that name a failure class of their own.
 _ERROR_KINDS = {"GpuNotVisible": "gpu_not_visible", "OutOfMemoryError": "oom"}
@@ -231,6 +234,10 @@ class StudyRunner:
         study_dir = _new_study_dir(self.options.results_root, study.name)
         try:
             shutil.copyfile(study.path, study_dir / STUDY_COPY)
+            server, images = self.launcher.describe(
+                {image_for(e.config.engine, self.options.images) for e in study.experiments}
+            )
+            write_atomic(study_dir / HOST_FILE, json.dumps(host_facts(server, images), indent=2))
         except OSError as exc:
             raise EnvironmentProblem(f"cannot write into {study_dir}: {exc.strerror or exc}") from None
         manifest = Manifest(

@@ -59,6 +59,11 @@ def test_two_experiments_two_cycles_through_real_containers(tmp_path, tiny_model
     assert manifest["status"] == "completed"
     assert [r["run_id"] for r in manifest["runs"]] == ["e001-c1", "e002-c1", "e001-c2", "e002-c2"]
     assert (study_dir / "study.yaml").read_text() == study.read_text()
+    host = json.loads((study_dir / "host.json").read_text())
+    (image,) = host["images"].values()
+    assert image["id"].startswith("sha256:")
+    assert image["labels"]["io.llem.engine"] == "pytorch"
+    assert host["docker"]["version"]
 
     batch_sizes = set()
     for run in manifest["runs"]:
@@ -76,6 +81,9 @@ def test_two_experiments_two_cycles_through_real_containers(tmp_path, tiny_model
         assert result["output_tokens"] > 0
         assert result["throughput"]["output_tokens_per_s"] > 0
         assert result["environment"]["uid"] not in (0, None), "the agent ran as root"
+        assert result["environment"]["cpus_available"] >= 1
+        assert result["warmup"]["thermal_floor_note"] == "not applied: no GPU (CPU run)"
+        assert result["energy"]["baseline_note"].startswith("no baseline: NVML unavailable")
         assert result["energy"]["energy_j"] is None
         assert result["energy"]["unavailable_reason"]
         for req in result["requests"]:

@@ -145,6 +145,11 @@ class ReplayNvml:
         self.readers.add(threading.get_ident())
         return Reading(self.watts, 55.0, 100.0, 1000.0, 80.0, 1500.0, 0)
 
+    def facts(self):
+        from llem_agent.contract import GpuFacts
+
+        return [GpuFacts(index=i, name=n, uuid=f"GPU-{i}") for i, n in enumerate(self.names)]
+
     def close(self) -> None:
         self.closed = True
 

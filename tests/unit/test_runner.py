@@ -49,6 +49,9 @@ class FakeLauncher:
             if image in self.missing_images:
                 raise EnvironmentProblem(f"image {image} not found")
 
+    def describe(self, images: Iterable[str]):
+        return {"version": "fake"}, {image: {"id": "sha256:fake"} for image in images}
+
     def run(self, spec: ContainerSpec, timeout_s: float, log_path: Path, liveness=None) -> ContainerOutcome:
         self.specs.append(spec)
         run_dir = next(m.source for m in spec.mounts if m.target == "/llem/run")
@@ -123,6 +126,9 @@ def test_every_run_gets_a_container_and_the_manifest_ends_completed(tmp_path, st
     assert [r.status for r in manifest.runs] == ["completed"] * 4
     assert len(outcomes) == len(launcher.specs) == 4
     assert (study_dir / "study.yaml").read_text() == study_file.read_text()
+    host = json.loads((study_dir / "host.json").read_text())
+    assert host["images"] == {"llem/pytorch:test": {"id": "sha256:fake"}}
+    assert host["cpu_count"] >= 1
     for run in manifest.runs:
         run_dir = study_dir / "runs" / run.run_id
         assert {"experiment.json", "result.json", "container.log"} <= {p.name for p in run_dir.iterdir()}

@@ -16,21 +16,24 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
 from llem_agent.baseline import resolve_baseline
-from llem_agent.contract import BaselineConfig, BaselineReport, DeviceEnergy, EnergyReport
+from llem_agent.contract import BaselineConfig, BaselineReport, DeviceEnergy, EnergyReport, GpuFacts
 from llem_agent.telemetry import (
     Sample,
     WindowFacts,
     device_trace,
+    downsample,
     integrate_j,
     max_gap_s,
     temperature_drift_c,
     throttle_events,
     validity_flags,
     window_samples,
+    write_parquet,
 )
 
 DEFAULT_INTERVAL_S = 0.1
@@ -61,6 +64,8 @@ class EnergyBackend(Protocol):
     def total_energy_mj(self, index: int) -> int: ...
 
     def read(self, index: int) -> Reading: ...
+
+    def facts(self) -> list[GpuFacts]: ...
 
     def close(self) -> None: ...
 
@@ -128,6 +133,35 @@ class NvmlBackend:
             sm_clock_mhz=float(nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_SM)),
             throttle_reasons=int(reasons(handle)),
         )
+
+    def facts(self) -> list[GpuFacts]:
+        nvml = self._nvml
+
+        def ask(call: Callable[[], Any]) -> Any:
+            try:
+                return call()
+            except nvml.NVMLError:
+                return None
+
+        driver = ask(nvml.nvmlSystemGetDriverVersion)
+        cuda = ask(nvml.nvmlSystemGetCudaDriverVersion_v2)
+        cuda_text = f"{cuda // 1000}.{cuda % 1000 // 10}" if isinstance(cuda, int) else None
+        out = []
+        for index, handle in enumerate(self._handles):
+            limit_mw = ask(partial(nvml.nvmlDeviceGetEnforcedPowerLimit, handle))
+            persistence = ask(partial(nvml.nvmlDeviceGetPersistenceMode, handle))
+            out.append(
+                GpuFacts(
+                    index=index,
+                    name=self._names[index],
+                    uuid=str(ask(partial(nvml.nvmlDeviceGetUUID, handle))),
+                    driver_version=str(driver) if driver is not None else None,
+                    cuda_driver_version=cuda_text,
+                    power_limit_w=limit_mw / 1000.0 if limit_mw is not None else None,
+                    persistence_mode=bool(persistence) if persistence is not None else None,
+                )
+            )
+        return out
 
     def close(self) -> None:
         with contextlib.suppress(self._nvml.NVMLError if self._nvml else Exception):
@@ -203,10 +237,12 @@ class EnergyMeter:
         self._sampler: Sampler | None = None
         self._start_mj: list[int | None] = []
         self._window_start = 0.0
+        self._window_end = 0.0
         self._baseline: BaselineReport | None = None
         self._baseline_note: str | None = None
         self._baseline_ttl_s: float | None = None
         self.sleep: Callable[[float], None] = time.sleep
+        self.samples: list[Sample] = []
 
     def open(self) -> EnergyMeter:
         try:
@@ -220,6 +256,18 @@ class EnergyMeter:
             self._sampler.stop()
         if self._backend is not None:
             self._backend.close()
+
+    def write_telemetry(self, path: Path) -> bool:
+        """The window's trace at 1 Hz as a Parquet sidecar; False when there is nothing to write."""
+        inside = window_samples(self.samples, self._window_start, self._window_end)
+        if not inside:
+            return False
+        write_parquet(downsample(inside, self._window_start), path)
+        return True
+
+    def device_facts(self) -> list[GpuFacts]:
+        """Name, UUID, driver, CUDA, power limit and persistence mode of each of the run's GPUs."""
+        return self._backend.facts() if self._backend is not None else []
 
     # PowerSource, for the idle baseline
     def device_ids(self) -> list[str]:
@@ -273,9 +321,9 @@ class EnergyMeter:
                 energy_j=None, source=None, unavailable_reason=self._reason, baseline_note=self._baseline_note
             )
         end_mj = self._counters()
-        window_end = self._clock()
+        window_end = self._window_end = self._clock()
         self._sampler.sample_once()  # and one at its very end
-        samples = self._sampler.stop()
+        samples = self.samples = self._sampler.stop()
         names = self._backend.device_names()
         return energy_report(
             names,

@@ -33,6 +33,7 @@ from llem_agent.energy import disabled_meter, nvml_meter
 from llem_agent.engines import load_engine
 from llem_agent.heartbeat import HEARTBEAT_FILE, Heartbeat
 from llem_agent.measure import run_measurement
+from llem_agent.telemetry import TELEMETRY_FILE
 
 EXIT_FAILED = 1
 EXIT_TERMINATED = 143
@@ -110,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
         finally:
             meter.close()
+        if request.config.gpu_telemetry and meter.write_telemetry(out_dir / TELEMETRY_FILE):
+            _log(f"telemetry written to {TELEMETRY_FILE}")
         text = "{corrupt" if faults.corrupt_result(run_id) else result.model_dump_json(indent=2)
         write_atomic(out_dir / RESULT_FILE, text)
         _log(

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from llem_agent import environment
 from llem_agent.contract import ExperimentResult, Memory, PhaseTimings, RunRequest
 from llem_agent.energy import EnergyMeter, WindowWork
 from llem_agent.engines.base import Engine
@@ -104,6 +105,15 @@ def run_measurement(
             peak_device_mb=engine.peak_device_memory_mb(),
             peak_host_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         ),
-        environment=engine.environment().model_copy(update={"uid": os.getuid()}),
+        environment=engine.environment().model_copy(
+            update={
+                "uid": os.getuid(),
+                "gpus": meter.device_facts(),
+                "cpu_model": environment.cpu_model(),
+                "cpus_available": environment.cpus_available(),
+                "container_memory_limit_mb": environment.memory_limit_mb(),
+                "container_cpu_quota": environment.cpu_quota(),
+            }
+        ),
         requests=records,
     )

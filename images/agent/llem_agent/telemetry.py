@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from llem_agent.contract import ValidityFlag
 
@@ -138,3 +140,68 @@ def throttle_events(samples: Sequence[Sample]) -> int:
 def temperature_drift_c(samples: Sequence[Sample]) -> float:
     temps = [s.temperature_c for s in samples]
     return max(temps) - min(temps) if temps else 0.0
+
+
+TELEMETRY_FILE = "timeseries.parquet"
+TELEMETRY_COLUMNS = (
+    "timestamp_s",
+    "gpu_index",
+    "power_w",
+    "temperature_c",
+    "memory_used_mb",
+    "memory_total_mb",
+    "sm_utilisation_pct",
+    "throttle_reasons",
+)
+
+
+def downsample(samples: Sequence[Sample], start_s: float, resolution_s: float = 1.0) -> list[dict[str, float | int]]:
+    """One row per device per ``resolution_s`` bucket (003: 1 Hz), times since ``start_s``.
+
+    Numeric columns are bucket means; ``memory_total_mb`` is the last value; throttle
+    reasons are OR-ed, so a brief throttle inside a second is not averaged away.
+    """
+    buckets: dict[tuple[int, int], list[Sample]] = {}
+    for s in samples:
+        buckets.setdefault((s.device, int((s.time_s - start_s) // resolution_s)), []).append(s)
+    rows: list[dict[str, float | int]] = []
+    for (device, bucket), group in sorted(buckets.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        reasons = 0
+        for s in group:
+            reasons |= s.throttle_reasons
+        rows.append(
+            {
+                "timestamp_s": bucket * resolution_s,
+                "gpu_index": device,
+                "power_w": sum(s.power_w for s in group) / len(group),
+                "temperature_c": sum(s.temperature_c for s in group) / len(group),
+                "memory_used_mb": sum(s.memory_used_mb for s in group) / len(group),
+                "memory_total_mb": group[-1].memory_total_mb,
+                "sm_utilisation_pct": sum(s.sm_utilisation_pct for s in group) / len(group),
+                "throttle_reasons": reasons,
+            }
+        )
+    return rows
+
+
+def write_parquet(rows: list[dict[str, float | int]], path: Path) -> None:
+    """Write the downsampled trace with pyarrow (a temp file, then an atomic rename)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema(
+        [
+            ("timestamp_s", pa.float64()),
+            ("gpu_index", pa.int32()),
+            ("power_w", pa.float64()),
+            ("temperature_c", pa.float64()),
+            ("memory_used_mb", pa.float64()),
+            ("memory_total_mb", pa.float64()),
+            ("sm_utilisation_pct", pa.float64()),
+            ("throttle_reasons", pa.int64()),
+        ]
+    )
+    table = pa.Table.from_pylist(rows, schema=schema)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)

@@ -156,8 +156,20 @@ class Memory(_Frozen):
     peak_host_rss_mb: float
 
 
+class GpuFacts(_Frozen):
+    """One GPU as NVML reported it inside the run's container."""
+
+    index: int
+    name: str
+    uuid: str
+    driver_version: str | None = None
+    cuda_driver_version: str | None = None
+    power_limit_w: float | None = None
+    persistence_mode: bool | None = None
+
+
 class AgentEnvironment(_Frozen):
-    """Facts about the container the run happened in."""
+    """Facts about the container the run happened in (the host's are in the study's host.json)."""
 
     python: str
     engine_version: str
@@ -166,6 +178,12 @@ class AgentEnvironment(_Frozen):
     device: str
     device_names: list[str]
     uid: int | None = Field(default=None, description="User id the agent ran as (never 0 in llem's containers).")
+    cuda_runtime: str | None = None
+    gpus: list[GpuFacts] = Field(default_factory=list)
+    cpu_model: str | None = None
+    cpus_available: int | None = None
+    container_memory_limit_mb: float | None = None
+    container_cpu_quota: float | None = None
 
 
 class ExperimentResult(_Frozen):

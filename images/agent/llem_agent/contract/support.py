@@ -61,6 +61,7 @@ _UNIVERSAL = frozenset(
         "warmup.window_size",
         "warmup.min_prompts",
         "energy_sampler",
+        "gpu_telemetry",
         "baseline.enabled",
         "baseline.duration_seconds",
         "baseline.strategy",

@@ -168,4 +168,5 @@ class PyTorchEngine:
             transformers_version=transformers.__version__,
             device=self._device,
             device_names=names,
+            cuda_runtime=torch.version.cuda,
         )
