@@ -14,6 +14,7 @@ from llem_agent.energy import EnergyMeter, WindowWork
 from llem_agent.engines.base import Engine
 from llem_agent.metrics import BatchObservation, latency, request_records, throughput
 from llem_agent.prompts import load_prompts
+from llem_agent.rapl import RaplMeter
 from llem_agent.warmup import run_warmup
 
 PhaseCallback = Callable[[str], None]
@@ -66,6 +67,8 @@ def run_measurement(
     prepared = [engine.prepare(batch) for batch in measured]  # tokenizing is not what we measure
     observations: list[BatchObservation] = []
     spans: list[tuple[float, float, float]] = []
+    rapl = RaplMeter()
+    rapl.start()
     meter.start()
     window_start = time.perf_counter()
     for ready in prepared:
@@ -82,6 +85,10 @@ def run_measurement(
     output_tokens = sum(r.output_tokens for r in records)
     input_tokens = sum(r.input_tokens for r in records)
     energy = meter.stop(WindowWork(output_tokens, input_tokens, len(records), spans))
+    cpu_j = rapl.stop()
+    energy = energy.model_copy(
+        update={"cpu_energy_j": cpu_j, "cpu_energy_note": None if cpu_j is not None else rapl.reason}
+    )
 
     on_phase("report")
     return ExperimentResult(

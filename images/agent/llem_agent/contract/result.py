@@ -135,6 +135,8 @@ class EnergyReport(_Frozen):
         default=None, description="energy_j minus the idle baseline power over the window."
     )
     baseline_note: str | None = None
+    cpu_energy_j: float | None = Field(default=None, description="CPU packages over the window, from RAPL.")
+    cpu_energy_note: str | None = None
 
 
 class Throughput(_Frozen):
