@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llem_agent.energy import EnergyMeter, NvmlUnavailable, Reading, Sampler, WindowWork, energy_report
+from llem_agent.energy import EnergyMeter, NvmlUnavailable, Sampler, WindowWork, energy_report
 from llem_agent.telemetry import Sample, integrate_j
 
 WORK = WindowWork(output_tokens=100, input_tokens=50, n_requests=10, batch_spans=[(0.0, 2.0, 10.0)])
@@ -141,9 +141,9 @@ class ReplayNvml:
             raise NvmlUnavailable(f"GPU {index} has no total-energy counter")
         return int((time.monotonic() - self.start) * self.watts * 1000)
 
-    def read(self, index: int) -> Reading:
+    def read(self, index: int) -> Sample:
         self.readers.add(threading.get_ident())
-        return Reading(self.watts, 55.0, 100.0, 1000.0, 80.0, 1500.0, 0)
+        return Sample(0.0, index, self.watts, 55.0, 100.0, 1000.0, 80.0, 1500.0, 0)
 
     def facts(self):
         from llem_agent.contract import GpuFacts
@@ -185,7 +185,7 @@ def test_sampler_survives_a_failing_read():
     class Flaky(ReplayNvml):
         calls = 0
 
-        def read(self, index: int) -> Reading:
+        def read(self, index: int) -> Sample:
             self.calls += 1
             if self.calls % 3 == 0:
                 raise RuntimeError("transient NVML error")

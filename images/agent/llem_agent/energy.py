@@ -15,7 +15,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,17 +43,6 @@ class NvmlUnavailable(RuntimeError):
     """NVML cannot be used here (no driver, no device, or no energy counter)."""
 
 
-@dataclass(frozen=True)
-class Reading:
-    power_w: float
-    temperature_c: float
-    memory_used_mb: float
-    memory_total_mb: float
-    sm_utilisation_pct: float
-    sm_clock_mhz: float
-    throttle_reasons: int
-
-
 class EnergyBackend(Protocol):
     """What the meter needs from NVML; faked in unit tests."""
 
@@ -63,7 +52,8 @@ class EnergyBackend(Protocol):
 
     def total_energy_mj(self, index: int) -> int: ...
 
-    def read(self, index: int) -> Reading: ...
+    def read(self, index: int) -> Sample:
+        """One reading of device ``index``; the sampler stamps its time."""
 
     def facts(self) -> list[GpuFacts]: ...
 
@@ -118,13 +108,15 @@ class NvmlBackend:
                     return float(value.value.uiVal) / 1000.0
         return float(nvml.nvmlDeviceGetPowerUsage(handle)) / 1000.0
 
-    def read(self, index: int) -> Reading:
+    def read(self, index: int) -> Sample:
         nvml, handle = self._nvml, self._handles[index]
         memory = nvml.nvmlDeviceGetMemoryInfo(handle)
         reasons = getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or (
             nvml.nvmlDeviceGetCurrentClocksThrottleReasons
         )
-        return Reading(
+        return Sample(
+            time_s=0.0,
+            device=index,
             power_w=self._power_w(handle),
             temperature_c=float(nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)),
             memory_used_mb=memory.used / 2**20,
@@ -192,11 +184,7 @@ class Sampler:
         now = self.clock()
         for index in range(len(self.backend.device_names())):
             with contextlib.suppress(Exception):  # one failed read is a gap, not a crash
-                r = self.backend.read(index)
-                self.samples.append(
-                    Sample(now, index, r.power_w, r.temperature_c, r.memory_used_mb, r.memory_total_mb,
-                           r.sm_utilisation_pct, r.sm_clock_mhz, r.throttle_reasons)
-                )  # fmt: skip
+                self.samples.append(replace(self.backend.read(index), time_s=now, device=index))
 
     def _run(self) -> None:
         while not self._stop.is_set():
