@@ -228,3 +228,21 @@ def test_full_or_read_only_results_directory(tmp_path, study, docker_client):
         assert "Read-only file system" in proc.stderr
     finally:
         subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_second_sigint_forces_exit_and_resume_cleans_up_and_finishes(tmp_path, study, docker_client):
+    proc = start_llem(args(tmp_path, study), {"LLEM_FAULT_INJECTION": "slow_start:30@e001-c1"})
+    wait_for_container(docker_client, tmp_path)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == EXIT_INTERRUPTED, err
+    assert "Traceback" not in err
+    # Whether the second signal cut the graceful stop short or came after it, the next run
+    # removes anything left behind and finishes the study.
+    resumed = run_llem(*args(tmp_path, study, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr
+    doc = manifest(tmp_path)
+    assert doc["status"] == "completed"
+    completed_results_are_whole(tmp_path, doc)
+    assert_clean(tmp_path, docker_client)
