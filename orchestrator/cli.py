@@ -79,6 +79,8 @@ def runner_options(args: argparse.Namespace, study: Study) -> RunnerOptions:
 
     if args.run_timeout <= 0:
         raise ConfigError(f"--run-timeout must be positive, got {args.run_timeout}")
+    if not 0.001 <= args.sample_interval <= 10:
+        raise ConfigError(f"--sample-interval must be between 0.001 and 10 seconds, got {args.sample_interval}")
     if args.stall_timeout <= 0:
         raise ConfigError(f"--stall-timeout must be positive, got {args.stall_timeout}")
     if args.timeout is not None and args.timeout <= 0:
@@ -101,6 +103,7 @@ def runner_options(args: argparse.Namespace, study: Study) -> RunnerOptions:
         hf_home=hf_home,
         baseline_cache=baseline_cache_dir(),
         stall_timeout_s=args.stall_timeout,
+        sample_interval_s=args.sample_interval,
         container_memory=args.container_memory,
         max_consecutive_failures=breaker,
         circuit_breaker_cooldown_s=execution.circuit_breaker_cooldown_seconds,
@@ -194,6 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=600.0,
         metavar="S",
         help="kill a run whose agent shows no progress for S seconds while measuring (default 600)",
+    )
+    run.add_argument(
+        "--sample-interval",
+        type=float,
+        default=0.1,
+        metavar="S",
+        help="GPU telemetry sampling interval in seconds (default 0.1 = 10 Hz)",
     )
     run.add_argument("--container-memory", metavar="SIZE", help="memory limit of each run's container, e.g. 16g")
     run.add_argument("--lock-dir", default=str(DEFAULT_LOCK_DIR), help="directory of the device lock files")

@@ -71,6 +71,7 @@ class RunnerOptions:
     hf_home: Path
     baseline_cache: Path | None = None
     stall_timeout_s: float = 600.0
+    sample_interval_s: float = 0.1
     container_memory: str | None = None
     max_consecutive_failures: int = 10
     circuit_breaker_cooldown_s: float = 60.0
@@ -378,6 +379,7 @@ class StudyRunner:
             model_path=CONTAINER_MODEL_DIR if model_dir is not None else None,
             gpus=[str(g) for g in gpus],
             baseline_cache_dir=CONTAINER_BASELINE_DIR if self.options.baseline_cache else None,
+            sample_interval_s=self.options.sample_interval_s,
         )
         write_atomic(run_dir / EXPERIMENT_FILE, request.model_dump_json(indent=2))
         image = image_for(config.engine, self.options.images)

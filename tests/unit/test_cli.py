@@ -138,3 +138,10 @@ def test_study_names_cannot_escape_the_results_directory(tmp_path: Path, name: s
     proc = run_llem("run", str(study), "--name", name, "--results-dir", str(tmp_path / "results"))
     assert_one_line_error(proc, EXIT_CONFIG, "must be 1-100 characters")
     assert not (tmp_path / "results").exists()
+
+
+def test_sample_interval_is_bounded(tmp_path: Path):
+    study = tmp_path / "s.yaml"
+    study.write_text("model: hub/model\n")
+    proc = run_llem("run", str(study), "--sample-interval", "0")
+    assert_one_line_error(proc, EXIT_CONFIG, "--sample-interval must be between 0.001 and 10 seconds")

@@ -133,6 +133,8 @@ def test_every_run_gets_a_container_and_the_manifest_ends_completed(tmp_path, st
         run_dir = study_dir / "runs" / run.run_id
         assert {"experiment.json", "result.json", "container.log"} <= {p.name for p in run_dir.iterdir()}
     assert all(s.network_disabled for s in launcher.specs)  # the model is local
+    request = json.loads((study_dir / "runs" / "e001-c1" / "experiment.json").read_text())
+    assert request["sample_interval_s"] == 0.1
     assert DeviceLocks(["cpu"], tmp_path / "locks").try_acquire()  # nothing left locked
 
 

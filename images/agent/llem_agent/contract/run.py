@@ -39,7 +39,7 @@ class RunRequest(BaseModel):
     config: ExperimentConfig
     gpus: list[str] = Field(default_factory=list, description="GPU ids the host gave this run; [] is CPU.")
     baseline_cache_dir: str | None = Field(default=None, description="Where cached idle baselines live.")
-    sample_interval_s: float = Field(default=0.1, gt=0.0, le=10.0, description="NVML sampling interval (10 Hz).")
+    sample_interval_s: float = Field(default=0.1, ge=0.001, le=10.0, description="NVML sampling interval (10 Hz).")
     model_path: str | None = Field(
         default=None,
         description="Where the model is mounted in the container; None: load config.model from the hub.",
