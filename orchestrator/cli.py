@@ -75,6 +75,7 @@ def baseline_cache_dir() -> Path:
 
 def runner_options(args: argparse.Namespace, study: Study) -> RunnerOptions:
     """Host settings of this invocation: CLI flags over the study's study_execution."""
+    from orchestrator.models import hf_home
     from orchestrator.runner import RunnerOptions
 
     if args.run_timeout <= 0:
@@ -92,7 +93,6 @@ def runner_options(args: argparse.Namespace, study: Study) -> RunnerOptions:
     elif args.no_circuit_breaker:
         breaker = 0
     hours = args.timeout if args.timeout is not None else execution.wall_clock_timeout_hours
-    hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")).expanduser()
     return RunnerOptions(
         results_root=Path(args.results_dir),
         images=resolve_images(study.images, args.image),
@@ -100,7 +100,7 @@ def runner_options(args: argparse.Namespace, study: Study) -> RunnerOptions:
         gpu_indices=_gpu_indices(args.gpus),
         lock_dir=None if args.no_lock else Path(args.lock_dir),
         lock_wait_s=0.0 if args.no_wait else None,
-        hf_home=hf_home,
+        hf_home=hf_home(),
         baseline_cache=baseline_cache_dir(),
         stall_timeout_s=args.stall_timeout,
         sample_interval_s=args.sample_interval,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -12,24 +11,20 @@ from rich.console import Console
 from llem_agent.contract import unsupported_by_agent
 from orchestrator.display import describe_experiment
 from orchestrator.errors import ConfigError
-from orchestrator.models import VramEstimate, cached_snapshot, estimate_vram, model_facts, resolve_model_dir
+from orchestrator.models import VramEstimate, cached_snapshot, estimate_vram, hf_home, model_facts, resolve_model_dir
 from orchestrator.plan import Plan
-
-
-def _hf_home() -> Path:
-    return Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")).expanduser()
 
 
 def vram_estimates(plan: Plan) -> dict[int, VramEstimate | None]:
     """Estimate per experiment where the model's files are on this machine, else None."""
     out: dict[int, VramEstimate | None] = {}
-    base, hf_home = plan.study.path.parent, _hf_home()
+    base, cache = plan.study.path.parent, hf_home()
     folders: dict[str, Path | None] = {}
     for exp in plan.study.experiments:
         model = exp.config.model
         if model not in folders:
             try:
-                folders[model] = resolve_model_dir(model, base) or cached_snapshot(model, hf_home)
+                folders[model] = resolve_model_dir(model, base) or cached_snapshot(model, cache)
             except ConfigError:
                 folders[model] = None
         folder = folders[model]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import stat
 import struct
 from dataclasses import dataclass
@@ -19,6 +20,11 @@ from orchestrator.errors import ConfigError
 
 _DTYPE_BYTES = {"float32": 4.0, "float16": 2.0, "bfloat16": 2.0}
 _OVERHEAD = 0.15  # activations, CUDA context, allocator slack: 15% of weights (002)
+
+
+def hf_home() -> Path:
+    """The host's Hugging Face cache: HF_HOME, else ~/.cache/huggingface."""
+    return Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")).expanduser()
 
 
 def resolve_model_dir(model: str, base_dir: Path) -> Path | None:

@@ -20,6 +20,7 @@ from llem_agent.contract import (
     CONTAINER_MODEL_DIR,
     ERROR_FILE,
     EXPERIMENT_FILE,
+    HEARTBEAT_FILE,
     RESULT_FILE,
     ExperimentConfig,
     ExperimentResult,
@@ -52,7 +53,6 @@ from orchestrator.policy import CircuitBreaker, WallClock
 
 CONTAINER_LOG = "container.log"
 HOST_FILE = "host.json"
-HEARTBEAT_FILE = "heartbeat"  # written by the agent (llem_agent.heartbeat), read for liveness
 # Agent exception types that name a failure class of their own.
 _ERROR_KINDS = {"GpuNotVisible": "gpu_not_visible", "OutOfMemoryError": "oom"}
 STUDY_COPY = "study.yaml"
@@ -205,7 +205,11 @@ class StudyRunner:
             if model_dir is not None:
                 check_readable_by_agent(model_dir, os.getuid())
             assign_devices(exp.config, list(self.options.gpu_indices))  # raises when too few GPUs
-        self.launcher.check({image_for(e.config.engine, self.options.images) for e in self.plan.study.experiments})
+        self.launcher.check(self._images())
+
+    def _images(self) -> set[str]:
+        """Every image this study's experiments run in."""
+        return {image_for(e.config.engine, self.options.images) for e in self.plan.study.experiments}
 
     def _entry(self, run: PlannedRun) -> RunEntry:
         return RunEntry(
@@ -235,9 +239,7 @@ class StudyRunner:
         study_dir = _new_study_dir(self.options.results_root, study.name)
         try:
             shutil.copyfile(study.path, study_dir / STUDY_COPY)
-            server, images = self.launcher.describe(
-                {image_for(e.config.engine, self.options.images) for e in study.experiments}
-            )
+            server, images = self.launcher.describe(self._images())
             write_atomic(study_dir / HOST_FILE, json.dumps(host_facts(server, images), indent=2))
         except OSError as exc:
             raise EnvironmentProblem(f"cannot write into {study_dir}: {exc.strerror or exc}") from None

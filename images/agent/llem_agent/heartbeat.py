@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-HEARTBEAT_FILE = "heartbeat"
 _BACKGROUND_PHASES = frozenset({"read", "baseline", "load"})
 
 

@@ -22,7 +22,9 @@ from llem_agent import faults
 from llem_agent.contract import (
     CONTAINER_RUN_DIR,
     ERROR_FILE,
+    HEARTBEAT_FILE,
     RESULT_FILE,
+    TELEMETRY_FILE,
     ExperimentConfig,
     RunError,
     RunRequest,
@@ -31,9 +33,8 @@ from llem_agent.contract import (
 )
 from llem_agent.energy import disabled_meter, nvml_meter
 from llem_agent.engines import load_engine
-from llem_agent.heartbeat import HEARTBEAT_FILE, Heartbeat
+from llem_agent.heartbeat import Heartbeat
 from llem_agent.measure import run_measurement
-from llem_agent.telemetry import TELEMETRY_FILE
 
 EXIT_FAILED = 1
 EXIT_TERMINATED = 143

@@ -91,6 +91,7 @@ def run_measurement(
     )
 
     on_phase("report")
+    n_params = engine.n_parameters()
     return ExperimentResult(
         run_id=request.run_id,
         config_hash=request.config_hash,
@@ -103,8 +104,8 @@ def run_measurement(
         output_tokens=output_tokens,
         timings=PhaseTimings(load_s=t_loaded - t0, warmup_s=t_warm - t_loaded, measure_s=window_s),
         warmup=warmed,
-        model_parameters=engine.n_parameters(),
-        flops_estimate=2.0 * engine.n_parameters() * (input_tokens + output_tokens),
+        model_parameters=n_params,
+        flops_estimate=2.0 * n_params * (input_tokens + output_tokens),
         throughput=throughput(records, window_s),
         latency=latency(records),
         energy=energy,

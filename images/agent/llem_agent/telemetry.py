@@ -142,7 +142,6 @@ def temperature_drift_c(samples: Sequence[Sample]) -> float:
     return max(temps) - min(temps) if temps else 0.0
 
 
-TELEMETRY_FILE = "timeseries.parquet"
 TELEMETRY_COLUMNS = (
     "timestamp_s",
     "gpu_index",

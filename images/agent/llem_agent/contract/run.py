@@ -23,6 +23,8 @@ CONTAINER_BASELINE_DIR = "/llem/baseline-cache"
 EXPERIMENT_FILE = "experiment.json"
 RESULT_FILE = "result.json"
 ERROR_FILE = "error.json"
+HEARTBEAT_FILE = "heartbeat"  # the agent keeps it fresh; the host reads its age for liveness
+TELEMETRY_FILE = "timeseries.parquet"  # 1 Hz GPU telemetry of the measured window
 
 
 class RunRequest(BaseModel):
