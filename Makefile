@@ -82,12 +82,19 @@ lint: install ## ruff lint + format check
 typecheck: install ## mypy --strict on the host package and the agent
 	$(VENV)/bin/mypy
 
+.PHONY: browser
+browser: ## Make sure headless Chromium is installed (Debian's chromium), for the report's render test
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1
+
 .PHONY: test-unit
-test-unit: install ## Unit tests only (no Docker, no GPU)
-	$(VENV)/bin/pytest -m "not docker and not gpu" -q
+test-unit: install ## Unit tests only (no Docker, no GPU, no browser)
+	$(VENV)/bin/pytest -m "not docker and not gpu and not browser" -q
 
 .PHONY: test
-test: install lint typecheck images tiny-model ## Everything CI runs: lint, types, unit and docker-tier tests
+test: install lint typecheck images tiny-model browser ## Everything CI runs: lint, types, unit, browser and docker-tier tests
 	$(VENV)/bin/pytest -q
 
 .PHONY: bench

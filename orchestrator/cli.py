@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -17,23 +18,36 @@ from rich.console import Console
 
 from llem_agent.contract import ENGINES, canonical_engine
 from orchestrator import __version__
-from orchestrator.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNS_FAILED, ConfigError, LlemError
+from orchestrator.errors import (
+    EXIT_ENVIRONMENT,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_RUNS_FAILED,
+    ConfigError,
+    EnvironmentProblem,
+    LlemError,
+)
 from orchestrator.locks import DEFAULT_LOCK_DIR
 from orchestrator.plan import make_plan
 from orchestrator.study import ExperimentOrder, Study, load_study
+from orchestrator.userconfig import UserConfig, load_user_config
 
 if TYPE_CHECKING:
+    from orchestrator.results import ExperimentSummary
     from orchestrator.runner import RunnerOptions
 
-DEFAULT_IMAGE = "llem/{engine}:" + __version__
 ORDERS: tuple[ExperimentOrder, ...] = ("sequential", "interleave", "shuffle", "reverse", "latin_square")
 
 
-def resolve_images(study_images: dict[str, str], overrides: Sequence[str]) -> dict[str, str]:
-    """Image per engine; later wins: ``llem/<engine>:<version>``, the study's ``runners:``,
-    ``LLEM_IMAGE_<ENGINE>``, ``--image``."""
-    images = {e: DEFAULT_IMAGE.format(engine=e) for e in ENGINES} | study_images
-    images |= {e: os.environ[f"LLEM_IMAGE_{e.upper()}"] for e in ENGINES if os.environ.get(f"LLEM_IMAGE_{e.upper()}")}
+def resolve_images(study_images: dict[str, str], overrides: Sequence[str], user: UserConfig) -> dict[str, str]:
+    """Image per engine; later wins: ``llem/<engine>:<version>``, the user config, the study's
+    ``runners:``, ``LLEM_IMAGE_<ENGINE>``, ``--image``."""
+    images: dict[str, str] = {}
+    for engine in ENGINES:
+        setting = user.settings[f"images.{engine}"]
+        from_env = setting.source.startswith("env ")
+        images[engine] = setting.value if from_env else study_images.get(engine, setting.value)
     for item in overrides:
         engine, sep, ref = item.partition("=")
         if not sep or not ref or canonical_engine(engine) not in ENGINES:
@@ -73,9 +87,8 @@ def baseline_cache_dir() -> Path:
     return Path(os.environ.get("LLEM_BASELINE_CACHE", default)).expanduser()
 
 
-def runner_options(args: argparse.Namespace, study: Study) -> RunnerOptions:
-    """Host settings of this invocation: CLI flags over the study's study_execution."""
-    from orchestrator.models import hf_home
+def runner_options(args: argparse.Namespace, study: Study, user: UserConfig) -> RunnerOptions:
+    """Host settings of this invocation: CLI flags over the study's study_execution and the user config."""
     from orchestrator.runner import RunnerOptions
 
     if args.run_timeout <= 0:
@@ -94,13 +107,14 @@ def runner_options(args: argparse.Namespace, study: Study) -> RunnerOptions:
         breaker = 0
     hours = args.timeout if args.timeout is not None else execution.wall_clock_timeout_hours
     return RunnerOptions(
-        results_root=Path(args.results_dir),
-        images=resolve_images(study.images, args.image),
+        results_root=Path(args.results_dir) if args.results_dir else user.results_dir,
+        images=resolve_images(study.images, args.image, user),
         run_timeout_s=args.run_timeout,
         gpu_indices=_gpu_indices(args.gpus),
         lock_dir=None if args.no_lock else Path(args.lock_dir),
         lock_wait_s=0.0 if args.no_wait else None,
-        hf_home=hf_home(),
+        hf_home=user.hf_home,
+        factors=user.factors(),
         baseline_cache=baseline_cache_dir(),
         stall_timeout_s=args.stall_timeout,
         sample_interval_s=args.sample_interval,
@@ -112,14 +126,13 @@ def runner_options(args: argparse.Namespace, study: Study) -> RunnerOptions:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from orchestrator.display import ProgressDisplay, summary_table
+    from orchestrator.display import ProgressDisplay, print_results
     from orchestrator.launcher import DockerLauncher
     from orchestrator.reaper import reap_orphans
+    from orchestrator.results import aggregate
     from orchestrator.runner import StudyRunner, newest_unfinished
 
-    # Pipes and CI logs get a wide, fixed width instead of rich's 80-column fallback.
-    out = Console(width=None if sys.stdout.isatty() else 150)
-    err = Console(stderr=True, width=None if sys.stderr.isatty() else 150)
+    out, err = _console(), _console(stderr=True)
     if args.json and not args.dry_run:
         raise ConfigError("--json goes with --dry-run")
     study = load_study(Path(args.study), name_override=args.name)
@@ -132,7 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             print_text(plan, out)
         return EXIT_OK
-    options = runner_options(args, study)
+    options = runner_options(args, study, load_user_config())
     for skipped in study.skipped:
         err.print(f"[yellow]skipping[/] grid point {skipped.index + 1}: {skipped.reason}")
     launcher = DockerLauncher()
@@ -150,14 +163,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     with ProgressDisplay(plan, err) as display:
         runner.events = display
         outcomes = runner.execute()
-    out.print(summary_table(plan, outcomes))
+    summary = runner.summary or aggregate(study_dir, options.factors)
+    print_results(summary, out)
     failed = [o for o in outcomes if o.entry.status != "completed"]
-    for outcome in failed:
-        failure = outcome.entry.failure
-        reason = f"{failure.kind}: {failure.message}" if failure else outcome.entry.status
-        out.print(f"[red]failed[/] {outcome.entry.run_id}: {reason}")
-    for skipped in study.skipped:
-        out.print(f"[yellow]skipped[/] grid point {skipped.index + 1}: {skipped.reason}")
     out.print(f"{len(outcomes) - len(failed)}/{len(outcomes)} runs completed; results in {study_dir}")
     return EXIT_RUNS_FAILED if failed else EXIT_OK
 
@@ -185,9 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cycles", type=int, help="number of cycles (default: study_execution.n_cycles, else 3)")
     run.add_argument("--order", choices=ORDERS, help="experiment order (default: study_execution, else shuffle)")
     run.add_argument("--name", help="study name (default: name: in the file, else the file name)")
-    run.add_argument(
-        "--results-dir", default=os.environ.get("LLEM_RESULTS_DIR", "results"), help="where study directories go"
-    )
+    run.add_argument("--results-dir", help="where study directories go (default: llem config's output.results_dir)")
     run.add_argument("--image", action="append", default=[], metavar="ENGINE=IMAGE", help="image for an engine")
     run.add_argument("--gpus", help="GPU indices the study may use, e.g. 0,1 (default: all NVML sees)")
     run.add_argument("--run-timeout", type=float, default=3600.0, metavar="S", help="per-run timeout in seconds")
@@ -217,10 +223,192 @@ def build_parser() -> argparse.ArgumentParser:
     breaker.add_argument("--no-circuit-breaker", action="store_true", help="never stop the study for failures")
     run.add_argument("--timeout", type=float, metavar="HOURS", help="wall-clock limit of the whole study")
     run.set_defaults(func=cmd_run)
+    results = sub.add_parser("results", help="statistics across cycles of a study, as a table (writes summary files)")
+    results.add_argument("dir", nargs="?", help="study directory, or a results directory (newest study)")
+    results.add_argument("--sort", metavar="KEY", help="sort by a metric (best first) or a swept parameter")
+    results.add_argument("--reverse", action="store_true", help="reverse the --sort order")
+    results.add_argument(
+        "--where", action="append", default=[], metavar="PARAM=VALUE", help="keep experiments whose parameter "
+        "matches (also PARAM!=VALUE; repeatable; a unique suffix such as batch_size names a parameter)",
+    )  # fmt: skip
+    results.add_argument("--metrics", metavar="A,B", help="metric columns to show (names as in summary.json)")
+    results.add_argument("--json", action="store_true", help="print summary.json instead of the table")
+    results.set_defaults(func=cmd_results)
+    report = sub.add_parser("report", help="write a self-contained HTML report of a study (plots, warnings)")
+    report.add_argument("dir", nargs="?", help="study directory, or a results directory (newest study)")
+    report.add_argument("--out", metavar="FILE", help="where to write it (default: <study>/report.html)")
+    report.set_defaults(func=cmd_report)
+    doctor = sub.add_parser("doctor", help="check Docker, GPUs, the engine images and disk space; say how to fix")
+    doctor.add_argument(
+        "--engine", action="append", default=[], metavar="ENGINE",
+        help="an engine whose image must be present (repeatable; default: pytorch); others only warn",
+    )  # fmt: skip
+    doctor.add_argument("--json", action="store_true", help="print the checks as JSON")
+    doctor.set_defaults(func=cmd_doctor)
+    config = sub.add_parser("config", help="show the effective user configuration and where each value came from")
+    config.add_argument("--json", action="store_true", help="print it as JSON")
+    config.set_defaults(func=cmd_config)
     schema = sub.add_parser("schema", help="write JSON Schemas of experiment, study and result files")
     schema.add_argument("--out", default=".", help="directory to write llem-{experiment,study,result}.schema.json into")
     schema.set_defaults(func=cmd_schema)
     return parser
+
+
+def _console(stderr: bool = False) -> Console:
+    # Pipes and CI logs get a wide, fixed width instead of rich's 80-column fallback.
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else 150)
+
+
+def study_dir_arg(arg: str | None, user: UserConfig) -> Path:
+    """A study directory, or a results directory whose newest study is meant (default: results_dir)."""
+    from orchestrator.manifest import MANIFEST_FILE
+    from orchestrator.results import newest_study
+
+    path = Path(arg) if arg else user.results_dir
+    if (path / MANIFEST_FILE).exists():
+        return path
+    if not path.is_dir():
+        raise ConfigError(f"{path}: no such study or results directory")
+    return newest_study(path)
+
+
+def _match_param(key: str, swept: Sequence[str], params: dict[str, object]) -> str:
+    if key in params or key in swept:
+        return key
+    matches = sorted({k for k in [*swept, *params] if k.endswith("." + key)})
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise ConfigError(f"--where {key}: ambiguous, matches {matches}")
+    from orchestrator.validation import did_you_mean
+
+    raise ConfigError(f"--where: unknown parameter '{key}'{did_you_mean(key, [*swept, *params])}")
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from orchestrator.display import print_results
+    from orchestrator.results import METRIC_BY_NAME, summarise
+
+    user = load_user_config()
+    summary = summarise(study_dir_arg(args.dir, user), user.factors())
+    if args.json:
+        print(json.dumps(summary.as_json(), indent=2))
+        return EXIT_OK
+    rows = list(summary.experiments)
+    for condition in args.where:
+        key, op, value = _split_condition(condition)
+        for_key = _match_param(key, summary.swept, rows[0].params if rows else {})
+        rows = [e for e in rows if (_param_text(e.params.get(for_key)) == value) == (op == "=")]
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    for name in metrics or []:
+        if name not in METRIC_BY_NAME:
+            from orchestrator.validation import did_you_mean
+
+            raise ConfigError(f"--metrics: unknown metric '{name}'{did_you_mean(name, list(METRIC_BY_NAME))}")
+    if args.sort:
+        rows = _sorted(rows, args.sort, summary.swept, reverse=args.reverse)
+    out = _console()
+    print_results(summary, out, rows, metrics)
+    return EXIT_OK
+
+
+def _split_condition(condition: str) -> tuple[str, str, str]:
+    for op in ("!=", "="):
+        key, sep, value = condition.partition(op)
+        if sep and key.strip():
+            return key.strip(), op, value.strip()
+    raise ConfigError(f"--where expects KEY=VALUE or KEY!=VALUE, got {condition!r}")
+
+
+def _param_text(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "null" if value is None else str(value)
+
+
+def _sorted(rows: list[ExperimentSummary], key: str, swept: Sequence[str], reverse: bool) -> list[ExperimentSummary]:
+    """Best first for a metric (its direction), ascending for a parameter; missing values last."""
+    from orchestrator.results import METRIC_BY_NAME
+
+    metric = METRIC_BY_NAME.get(key)
+    if metric is not None:
+        descending = (metric.better == "higher") != reverse
+        present = [e for e in rows if e.stats[key].mean is not None]
+        present.sort(key=lambda e: e.stats[key].mean or 0.0, reverse=descending)
+        return present + [e for e in rows if e.stats[key].mean is None]
+    name = _match_param(key, swept, rows[0].params if rows else {}) if rows else key
+    return sorted(rows, key=lambda e: (e.params.get(name) is None, str(e.params.get(name))), reverse=reverse)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from orchestrator.report import write_report
+    from orchestrator.results import summarise
+
+    user = load_user_config()
+    summary = summarise(study_dir_arg(args.dir, user), user.factors())
+    out = Path(args.out) if args.out else None
+    try:
+        path = write_report(summary, out)
+    except OSError as exc:
+        target = out or summary.study_dir
+        raise EnvironmentProblem(f"cannot write the report to {target}: {exc.strerror or exc}") from None
+    print(path)
+    return EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from orchestrator.doctor import run_checks
+
+    engines = [canonical_engine(e) for e in args.engine] or ["pytorch"]
+    for engine in engines:
+        if engine not in ENGINES:
+            raise ConfigError(f"--engine: unknown engine '{engine}' (one of {list(ENGINES)})")
+    checks = run_checks(engines)
+    failed = [c for c in checks if c.status == "fail"]
+    if args.json:
+        print(json.dumps({"ok": not failed, "checks": [c.as_dict() for c in checks]}, indent=2))
+        return EXIT_ENVIRONMENT if failed else EXIT_OK
+    out = _console()
+    table = Table(title="llem doctor")
+    for column in ("", "check", "detail"):
+        table.add_column(column)
+    marks = {"ok": "[green]✓[/]", "warn": "[yellow]![/]", "fail": "[red]✗[/]"}
+    for check in checks:
+        table.add_row(marks[check.status], check.name, check.detail)
+    out.print(table)
+    for check in checks:
+        if check.fix and check.status != "ok":
+            out.print(f"{marks[check.status]} {check.name}: {check.fix}")
+    out.print(f"{len(failed)} check(s) failed" if failed else "ready to run studies")
+    return EXIT_ENVIRONMENT if failed else EXIT_OK
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    user = load_user_config()
+    if args.json:
+        data = {key: {"value": s.value, "source": s.source} for key, s in user.settings.items()}
+        print(json.dumps({"config_file": str(user.path), "found": user.file_found, "settings": data}, indent=2))
+        return EXIT_OK
+    out = _console()
+    state = "" if user.file_found else ": not found, so defaults apply (create it to change them)"
+    out.print(f"user config {user.path}{state}")
+    table = Table(title="effective configuration")
+    for column in ("key", "value", "source"):
+        table.add_column(column)
+    for key, setting in user.settings.items():
+        table.add_row(key, "–" if setting.value is None else str(setting.value), setting.source)
+    out.print(table)
+    carbon = user.value("measurement.carbon_intensity_gco2_kwh")
+    if carbon is None:
+        out.print("CO2e is not computed: set measurement.carbon_intensity_gco2_kwh or LLEM_CARBON_INTENSITY (gCO2/kWh)")
+    elif carbon < 1:
+        out.print(f"[yellow]warning[/] carbon intensity {carbon} gCO2/kWh is implausibly low: the unit is g, not kg")
+    return EXIT_OK
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

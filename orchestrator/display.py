@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
-from collections import defaultdict
 from collections.abc import Sequence
 from types import TracebackType
 
@@ -11,32 +9,21 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from llem_agent.contract import Distribution
 from orchestrator.plan import Plan, PlannedRun
+from orchestrator.results import ExperimentSummary, Stat, StudySummary, flatten, format_mean_ci, varying_keys
 from orchestrator.runner import RunOutcome
 from orchestrator.study import Study
 
 
 def describe_experiment(study: Study, index: int) -> str:
     """Short label of an experiment: engine plus the fields that differ between experiments."""
-    dumps = [e.config.model_dump(mode="json", exclude_none=True) for e in study.experiments]
-    flat = [_flatten(d) for d in dumps]
-    varying = sorted(k for k in set().union(*flat) if len({str(f.get(k)) for f in flat}) > 1)
+    flat = [flatten(e.config.model_dump(mode="json", exclude_none=True)) for e in study.experiments]
+    varying = varying_keys(flat)
     mine = flat[index]
     parts = [f"{k}={mine.get(k)}" for k in varying if k != "engine"]
     if "engine" in varying:
         parts.insert(0, str(mine["engine"]))
     return " ".join(parts) if parts else study.experiments[index].config.engine
-
-
-def _flatten(data: dict[str, object], prefix: str = "") -> dict[str, object]:
-    out: dict[str, object] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 class ProgressDisplay:
@@ -85,40 +72,98 @@ class ProgressDisplay:
         self._progress.update(self._task, description=f"gap {seconds:g} s (study_execution)")
 
 
-def _mean(values: Sequence[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return statistics.fmean(present) if present else None
+# Columns of `llem results` by default: (metric, header, scale to display units).
+DEFAULT_COLUMNS: tuple[tuple[str, str, float], ...] = (
+    ("output_tokens_per_s", "out tok/s", 1.0),
+    ("j_per_output_token", "J/out tok", 1.0),
+    ("mean_power_w", "power W", 1.0),
+    ("ttft_p50_s", "TTFT p50 ms", 1e3),
+    ("itl_p50_s", "ITL p50 ms", 1e3),
+    ("e2e_p50_s", "e2e p50 ms", 1e3),
+)
 
 
-def _p50_ms(dist: Distribution) -> float | None:
-    return None if dist.p50 is None else dist.p50 * 1e3
+def column_for(metric: str) -> tuple[str, str, float]:
+    """Header and scale of any metric: latencies in ms, the rest in their own unit."""
+    for column in DEFAULT_COLUMNS:
+        if column[0] == metric:
+            return column
+    if metric.endswith("_s") and metric.split("_", maxsplit=1)[0] in ("ttft", "itl", "e2e"):
+        return metric, metric.removesuffix("_s") + " ms", 1e3
+    return metric, metric, 1.0
 
 
-def _fmt(value: float | None, spec: str) -> str:
-    return "–" if value is None else format(value, spec)
+def format_stat(stat: Stat, scale: float = 1.0) -> str:
+    """``mean ± half-width of the 95% CI`` (just the mean for one run, – for none)."""
+    half = None if stat.mean is None or stat.ci95_high is None else (stat.ci95_high - stat.mean) * scale
+    return format_mean_ci(None if stat.mean is None else stat.mean * scale, half)
 
 
-def summary_table(plan: Plan, outcomes: Sequence[RunOutcome]) -> Table:
-    """One row per experiment: runs completed and the mean of key metrics across cycles."""
-    by_exp: dict[int, list[RunOutcome]] = defaultdict(list)
-    for outcome in outcomes:
-        by_exp[outcome.run.experiment.index].append(outcome)
+def short_name(key: str, keys: Sequence[str]) -> str:
+    """The shortest dotted suffix of ``key`` that no other key ends with (``batch_size``)."""
+    parts = key.split(".")
+    for n in range(1, len(parts) + 1):
+        suffix = ".".join(parts[-n:])
+        if not any(other != key and (other == suffix or other.endswith("." + suffix)) for other in keys):
+            return suffix
+    return key
+
+
+def results_table(
+    summary: StudySummary,
+    experiments: Sequence[ExperimentSummary] | None = None,
+    metrics: Sequence[str] | None = None,
+) -> Table:
+    """Configurations as rows; swept parameters and key metrics (mean ± 95% CI) as columns."""
+    m = summary.manifest
+    rows = summary.experiments if experiments is None else experiments
+    columns = [column_for(name) for name in metrics] if metrics else list(DEFAULT_COLUMNS)
+    if metrics is None and summary.energy_unavailable:
+        columns = [c for c in columns if c[0] not in ("j_per_output_token", "mean_power_w")]
     table = Table(
-        title=f"llem study {plan.study.name}: {len(plan.study.experiments)} experiments × {plan.n_cycles} cycles"
+        title=f"llem study {m.study_name} ({m.status}): {len(summary.experiments)} experiments × {m.n_cycles} cycles",
+        caption="mean ± half-width of the 95% confidence interval (t) across cycles",
     )
-    for column in ("#", "experiment", "runs ok", "out tok/s", "TTFT p50 ms", "ITL p50 ms", "e2e p50 ms", "J/out tok"):
-        table.add_column(column, justify="left" if column == "experiment" else "right")
-    for exp in plan.study.experiments:
-        runs = by_exp.get(exp.index, [])
-        results = [o.result for o in runs if o.result is not None]
+    table.add_column("#", justify="right")
+    for key in summary.swept:
+        table.add_column(short_name(key, summary.swept), justify="left", no_wrap=True)
+    if not summary.swept:
+        table.add_column("experiment", justify="left")
+    table.add_column("runs ok", justify="right")
+    for _, header, _ in columns:
+        table.add_column(header, justify="right", no_wrap=True)
+    table.add_column("warnings", justify="left")
+    for e in rows:
+        params = [str(e.params.get(k, "–")) for k in summary.swept] or [e.label]
+        style = "red" if e.completed == 0 else None
         table.add_row(
-            str(exp.index + 1),
-            describe_experiment(plan.study, exp.index),
-            f"{len(results)}/{len(runs)}",
-            _fmt(_mean([r.throughput.output_tokens_per_s for r in results]), ",.1f"),
-            _fmt(_mean([_p50_ms(r.latency.ttft_s) for r in results]), ".2f"),
-            _fmt(_mean([_p50_ms(r.latency.inter_token_s) for r in results]), ".3f"),
-            _fmt(_mean([_p50_ms(r.latency.e2e_s) for r in results]), ".1f"),
-            _fmt(_mean([r.energy.j_per_output_token for r in results]), ".4f"),
+            str(e.index),
+            *params,
+            f"{e.completed}/{e.runs}",
+            *[format_stat(e.stats[name], scale) for name, _, scale in columns],
+            str(len(e.warnings)) if e.warnings else "",
+            style=style,
         )
     return table
+
+
+def print_results(
+    summary: StudySummary, console: Console, experiments: Sequence[ExperimentSummary] | None = None,
+    metrics: Sequence[str] | None = None,
+) -> None:  # fmt: skip
+    """The results table, then what did not complete and why, then the warnings."""
+    shown = summary.experiments if experiments is None else experiments
+    console.print(results_table(summary, shown, metrics))
+    if summary.energy_unavailable:
+        console.print(f"[yellow]energy not measured:[/] {summary.energy_unavailable}")
+    for run in summary.runs:
+        if run.status != "completed":
+            reason = f"{run.failure_kind}: {run.failure_message}" if run.failure_kind else run.status
+            console.print(f"[red]{run.status}[/] {run.run_id}: {reason}")
+    for skipped in summary.manifest.skipped:
+        console.print(f"[yellow]skipped[/] grid point {skipped.index + 1}: {skipped.reason}")
+    for e in shown:
+        for warning in e.warnings:
+            console.print(f"[yellow]warning[/] experiment {e.index}: {warning}")
+    for warning in summary.warnings:
+        console.print(f"[yellow]warning[/] {warning}")

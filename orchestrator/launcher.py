@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import socket
+import tarfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -15,7 +18,9 @@ import docker.errors
 import requests.exceptions
 from docker.models.containers import Container
 
-from orchestrator.container import LABEL_MANAGED, ContainerSpec
+from llem_agent.contract import CONTRACT_FINGERPRINT_PATH, contract_fingerprint
+from orchestrator import __version__
+from orchestrator.container import LABEL_HOST, LABEL_HOST_PID, LABEL_MANAGED, ContainerSpec
 from orchestrator.errors import EnvironmentProblem
 
 
@@ -119,16 +124,50 @@ class DockerLauncher:
         return self._client
 
     def check(self, images: Iterable[str]) -> None:
-        """Fail early, before any results directory exists, when Docker or an image is missing."""
+        """Fail early, before any results directory exists, when Docker or an image is missing,
+        or when an image's agent speaks another wire contract than this llem."""
         for image in sorted(set(images)):
-            try:
-                self.client.images.get(image)
-            except docker.errors.ImageNotFound:
-                raise EnvironmentProblem(
-                    f"image {image} not found; build it with `make images` or pull it (docker pull {image})"
-                ) from None
-            except docker.errors.DockerException as exc:
-                raise EnvironmentProblem(f"cannot inspect image {image}: {_first_line(exc)}") from None
+            problem = self.image_problem(image)
+            if problem:
+                raise EnvironmentProblem(problem)
+
+    def image_problem(self, image: str) -> str | None:
+        """Why ``image`` cannot run llem's experiments, with the fix; None when it can."""
+        try:
+            self.client.images.get(image)
+        except docker.errors.ImageNotFound:
+            return f"image {image} not found; build it with `make images` or pull it (docker pull {image})"
+        except docker.errors.DockerException as exc:
+            return f"cannot inspect image {image}: {_first_line(exc)}"
+        theirs, ours = self.image_contract(image), contract_fingerprint()
+        if theirs is None:
+            return f"image {image} has no llem contract fingerprint (not an llem {__version__} agent image); rebuild it"
+        if theirs != ours:
+            return (
+                f"image {image} speaks wire contract {theirs}, this llem {__version__} speaks {ours}; "
+                "rebuild it from this checkout (make images) or use the image of this llem version"
+            )
+        return None
+
+    def image_contract(self, image: str) -> str | None:
+        """The fingerprint stored in the image at build time, read without starting it."""
+        try:
+            container = self.client.containers.create(
+                image, command=["true"], labels={LABEL_MANAGED: "true", LABEL_HOST_PID: str(os.getpid()),
+                                                 LABEL_HOST: socket.gethostname()}, network_disabled=True,
+            )  # fmt: skip
+        except docker.errors.DockerException:
+            return None
+        try:
+            stream, _ = container.get_archive(CONTRACT_FINGERPRINT_PATH)
+            with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as archive:
+                member = archive.extractfile(os.path.basename(CONTRACT_FINGERPRINT_PATH))
+                return member.read().decode().strip() if member else None
+        except (docker.errors.DockerException, tarfile.TarError, KeyError):
+            return None
+        finally:
+            with contextlib.suppress(docker.errors.DockerException):
+                container.remove(force=True)
 
     def describe(self, images: Iterable[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         """The Docker server's version, and each image's id, digests and labels (for host.json)."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import stat
 import struct
 from dataclasses import dataclass
@@ -23,8 +22,11 @@ _OVERHEAD = 0.15  # activations, CUDA context, allocator slack: 15% of weights (
 
 
 def hf_home() -> Path:
-    """The host's Hugging Face cache: HF_HOME, else ~/.cache/huggingface."""
-    return Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")).expanduser()
+    """The host's Hugging Face cache: HF_HOME, else the user config's output.model_cache_dir,
+    else ~/.cache/huggingface."""
+    from orchestrator.userconfig import load_user_config
+
+    return load_user_config().hf_home
 
 
 def resolve_model_dir(model: str, base_dir: Path) -> Path | None:

@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
@@ -50,9 +50,10 @@ from orchestrator.manifest import (
 from orchestrator.models import check_readable_by_agent, resolve_model_dir
 from orchestrator.plan import Plan, PlannedRun
 from orchestrator.policy import CircuitBreaker, WallClock
+from orchestrator.results import EXPERIMENTS_FILE, HOST_FILE, StudySummary, summarise, write_design
+from orchestrator.userconfig import MeasurementFactors
 
 CONTAINER_LOG = "container.log"
-HOST_FILE = "host.json"
 # Agent exception types that name a failure class of their own.
 _ERROR_KINDS = {"GpuNotVisible": "gpu_not_visible", "OutOfMemoryError": "oom"}
 STUDY_COPY = "study.yaml"
@@ -76,6 +77,7 @@ class RunnerOptions:
     max_consecutive_failures: int = 10
     circuit_breaker_cooldown_s: float = 60.0
     wall_clock_limit_s: float | None = None
+    factors: MeasurementFactors = field(default_factory=MeasurementFactors)
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,7 @@ class StudyRunner:
         self._store: ManifestStore | None = None
         self._model_dirs: dict[int, Path | None] = {}
         self._study_lock: FileLock | None = None
+        self.summary: StudySummary | None = None
 
     def preflight(self) -> None:
         """Everything that can fail before a results directory exists: settings, models, images, Docker."""
@@ -240,7 +243,9 @@ class StudyRunner:
         try:
             shutil.copyfile(study.path, study_dir / STUDY_COPY)
             server, images = self.launcher.describe(self._images())
-            write_atomic(study_dir / HOST_FILE, json.dumps(host_facts(server, images), indent=2))
+            facts = host_facts(server, images) | {"measurement": self.options.factors.as_dict()}
+            write_atomic(study_dir / HOST_FILE, json.dumps(facts, indent=2))
+            self._write_design(study_dir)
         except OSError as exc:
             raise EnvironmentProblem(f"cannot write into {study_dir}: {exc.strerror or exc}") from None
         manifest = Manifest(
@@ -255,6 +260,14 @@ class StudyRunner:
             skipped=[SkippedEntry(index=s.index, reason=s.reason) for s in study.skipped],
         )
         return self._open(study_dir, manifest)
+
+    def _write_design(self, study_dir: Path) -> None:
+        study = self.plan.study
+        write_design(
+            study_dir,
+            study.design_hash,
+            ((e.index, e.config_hash, e.config.model_dump(mode="json")) for e in study.experiments),
+        )
 
     def resume(self, study_dir: Path) -> Path:
         """Continue an earlier study: its completed runs stay, every other run runs again.
@@ -276,6 +289,8 @@ class StudyRunner:
         known = {entry.run_id for entry in manifest.runs}
         manifest.runs.extend(self._entry(run) for run in self.plan.runs if run.run_id not in known)
         manifest.n_cycles = max(manifest.n_cycles, self.plan.n_cycles)
+        if not (study_dir / EXPERIMENTS_FILE).exists():
+            self._write_design(study_dir)
         return self._open(study_dir, manifest)
 
     def execute(self) -> list[RunOutcome]:
@@ -332,7 +347,14 @@ class StudyRunner:
         if final is None:
             final = "completed" if all(e.status == "completed" for e in store.manifest.runs) else "failed"
         store.set_status(final)
+        self._summarise()
         return [self._outcome(run) for run in self.plan.runs]
+
+    def _summarise(self) -> None:
+        """Statistics across cycles of what has completed so far (best effort: results are safe)."""
+        assert self.study_dir is not None
+        with contextlib.suppress(LlemError, OSError, ValueError):
+            self.summary = summarise(self.study_dir, self.options.factors)
 
     def _mark_stopped(self, current: PlannedRun | None) -> None:
         """Best effort: record that the study stopped early (the disk may be what failed)."""
@@ -341,6 +363,7 @@ class StudyRunner:
             if current is not None:
                 self._store.update_run(current.run_id, status="interrupted", finished_at=utc_now())
             self._store.set_status("interrupted")
+        self._summarise()
 
     def _skip(self, runs: list[PlannedRun], kind: str, message: str) -> None:
         assert self._store is not None

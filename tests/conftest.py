@@ -29,3 +29,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if item.get_closest_marker("gpu"):
                 item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_user_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads the developer's own ~/.config/llem or measurement factors from the shell."""
+    monkeypatch.setenv("LLEM_CONFIG", str(tmp_path_factory.mktemp("userconfig") / "config.yaml"))
+    for name in ("LLEM_CARBON_INTENSITY", "LLEM_DATACENTER_PUE", "LLEM_DATACENTER_LOCATION", "LLEM_RESULTS_DIR"):
+        monkeypatch.delenv(name, raising=False)

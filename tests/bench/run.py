@@ -99,6 +99,30 @@ def planning(tmp: Path, repetitions: int) -> dict[int, list[float]]:
     return times
 
 
+RESULTS_RUNS = 1_000
+
+
+def results_and_report(tmp: Path, repetitions: int) -> dict[str, list[float]]:
+    """Whole-process `llem results DIR` and `llem report DIR` on a synthetic study of 1,000 runs
+    (100 experiments x 10 cycles, 100 requests of 64 tokens per result, telemetry sidecars).
+    The first `llem results` parses every result.json (cold); later ones read the per-run cache."""
+    from tests.synthetic import make_study_dir
+
+    study = make_study_dir(tmp, batch_sizes=tuple(range(1, 51)), dtypes=("bfloat16", "float16"), n_cycles=10,
+                           requests_per_run=100)  # fmt: skip
+    llem = str(Path(sys.executable).parent / "llem")
+    times: dict[str, list[float]] = {"results (cold)": [], "results": [], "report": []}
+    for _ in range(repetitions):
+        for cache in study.glob("runs/*/.metrics-cache.json"):
+            cache.unlink()
+        for name in ("results (cold)", "results", "report"):
+            command = "report" if name == "report" else "results"
+            start = time.perf_counter()
+            subprocess.run([llem, command, str(study)], check=True, stdout=subprocess.DEVNULL)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -114,6 +138,7 @@ def render(
     ob: list[float],
     harness_data: dict[str, object],
     plan_times: dict[int, list[float]],
+    results_times: dict[str, list[float]],
     command: str,
 ) -> str:
     rows = harness_data["rows"]
@@ -190,6 +215,23 @@ def render(
         f"{median(plan_times[100_000]) / median(plan_times[10_000]):.1f}x** "
         f"({'met' if median(plan_times[100_000]) <= 10 * median(plan_times[10_000]) else 'NOT met'}).",
         "",
+        f"## Reading a study of {RESULTS_RUNS:,} runs",
+        "",
+        "Whole process, on a synthetic study directory laid out as `llem run` leaves one (`tests/synthetic.py`):",
+        "100 experiments x 10 cycles, each result.json with 100 requests of 64 token times (about 140 KB),",
+        "a telemetry sidecar per run. `results (cold)` is the first `llem results` after the per-run metrics",
+        "caches were deleted: it parses every result.json; later calls read the caches. `report` writes",
+        "the HTML report (plotly.js inlined, traces of the first 24 runs).",
+        "",
+        "| command | median | all runs (s) |",
+        "|---|---:|---|",
+        *(f"| `llem {name}` | {median(t):.2f} s | {_join(t)} |" for name, t in results_times.items()),
+        "",
+        *(
+            f"- Target: `llem {name}` within 3 s: **{median(t):.2f} s** ({'met' if median(t) <= 3 else 'NOT met'})."
+            for name, t in results_times.items()
+        ),
+        "",
     ]
     return "\n".join(lines)
 
@@ -229,9 +271,13 @@ def main() -> int:
     print("planning", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         plan_times = planning(Path(tmp), args.repetitions)
+    print("results and report", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        results_times = results_and_report(Path(tmp), args.repetitions)
     text = render(
-        overhead=overhead, shared=shared, ob=ob, harness_data=harness_data, plan_times=plan_times, command="make bench"
-    )
+        overhead=overhead, shared=shared, ob=ob, harness_data=harness_data, plan_times=plan_times,
+        results_times=results_times, command="make bench",
+    )  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)

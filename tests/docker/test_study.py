@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import docker
+import pytest
 
 from orchestrator.container import LABEL_STUDY
 from orchestrator.errors import EXIT_ENVIRONMENT, EXIT_RUNS_FAILED
@@ -44,6 +45,29 @@ def write_study(tmp_path: Path, model: Path, source: str = "builtin", n_cycles: 
 
 def llem_args(tmp_path: Path, study: Path) -> list[str]:
     return ["run", str(study), "--results-dir", str(tmp_path / "results"), "--lock-dir", str(tmp_path / "locks")]
+
+
+def assert_summaries(tmp_path: Path, study_dir: Path) -> None:
+    """Statistics across cycles were written at the end, from these very results."""
+    summary = json.loads((study_dir / "summary.json").read_text())
+    assert summary["swept"] == ["pytorch.batch_size"]
+    assert [e["completed"] for e in summary["experiments"]] == [2, 2]
+    for exp in summary["experiments"]:
+        tps = [
+            json.loads((study_dir / "runs" / f"e{exp['experiment']:03d}-c{c}" / "result.json").read_text())[
+                "throughput"
+            ]["output_tokens_per_s"]
+            for c in (1, 2)
+        ]
+        assert exp["metrics"]["output_tokens_per_s"]["mean"] == pytest.approx(sum(tps) / 2)
+        assert exp["metrics"]["output_tokens_per_s"]["n"] == 2
+    assert summary["energy_unavailable_reason"].startswith("NVML unavailable")
+    for name in ("summary.csv", "summary.parquet", "runs.csv", "runs.parquet", "experiments.json"):
+        assert (study_dir / name).stat().st_size > 0
+    results = run_llem("results", str(tmp_path / "results"), "--sort", "output_tokens_per_s")
+    assert results.returncode == 0 and "spine (completed)" in results.stdout
+    report = run_llem("report", str(study_dir))
+    assert report.returncode == 0 and (study_dir / "report.html").stat().st_size > 1_000_000
 
 
 def test_two_experiments_two_cycles_through_real_containers(tmp_path, tiny_model, docker_client):
@@ -95,6 +119,8 @@ def test_two_experiments_two_cycles_through_real_containers(tmp_path, tiny_model
         batch_sizes.add(result["effective"]["batch_size"])
     assert batch_sizes == {1, 4}
 
+    assert_summaries(tmp_path, study_dir)
+
     assert DeviceLocks(["cpu"], tmp_path / "locks").try_acquire(), "device lock still held after the study"
     assert labelled_containers(docker_client, **{LABEL_STUDY: study_dir.name}) == []
     for path in [*study_dir.rglob("*"), tmp_path / "hf"]:
@@ -138,3 +164,34 @@ def test_image_carries_contract_labels(docker_client: docker.DockerClient):
     labels = docker_client.images.get(IMAGE).labels
     assert labels["io.llem.engine"] == "pytorch"
     assert labels["io.llem.contract-version"] == CONTRACT_VERSION
+
+
+def test_doctor_on_this_machine(docker_client: docker.DockerClient):
+    proc = run_llem("doctor", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    checks = {c["check"]: c for c in json.loads(proc.stdout)["checks"]}
+    assert checks["Docker daemon"]["status"] == "ok"
+    assert checks["pytorch image"]["status"] == "ok"
+    proc = run_llem("doctor", "--json", "--engine", "vllm", env={"LLEM_IMAGE_VLLM": "llem/no-such-image:0"})
+    assert proc.returncode == EXIT_ENVIRONMENT
+    vllm = {c["check"]: c for c in json.loads(proc.stdout)["checks"]}["vllm image"]
+    assert vllm["status"] == "fail" and "llem/no-such-image:0 not found" in vllm["detail"]
+
+
+def test_an_image_speaking_another_contract_is_refused(tmp_path, tiny_model, docker_client):
+    from tests.docker.conftest import IMAGE
+
+    tag = "llem/test-other-contract:0"
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "Dockerfile").write_text(
+        f"FROM {IMAGE}\nUSER root\nRUN echo 0123456789abcdef > /opt/llem/contract-fingerprint\n"
+    )
+    docker_client.images.build(path=str(tmp_path / "ctx"), tag=tag, rm=True)
+    try:
+        study = write_study(tmp_path, tiny_model)
+        proc = run_llem(*llem_args(tmp_path, study), "--image", f"pytorch={tag}")
+        assert proc.returncode == EXIT_ENVIRONMENT
+        assert "speaks wire contract 0123456789abcdef" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "results").exists()
+    finally:
+        docker_client.images.remove(tag, force=True)

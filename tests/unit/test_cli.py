@@ -145,3 +145,109 @@ def test_sample_interval_is_bounded(tmp_path: Path):
     study.write_text("model: hub/model\n")
     proc = run_llem("run", str(study), "--sample-interval", "0")
     assert_one_line_error(proc, EXIT_CONFIG, "--sample-interval must be between 0.001 and 10 seconds")
+
+
+# --- llem results / report / config ------------------------------------------------------
+
+
+def _synthetic(tmp_path: Path) -> Path:
+    from tests.synthetic import make_study_dir
+
+    return make_study_dir(tmp_path / "results", n_cycles=2)
+
+
+def test_results_table_sorted_and_filtered(tmp_path: Path):
+    study = _synthetic(tmp_path)
+    proc = run_llem("results", str(study), "--sort", "j_per_output_token")
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("│")]
+    assert len(rows) == 8
+    # Best (lowest energy per token) first: batch 8 before batch 1.
+    assert "│ 8 " in rows[0] or "│ 7 " in rows[0]
+    assert "failed e" in proc.stdout and "oom" in proc.stdout
+    proc = run_llem("results", str(tmp_path / "results"), "--where", "batch_size=4", "--where", "dtype!=float16")
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("│")]
+    assert proc.returncode == 0 and len(rows) == 1 and "bfloat16" in rows[0]
+
+
+def test_results_json_is_the_summary(tmp_path: Path):
+    study = _synthetic(tmp_path)
+    proc = run_llem("results", str(study), "--json")
+    assert proc.returncode == 0
+    assert json.loads(proc.stdout)["study_id"] == study.name
+    assert (study / "summary.json").exists() and (study / "runs.parquet").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--where", "batchsize=4"], "unknown parameter 'batchsize' (did you mean"),
+        (["--where", "nonsense"], "--where expects KEY=VALUE"),
+        (["--metrics", "tokens_per_s"], "unknown metric 'tokens_per_s'"),
+    ],
+)
+def test_results_bad_arguments(tmp_path: Path, args: list[str], fragment: str):
+    study = _synthetic(tmp_path)
+    assert_one_line_error(run_llem("results", str(study), *args), EXIT_CONFIG, fragment)
+
+
+def test_results_of_nothing(tmp_path: Path):
+    assert_one_line_error(run_llem("results", str(tmp_path / "none")), EXIT_CONFIG, "no such study")
+    assert_one_line_error(run_llem("results", str(tmp_path)), EXIT_CONFIG, "no study directories")
+
+
+def test_report_writes_one_offline_file(tmp_path: Path):
+    study = _synthetic(tmp_path)
+    out = tmp_path / "r.html"
+    proc = run_llem("report", str(study), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text()
+    assert 'id="pareto"' in text and 'id="effect-0"' in text and 'id="traces"' in text
+    assert external_references(text) == []  # nothing is fetched when it is opened
+
+
+def external_references(text: str) -> list[str]:
+    """src/href attributes of the document's own tags that point off the file."""
+    from html.parser import HTMLParser
+
+    found: list[str] = []
+
+    class Parser(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            found.extend(v for k, v in attrs if k in ("src", "href") and v and not v.startswith("#"))
+
+    Parser().feed(text)
+    return found
+
+
+def test_config_shows_sources(tmp_path: Path):
+    config = tmp_path / "c.yaml"
+    config.write_text("measurement:\n  datacenter_pue: 1.4\n")
+    proc = run_llem("config", "--json", env={"LLEM_CONFIG": str(config), "LLEM_CARBON_INTENSITY": "200"})
+    assert proc.returncode == 0, proc.stderr
+    settings = json.loads(proc.stdout)["settings"]
+    assert settings["measurement.datacenter_pue"] == {"value": 1.4, "source": f"user config {config}"}
+    assert settings["measurement.carbon_intensity_gco2_kwh"]["source"] == "env LLEM_CARBON_INTENSITY"
+    config.write_text("measurement: {datacenter_pue: high}\n")
+    proc = run_llem("config", env={"LLEM_CONFIG": str(config)})
+    assert_one_line_error(proc, EXIT_CONFIG, "measurement.datacenter_pue")
+
+
+def test_doctor_fails_without_docker_and_says_how_to_fix(tmp_path: Path):
+    proc = run_llem("doctor", "--json", env={"DOCKER_HOST": "unix:///nonexistent.sock"})
+    assert proc.returncode == EXIT_ENVIRONMENT, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["ok"] is False
+    docker_check = next(c for c in report["checks"] if c["check"] == "Docker daemon")
+    assert docker_check["status"] == "fail" and "make docker-engine" in docker_check["fix"]
+    assert {c["check"] for c in report["checks"]} >= {"GPUs (NVML)", "results disk", "model cache disk"}
+    proc = run_llem("doctor", env={"DOCKER_HOST": "unix:///nonexistent.sock"})
+    assert proc.returncode == EXIT_ENVIRONMENT and "1 check(s) failed" in proc.stdout
+
+
+def test_doctor_reports_a_broken_user_config(tmp_path: Path):
+    config = tmp_path / "c.yaml"
+    config.write_text("measurement: 3\n")
+    proc = run_llem("doctor", "--json", env={"LLEM_CONFIG": str(config)})
+    assert proc.returncode == EXIT_ENVIRONMENT
+    assert json.loads(proc.stdout)["checks"][0]["status"] == "fail"

@@ -49,3 +49,29 @@ def test_greedy_when_sampling_off_or_temperature_zero():
     assert ExperimentConfig.model_validate({"model": "m", "decoder": {"do_sample": False}}).decoder.greedy
     assert ExperimentConfig.model_validate({"model": "m", "decoder": {"temperature": 0}}).decoder.greedy
     assert not ExperimentConfig.model_validate({"model": "m"}).decoder.greedy
+
+
+def test_contract_fingerprint_follows_shape_not_prose():
+    from pydantic import BaseModel, Field
+
+    from llem_agent.contract import contract_fingerprint
+    from llem_agent.contract.fingerprint import _shape
+
+    class A(BaseModel):
+        x: int
+        y: str | None = None
+
+    class B(BaseModel):  # same shape, other prose and defaults
+        x: int = Field(description="documented")
+        y: str | None = "default"
+
+    class C(BaseModel):  # one more field
+        x: int
+        y: str | None = None
+        z: float = 0.0
+
+    shape_a, shape_b, shape_c = (_shape(m, set()) for m in (A, B, C))
+    assert shape_a["fields"] == shape_b["fields"]
+    assert shape_a["fields"] != shape_c["fields"]
+    fingerprint = contract_fingerprint()
+    assert len(fingerprint) == 16 and fingerprint == contract_fingerprint()

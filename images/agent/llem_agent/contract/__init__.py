@@ -14,6 +14,7 @@ from llem_agent.contract.config import (
     canonical_engine,
 )
 from llem_agent.contract.engine_sections import PyTorchConfig, TensorRTConfig, VLLMConfig
+from llem_agent.contract.fingerprint import CONTRACT_FINGERPRINT_PATH, contract_fingerprint
 from llem_agent.contract.result import (
     RESULT_SCHEMA_VERSION,
     AgentEnvironment,
@@ -55,6 +56,7 @@ __all__ = [
     "CONTAINER_HF_HOME",
     "CONTAINER_MODEL_DIR",
     "CONTAINER_RUN_DIR",
+    "CONTRACT_FINGERPRINT_PATH",
     "CONTRACT_VERSION",
     "DECODER_PRESETS",
     "ENGINES",
@@ -94,6 +96,7 @@ __all__ = [
     "canonical_engine",
     "canonical_json",
     "config_hash",
+    "contract_fingerprint",
     "unsupported_by_agent",
     "write_atomic",
 ]

@@ -1,0 +1,147 @@
+"""``llem doctor``: is this machine ready to run studies? Each check says how to fix what fails."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import docker.errors
+import requests.exceptions
+
+from llem_agent.contract import ENGINES, contract_fingerprint
+from orchestrator.errors import LlemError
+
+Status = Literal["ok", "warn", "fail"]
+GIB = 2**30
+DISK_FAIL_GIB = 1.0
+DISK_WARN_GIB = 10.0
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Status
+    detail: str
+    fix: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"check": self.name, "status": self.status, "detail": self.detail, "fix": self.fix}
+
+
+def _nvml() -> tuple[list[str], str | None]:
+    """GPU names NVML sees, and why it sees none."""
+    try:
+        import pynvml
+    except ImportError:
+        return [], "nvidia-ml-py is not installed"
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        return [], f"NVML unavailable: {exc}"
+    try:
+        count = pynvml.nvmlDeviceGetCount()
+        names = [str(pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i))) for i in range(count)]
+        return names, None if names else "NVML found no device"
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def _existing_parent(path: Path) -> Path:
+    path = path.expanduser().absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def disk_check(name: str, path: Path, setting: str) -> Check:
+    """Free space under ``path`` (or its nearest existing parent), and that llem can write there."""
+    where = _existing_parent(path)
+    free_gib = shutil.disk_usage(where).free / GIB
+    detail = f"{path}: {free_gib:,.1f} GiB free"
+    fix = f"free space there, or point {setting} at a bigger disk (llem config shows where it is set)"
+    if not os.access(where, os.W_OK):
+        return Check(name, "fail", f"{path}: {where} is not writable", f"make it writable or change {setting}")
+    if free_gib < DISK_FAIL_GIB:
+        return Check(name, "fail", detail, fix)
+    if free_gib < DISK_WARN_GIB:
+        return Check(name, "warn", detail, fix)
+    return Check(name, "ok", detail)
+
+
+def run_checks(required_engines: Sequence[str] = ("pytorch",)) -> list[Check]:
+    from orchestrator.launcher import DockerLauncher
+    from orchestrator.userconfig import load_user_config
+
+    checks: list[Check] = []
+    try:
+        user = load_user_config()
+    except LlemError as exc:
+        return [Check("user config", "fail", str(exc), "fix the file, or set LLEM_CONFIG to another one")]
+    checks.append(Check("user config", "ok", f"{user.path}" + ("" if user.file_found else " (absent: defaults)")))
+
+    gpus, why_none = _nvml()
+    if gpus:
+        checks.append(Check("GPUs (NVML)", "ok", ", ".join(f"{i}: {n}" for i, n in enumerate(gpus))))
+    else:
+        checks.append(
+            Check(
+                "GPUs (NVML)",
+                "warn",
+                f"none ({why_none}); runs use the CPU and measure no energy",
+                "install the NVIDIA driver (nvidia-smi must list the GPUs) to measure energy",
+            )
+        )
+
+    launcher = DockerLauncher()
+    try:
+        client = launcher.client
+        version = client.version()
+        info = client.info()
+        detail = f"Docker {version.get('Version')} (API {version.get('ApiVersion')})"
+        checks.append(Check("Docker daemon", "ok", detail))
+    except (LlemError, docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        checks.append(
+            Check(
+                "Docker daemon",
+                "fail",
+                message,
+                "start Docker (`make docker-engine` installs and starts one on Debian), or set DOCKER_HOST",
+            )
+        )
+        info = None
+    if info is not None:
+        runtimes = sorted((info.get("Runtimes") or {}).keys())
+        has_nvidia = "nvidia" in runtimes or bool(info.get("CDISpecDirs"))
+        if has_nvidia:
+            checks.append(Check("NVIDIA container runtime", "ok", f"runtimes: {', '.join(runtimes)}"))
+        elif gpus:
+            checks.append(
+                Check(
+                    "NVIDIA container runtime",
+                    "fail",
+                    f"GPUs are present but Docker has no nvidia runtime (runtimes: {', '.join(runtimes)})",
+                    "install nvidia-container-toolkit, run `sudo nvidia-ctk runtime configure --runtime=docker` "
+                    "and restart Docker",
+                )
+            )
+        else:
+            checks.append(Check("NVIDIA container runtime", "warn", "absent (not needed without GPUs)"))
+        ours = contract_fingerprint()
+        for engine in ENGINES:
+            image = user.images()[engine]
+            problem = launcher.image_problem(image)
+            if problem is None:
+                checks.append(Check(f"{engine} image", "ok", f"{image} (contract {ours})"))
+            else:
+                status: Status = "fail" if engine in required_engines else "warn"
+                fix = "make images" if engine == "pytorch" else f"docker pull {image}, or set images.{engine}"
+                checks.append(Check(f"{engine} image", status, problem, fix))
+
+    checks.append(disk_check("results disk", user.results_dir, "output.results_dir"))
+    checks.append(disk_check("model cache disk", user.hf_home, "output.model_cache_dir / HF_HOME"))
+    return checks
