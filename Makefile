@@ -51,7 +51,7 @@ images: base-image ## Build the engine images from images/ (pytorch)
 	@rm -rf images/.build/wheels images/.build/ca.crt && mkdir -p images/.build/wheels
 	@$(if $(and $(filter $(BASE_IMAGE),$(LOCAL_BASE)),$(TORCH_WHEEL)),cp $(TORCH_WHEEL) images/.build/wheels/)
 	@$(if $(CA_BUNDLE),cp $(CA_BUNDLE) images/.build/ca.crt)
-	DOCKER_BUILDKIT=0 $(DOCKER) build --quiet -f images/pytorch/Dockerfile -t $(PYTORCH_IMAGE) \
+	DOCKER_BUILDKIT=0 $(DOCKER) build -f images/pytorch/Dockerfile -t $(PYTORCH_IMAGE) \
 		--build-arg BASE_IMAGE=$(BASE_IMAGE) \
 		$(if $(filter $(BASE_IMAGE),$(LOCAL_BASE)),--build-arg TORCH_SPEC=$(TORCH_SPEC)) \
 		--build-arg LLEM_VERSION=$(VERSION) images/

@@ -179,6 +179,8 @@ class _NoEvents:
 
     def pausing(self, *args: object) -> None: ...
 
+    def run_phase(self, *args: object) -> None: ...
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

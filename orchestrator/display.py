@@ -55,6 +55,11 @@ class ProgressDisplay:
         label = describe_experiment(self.plan.study, run.experiment.index)
         self._progress.update(self._task, description=f"{run.run_id} {label}")
 
+    def run_phase(self, run: PlannedRun, phase: str, detail: str) -> None:
+        label = describe_experiment(self.plan.study, run.experiment.index)
+        extra = f", {detail}" if detail else ""
+        self._progress.update(self._task, description=f"{run.run_id} {label} [{phase}{extra}]")
+
     def run_finished(self, outcome: RunOutcome) -> None:
         entry = outcome.entry
         if entry.status == "completed" and outcome.result is not None:

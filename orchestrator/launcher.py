@@ -42,6 +42,7 @@ class Liveness:
     heartbeat: Path
     stall_timeout_s: float
     poll_s: float = 1.0
+    on_poll: Callable[[], None] | None = None  # called about every poll_s while the agent runs
 
     def stale(self, started_at: float) -> bool:
         try:
@@ -219,6 +220,8 @@ class DockerLauncher:
                         with contextlib.suppress(docker.errors.DockerException):
                             container.kill()
                         break
+                    if liveness is not None and liveness.on_poll is not None:
+                        liveness.on_poll()
             with contextlib.suppress(docker.errors.DockerException):
                 container.reload()
                 oom = bool(container.attrs.get("State", {}).get("OOMKilled", False))

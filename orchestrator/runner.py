@@ -98,6 +98,8 @@ class RunnerEvents(Protocol):
 
     def pausing(self, seconds: float) -> None: ...
 
+    def run_phase(self, run: PlannedRun, phase: str, detail: str) -> None: ...
+
 
 def image_for(engine: str, images: dict[str, str]) -> str:
     try:
@@ -176,6 +178,48 @@ def collect(run_dir: Path, run_id: str, outcome: ContainerOutcome) -> tuple[Expe
             kind="killed", message=f"the container was killed from outside (exit {outcome.exit_code})"
         )
     return None, RunFailure(kind="no_result", message=f"container exited {outcome.exit_code} without {RESULT_FILE}")
+
+
+def _tree_bytes(path: Path) -> int:
+    total = 0
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(path):
+            if entry.is_dir(follow_symlinks=False):
+                total += _tree_bytes(Path(entry.path))
+            elif entry.is_file(follow_symlinks=False):
+                total += entry.stat(follow_symlinks=False).st_size
+    return total
+
+
+class PhaseWatch:
+    """Turns the agent's heartbeat into progress events: its phase, batches done while
+    measuring, and bytes downloaded into the Hugging Face cache while loading a hub model."""
+
+    def __init__(self, run: PlannedRun, heartbeat: Path, download_dir: Path | None, events: RunnerEvents) -> None:
+        self.run, self.heartbeat, self.download_dir, self.events = run, heartbeat, download_dir, events
+        self._start_bytes = _tree_bytes(download_dir) if download_dir else 0
+        self._last: tuple[str, str] | None = None
+        self._phase = ""
+        self._phase_base = 0  # the agent's batch counter runs on across phases
+
+    def poll(self) -> None:
+        try:
+            beat = json.loads(self.heartbeat.read_text(encoding="utf-8"))
+            phase, progress = str(beat.get("phase", "?")), int(beat.get("progress", 0))
+        except (OSError, ValueError, TypeError):
+            return
+        if phase != self._phase:
+            self._phase, self._phase_base = phase, progress
+        detail = ""
+        if phase in ("warmup", "measure") and progress > self._phase_base:
+            detail = f"{progress - self._phase_base} batches"
+        elif phase == "load" and self.download_dir is not None:
+            grown = _tree_bytes(self.download_dir) - self._start_bytes
+            if grown > 0:
+                detail = f"{grown / 2**20:,.1f} MiB downloaded"
+        if (phase, detail) != self._last:
+            self._last = (phase, detail)
+            self.events.run_phase(self.run, phase, detail)
 
 
 class StudyRunner:
@@ -384,6 +428,12 @@ class StudyRunner:
             self.events.pausing(seconds)
             time.sleep(seconds)
 
+    def _download_dir(self, model: str, model_dir: Path | None) -> Path | None:
+        """Where a hub model lands in the Hugging Face cache (None for a local model)."""
+        if model_dir is not None or "/" not in model:
+            return None
+        return self.options.hf_home / "hub" / ("models--" + model.replace("/", "--"))
+
     def _run_one(self, run: PlannedRun, remaining_s: float | None) -> RunOutcome:
         assert self._store is not None and self.study_dir is not None
         config: ExperimentConfig = run.experiment.config
@@ -442,7 +492,8 @@ class StudyRunner:
             timeout = (
                 self.options.run_timeout_s if remaining_s is None else min(self.options.run_timeout_s, remaining_s)
             )
-            liveness = Liveness(run_dir / HEARTBEAT_FILE, self.options.stall_timeout_s)
+            watch = PhaseWatch(run, run_dir / HEARTBEAT_FILE, self._download_dir(config.model, model_dir), self.events)
+            liveness = Liveness(run_dir / HEARTBEAT_FILE, self.options.stall_timeout_s, on_poll=watch.poll)
             outcome = self.launcher.run(spec, max(timeout, 1.0), run_dir / CONTAINER_LOG, liveness)
         result, failure = collect(run_dir, run.run_id, outcome)
         entry = self._store.update_run(

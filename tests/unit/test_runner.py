@@ -78,6 +78,9 @@ class Recorder:
     def pausing(self, seconds):
         self.events.append(f"gap {seconds}")
 
+    def run_phase(self, run, phase, detail):
+        self.events.append(f"phase {run.run_id} {phase}")
+
 
 @pytest.fixture
 def study_file(tmp_path: Path) -> Path:
@@ -315,3 +318,34 @@ def test_model_files_must_be_readable_by_the_unprivileged_agent(tmp_path):
         check_readable_by_agent(tmp_path / "m", host_uid=0)
     weights.chmod(0o644)
     check_readable_by_agent(tmp_path / "m", host_uid=0)
+
+
+def test_phase_watch_reports_phases_batches_and_downloads(tmp_path: Path):
+    import json as _json
+
+    from orchestrator.runner import PhaseWatch
+
+    class Events:
+        def __init__(self) -> None:
+            self.seen: list[tuple[str, str]] = []
+
+        def run_phase(self, run, phase, detail):
+            self.seen.append((phase, detail))
+
+    heartbeat, cache = tmp_path / "heartbeat", tmp_path / "models--org--m"
+    cache.mkdir()
+    events = Events()
+    watch = PhaseWatch(object(), heartbeat, cache, events)  # type: ignore[arg-type]
+    watch.poll()  # no heartbeat yet: nothing to say
+    for phase, progress in [("load", 0), ("load", 0), ("warmup", 2), ("measure", 2), ("measure", 5)]:
+        if phase == "load" and events.seen:
+            (cache / "blob").write_bytes(b"x" * 3 * 2**20)
+        heartbeat.write_text(_json.dumps({"phase": phase, "progress": progress, "at": 0}))
+        watch.poll()
+    assert events.seen == [
+        ("load", ""),
+        ("load", "3.0 MiB downloaded"),
+        ("warmup", ""),
+        ("measure", ""),
+        ("measure", "3 batches"),
+    ]
