@@ -14,6 +14,9 @@ export DOCKER
 LOCAL_BASE  := llem/base:bookworm
 BASE_IMAGE  ?= $(LOCAL_BASE)
 PYTORCH_IMAGE ?= llem/pytorch:$(VERSION)
+# The published name (ghcr.io), which llem and compose.yaml use by default; `make images` tags it too.
+GHCR_OWNER  ?= llem-project
+GHCR_PYTORCH := ghcr.io/$(GHCR_OWNER)/llem/pytorch:$(VERSION)
 # On the local (CPU) base, torch comes from a local CPU wheel when one is available.
 TORCH_WHEEL ?= $(firstword $(wildcard /opt/wheels/torch-*+cpu-*.whl))
 TORCH_SPEC  ?= $(if $(TORCH_WHEEL),torch==$(word 2,$(subst -, ,$(notdir $(TORCH_WHEEL)))),torch)
@@ -51,7 +54,7 @@ images: base-image ## Build the engine images from images/ (pytorch)
 	@rm -rf images/.build/wheels images/.build/ca.crt && mkdir -p images/.build/wheels
 	@$(if $(and $(filter $(BASE_IMAGE),$(LOCAL_BASE)),$(TORCH_WHEEL)),cp $(TORCH_WHEEL) images/.build/wheels/)
 	@$(if $(CA_BUNDLE),cp $(CA_BUNDLE) images/.build/ca.crt)
-	DOCKER_BUILDKIT=0 $(DOCKER) build -f images/pytorch/Dockerfile -t $(PYTORCH_IMAGE) \
+	DOCKER_BUILDKIT=0 $(DOCKER) build -f images/pytorch/Dockerfile -t $(PYTORCH_IMAGE) -t $(GHCR_PYTORCH) \
 		--build-arg BASE_IMAGE=$(BASE_IMAGE) \
 		$(if $(filter $(BASE_IMAGE),$(LOCAL_BASE)),--build-arg TORCH_SPEC=$(TORCH_SPEC)) \
 		--build-arg LLEM_VERSION=$(VERSION) images/

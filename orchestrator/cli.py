@@ -116,6 +116,7 @@ def runner_options(args: argparse.Namespace, study: Study, user: UserConfig) -> 
         hf_home=user.hf_home,
         factors=user.factors(),
         baseline_cache=baseline_cache_dir(),
+        engine_cache=baseline_cache_dir().parent / "engines",
         stall_timeout_s=args.stall_timeout,
         sample_interval_s=args.sample_interval,
         container_memory=args.container_memory,
@@ -153,7 +154,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     runner.preflight()
     for name in reap_orphans(launcher):
         err.print(f"removed orphan container {name} (its llem process is gone)")
-    ensure_shared_dirs([options.hf_home, options.baseline_cache])
+    ensure_shared_dirs([options.hf_home, options.baseline_cache, options.engine_cache])
     if args.resume or args.resume_dir:
         previous = Path(args.resume_dir) if args.resume_dir else newest_unfinished(options.results_root, study.name)
         study_dir = runner.resume(previous)

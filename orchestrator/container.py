@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llem_agent.contract import (
+    CONTAINER_ADAPTER_DIR,
     CONTAINER_BASELINE_DIR,
+    CONTAINER_ENGINE_CACHE,
     CONTAINER_HF_HOME,
     CONTAINER_MODEL_DIR,
     CONTAINER_RUN_DIR,
@@ -51,6 +53,8 @@ class ContainerSpec:
     memory_limit: str | None = None
     read_only_root: bool = True
     tmpfs: dict[str, str] | None = None
+    shm_size: str | None = None
+    ulimits: tuple[tuple[str, int, int], ...] = ()  # (name, soft, hard)
 
 
 def labels(study_id: str, run_id: str, host_pid: int, study_dir: Path) -> dict[str, str]:
@@ -84,6 +88,8 @@ def build_spec(
     host_pid: int,
     memory_limit: str | None = None,
     baseline_cache: Path | None = None,
+    adapter_dir: Path | None = None,
+    engine_cache: Path | None = None,
 ) -> ContainerSpec:
     """The spec for one run.
 
@@ -105,6 +111,13 @@ def build_spec(
     if model_dir is not None:
         mounts.append(Mount(model_dir, CONTAINER_MODEL_DIR, read_only=True))
         environment["HF_HUB_OFFLINE"] = "1"
+    if adapter_dir is not None:
+        mounts.append(Mount(adapter_dir, CONTAINER_ADAPTER_DIR, read_only=True))
+    if engine_cache is not None:
+        mounts.append(Mount(engine_cache, CONTAINER_ENGINE_CACHE, read_only=False))
+    # Several GPUs in one run (tensor / pipeline parallelism): NCCL and the engines' worker
+    # processes exchange through shared memory and pin host memory (NVIDIA's recommended limits).
+    multi_gpu = len(gpu_indices) > 1
     return ContainerSpec(
         image=image,
         name=container_name(study_id, run_id),
@@ -119,4 +132,6 @@ def build_spec(
         group_add=group_add,
         memory_limit=memory_limit,
         tmpfs={"/tmp": "rw,nosuid,nodev,exec,size=4g"},
+        shm_size="16g" if multi_gpu else None,
+        ulimits=(("memlock", -1, -1), ("stack", 67108864, 67108864)) if multi_gpu else (),
     )

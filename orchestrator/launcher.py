@@ -104,6 +104,10 @@ def _run_kwargs(spec: ContainerSpec) -> dict[str, Any]:
         kwargs["memswap_limit"] = spec.memory_limit  # no swap: the limit is the limit
     if spec.network_disabled:
         kwargs["network_mode"] = "none"
+    if spec.shm_size:
+        kwargs["shm_size"] = spec.shm_size
+    if spec.ulimits:
+        kwargs["ulimits"] = [docker.types.Ulimit(name=n, soft=soft, hard=hard) for n, soft, hard in spec.ulimits]
     if spec.gpu_ids:
         kwargs["device_requests"] = [
             docker.types.DeviceRequest(driver="nvidia", device_ids=list(spec.gpu_ids), capabilities=[["gpu"]])

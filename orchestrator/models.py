@@ -29,6 +29,17 @@ def hf_home() -> Path:
     return load_user_config().hf_home
 
 
+def resolve_adapter_dir(config: ExperimentConfig, base_dir: Path) -> Path | None:
+    """The host directory of a local LoRA adapter (``lora.adapter_path``, relative to the study)."""
+    if config.lora is None or config.lora.adapter_path is None:
+        return None
+    path = Path(config.lora.adapter_path).expanduser()
+    path = path if path.is_absolute() else base_dir / path
+    if not (path / "adapter_config.json").is_file():
+        raise ConfigError(f"lora.adapter_path: no LoRA adapter (adapter_config.json) in {path}")
+    return path.resolve()
+
+
 def resolve_model_dir(model: str, base_dir: Path) -> Path | None:
     """The host directory of a local model, or None for a hub id.
 

@@ -16,7 +16,9 @@ from filelock import FileLock, Timeout
 from pydantic import ValidationError
 
 from llem_agent.contract import (
+    CONTAINER_ADAPTER_DIR,
     CONTAINER_BASELINE_DIR,
+    CONTAINER_ENGINE_CACHE,
     CONTAINER_MODEL_DIR,
     ERROR_FILE,
     EXPERIMENT_FILE,
@@ -26,6 +28,7 @@ from llem_agent.contract import (
     ExperimentResult,
     RunError,
     RunRequest,
+    refusal_reason,
     unsupported_by_agent,
     write_atomic,
 )
@@ -47,7 +50,7 @@ from orchestrator.manifest import (
     StudyStatus,
     utc_now,
 )
-from orchestrator.models import check_readable_by_agent, resolve_model_dir
+from orchestrator.models import check_readable_by_agent, resolve_adapter_dir, resolve_model_dir
 from orchestrator.plan import Plan, PlannedRun
 from orchestrator.policy import CircuitBreaker, WallClock
 from orchestrator.results import EXPERIMENTS_FILE, HOST_FILE, StudySummary, summarise, write_design
@@ -78,6 +81,7 @@ class RunnerOptions:
     circuit_breaker_cooldown_s: float = 60.0
     wall_clock_limit_s: float | None = None
     factors: MeasurementFactors = field(default_factory=MeasurementFactors)
+    engine_cache: Path | None = None  # TensorRT-LLM engine builds, mounted into tensorrt runs
 
 
 @dataclass(frozen=True)
@@ -233,6 +237,7 @@ class StudyRunner:
         self.study_dir: Path | None = None
         self._store: ManifestStore | None = None
         self._model_dirs: dict[int, Path | None] = {}
+        self._adapter_dirs: dict[int, Path | None] = {}
         self._study_lock: FileLock | None = None
         self.summary: StudySummary | None = None
 
@@ -244,13 +249,18 @@ class StudyRunner:
             if refused == ["engine"]:
                 raise ConfigError(f"engine '{exp.config.engine}' has no agent in llem {__version__} yet")
             if refused:
+                engine = exp.config.engine
                 raise ConfigError(
-                    f"experiment {exp.index + 1}: the {exp.config.engine} agent of llem {__version__} does not "
-                    f"apply {', '.join(refused)} yet; remove it rather than get results that ignore it"
+                    f"experiment {exp.index + 1}: the {engine} agent of llem {__version__} does not apply "
+                    f"{', '.join(refusal_reason(engine, p) for p in refused)}; remove it rather than get results "
+                    "that ignore it"
                 )
             model_dir = self._model_dirs[exp.index] = resolve_model_dir(exp.config.model, base)
             if model_dir is not None:
                 check_readable_by_agent(model_dir, os.getuid())
+            adapter_dir = self._adapter_dirs[exp.index] = resolve_adapter_dir(exp.config, base)
+            if adapter_dir is not None:
+                check_readable_by_agent(adapter_dir, os.getuid())
             assign_devices(exp.config, list(self.options.gpu_indices))  # raises when too few GPUs
         self.launcher.check(self._images())
 
@@ -445,6 +455,7 @@ class StudyRunner:
             os.chmod(run_dir, 0o2775)  # the unprivileged agent writes here through the root group
         gpus = assign_devices(config, list(self.options.gpu_indices))
         model_dir = self._model_dirs.get(run.experiment.index)
+        engine_cache = self.options.engine_cache if config.engine == "tensorrt" else None
         request = RunRequest(
             run_id=run.run_id,
             study_name=self.plan.study.name,
@@ -452,6 +463,8 @@ class StudyRunner:
             config_hash=run.experiment.config_hash,
             config=config,
             model_path=CONTAINER_MODEL_DIR if model_dir is not None else None,
+            adapter_path=CONTAINER_ADAPTER_DIR if self._adapter_dirs.get(run.experiment.index) else None,
+            engine_cache_dir=CONTAINER_ENGINE_CACHE if engine_cache is not None else None,
             gpus=[str(g) for g in gpus],
             baseline_cache_dir=CONTAINER_BASELINE_DIR if self.options.baseline_cache else None,
             sample_interval_s=self.options.sample_interval_s,
@@ -471,6 +484,8 @@ class StudyRunner:
             host_pid=os.getpid(),
             memory_limit=self.options.container_memory,
             baseline_cache=self.options.baseline_cache,
+            adapter_dir=self._adapter_dirs.get(run.experiment.index),
+            engine_cache=engine_cache,
         )
         lock_dir = self.options.lock_dir
         locks = DeviceLocks(lock_names(gpus) if lock_dir else [], lock_dir or Path("."))

@@ -26,7 +26,10 @@ from orchestrator.errors import ConfigError
 from orchestrator.validation import did_you_mean
 
 CONFIG_ENV = "LLEM_CONFIG"
-DEFAULT_IMAGE = "llem/{engine}:" + __version__
+# Prebuilt images are published to ghcr.io (the images workflow); `make images` builds the
+# pytorch one locally under the same name.
+GHCR_OWNER = "llem-project"
+DEFAULT_IMAGE = f"ghcr.io/{GHCR_OWNER}/llem/{{engine}}:{__version__}"
 
 
 def config_path() -> Path:

@@ -30,9 +30,9 @@ class LoadedOnce:
         self.engine = engine
         self._loaded = False
 
-    def load(self, config: ExperimentConfig, model_source: str) -> None:
+    def load(self, config: ExperimentConfig, model_source: str, adapter_source: str | None = None) -> None:
         if not self._loaded:
-            self.engine.load(config, model_source)
+            self.engine.load(config, model_source, adapter_source)
             self._loaded = True
 
     def __getattr__(self, name: str) -> object:

@@ -102,6 +102,28 @@ def planning(tmp: Path, repetitions: int) -> dict[int, list[float]]:
 RESULTS_RUNS = 1_000
 
 
+def image_sizes() -> list[tuple[str, int, int, int]]:
+    """(image, total bytes, base bytes, bytes of llem's own layers) for each engine image here."""
+    rows = []
+    for engine in ("pytorch", "vllm", "tensorrt"):
+        ref = f"llem/{engine}:0.1.0"
+        proc = subprocess.run([DOCKER, "image", "inspect", ref, "--format", "{{.Size}}"], capture_output=True,
+                              text=True, check=False)  # fmt: skip
+        if proc.returncode != 0:
+            continue
+        total = int(proc.stdout.strip())
+        history = subprocess.run([DOCKER, "history", "--human=false", "--format", "{{.Size}}\t{{.CreatedBy}}", ref],
+                                 capture_output=True, text=True, check=True).stdout  # fmt: skip
+        ours = 0
+        for line in history.splitlines():
+            size, _, created = line.partition("\t")
+            if created.strip() == "":  # the imported base layer has no creating command
+                break
+            ours += int(size)
+        rows.append((ref, total, total - ours, ours))
+    return rows
+
+
 def results_and_report(tmp: Path, repetitions: int) -> dict[str, list[float]]:
     """Whole-process `llem results DIR` and `llem report DIR` on a synthetic study of 1,000 runs
     (100 experiments x 10 cycles, 100 requests of 64 tokens per result, telemetry sidecars).
@@ -139,6 +161,7 @@ def render(
     harness_data: dict[str, object],
     plan_times: dict[int, list[float]],
     results_times: dict[str, list[float]],
+    sizes: list[tuple[str, int, int, int]],
     command: str,
 ) -> str:
     rows = harness_data["rows"]
@@ -232,6 +255,18 @@ def render(
             for name, t in results_times.items()
         ),
         "",
+        "## Image sizes",
+        "",
+        "`docker image inspect` sizes of the engine images on this machine. The pytorch image is built on the",
+        "registry-free Debian base of `make images` with the CPU torch wheel; llem's layers are everything above",
+        "that base (a virtualenv with torch, transformers, peft, accelerate and the agent). The vllm and tensorrt",
+        "images need Docker Hub and nvcr.io, which this machine cannot reach, so they are not measured here;",
+        "their Dockerfiles add one layer (the agent and its small dependencies) to the pinned engine image.",
+        "",
+        "| image | total | base | llem's layers |",
+        "|---|---:|---:|---:|",
+        *(f"| `{ref}` | {t / 1e6:,.0f} MB | {b / 1e6:,.0f} MB | {o / 1e6:,.0f} MB |" for ref, t, b, o in sizes),
+        "",
     ]
     return "\n".join(lines)
 
@@ -276,7 +311,7 @@ def main() -> int:
         results_times = results_and_report(Path(tmp), args.repetitions)
     text = render(
         overhead=overhead, shared=shared, ob=ob, harness_data=harness_data, plan_times=plan_times,
-        results_times=results_times, command="make bench",
+        results_times=results_times, sizes=image_sizes(), command="make bench",
     )  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

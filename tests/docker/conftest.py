@@ -62,3 +62,32 @@ def tiny_model(docker_client: docker.DockerClient, tmp_path_factory: pytest.Temp
 def labelled_containers(client: docker.DockerClient, **labels: str) -> list[str]:
     filters = [f"{LABEL_MANAGED}=true", *(f"{k}={v}" for k, v in labels.items())]
     return [c.name or c.id for c in client.containers.list(all=True, filters={"label": filters})]
+
+
+MAKE_ADAPTER = """
+import sys, torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
+torch.manual_seed(0)
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1])
+# init_lora_weights=False: random B as well as A, so the adapter really changes the outputs.
+peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=16, target_modules=["c_attn"], init_lora_weights=False))
+peft.save_pretrained(sys.argv[2])
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(
+    docker_client: docker.DockerClient, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A random LoRA adapter for the tiny model, made with peft inside our image."""
+    out = tmp_path_factory.mktemp("adapters")
+    out.chmod(0o777)
+    subprocess.run(
+        ["docker", "run", "--rm", "--network", "none", "-e", "HOME=/tmp", "--entrypoint", "python",
+         "-v", f"{tiny_model}:/model:ro", "-v", f"{out}:/out", IMAGE, "-c", MAKE_ADAPTER, "/model", "/out/lora"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    for path in (out / "lora").iterdir():
+        path.chmod(0o644)
+    return out / "lora"

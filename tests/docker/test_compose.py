@@ -68,8 +68,35 @@ def test_gpu_service_reserves_the_named_nvidia_device(compose):
         check=True,
     )
     services = yaml.safe_load(proc.stdout)["services"]
-    (device,) = services["pytorch-agent"]["deploy"]["resources"]["reservations"]["devices"]
-    assert device["driver"] == "nvidia"
-    assert device["device_ids"] == ["1"]
-    assert device["capabilities"] == ["gpu"]
+    for name in ("pytorch-agent", "vllm-agent", "tensorrt-agent"):
+        (device,) = services[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia"
+        assert device["device_ids"] == ["1"]
+        assert device["capabilities"] == ["gpu"]
     assert "deploy" not in services["pytorch-agent-cpu"]
+
+
+@pytest.mark.parametrize("compose", compose_commands(), ids=" ".join)
+def test_engine_services_default_to_ghcr_images_and_valid_experiments(compose):
+    from llem_agent.contract import ExperimentConfig
+    from orchestrator.userconfig import DEFAULT_IMAGE
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLEM_")}
+    proc = subprocess.run(
+        [*compose, "-f", str(REPO / "compose.yaml"), "config"], capture_output=True, text=True, env=env, cwd=REPO,
+        check=True,
+    )  # fmt: skip
+    config = yaml.safe_load(proc.stdout)
+    services = config["services"]
+    for engine in ("pytorch", "vllm", "tensorrt"):
+        service = services[f"{engine}-agent"]
+        assert service["image"] == DEFAULT_IMAGE.format(engine=engine)  # the host's default, too
+        assert service["build"]["dockerfile"] == f"{engine}/Dockerfile"
+        assert (REPO / "images" / engine / "Dockerfile").is_file()
+        (experiment,) = [v for v in service["volumes"] if str(v).endswith("/llem/experiment.yaml:ro")
+                         or (isinstance(v, dict) and v.get("target") == "/llem/experiment.yaml")]  # fmt: skip
+        source = experiment["source"] if isinstance(experiment, dict) else experiment.split(":")[0]
+        parsed = ExperimentConfig.model_validate(yaml.safe_load((REPO / source).read_text()))
+        assert parsed.engine == engine
+    assert "trt-engines" in config["volumes"]
+    assert str(services["vllm-agent"]["shm_size"]).lower() in ("16gb", "17179869184")

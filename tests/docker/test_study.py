@@ -195,3 +195,24 @@ def test_an_image_speaking_another_contract_is_refused(tmp_path, tiny_model, doc
         assert not (tmp_path / "results").exists()
     finally:
         docker_client.images.remove(tag, force=True)
+
+
+def test_lora_adapter_merged_and_unmerged_through_llem_run(tmp_path, tiny_model, tiny_adapter, docker_client):
+    study = tmp_path / "lora.yaml"
+    study.write_text(
+        f"name: lora\nmodel: {tiny_model}\nmax_input_tokens: 16\nmax_output_tokens: 8\n"
+        "dataset: {source: builtin, n_prompts: 4}\ndecoder: {do_sample: false}\nwarmup: {n_warmup: 1}\n"
+        f"lora: {{adapter_path: {tiny_adapter}}}\n"
+        "sweep:\n  lora.merge_weights: [false, true]\nstudy_execution: {n_cycles: 1}\n"
+    )
+    proc = run_llem(*llem_args(tmp_path, study))
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    (study_dir,) = (tmp_path / "results").iterdir()
+    for run_id in ("e001-c1", "e002-c1"):
+        request = json.loads((study_dir / "runs" / run_id / "experiment.json").read_text())
+        assert request["adapter_path"] == "/llem/adapter"
+        assert json.loads((study_dir / "runs" / run_id / "result.json").read_text())["output_tokens"] > 0
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(study.read_text().replace(str(tiny_adapter), str(tmp_path / "nope")))
+    proc = run_llem(*llem_args(tmp_path, missing))
+    assert proc.returncode == 2 and "no LoRA adapter (adapter_config.json)" in proc.stderr

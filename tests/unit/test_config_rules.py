@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from llem_agent.contract import ExperimentConfig, unsupported_by_agent
+from llem_agent.contract import ExperimentConfig, refusal_reason, unsupported_by_agent
 from orchestrator.study import study_from_data
 
 
@@ -63,10 +63,18 @@ def test_presets_fill_fields_and_explicit_fields_win():
 
 def test_agent_support_lists_settings_the_agent_would_not_apply():
     assert unsupported_by_agent(cfg(pytorch={"batch_size": 2}, decoder={"do_sample": False}), "pytorch") == []
-    assert unsupported_by_agent(cfg(pytorch={"torch_compile": True}), "pytorch") == ["pytorch.torch_compile"]
+    assert unsupported_by_agent(cfg(pytorch={"torch_compile": True}), "pytorch") == []
+    assert unsupported_by_agent(cfg(pytorch={"tp_size": 2}), "pytorch") == ["pytorch.tp_size"]
     assert unsupported_by_agent(cfg(energy_sampler="zeus"), "pytorch") == ["energy_sampler=zeus"]
     assert unsupported_by_agent(cfg(energy_sampler="nvml"), "pytorch") == []
-    assert unsupported_by_agent(cfg(engine="vllm"), "vllm") == ["engine"]
+    assert unsupported_by_agent(cfg(engine="vllm", vllm={"engine": {"enforce_eager": True}}), "vllm") == []
+    # 003 names it, the pinned vLLM no longer accepts it: refused, and the reason says so.
+    refused = unsupported_by_agent(cfg(engine="vllm", vllm={"engine": {"swap_space": 4}}), "vllm")
+    assert refused == ["vllm.engine.swap_space"]
+    assert "pinned vllm 0.33.0" in refusal_reason("vllm", refused[0])
+    lora = {"adapter_id": "org/adapter", "merge_weights": True}
+    assert unsupported_by_agent(cfg(engine="vllm", lora=lora), "vllm") == ["lora.merge_weights=True"]
+    assert unsupported_by_agent(cfg(engine="pytorch", lora=lora), "pytorch") == []
 
 
 def test_identical_grid_points_run_once_and_the_copy_is_reported():

@@ -77,3 +77,34 @@ def test_agent_is_hardened_and_never_root():
     assert kwargs["mem_limit"] == kwargs["memswap_limit"] == "2g"
     assert _run_kwargs(spec(uid=1000))["user"] == "1000:1000"
     assert not any("docker.sock" in source for source in kwargs["volumes"])
+
+
+def test_multi_gpu_runs_get_shared_memory_and_memlock():
+    one, two = spec(gpus=(0,)), spec(gpus=(0, 1))
+    assert one.shm_size is None and one.ulimits == ()
+    assert two.shm_size == "16g" and ("memlock", -1, -1) in two.ulimits
+    kwargs = _run_kwargs(two)
+    assert kwargs["shm_size"] == "16g" and {u["Name"] for u in kwargs["ulimits"]} == {"memlock", "stack"}
+
+
+def test_adapter_and_engine_cache_mounts():
+    s = build_spec(
+        image="i", study_id="s", run_id="e001-c1", run_dir=Path("/r/s/runs/e001-c1"), hf_home=Path("/hf"),
+        model_dir=None, gpu_indices=(), host_uid=1000, host_gid=1000, host_pid=1,
+        adapter_dir=Path("/adapters/a"), engine_cache=Path("/cache/engines"),
+    )  # fmt: skip
+    mounts = {m.target: m for m in s.mounts}
+    assert mounts["/llem/adapter"].source == Path("/adapters/a") and mounts["/llem/adapter"].read_only
+    assert not mounts["/llem/engine-cache"].read_only
+
+
+def test_parallel_engines_lock_as_many_gpus_as_they_use():
+    from llem_agent.contract import ExperimentConfig
+    from orchestrator.devices import devices_needed
+
+    vllm = ExperimentConfig.model_validate(
+        {"model": "m", "engine": "vllm", "vllm": {"engine": {"tensor_parallel_size": 2, "pipeline_parallel_size": 2}}}
+    )
+    trt = ExperimentConfig.model_validate({"model": "m", "engine": "tensorrt", "tensorrt": {"tensor_parallel_size": 2}})
+    assert devices_needed(vllm) == 4 and devices_needed(trt) == 2
+    assert devices_needed(ExperimentConfig.model_validate({"model": "m"})) == 1

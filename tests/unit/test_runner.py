@@ -210,9 +210,9 @@ def test_resolve_model_dir(tmp_path):
 def test_settings_the_agent_would_ignore_are_refused_before_anything_runs(tmp_path):
     (tmp_path / "model").mkdir()
     study = tmp_path / "s.yaml"
-    study.write_text("model: ./model\npytorch:\n  torch_compile: true\n")
+    study.write_text("model: ./model\npytorch:\n  tp_size: 2\n")
     runner = make_runner(tmp_path, study, FakeLauncher())
-    with pytest.raises(ConfigError, match=r"does not apply pytorch\.torch_compile yet"):
+    with pytest.raises(ConfigError, match=r"does not apply pytorch\.tp_size; remove it"):
         runner.preflight()
     assert not (tmp_path / "results").exists()
 

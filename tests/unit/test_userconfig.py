@@ -24,7 +24,7 @@ def test_defaults_without_a_file():
     assert cfg.value("measurement.datacenter_pue") == 1.0
     assert cfg.value("measurement.carbon_intensity_gco2_kwh") is None
     assert cfg.settings["output.results_dir"].source == "default"
-    assert cfg.images()["vllm"].startswith("llem/vllm:")
+    assert cfg.images()["vllm"].startswith("ghcr.io/llem-project/llem/vllm:")
 
 
 def test_file_then_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):

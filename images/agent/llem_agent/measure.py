@@ -52,7 +52,8 @@ def run_measurement(
     t0 = time.perf_counter()
     prompts = load_prompts(config.dataset, config.random_seed, base_dir)
     engine = engine_factory(config.engine)  # imports the engine's stack: part of load time
-    engine.load(config, request.model_path or config.model)
+    adapter = request.adapter_path or (config.lora.adapter_id if config.lora else None)
+    engine.load(config, request.model_path or config.model, adapter)
     if request.gpus and engine.effective().get("device") != "cuda":
         raise GpuNotVisible(f"the host gave this run GPUs {request.gpus} but the engine sees none")
     t_loaded = time.perf_counter()
@@ -105,7 +106,7 @@ def run_measurement(
         timings=PhaseTimings(load_s=t_loaded - t0, warmup_s=t_warm - t_loaded, measure_s=window_s),
         warmup=warmed,
         model_parameters=n_params,
-        flops_estimate=2.0 * n_params * (input_tokens + output_tokens),
+        flops_estimate=None if n_params is None else 2.0 * n_params * (input_tokens + output_tokens),
         throughput=throughput(records, window_s),
         latency=latency(records),
         energy=energy,

@@ -18,6 +18,8 @@ class BatchObservation:
     input_tokens: list[int]
     output_tokens: list[int]
     token_times_s: list[list[float]]
+    # False: each request's times are only [first token, last token] (the engine exposes no more).
+    complete: bool = True
 
 
 def distribution(values: Sequence[float]) -> Distribution:
@@ -46,7 +48,8 @@ def request_records(batches: Sequence[BatchObservation]) -> list[RequestRecord]:
     records: list[RequestRecord] = []
     for batch in batches:
         for inp, out, times in zip(batch.input_tokens, batch.output_tokens, batch.token_times_s, strict=True):
-            if len(times) != out:
+            expected = out if batch.complete else min(out, 2)
+            if len(times) != expected:
                 raise ValueError(f"request has {out} output tokens but {len(times)} token times")
             records.append(
                 RequestRecord(
@@ -56,6 +59,7 @@ def request_records(batches: Sequence[BatchObservation]) -> list[RequestRecord]:
                     ttft_s=times[0] if times else None,
                     e2e_latency_s=times[-1] if times else 0.0,
                     token_times_s=[round(t, 6) for t in times],
+                    token_times_complete=batch.complete,
                 )
             )
     return records
@@ -64,12 +68,20 @@ def request_records(batches: Sequence[BatchObservation]) -> list[RequestRecord]:
 def latency(records: Sequence[RequestRecord]) -> Latency:
     """Distributions of TTFT, inter-token latency (gaps between consecutive tokens) and e2e."""
     itl: list[float] = []
+    kinds = set()
     for rec in records:
-        itl.extend(float(b - a) for a, b in itertools.pairwise(rec.token_times_s))
+        if rec.token_times_complete:
+            itl.extend(float(b - a) for a, b in itertools.pairwise(rec.token_times_s))
+            kinds.add("token_gaps")
+        elif rec.output_tokens > 1:
+            itl.append((rec.token_times_s[-1] - rec.token_times_s[0]) / (rec.output_tokens - 1))
+            kinds.add("request_means")
+    source = "mixed" if len(kinds) > 1 else kinds.pop() if kinds else "token_gaps"
     return Latency(
         ttft_s=distribution([r.ttft_s for r in records if r.ttft_s is not None]),
         inter_token_s=distribution(itl),
         e2e_s=distribution([r.e2e_latency_s for r in records]),
+        inter_token_source=source,  # type: ignore[arg-type]
     )
 
 

@@ -35,7 +35,9 @@ from llem_agent.contract.result import (
     WarmupReport,
 )
 from llem_agent.contract.run import (
+    CONTAINER_ADAPTER_DIR,
     CONTAINER_BASELINE_DIR,
+    CONTAINER_ENGINE_CACHE,
     CONTAINER_HF_HOME,
     CONTAINER_MODEL_DIR,
     CONTAINER_RUN_DIR,
@@ -49,10 +51,12 @@ from llem_agent.contract.run import (
     canonical_json,
     config_hash,
 )
-from llem_agent.contract.support import unsupported_by_agent
+from llem_agent.contract.support import NOT_IN_PINNED, PINNED_VERSIONS, refusal_reason, unsupported_by_agent
 
 __all__ = [
+    "CONTAINER_ADAPTER_DIR",
     "CONTAINER_BASELINE_DIR",
+    "CONTAINER_ENGINE_CACHE",
     "CONTAINER_HF_HOME",
     "CONTAINER_MODEL_DIR",
     "CONTAINER_RUN_DIR",
@@ -64,6 +68,8 @@ __all__ = [
     "ERROR_FILE",
     "EXPERIMENT_FILE",
     "HEARTBEAT_FILE",
+    "NOT_IN_PINNED",
+    "PINNED_VERSIONS",
     "RESULT_FILE",
     "RESULT_SCHEMA_VERSION",
     "TELEMETRY_FILE",
@@ -97,6 +103,7 @@ __all__ = [
     "canonical_json",
     "config_hash",
     "contract_fingerprint",
+    "refusal_reason",
     "unsupported_by_agent",
     "write_atomic",
 ]

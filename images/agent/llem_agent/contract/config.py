@@ -203,6 +203,8 @@ class ExperimentConfig(Section):
             raise ValueError(f"{self.engine} does not support {mode} decoding")
         if mode == "beam" and self.pytorch is not None and not self.decoder.greedy:
             raise ValueError("pytorch.num_beams > 1 needs greedy decoding (decoder.do_sample: false)")
+        if self.pytorch is not None and self.pytorch.prompt_lookup_num_tokens and (self.pytorch.batch_size or 1) > 1:
+            raise ValueError("pytorch.prompt_lookup_num_tokens needs pytorch.batch_size: 1 (assisted generation)")
         if self.lora is not None and self.engine not in LORA_SUPPORT:
             raise ValueError(f"lora is not supported on {self.engine}: merge the adapter into the model first")
         trt_dtype = self.tensorrt.dtype if self.tensorrt else None

@@ -61,7 +61,12 @@ class RequestRecord(_Frozen):
     output_tokens: int
     ttft_s: float | None
     e2e_latency_s: float
-    token_times_s: list[float]
+    token_times_s: list[float] = Field(
+        description="Every output token's time; only [first, last] where token_times_complete is false."
+    )
+    token_times_complete: bool = Field(
+        default=True, description="False where the engine exposes only first and last token times (vLLM)."
+    )
 
 
 class DeviceEnergy(_Frozen):
@@ -149,6 +154,11 @@ class Latency(_Frozen):
     ttft_s: Distribution
     inter_token_s: Distribution
     e2e_s: Distribution
+    inter_token_source: Literal["token_gaps", "request_means", "mixed"] = Field(
+        default="token_gaps",
+        description="token_gaps: every gap between consecutive tokens; request_means: one mean gap per request "
+        "(engines that expose only first and last token times).",
+    )
 
 
 class Memory(_Frozen):

@@ -19,6 +19,8 @@ CONTAINER_RUN_DIR = "/llem/run"
 CONTAINER_MODEL_DIR = "/llem/model"
 CONTAINER_HF_HOME = "/llem/hf-cache"
 CONTAINER_BASELINE_DIR = "/llem/baseline-cache"
+CONTAINER_ADAPTER_DIR = "/llem/adapter"
+CONTAINER_ENGINE_CACHE = "/llem/engine-cache"  # TensorRT-LLM engine builds, kept across runs
 
 EXPERIMENT_FILE = "experiment.json"
 RESULT_FILE = "result.json"
@@ -46,6 +48,11 @@ class RunRequest(BaseModel):
         default=None,
         description="Where the model is mounted in the container; None: load config.model from the hub.",
     )
+    adapter_path: str | None = Field(
+        default=None,
+        description="Where a local LoRA adapter is mounted; None: lora.adapter_id from the hub (or no LoRA).",
+    )
+    engine_cache_dir: str | None = Field(default=None, description="Where compiled engines are cached (TensorRT).")
 
 
 def canonical_json(data: object) -> str:

@@ -11,7 +11,7 @@ from typing import Any, get_args
 
 from pydantic import BaseModel
 
-from llem_agent.contract.engine_sections import QuantAlgo, VLLMEngineConfig
+from llem_agent.contract.engine_sections import PyTorchConfig, QuantAlgo, TensorRTConfig, VLLMConfig, VLLMEngineConfig
 
 DTYPE_SUPPORT: dict[str, frozenset[str]] = {
     "pytorch": frozenset({"float32", "float16", "bfloat16"}),
@@ -70,13 +70,60 @@ _UNIVERSAL = frozenset(
         "baseline.drift_threshold",
     }
 )
+# The engine versions llem's images pin (images/vllm, images/tensorrt).
+PINNED_VERSIONS: dict[str, str] = {"vllm": "0.33.0", "tensorrt": "1.2.1"}
+# Fields of 003 that the pinned engine versions no longer accept (checked against vLLM 0.33.0's
+# EngineArgs, AttentionConfig and BeamSearchParams); refused before any GPU time.
+NOT_IN_PINNED: dict[str, frozenset[str]] = {
+    "vllm": frozenset(
+        {
+            "vllm.engine.swap_space",
+            "vllm.engine.num_scheduler_steps",
+            "vllm.engine.max_seq_len_to_capture",
+            "vllm.beam_search.early_stopping",
+            "vllm.engine.attention.use_prefill_decode_attention",
+            "vllm.engine.attention.use_cudnn_prefill",
+            "vllm.engine.attention.disable_flashinfer_prefill",
+            "vllm.engine.attention.use_trtllm_ragged_deepseek_prefill",
+        }
+    ),
+    "tensorrt": frozenset(),
+}
+
+
+def section_paths(model: type[BaseModel], prefix: str) -> frozenset[str]:
+    """Every dotted leaf path of a config section (nested sections expanded)."""
+    paths: set[str] = set()
+    for name, info in model.model_fields.items():
+        nested = [
+            a for a in (info.annotation, *get_args(info.annotation)) if isinstance(a, type) and issubclass(a, BaseModel)
+        ]
+        paths |= section_paths(nested[0], f"{prefix}{name}.") if nested else {f"{prefix}{name}"}
+    return frozenset(paths)
+
+
+_LORA = frozenset({"lora.adapter_id", "lora.adapter_path", "lora.merge_weights"})
+# Multi-process PyTorch (tp_plan/tp_size need torchrun, num_processes accelerate) is not run yet.
+_PYTORCH_NOT_YET = frozenset({"pytorch.tp_plan", "pytorch.tp_size", "pytorch.num_processes"})
 AGENT_FIELDS: dict[str, frozenset[str]] = {
-    "pytorch": _UNIVERSAL | {"pytorch.batch_size", "pytorch.trust_remote_code", "pytorch.revision"},
+    "pytorch": _UNIVERSAL | (section_paths(PyTorchConfig, "pytorch.") - _PYTORCH_NOT_YET) | _LORA,
+    "vllm": _UNIVERSAL | (section_paths(VLLMConfig, "vllm.") - NOT_IN_PINNED["vllm"]) | _LORA,
+    "tensorrt": _UNIVERSAL | (section_paths(TensorRTConfig, "tensorrt.") - NOT_IN_PINNED["tensorrt"]),
 }
 # Fields an agent applies only for some of their values.
 AGENT_VALUES: dict[str, dict[str, frozenset[object]]] = {
     "pytorch": {"energy_sampler": frozenset({"auto", "nvml"})},
+    # vLLM serves a LoRA adapter unmerged; a merged measurement needs a merged model.
+    "vllm": {"energy_sampler": frozenset({"auto", "nvml"}), "lora.merge_weights": frozenset({False})},
+    "tensorrt": {"energy_sampler": frozenset({"auto", "nvml"})},
 }
+
+
+def refusal_reason(engine: str, path: str) -> str:
+    """Why the agent of ``engine`` refuses ``path`` (for the one-line error)."""
+    if path.split("=", maxsplit=1)[0] in NOT_IN_PINNED.get(engine, frozenset()):
+        return f"{path} (not accepted by the pinned {engine} {PINNED_VERSIONS[engine]})"
+    return path
 
 
 def explicit_paths(model: BaseModel, prefix: str = "") -> list[str]:
@@ -104,6 +151,13 @@ def unsupported_by_agent(config: BaseModel, engine: str) -> list[str]:
     for path in explicit_paths(config):
         if path not in wired:
             refused.append(path)
-        elif path in values and getattr(config, path) not in values[path]:
-            refused.append(f"{path}={getattr(config, path)}")
+        elif path in values and _get(config, path) not in values[path]:
+            refused.append(f"{path}={_get(config, path)}")
     return refused
+
+
+def _get(model: BaseModel, path: str) -> Any:
+    value: Any = model
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value

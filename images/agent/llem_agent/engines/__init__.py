@@ -8,6 +8,8 @@ from llem_agent.engines.base import Engine
 
 _REGISTRY: dict[str, str] = {
     "pytorch": "llem_agent.engines.pytorch:PyTorchEngine",
+    "vllm": "llem_agent.engines.vllm:VLLMEngine",
+    "tensorrt": "llem_agent.engines.tensorrt:TensorRTEngine",
 }
 
 

@@ -11,8 +11,8 @@ from llem_agent.metrics import BatchObservation
 class Engine(Protocol):
     """Load once, then generate batches. Everything engine-specific stays behind it."""
 
-    def load(self, config: ExperimentConfig, model_source: str) -> None:
-        """Import the engine's stack and load model and tokenizer."""
+    def load(self, config: ExperimentConfig, model_source: str, adapter_source: str | None = None) -> None:
+        """Import the engine's stack and load model and tokenizer (and the LoRA adapter, if any)."""
 
     def batch_size(self) -> int:
         """Effective number of prompts per generate call."""
@@ -29,8 +29,8 @@ class Engine(Protocol):
     def effective(self) -> dict[str, str | int | float | bool | None]:
         """The engine defaults this run resolved (dtype, batch size, device...)."""
 
-    def n_parameters(self) -> int:
-        """Parameters of the loaded model (for the FLOPs estimate)."""
+    def n_parameters(self) -> int | None:
+        """Parameters of the loaded model (for the FLOPs estimate); None when unknown."""
 
     def peak_device_memory_mb(self) -> float | None:
         """Peak device memory allocated since load, or None on CPU."""

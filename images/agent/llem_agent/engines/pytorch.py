@@ -8,6 +8,7 @@ generated ids up to and including the first end-of-sequence token for outputs.
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import time
 from typing import Any
@@ -18,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.generation.streamers import BaseStreamer
 
 from llem_agent.contract import AgentEnvironment, ExperimentConfig
+from llem_agent.engines.args import pytorch_compile_kwargs, pytorch_generate_kwargs, pytorch_load_kwargs
 from llem_agent.metrics import BatchObservation
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -35,7 +37,10 @@ class _StepClock(BaseStreamer):  # type: ignore[misc]  # torch/transformers are 
         if not self._prompt_seen:  # generate() first hands over the prompt itself
             self._prompt_seen = True
             return
-        self.times.append(now)
+        # One token per row each step; assisted generation (prompt lookup, batch 1) hands over
+        # a (1, n) block of the tokens it accepted at once: they all arrived now.
+        n = int(value.shape[-1]) if getattr(value, "dim", lambda: 1)() == 2 else 1
+        self.times.extend([now] * n)
 
     def end(self) -> None:
         pass
@@ -65,24 +70,39 @@ class PyTorchEngine:
         self._dtype = "float32"
         self._eos: set[int] = set()
 
-    def load(self, config: ExperimentConfig, model_source: str) -> None:
+    def load(self, config: ExperimentConfig, model_source: str, adapter_source: str | None = None) -> None:
         self._config = config
         self._device = "cuda" if torch.cuda.is_available() else "cpu"
         self._dtype = config.dtype or ("bfloat16" if self._device == "cuda" else "float32")
         torch.manual_seed(config.random_seed)
         section = config.pytorch
-        hub = {
-            # Remote code is never trusted unless the user says so (pytorch.trust_remote_code).
-            "trust_remote_code": bool(section and section.trust_remote_code),
-            "revision": section.revision if section else None,
-        }
+        if section is not None and section.allow_tf32 is not None and self._device == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = section.allow_tf32
+            torch.backends.cudnn.allow_tf32 = section.allow_tf32
+        kwargs = pytorch_load_kwargs(config)
+        # Remote code is never trusted unless the user says so (pytorch.trust_remote_code).
+        hub = {"trust_remote_code": kwargs["trust_remote_code"], "revision": kwargs.get("revision")}
         tokenizer = AutoTokenizer.from_pretrained(model_source, **hub)
         tokenizer.padding_side = "left"  # decoder-only: new tokens follow the prompt directly
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(model_source, dtype=_DTYPES[self._dtype], **hub)
-        model.to(self._device)
+        if "quantization_config" in kwargs:
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(**kwargs["quantization_config"])
+        model = AutoModelForCausalLM.from_pretrained(model_source, dtype=_DTYPES[self._dtype], **kwargs)
+        if "device_map" not in kwargs and "quantization_config" not in kwargs:
+            model.to(self._device)  # device_map and bitsandbytes place the weights themselves
+        if adapter_source is not None and config.lora is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter_source)
+            if config.lora.merge_weights:
+                model = model.merge_and_unload()  # the deployed cost: adapter folded into the weights
         model.eval()
+        compile_kwargs = pytorch_compile_kwargs(config)
+        if compile_kwargs is not None:
+            model.forward = torch.compile(model.forward, **compile_kwargs)
         eos = model.generation_config.eos_token_id
         if eos is None:
             eos = tokenizer.eos_token_id
@@ -98,20 +118,18 @@ class PyTorchEngine:
 
     def _generate_kwargs(self) -> dict[str, Any]:
         assert self._config is not None
-        cfg, dec = self._config, self._config.decoder
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": cfg.max_output_tokens,
-            "pad_token_id": self._tokenizer.pad_token_id,
-            "do_sample": not dec.greedy,
-            "repetition_penalty": dec.repetition_penalty,
-        }
-        if not dec.greedy:
-            kwargs.update(temperature=dec.temperature, top_k=dec.top_k, top_p=dec.top_p)
-            if dec.min_p is not None:
-                kwargs["min_p"] = dec.min_p
-        if dec.min_new_tokens is not None:
-            kwargs["min_new_tokens"] = dec.min_new_tokens
+        kwargs = pytorch_generate_kwargs(self._config)
+        kwargs["pad_token_id"] = self._tokenizer.pad_token_id
+        if "prompt_lookup_num_tokens" in kwargs:
+            kwargs["tokenizer"] = self._tokenizer  # prompt lookup decoding matches on token ids and text
         return kwargs
+
+    def _autocast(self) -> Any:
+        section = self._config.pytorch if self._config else None
+        if section is None or not section.autocast_enabled:
+            return contextlib.nullcontext()
+        dtype = _DTYPES[section.autocast_dtype or "bfloat16"]  # torch.autocast's own default on CPU
+        return torch.autocast(device_type=self._device, dtype=dtype)
 
     def prepare(self, prompts: list[str]) -> Any:
         assert self._config is not None
@@ -128,12 +146,19 @@ class PyTorchEngine:
         clock = _StepClock()
         self.synchronize()
         start = time.perf_counter()
-        with torch.inference_mode():
-            out = self._model.generate(**enc, streamer=clock, **self._generate_kwargs())
+        kwargs = self._generate_kwargs()
+        with torch.inference_mode(), self._autocast():
+            out = self._model.generate(**enc, streamer=None if kwargs.get("num_beams", 1) > 1 else clock, **kwargs)
         self.synchronize()
+        end = time.perf_counter()
         generated = out[:, enc["input_ids"].shape[1] :]
         lengths = generated_lengths(generated, self._eos)
-        steps = [t - start for t in clock.times]
+        if kwargs.get("num_beams", 1) > 1:
+            # Beam search has no per-step stream (transformers refuses a streamer with beams):
+            # each token's time is unknown, so the batch's tokens are stamped at its end.
+            steps = [end - start] * generated.shape[1]
+        else:
+            steps = [t - start for t in clock.times]
         if len(steps) != generated.shape[1]:
             raise RuntimeError(f"streamer saw {len(steps)} steps for {generated.shape[1]} generated tokens")
         return BatchObservation(
@@ -147,7 +172,21 @@ class PyTorchEngine:
             torch.cuda.synchronize()
 
     def effective(self) -> dict[str, str | int | float | bool | None]:
-        return {"device": self._device, "dtype": self._dtype, "batch_size": self.batch_size()}
+        out: dict[str, str | int | float | bool | None] = {
+            "device": self._device,
+            "dtype": self._dtype,
+            "batch_size": self.batch_size(),
+        }
+        generation = self._model.generation_config if self._model is not None else None
+        if generation is not None:
+            kwargs = self._generate_kwargs()
+            out["num_beams"] = int(kwargs.get("num_beams") or generation.num_beams or 1)
+            use_cache = kwargs.get("use_cache", generation.use_cache)
+            out["use_cache"] = True if use_cache is None else bool(use_cache)
+        attn = getattr(getattr(self._model, "config", None), "_attn_implementation", None)
+        if attn is not None:
+            out["attn_implementation"] = str(attn)
+        return out
 
     def n_parameters(self) -> int:
         return int(sum(p.numel() for p in self._model.parameters()))

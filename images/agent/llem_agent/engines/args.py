@@ -1,0 +1,206 @@
+"""Experiment config -> engine arguments: pure functions, one family per engine.
+
+Nothing here imports an engine, so every mapping is unit-tested on a CPU machine; the contract
+tests (tests/contract/) check the produced keyword names against the real vLLM, TensorRT-LLM
+and Transformers classes wherever those libraries are importable (inside the engine images).
+
+None means "the engine's default" (001): a field left at None is never passed, so the engine
+decides and the agent records what it decided. Nested configs are returned as plain dicts and
+enum members as their names; the engine modules turn them into the libraries' own classes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llem_agent.contract import ExperimentConfig
+
+
+def _set(out: dict[str, Any], key: str, value: Any) -> None:
+    if value is not None:
+        out[key] = value
+
+
+# --- PyTorch / Transformers --------------------------------------------------------------
+
+
+def pytorch_load_kwargs(config: ExperimentConfig) -> dict[str, Any]:
+    """``AutoModelForCausalLM.from_pretrained`` keywords (the dtype is resolved by the engine)."""
+    section = config.pytorch
+    out: dict[str, Any] = {"trust_remote_code": bool(section and section.trust_remote_code)}
+    if section is None:
+        return out
+    for key in ("revision", "attn_implementation", "device_map", "max_memory", "low_cpu_mem_usage", "tp_plan"):
+        _set(out, key, getattr(section, key))
+    _set(out, "tp_size", section.tp_size)
+    if section.load_in_4bit or section.load_in_8bit:
+        bnb: dict[str, Any] = {"load_in_4bit": bool(section.load_in_4bit), "load_in_8bit": bool(section.load_in_8bit)}
+        for key in ("bnb_4bit_compute_dtype", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant"):
+            _set(bnb, key, getattr(section, key))
+        out["quantization_config"] = bnb  # -> transformers.BitsAndBytesConfig(**bnb)
+    return out
+
+
+def pytorch_generate_kwargs(config: ExperimentConfig) -> dict[str, Any]:
+    """``model.generate`` keywords besides the inputs, the streamer and the pad token."""
+    dec, section = config.decoder, config.pytorch
+    out: dict[str, Any] = {
+        "max_new_tokens": config.max_output_tokens,
+        "do_sample": not dec.greedy,
+        "repetition_penalty": dec.repetition_penalty,
+    }
+    if not dec.greedy:
+        out.update(temperature=dec.temperature, top_k=dec.top_k, top_p=dec.top_p)
+        _set(out, "min_p", dec.min_p)
+    _set(out, "min_new_tokens", dec.min_new_tokens)
+    if section is not None:
+        for key in (
+            "num_beams",
+            "early_stopping",
+            "length_penalty",
+            "no_repeat_ngram_size",
+            "prompt_lookup_num_tokens",
+            "use_cache",
+            "cache_implementation",
+        ):
+            _set(out, key, getattr(section, key))
+    return out
+
+
+def pytorch_compile_kwargs(config: ExperimentConfig) -> dict[str, Any] | None:
+    """``torch.compile`` keywords for the model's forward, or None when compilation is off."""
+    section = config.pytorch
+    if section is None or not section.torch_compile:
+        return None
+    out: dict[str, Any] = {}
+    _set(out, "mode", section.torch_compile_mode)
+    _set(out, "backend", section.torch_compile_backend)
+    return out
+
+
+# --- vLLM --------------------------------------------------------------------------------
+
+# 003 names -> vLLM AttentionConfig names where they differ.
+_VLLM_ATTENTION_RENAMES = {"engine": "backend"}
+
+
+def vllm_engine_kwargs(config: ExperimentConfig, model_source: str) -> dict[str, Any]:
+    """``vllm.LLM`` keywords (the EngineArgs fields)."""
+    out: dict[str, Any] = {"model": model_source, "seed": config.random_seed, "disable_log_stats": False}
+    # disable_log_stats=False: vLLM records per-request first/last token times only with stats on.
+    _set(out, "dtype", config.dtype)
+    engine = config.vllm.engine if config.vllm else None
+    if engine is not None:
+        for name in type(engine).model_fields:
+            value = getattr(engine, name)
+            if value is None or name in ("attention", "speculative_config"):
+                continue
+            out[name] = value
+        if engine.speculative_config is not None:
+            out["speculative_config"] = engine.speculative_config.model_dump(exclude_none=True)
+        if engine.attention is not None:
+            attention = {
+                _VLLM_ATTENTION_RENAMES.get(k, k): v for k, v in engine.attention.model_dump(exclude_none=True).items()
+            }
+            if attention:
+                out["attention_config"] = attention
+    if config.lora is not None:
+        out["enable_lora"] = True
+    return out
+
+
+def vllm_sampling_kwargs(config: ExperimentConfig) -> dict[str, Any]:
+    """``vllm.SamplingParams`` keywords: the universal decoder, then ``vllm.sampling``."""
+    dec = config.decoder
+    out: dict[str, Any] = {
+        "max_tokens": config.max_output_tokens,
+        "seed": config.random_seed,
+        "repetition_penalty": dec.repetition_penalty,
+    }
+    if dec.greedy:
+        out["temperature"] = 0.0
+    else:
+        out.update(temperature=dec.temperature, top_p=dec.top_p, top_k=dec.top_k if dec.top_k > 0 else -1)
+        _set(out, "min_p", dec.min_p)
+    _set(out, "min_tokens", dec.min_new_tokens)
+    sampling = config.vllm.sampling if config.vllm else None
+    if sampling is not None:
+        out.update(sampling.model_dump(exclude_none=True))
+    return out
+
+
+def vllm_beam_search_kwargs(config: ExperimentConfig) -> dict[str, Any] | None:
+    """``vllm.sampling_params.BeamSearchParams`` keywords, or None without ``vllm.beam_search``."""
+    beam = config.vllm.beam_search if config.vllm else None
+    if beam is None:
+        return None
+    out: dict[str, Any] = {
+        "beam_width": beam.beam_width or 1,
+        "max_tokens": beam.max_tokens or config.max_output_tokens,
+    }
+    _set(out, "length_penalty", beam.length_penalty)
+    if not config.decoder.greedy:
+        out["temperature"] = config.decoder.temperature
+    return out
+
+
+def vllm_lora_request(config: ExperimentConfig, adapter_dir: str) -> dict[str, Any] | None:
+    """``vllm.lora.request.LoRARequest`` keywords for the experiment's adapter."""
+    if config.lora is None:
+        return None
+    return {"lora_name": "llem-adapter", "lora_int_id": 1, "lora_path": adapter_dir}
+
+
+# --- TensorRT-LLM ------------------------------------------------------------------------
+
+
+def tensorrt_llm_kwargs(config: ExperimentConfig, model_source: str) -> dict[str, Any]:
+    """``tensorrt_llm.LLM`` keywords. ``kv_cache_config``, ``scheduler_config`` and
+    ``quant_config`` are dicts for KvCacheConfig, SchedulerConfig and QuantConfig; the enum
+    values (policies, quantisation algorithms) are their member names."""
+    section = config.tensorrt
+    out: dict[str, Any] = {"model": section.engine_path if section and section.engine_path else model_source}
+    _set(out, "dtype", config.dtype)
+    if section is None:
+        return out
+    for key in (
+        "max_batch_size",
+        "tensor_parallel_size",
+        "pipeline_parallel_size",
+        "max_input_len",
+        "max_seq_len",
+        "max_num_tokens",
+        "fast_build",
+    ):
+        _set(out, key, getattr(section, key))
+    if section.dtype is not None:
+        out["dtype"] = section.dtype
+    if section.engine is not None:
+        out["backend"] = section.engine  # "pytorch" flow or a compiled "tensorrt" engine
+    for name, target in (("kv_cache", "kv_cache_config"), ("scheduler", "scheduler_config"), ("quant", "quant_config")):
+        value = getattr(section, name)
+        if value is not None:
+            dumped = value.model_dump(exclude_none=True)
+            if dumped:
+                out[target] = dumped
+    return out
+
+
+def tensorrt_sampling_kwargs(config: ExperimentConfig) -> dict[str, Any]:
+    """``tensorrt_llm.SamplingParams`` keywords."""
+    dec = config.decoder
+    out: dict[str, Any] = {
+        "max_tokens": config.max_output_tokens,
+        "seed": config.random_seed,
+        "repetition_penalty": dec.repetition_penalty,
+    }
+    if dec.greedy:
+        out["top_k"] = 1
+    else:
+        out.update(temperature=dec.temperature, top_p=dec.top_p, top_k=dec.top_k)
+        _set(out, "min_p", dec.min_p)
+    _set(out, "min_tokens", dec.min_new_tokens)
+    sampling = config.tensorrt.sampling if config.tensorrt else None
+    if sampling is not None:
+        out.update(sampling.model_dump(exclude_none=True))
+    return out

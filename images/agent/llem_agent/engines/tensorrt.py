@@ -1,0 +1,170 @@
+"""TensorRT-LLM engine through the ``tensorrt_llm.LLM`` API.
+
+``tensorrt.engine: tensorrt`` builds (or reuses) a compiled TensorRT engine; otherwise the
+PyTorch flow runs. Compiled engines are cached on the engine-cache volume under a key of every
+setting that shapes the build, so a second run of the same experiment loads instead of
+building; the build time is reported apart (``effective.engine_build_s``), never inside the
+measured window. ``tensorrt.engine_path`` names a prebuilt engine and skips the build.
+Per-request first and last token times come from the request perf metrics where this
+TensorRT-LLM version returns them; otherwise a request is stamped when its call returned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from llem_agent.contract import CONTAINER_ENGINE_CACHE, AgentEnvironment, ExperimentConfig
+from llem_agent.engines.args import tensorrt_llm_kwargs, tensorrt_sampling_kwargs
+from llem_agent.metrics import BatchObservation
+from llem_agent.modelfiles import count_parameters, local_model_dir
+
+_BUILD_KEYS = ("max_batch_size", "tensor_parallel_size", "pipeline_parallel_size", "max_input_len", "max_seq_len",
+               "max_num_tokens", "dtype", "quant_config", "fast_build")  # fmt: skip
+
+
+def build_key(kwargs: dict[str, Any], model_source: str, version: str) -> str:
+    """Cache key of a compiled engine: the model, the TensorRT-LLM version and every build setting."""
+    shaped = {k: kwargs.get(k) for k in _BUILD_KEYS} | {"model": model_source, "version": version}
+    return hashlib.sha256(json.dumps(shaped, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _objects(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The plain dicts of args.py as TensorRT-LLM's own config classes and enums."""
+    from tensorrt_llm.llmapi import (
+        CapacitySchedulerPolicy,
+        ContextChunkingPolicy,
+        KvCacheConfig,
+        QuantAlgo,
+        QuantConfig,
+        SchedulerConfig,
+    )
+
+    out = dict(kwargs)
+    if "kv_cache_config" in out:
+        out["kv_cache_config"] = KvCacheConfig(**out["kv_cache_config"])
+    if "scheduler_config" in out:
+        sched = dict(out["scheduler_config"])
+        if "capacity_scheduler_policy" in sched:
+            sched["capacity_scheduler_policy"] = CapacitySchedulerPolicy[sched["capacity_scheduler_policy"]]
+        if "context_chunking_policy" in sched:
+            sched["context_chunking_policy"] = ContextChunkingPolicy[sched["context_chunking_policy"]]
+        out["scheduler_config"] = SchedulerConfig(**sched)
+    if "quant_config" in out:
+        quant = dict(out["quant_config"])
+        for key in ("quant_algo", "kv_cache_quant_algo"):
+            if key in quant:
+                quant[key] = QuantAlgo[quant[key]]
+        out["quant_config"] = QuantConfig(**quant)
+    return out
+
+
+class TensorRTEngine:
+    def __init__(self) -> None:
+        self._config: ExperimentConfig | None = None
+        self._llm: Any = None
+        self._sampling: Any = None
+        self._tokenizer: Any = None
+        self._source = ""
+        self._build_s: float | None = None
+        self._cache_hit: bool | None = None
+
+    def load(self, config: ExperimentConfig, model_source: str, adapter_source: str | None = None) -> None:
+        import tensorrt_llm
+        from tensorrt_llm import SamplingParams
+
+        self._config, self._source = config, model_source
+        kwargs = tensorrt_llm_kwargs(config, model_source)
+        backend = kwargs.pop("backend", None)
+        sampling = tensorrt_sampling_kwargs(config)
+        self._sampling = SamplingParams(**sampling, return_perf_metrics=True)
+        if backend == "tensorrt":
+            from tensorrt_llm._tensorrt_engine import LLM
+
+            prebuilt = config.tensorrt is not None and config.tensorrt.engine_path is not None
+            cache = Path(CONTAINER_ENGINE_CACHE) / build_key(kwargs, model_source, tensorrt_llm.__version__)
+            self._cache_hit = prebuilt or (cache / "config.json").exists()
+            if not prebuilt and self._cache_hit:
+                kwargs["model"] = str(cache)
+            start = time.perf_counter()
+            self._llm = LLM(**_objects(kwargs))
+            if not self._cache_hit and Path(CONTAINER_ENGINE_CACHE).is_dir():
+                self._llm.save(str(cache))
+            self._build_s = None if self._cache_hit else time.perf_counter() - start
+        else:
+            from tensorrt_llm import LLM
+
+            self._llm = LLM(**_objects(kwargs))
+        self._tokenizer = self._llm.tokenizer
+
+    def batch_size(self) -> int:
+        assert self._config is not None
+        section = self._config.tensorrt
+        return section.max_batch_size if section and section.max_batch_size else 256
+
+    def prepare(self, prompts: list[str]) -> list[list[int]]:
+        assert self._config is not None
+        limit = self._config.max_input_tokens
+        return [list(ids[:limit] if limit else ids) for ids in (self._tokenizer.encode(p) for p in prompts)]
+
+    def generate(self, batch: Any) -> BatchObservation:
+        start = time.perf_counter()
+        outputs = self._llm.generate(batch, self._sampling, use_tqdm=False)
+        end = time.perf_counter() - start
+        inputs, outs, times = [], [], []
+        for prompt, out in zip(batch, outputs, strict=True):
+            n = sum(len(c.token_ids) for c in out.outputs)
+            first = last = end
+            perf = getattr(out.outputs[0], "request_perf_metrics", None)
+            timing = getattr(perf, "timing_metrics", None)
+            if timing is not None and timing.first_token_time and timing.arrival_time:
+                first = _seconds(timing.first_token_time - timing.arrival_time)
+                last = first + _seconds(timing.last_token_time - timing.first_token_time)
+            inputs.append(len(prompt))
+            outs.append(n)
+            times.append([first, last][: min(n, 2)])
+        return BatchObservation(input_tokens=inputs, output_tokens=outs, token_times_s=times, complete=False)
+
+    def synchronize(self) -> None:
+        """``LLM.generate`` returns once every request has finished."""
+
+    def effective(self) -> dict[str, str | int | float | bool | None]:
+        section = self._config.tensorrt if self._config else None
+        return {
+            "device": "cuda",
+            "batch_size": self.batch_size(),
+            "backend": section.engine if section and section.engine else "pytorch",
+            "engine_build_s": self._build_s,
+            "engine_cache_hit": self._cache_hit,
+        }
+
+    def n_parameters(self) -> int | None:
+        directory = local_model_dir(self._source)
+        return count_parameters(directory) if directory else None
+
+    def peak_device_memory_mb(self) -> float | None:
+        return None  # NVML telemetry records device memory
+
+    def environment(self) -> AgentEnvironment:
+        import tensorrt_llm
+        import torch
+        import transformers
+
+        return AgentEnvironment(
+            python=platform.python_version(),
+            engine_version=str(tensorrt_llm.__version__),
+            torch_version=torch.__version__,
+            transformers_version=transformers.__version__,
+            device="cuda",
+            device_names=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+            cuda_runtime=torch.version.cuda,
+        )
+
+
+def _seconds(value: Any) -> float:
+    """TensorRT-LLM timing deltas are datetime.timedelta or float seconds, by version."""
+    return float(value.total_seconds()) if hasattr(value, "total_seconds") else float(value)

@@ -1,0 +1,136 @@
+"""vLLM engine through the offline ``vllm.LLM`` API.
+
+Arguments come from the pure functions of :mod:`llem_agent.engines.args`. vLLM schedules its
+own continuous batching; llem hands it ``batch_size()`` prompts per call (``max_num_seqs``,
+vLLM's default 256, unless set). Per-request times come from the engine's request metrics
+(``disable_log_stats=False``): time to first token and the last token's time. vLLM does not
+expose the time of every token, so inter-token latency is each request's mean gap
+(``latency.inter_token_source: request_means``), and that is said in every result.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from typing import Any
+
+from llem_agent.contract import AgentEnvironment, ExperimentConfig
+from llem_agent.engines.args import (
+    vllm_beam_search_kwargs,
+    vllm_engine_kwargs,
+    vllm_lora_request,
+    vllm_sampling_kwargs,
+)
+from llem_agent.metrics import BatchObservation
+from llem_agent.modelfiles import count_parameters, local_model_dir
+
+DEFAULT_MAX_NUM_SEQS = 256
+
+
+class VLLMEngine:
+    def __init__(self) -> None:
+        self._config: ExperimentConfig | None = None
+        self._llm: Any = None
+        self._sampling: Any = None
+        self._beam: Any = None
+        self._lora: Any = None
+        self._tokenizer: Any = None
+        self._source = ""
+        self._kwargs: dict[str, Any] = {}
+
+    def load(self, config: ExperimentConfig, model_source: str, adapter_source: str | None = None) -> None:
+        from vllm import LLM, SamplingParams
+
+        self._config, self._source = config, model_source
+        self._kwargs = vllm_engine_kwargs(config, model_source)
+        self._llm = LLM(**self._kwargs)
+        self._sampling = SamplingParams(**vllm_sampling_kwargs(config))
+        beam = vllm_beam_search_kwargs(config)
+        if beam is not None:
+            from vllm.sampling_params import BeamSearchParams
+
+            self._beam = BeamSearchParams(**beam)
+        lora = vllm_lora_request(config, adapter_source) if adapter_source else None
+        if lora is not None:
+            from vllm.lora.request import LoRARequest
+
+            self._lora = LoRARequest(**lora)
+        self._tokenizer = self._llm.get_tokenizer()
+
+    def batch_size(self) -> int:
+        assert self._config is not None
+        engine = self._config.vllm.engine if self._config.vllm else None
+        return engine.max_num_seqs if engine and engine.max_num_seqs else DEFAULT_MAX_NUM_SEQS
+
+    def prepare(self, prompts: list[str]) -> list[dict[str, list[int]]]:
+        assert self._config is not None
+        limit = self._config.max_input_tokens
+        encoded = self._tokenizer(prompts)["input_ids"]
+        return [{"prompt_token_ids": list(ids[:limit] if limit else ids)} for ids in encoded]
+
+    def generate(self, batch: Any) -> BatchObservation:
+        start_wall, start = time.time(), time.perf_counter()
+        if self._beam is not None:
+            outputs = self._llm.beam_search(batch, self._beam, lora_request=self._lora)
+            end = time.perf_counter() - start
+            outs = [
+                len(o.sequences[0].tokens) - len(p["prompt_token_ids"]) for o, p in zip(outputs, batch, strict=True)
+            ]
+            return BatchObservation(
+                input_tokens=[len(p["prompt_token_ids"]) for p in batch],
+                output_tokens=outs,
+                token_times_s=[[end] * min(n, 2) for n in outs],  # beam search reports no token times
+                complete=False,
+            )
+        outputs = self._llm.generate(batch, self._sampling, lora_request=self._lora, use_tqdm=False)
+        end = time.perf_counter() - start
+        inputs, outs, times = [], [], []
+        for out in outputs:
+            n = sum(len(c.token_ids) for c in out.outputs)
+            m = out.metrics
+            if m is not None and m.first_token_latency > 0 and m.last_token_ts >= m.first_token_ts:
+                first = (m.arrival_time - start_wall) + m.first_token_latency
+                last = first + (m.last_token_ts - m.first_token_ts)
+            else:  # no metrics: the request ended by the time the call returned, no earlier claim
+                first = last = end
+            inputs.append(len(out.prompt_token_ids))
+            outs.append(n)
+            times.append([first, last][: min(n, 2)])
+        return BatchObservation(input_tokens=inputs, output_tokens=outs, token_times_s=times, complete=False)
+
+    def synchronize(self) -> None:
+        """``LLM.generate`` returns once every request has finished on the device."""
+
+    def effective(self) -> dict[str, str | int | float | bool | None]:
+        config = self._llm.llm_engine.vllm_config if self._llm is not None else None
+        out: dict[str, str | int | float | bool | None] = {"device": "cuda", "batch_size": self.batch_size()}
+        if config is not None:
+            out["dtype"] = str(config.model_config.dtype).removeprefix("torch.")
+            out["max_model_len"] = int(config.model_config.max_model_len)
+            out["gpu_memory_utilization"] = float(config.cache_config.gpu_memory_utilization)
+            out["tensor_parallel_size"] = int(config.parallel_config.tensor_parallel_size)
+            out["enable_prefix_caching"] = bool(config.cache_config.enable_prefix_caching)
+            out["kv_cache_dtype"] = str(config.cache_config.cache_dtype)
+        return out
+
+    def n_parameters(self) -> int | None:
+        directory = local_model_dir(self._source)
+        return count_parameters(directory) if directory else None
+
+    def peak_device_memory_mb(self) -> float | None:
+        return None  # the weights live in vLLM's worker processes; NVML telemetry has device memory
+
+    def environment(self) -> AgentEnvironment:
+        import torch
+        import transformers
+        import vllm
+
+        return AgentEnvironment(
+            python=platform.python_version(),
+            engine_version=vllm.__version__,
+            torch_version=torch.__version__,
+            transformers_version=transformers.__version__,
+            device="cuda",
+            device_names=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+            cuda_runtime=torch.version.cuda,
+        )
