@@ -109,8 +109,9 @@ def vllm_engine_kwargs(config: ExperimentConfig, model_source: str) -> dict[str,
     return out
 
 
-def vllm_sampling_kwargs(config: ExperimentConfig) -> dict[str, Any]:
-    """``vllm.SamplingParams`` keywords: the universal decoder, then ``vllm.sampling``."""
+def _sampling(config: ExperimentConfig, greedy: dict[str, Any], no_top_k: int, section: Any) -> dict[str, Any]:
+    """SamplingParams keywords shared by vLLM and TensorRT-LLM: the universal decoder, each
+    engine's way of saying "greedy" and "no top-k", then the engine's own ``sampling`` section."""
     dec = config.decoder
     out: dict[str, Any] = {
         "max_tokens": config.max_output_tokens,
@@ -118,15 +119,19 @@ def vllm_sampling_kwargs(config: ExperimentConfig) -> dict[str, Any]:
         "repetition_penalty": dec.repetition_penalty,
     }
     if dec.greedy:
-        out["temperature"] = 0.0
+        out.update(greedy)
     else:
-        out.update(temperature=dec.temperature, top_p=dec.top_p, top_k=dec.top_k if dec.top_k > 0 else -1)
+        out.update(temperature=dec.temperature, top_p=dec.top_p, top_k=dec.top_k if dec.top_k > 0 else no_top_k)
         _set(out, "min_p", dec.min_p)
     _set(out, "min_tokens", dec.min_new_tokens)
-    sampling = config.vllm.sampling if config.vllm else None
-    if sampling is not None:
-        out.update(sampling.model_dump(exclude_none=True))
+    if section is not None:
+        out.update(section.model_dump(exclude_none=True))
     return out
+
+
+def vllm_sampling_kwargs(config: ExperimentConfig) -> dict[str, Any]:
+    """``vllm.SamplingParams`` keywords (vLLM: temperature 0 is greedy, top_k -1 is off)."""
+    return _sampling(config, {"temperature": 0.0}, -1, config.vllm.sampling if config.vllm else None)
 
 
 def vllm_beam_search_kwargs(config: ExperimentConfig) -> dict[str, Any] | None:
@@ -187,20 +192,5 @@ def tensorrt_llm_kwargs(config: ExperimentConfig, model_source: str) -> dict[str
 
 
 def tensorrt_sampling_kwargs(config: ExperimentConfig) -> dict[str, Any]:
-    """``tensorrt_llm.SamplingParams`` keywords."""
-    dec = config.decoder
-    out: dict[str, Any] = {
-        "max_tokens": config.max_output_tokens,
-        "seed": config.random_seed,
-        "repetition_penalty": dec.repetition_penalty,
-    }
-    if dec.greedy:
-        out["top_k"] = 1
-    else:
-        out.update(temperature=dec.temperature, top_p=dec.top_p, top_k=dec.top_k)
-        _set(out, "min_p", dec.min_p)
-    _set(out, "min_tokens", dec.min_new_tokens)
-    sampling = config.tensorrt.sampling if config.tensorrt else None
-    if sampling is not None:
-        out.update(sampling.model_dump(exclude_none=True))
-    return out
+    """``tensorrt_llm.SamplingParams`` keywords (TensorRT-LLM: top_k 1 is greedy, 0 is off)."""
+    return _sampling(config, {"top_k": 1}, 0, config.tensorrt.sampling if config.tensorrt else None)

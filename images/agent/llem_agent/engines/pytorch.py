@@ -39,7 +39,7 @@ class _StepClock(BaseStreamer):  # type: ignore[misc]  # torch/transformers are 
             return
         # One token per row each step; assisted generation (prompt lookup, batch 1) hands over
         # a (1, n) block of the tokens it accepted at once: they all arrived now.
-        n = int(value.shape[-1]) if getattr(value, "dim", lambda: 1)() == 2 else 1
+        n = int(value.shape[-1]) if value.ndim == 2 else 1
         self.times.extend([now] * n)
 
     def end(self) -> None:
