@@ -100,6 +100,36 @@ def planning(tmp: Path, repetitions: int) -> dict[int, list[float]]:
 
 
 RESULTS_RUNS = 1_000
+SAMPLER_SECONDS = 10.0
+
+
+def sampler_cost(repetitions: int) -> list[float]:
+    """CPU seconds per wall second of llem's sampler thread at 10 Hz over a fake device with the
+    NVML backend's interface (tests/unit/test_energy.py ReplayNvml), measured as the thread's own
+    CPU time (time.thread_time inside it) over SAMPLER_SECONDS of sampling."""
+    import threading
+
+    from llem_agent.energy import Sampler
+    from tests.unit.test_energy import ReplayNvml
+
+    fractions = []
+    for _ in range(repetitions):
+        sampler = Sampler(ReplayNvml(["fake"], 300.0), interval_s=0.1)
+        cpu: list[float] = []
+        original = sampler._run
+
+        def timed(run: object = original, cpu: list[float] = cpu) -> None:
+            start = time.thread_time()
+            run()  # type: ignore[operator]
+            cpu.append(time.thread_time() - start)
+
+        sampler._thread = threading.Thread(target=timed, daemon=True)
+        wall = time.perf_counter()
+        sampler.start()
+        time.sleep(SAMPLER_SECONDS)
+        sampler.stop()
+        fractions.append(cpu[0] / (time.perf_counter() - wall))
+    return fractions
 
 
 def image_sizes() -> list[tuple[str, int, int, int]]:
@@ -162,6 +192,7 @@ def render(
     plan_times: dict[int, list[float]],
     results_times: dict[str, list[float]],
     sizes: list[tuple[str, int, int, int]],
+    sampler: list[float],
     command: str,
 ) -> str:
     rows = harness_data["rows"]
@@ -255,6 +286,15 @@ def render(
             for name, t in results_times.items()
         ),
         "",
+        "## Sampler cost",
+        "",
+        f"CPU time of llem's sampler thread at 10 Hz over {SAMPLER_SECONDS:.0f} s of sampling a fake one-GPU device",
+        "(the NVML backend's interface; `time.thread_time` inside the thread), as a share of one core.",
+        "",
+        f"- All runs: {', '.join(f'{100 * f:.3f}%' for f in sampler)}.",
+        f"- Target at most 1% of one core: median **{100 * median(sampler):.3f}%** "
+        f"({'met' if median(sampler) <= 0.01 else 'NOT met'}).",
+        "",
         "## Image sizes",
         "",
         "`docker image inspect` sizes of the engine images on this machine. The pytorch image is built on the",
@@ -311,7 +351,8 @@ def main() -> int:
         results_times = results_and_report(Path(tmp), args.repetitions)
     text = render(
         overhead=overhead, shared=shared, ob=ob, harness_data=harness_data, plan_times=plan_times,
-        results_times=results_times, sizes=image_sizes(), command="make bench",
+        results_times=results_times, sizes=image_sizes(), sampler=sampler_cost(args.repetitions),
+        command="make bench",
     )  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

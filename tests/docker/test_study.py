@@ -216,3 +216,33 @@ def test_lora_adapter_merged_and_unmerged_through_llem_run(tmp_path, tiny_model,
     missing.write_text(study.read_text().replace(str(tiny_adapter), str(tmp_path / "nope")))
     proc = run_llem(*llem_args(tmp_path, missing))
     assert proc.returncode == 2 and "no LoRA adapter (adapter_config.json)" in proc.stderr
+
+
+def test_codecarbon_sampler_through_a_real_container(tmp_path, tiny_model, docker_client):
+    """energy_sampler: codecarbon in an image built with the codecarbon extra: on a CPU its
+    figure (CPU + RAM) is the run's energy, and llem's own sampler stayed off."""
+    from tests.docker.conftest import IMAGE
+
+    tag = "llem/test-codecarbon:0"
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "Dockerfile").write_text(
+        f"FROM {IMAGE}\nUSER root\nRUN /opt/llem/bin/pip install --no-cache-dir -q 'codecarbon>=2.8'\n"
+    )
+    docker_client.images.build(path=str(tmp_path / "ctx"), tag=tag, rm=True)
+    try:
+        study = tmp_path / "cc.yaml"
+        study.write_text(
+            f"name: cc\nmodel: {tiny_model}\nmax_input_tokens: 16\nmax_output_tokens: 16\n"
+            "dataset: {source: builtin, n_prompts: 40}\ndecoder: {do_sample: false}\nwarmup: {n_warmup: 1}\n"
+            "energy_sampler: codecarbon\nstudy_execution: {n_cycles: 1}\n"
+        )
+        proc = run_llem(*llem_args(tmp_path, study), "--image", f"pytorch={tag}")
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+        (study_dir,) = (tmp_path / "results").iterdir()
+        energy = json.loads((study_dir / "runs" / "e001-c1" / "result.json").read_text())["energy"]
+        assert energy["source"] == "codecarbon"
+        assert energy["external"]["sampler"] == "codecarbon" and energy["external"]["version"]
+        assert energy["energy_j"] > 0 and energy["j_per_output_token"] > 0
+        assert energy["energy_j"] == pytest.approx(sum(energy["external"]["parts_j"].values()), rel=0.01)
+    finally:
+        docker_client.images.remove(tag, force=True)

@@ -21,7 +21,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from llem_agent.baseline import resolve_baseline
-from llem_agent.contract import BaselineConfig, BaselineReport, DeviceEnergy, EnergyReport, GpuFacts
+from llem_agent.contract import (
+    BaselineConfig,
+    BaselineReport,
+    DeviceEnergy,
+    EnergyReport,
+    ExternalEnergyReport,
+    GpuFacts,
+)
+from llem_agent.external import ExternalEnergy, ExternalSampler, make_sampler
 from llem_agent.telemetry import (
     Sample,
     WindowFacts,
@@ -216,8 +224,11 @@ class EnergyMeter:
         backend_factory: Callable[[], EnergyBackend],
         interval_s: float = DEFAULT_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
+        external_factory: Callable[[int], ExternalSampler | None] | None = None,
     ) -> None:
         self._factory = backend_factory
+        self._external_factory = external_factory
+        self._external: ExternalSampler | None = None
         self.interval_s = interval_s
         self._clock = clock
         self._backend: EnergyBackend | None = None
@@ -237,6 +248,9 @@ class EnergyMeter:
             self._backend = self._factory()
         except NvmlUnavailable as exc:
             self._reason = str(exc)
+        if self._external_factory is not None:  # before the model loads: a missing extra fails fast
+            n_gpus = len(self._backend.device_names()) if self._backend is not None else 0
+            self._external = self._external_factory(n_gpus)
         return self
 
     def close(self) -> None:
@@ -295,23 +309,34 @@ class EnergyMeter:
         return values
 
     def start(self) -> None:
-        if self._backend is None:
-            return
-        self._sampler = Sampler(self._backend, self.interval_s, self._clock)
-        self._sampler.sample_once()  # a reading at the very start of the window
-        self._sampler.start()
-        self._start_mj = self._counters()
         self._window_start = self._clock()
+        if self._backend is not None:
+            self._sampler = Sampler(self._backend, self.interval_s, self._clock)
+            self._sampler.sample_once()  # a reading at the very start of the window
+            if self._external is None or not self._external.polls_gpu:  # one poller per device
+                self._sampler.start()
+            self._start_mj = self._counters()
+            self._window_start = self._clock()
+        if self._external is not None:
+            self._external.start()
 
     def stop(self, work: WindowWork) -> EnergyReport:
+        external = self._external.stop() if self._external is not None else None
+        report = self._nvml_report(work)
+        if external is None or self._external is None:
+            return report
+        return with_external(report, self._external, external, work, self._window_end - self._window_start)
+
+    def _nvml_report(self, work: WindowWork) -> EnergyReport:
         if self._backend is None or self._sampler is None:
+            self._window_end = self._clock()
             return EnergyReport(
                 energy_j=None, source=None, unavailable_reason=self._reason, baseline_note=self._baseline_note
             )
         end_mj = self._counters()
         window_end = self._window_end = self._clock()
         self._sampler.sample_once()  # and one at its very end
-        samples = self.samples = self._sampler.stop()
+        samples = self.samples = self._sampler.stop() if self._sampler._thread.is_alive() else self._sampler.samples
         names = self._backend.device_names()
         return energy_report(
             names,
@@ -422,6 +447,55 @@ def energy_report(
     )
 
 
+# Flags about llem's own trace that mean nothing while another tool does the polling.
+_TRACE_FLAGS = frozenset({"sampling_gap", "counter_trace_disagree"})
+
+
+def with_external(
+    report: EnergyReport, sampler: ExternalSampler, measured: ExternalEnergy, work: WindowWork, duration_s: float
+) -> EnergyReport:
+    """The run's energy from the optional sampler, llem's own counter and trace kept beside it."""
+    energy = measured.energy_j
+    external = ExternalEnergyReport(
+        sampler=sampler.name,  # type: ignore[arg-type]
+        version=measured.version,
+        energy_j=energy,
+        parts_j=measured.parts_j,
+        note=measured.note,
+    )
+    if energy is None:
+        return report.model_copy(update={"external": external})
+    tokens = work.output_tokens + work.input_tokens
+    update: dict[str, object] = {
+        "energy_j": energy,
+        "source": sampler.name,
+        "unavailable_reason": None,
+        "external": external,
+        "j_per_output_token": energy / work.output_tokens if work.output_tokens else None,
+        "j_per_token": energy / tokens if tokens else None,
+        "j_per_request": energy / work.n_requests if work.n_requests else None,
+        "mean_power_w": energy / duration_s if duration_s > 0 else None,
+    }
+    baseline = report.baseline
+    if sampler.polls_gpu:
+        # llem's sampler was off (CodeCarbon polled): no trace to split or cross-check, and the
+        # GPU idle baseline does not describe a GPU + CPU + RAM total.
+        update |= {
+            "flags": [f for f in report.flags if f.code not in _TRACE_FLAGS],
+            "trace_energy_j": None,
+            "prefill_energy_j": None,
+            "decode_energy_j": None,
+            "adjusted_energy_j": None,
+            "baseline_note": "not subtracted: the baseline is GPU idle power, CodeCarbon's total covers GPU, CPU "
+            "and RAM"
+            if baseline
+            else report.baseline_note,
+        }
+    elif baseline is not None:
+        update["adjusted_energy_j"] = energy - baseline.total_power_w * duration_s
+    return report.model_copy(update=update)
+
+
 def _peak_total_power(samples: list[Sample]) -> float | None:
     """Highest sum of all devices' power at one sampling instant."""
     totals: dict[float, float] = {}
@@ -430,9 +504,9 @@ def _peak_total_power(samples: list[Sample]) -> float | None:
     return max(totals.values(), default=None)
 
 
-def nvml_meter(interval_s: float = DEFAULT_INTERVAL_S) -> EnergyMeter:
-    """The production meter: real NVML."""
-    return EnergyMeter(lambda: NvmlBackend().open(), interval_s)
+def nvml_meter(interval_s: float = DEFAULT_INTERVAL_S, sampler: str | None = "auto") -> EnergyMeter:
+    """The production meter: real NVML, plus Zeus or CodeCarbon when ``energy_sampler`` asks."""
+    return EnergyMeter(lambda: NvmlBackend().open(), interval_s, external_factory=lambda n: make_sampler(sampler, n))
 
 
 def disabled_meter() -> EnergyMeter:

@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             heartbeat.path = out_dir / HEARTBEAT_FILE
         out_dir.mkdir(parents=True, exist_ok=True)
         _log(f"run={run_id} engine={request.config.engine} model={request.config.model}")
-        meter = (nvml_meter(request.sample_interval_s) if request.config.energy_sampler else disabled_meter()).open()
+        sampler = request.config.energy_sampler
+        meter = (nvml_meter(request.sample_interval_s, sampler) if sampler else disabled_meter()).open()
         try:
             with heartbeat:
                 result = run_measurement(

@@ -111,6 +111,16 @@ class BaselineReport(_Frozen):
     age_s: float
 
 
+class ExternalEnergyReport(_Frozen):
+    """What an optional sampler (003 ``energy_sampler``: zeus, codecarbon) measured."""
+
+    sampler: Literal["zeus", "codecarbon"]
+    version: str | None = None
+    energy_j: float | None
+    parts_j: dict[str, float] = Field(default_factory=dict, description="gpu_j, cpu_j, ram_j / dram_j as reported.")
+    note: str | None = None
+
+
 class EnergyReport(_Frozen):
     """Energy over the measured window; ``energy_j`` is None with a reason when unobservable.
 
@@ -119,7 +129,7 @@ class EnergyReport(_Frozen):
     """
 
     energy_j: float | None
-    source: Literal["nvml_total_energy", "nvml_power_trace"] | None
+    source: Literal["nvml_total_energy", "nvml_power_trace", "zeus", "codecarbon"] | None
     unavailable_reason: str | None = None
     devices: list[DeviceEnergy] = Field(default_factory=list)
     trace_energy_j: float | None = None
@@ -142,6 +152,9 @@ class EnergyReport(_Frozen):
     baseline_note: str | None = None
     cpu_energy_j: float | None = Field(default=None, description="CPU packages over the window, from RAPL.")
     cpu_energy_note: str | None = None
+    external: ExternalEnergyReport | None = Field(
+        default=None, description="The optional sampler's own figures; energy_j comes from it when set."
+    )
 
 
 class Throughput(_Frozen):

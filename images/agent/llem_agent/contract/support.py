@@ -112,10 +112,8 @@ AGENT_FIELDS: dict[str, frozenset[str]] = {
 }
 # Fields an agent applies only for some of their values.
 AGENT_VALUES: dict[str, dict[str, frozenset[object]]] = {
-    "pytorch": {"energy_sampler": frozenset({"auto", "nvml"})},
     # vLLM serves a LoRA adapter unmerged; a merged measurement needs a merged model.
-    "vllm": {"energy_sampler": frozenset({"auto", "nvml"}), "lora.merge_weights": frozenset({False})},
-    "tensorrt": {"energy_sampler": frozenset({"auto", "nvml"})},
+    "vllm": {"lora.merge_weights": frozenset({False})},
 }
 
 

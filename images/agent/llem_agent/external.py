@@ -1,0 +1,115 @@
+"""Optional energy samplers (003 ``energy_sampler``): Zeus and CodeCarbon, installed as extras.
+
+Each brackets the measured window next to llem's own NVML meter and its figure becomes the
+run's ``energy_j`` (``source`` says which), with llem's counter and trace kept beside it:
+
+- ``zeus``: Zeus's ``ZeusMonitor`` window (GPU energy from the NVML counter on Volta and newer,
+  CPU energy through RAPL where Zeus can read it). It runs no poller of its own on those GPUs,
+  so llem's sampler keeps its trace and flags.
+- ``codecarbon``: CodeCarbon's tracker (GPU + CPU + RAM; estimated where it has no counter). It
+  polls the GPUs in a thread of its own, so llem's sampler thread stays off for the window (one
+  poller per device): the trace then has just the window's first and last reading.
+
+``auto`` picks Zeus when it is installed and a GPU is present, else NVML (003: Zeus > NVML >
+CodeCarbon). Import errors say which extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+J_PER_KWH = 3.6e6
+
+
+class SamplerUnavailable(RuntimeError):
+    """The chosen sampler's package is not in this image."""
+
+
+@dataclass
+class ExternalEnergy:
+    energy_j: float | None
+    parts_j: dict[str, float] = field(default_factory=dict)
+    version: str | None = None
+    note: str | None = None
+
+
+class ExternalSampler(Protocol):
+    name: str
+    polls_gpu: bool  # True: it samples the GPUs in its own thread, so llem's must not
+
+    def start(self) -> None: ...
+
+    def stop(self) -> ExternalEnergy: ...
+
+
+class ZeusSampler:
+    name = "zeus"
+    polls_gpu = False
+
+    def __init__(self, n_gpus: int) -> None:
+        try:
+            import zeus
+            from zeus.monitor import ZeusMonitor
+        except ImportError:
+            raise SamplerUnavailable(
+                "energy_sampler: zeus needs the zeus extra (pip install 'llem-agent[zeus]')"
+            ) from None
+        self._version = getattr(zeus, "__version__", None)
+        self._monitor: Any = ZeusMonitor(gpu_indices=list(range(n_gpus)))
+
+    def start(self) -> None:
+        self._monitor.begin_window("llem-window")
+
+    def stop(self) -> ExternalEnergy:
+        measurement = self._monitor.end_window("llem-window")
+        gpu = float(sum(measurement.gpu_energy.values())) if measurement.gpu_energy else 0.0
+        parts = {"gpu_j": gpu}
+        for attr, key in (("cpu_energy", "cpu_j"), ("dram_energy", "dram_j")):
+            values = getattr(measurement, attr, None)
+            if values:
+                parts[key] = float(sum(values.values()))
+        return ExternalEnergy(energy_j=gpu, parts_j=parts, version=self._version, note="GPU energy (Zeus)")
+
+
+class CodeCarbonSampler:
+    name = "codecarbon"
+    polls_gpu = True
+
+    def __init__(self, interval_s: float = 1.0) -> None:
+        try:
+            import codecarbon
+            from codecarbon import OfflineEmissionsTracker
+        except ImportError:
+            raise SamplerUnavailable(
+                "energy_sampler: codecarbon needs the codecarbon extra (pip install 'llem-agent[codecarbon]')"
+            ) from None
+        self._version = getattr(codecarbon, "__version__", None)
+        # Energy is all llem takes from it: the country only sets CodeCarbon's own CO2 figure.
+        self._tracker: Any = OfflineEmissionsTracker(
+            country_iso_code="USA", measure_power_secs=interval_s, save_to_file=False, log_level="error"
+        )
+
+    def start(self) -> None:
+        self._tracker.start()
+
+    def stop(self) -> ExternalEnergy:
+        self._tracker.stop()
+        data = self._tracker.final_emissions_data
+        parts = {
+            f"{key}_j": float(getattr(data, f"{key}_energy", 0.0) or 0.0) * J_PER_KWH for key in ("gpu", "cpu", "ram")
+        }
+        total = float(data.energy_consumed) * J_PER_KWH
+        return ExternalEnergy(energy_j=total, parts_j=parts, version=self._version, note="GPU + CPU + RAM (CodeCarbon)")
+
+
+def make_sampler(choice: str | None, n_gpus: int) -> ExternalSampler | None:
+    """The external sampler for ``energy_sampler``; None means llem's NVML meter alone."""
+    if choice == "zeus":
+        return ZeusSampler(n_gpus)
+    if choice == "codecarbon":
+        return CodeCarbonSampler()
+    if choice == "auto" and n_gpus > 0 and importlib.util.find_spec("zeus") is not None:
+        return ZeusSampler(n_gpus)
+    return None
