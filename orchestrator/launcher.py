@@ -141,7 +141,10 @@ class DockerLauncher:
         try:
             self.client.images.get(image)
         except docker.errors.ImageNotFound:
-            return f"image {image} not found; build it with `make images` or pull it (docker pull {image})"
+            return (
+                f"image {image} not found; pull it (docker pull {image}) or build it "
+                "(`make images` builds the pytorch one, `docker compose build <engine>-agent` any)"
+            )
         except docker.errors.DockerException as exc:
             return f"cannot inspect image {image}: {_first_line(exc)}"
         theirs, ours = self.image_contract(image), contract_fingerprint()

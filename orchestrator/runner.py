@@ -57,6 +57,7 @@ from orchestrator.results import EXPERIMENTS_FILE, HOST_FILE, StudySummary, summ
 from orchestrator.userconfig import MeasurementFactors
 
 CONTAINER_LOG = "container.log"
+LABEL_EXTRAS = "io.llem.agent-extras"  # the agent extras an image was built with (Dockerfiles)
 # Agent exception types that name a failure class of their own.
 _ERROR_KINDS = {"GpuNotVisible": "gpu_not_visible", "OutOfMemoryError": "oom"}
 STUDY_COPY = "study.yaml"
@@ -263,6 +264,30 @@ class StudyRunner:
                 check_readable_by_agent(adapter_dir, os.getuid())
             assign_devices(exp.config, list(self.options.gpu_indices))  # raises when too few GPUs
         self.launcher.check(self._images())
+        self._check_extras()
+
+    def _check_extras(self) -> None:
+        """energy_sampler zeus/codecarbon needs an image built with that agent extra; images
+        say which they have in a label (an image without the label is left to the agent)."""
+        needs: dict[str, dict[str, int]] = {}
+        for exp in self.plan.study.experiments:
+            if exp.config.energy_sampler in ("zeus", "codecarbon"):
+                image = image_for(exp.config.engine, self.options.images)
+                needs.setdefault(image, {})[exp.config.energy_sampler] = exp.index
+        if not needs:
+            return
+        _, described = self.launcher.describe(needs)
+        for image, wanted in needs.items():
+            labels = (described.get(image) or {}).get("labels") or {}
+            if LABEL_EXTRAS not in labels:
+                continue
+            have = {x.strip() for x in str(labels[LABEL_EXTRAS]).split(",") if x.strip()}
+            for extra, index in wanted.items():
+                if extra not in have:
+                    raise ConfigError(
+                        f"experiment {index + 1}: energy_sampler {extra} needs an image built with "
+                        f"--build-arg AGENT_EXTRAS={extra}; {image} has {', '.join(sorted(have)) or 'no extras'}"
+                    )
 
     def _images(self) -> set[str]:
         """Every image this study's experiments run in."""

@@ -158,7 +158,7 @@ def study_from_data(data: dict[str, Any], path: Path, name_override: str | None 
     base_ref = data.get("base")
     shared = {k: v for k, v in data.items() if k not in STUDY_KEYS}
     if base_ref is not None:
-        if not isinstance(base_ref, str):
+        if not isinstance(base_ref, str) or "\x00" in base_ref:
             raise ConfigError(f"{path}: base: expected a file path, got {base_ref!r}")
         base_path = (path.parent / base_ref).resolve()
         base = {k: v for k, v in _load_mapping(base_path).items() if k not in STUDY_KEYS}

@@ -151,8 +151,8 @@ def test_missing_image_is_one_line_and_creates_no_results(tmp_path, tiny_model, 
     proc = run_llem(*llem_args(tmp_path, study), "--image", "pytorch=llem/does-not-exist:0")
     assert proc.returncode == EXIT_ENVIRONMENT
     assert proc.stderr.strip().splitlines() == [
-        "llem: error: image llem/does-not-exist:0 not found; build it with `make images` "
-        "or pull it (docker pull llem/does-not-exist:0)"
+        "llem: error: image llem/does-not-exist:0 not found; pull it (docker pull llem/does-not-exist:0) or build "
+        "it (`make images` builds the pytorch one, `docker compose build <engine>-agent` any)"
     ]
     assert not (tmp_path / "results").exists()
 
@@ -227,6 +227,7 @@ def test_codecarbon_sampler_through_a_real_container(tmp_path, tiny_model, docke
     (tmp_path / "ctx").mkdir()
     (tmp_path / "ctx" / "Dockerfile").write_text(
         f"FROM {IMAGE}\nUSER root\nRUN /opt/llem/bin/pip install --no-cache-dir -q 'codecarbon>=2.8'\n"
+        'LABEL io.llem.agent-extras="codecarbon"\n'
     )
     docker_client.images.build(path=str(tmp_path / "ctx"), tag=tag, rm=True)
     try:
@@ -244,5 +245,9 @@ def test_codecarbon_sampler_through_a_real_container(tmp_path, tiny_model, docke
         assert energy["external"]["sampler"] == "codecarbon" and energy["external"]["version"]
         assert energy["energy_j"] > 0 and energy["j_per_output_token"] > 0
         assert energy["energy_j"] == pytest.approx(sum(energy["external"]["parts_j"].values()), rel=0.01)
+        # llem's own image has no extras: the host refuses before any container starts.
+        proc = run_llem(*llem_args(tmp_path, study))
+        assert proc.returncode == 2, proc.stderr
+        assert "needs an image built with --build-arg AGENT_EXTRAS=codecarbon" in proc.stderr
     finally:
         docker_client.images.remove(tag, force=True)

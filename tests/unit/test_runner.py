@@ -349,3 +349,22 @@ def test_phase_watch_reports_phases_batches_and_downloads(tmp_path: Path):
         ("measure", ""),
         ("measure", "3 batches"),
     ]
+
+
+@pytest.mark.parametrize(("extras", "refused"), [("", True), ("zeus", True), ("zeus,codecarbon", False), (None, False)])
+def test_energy_sampler_extra_is_checked_against_the_image_label(tmp_path, extras, refused):
+    (tmp_path / "model").mkdir()
+    study = tmp_path / "s.yaml"
+    study.write_text("model: ./model\nenergy_sampler: codecarbon\n")
+
+    class Labelled(FakeLauncher):
+        def describe(self, images):
+            labels = {} if extras is None else {"io.llem.agent-extras": extras}  # None: an image without the label
+            return {"version": "fake"}, {image: {"id": "sha256:fake", "labels": labels} for image in images}
+
+    runner = make_runner(tmp_path, study, Labelled())
+    if refused:
+        with pytest.raises(ConfigError, match=r"needs an image built with --build-arg AGENT_EXTRAS=codecarbon"):
+            runner.preflight()
+    else:
+        runner.preflight()
