@@ -129,7 +129,8 @@ def _tradeoff(summary: StudySummary) -> tuple[str, str]:
         )
     front_list = "".join(f"<li>#{exps[i].index} {html.escape(exps[i].label)}</li>" for i in front)
     body = note + _figure_html(fig, "pareto") + f"<p>On the Pareto front:</p><ul>{front_list}</ul>"
-    return "Trade-off: energy per token vs throughput", body
+    title = "energy per token" if use_energy else "latency"
+    return f"Trade-off: {title} vs throughput", body
 
 
 def _effects(summary: StudySummary) -> tuple[str, str]:
