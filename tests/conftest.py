@@ -22,6 +22,13 @@ def _nvml_device_count() -> int:
         pynvml.nvmlShutdown()
 
 
+def mark_folder(items: list[pytest.Item], folder: Path, marker: pytest.MarkDecorator) -> None:
+    """Give every test collected under ``folder`` the tier ``marker`` (docker, browser)."""
+    for item in items:
+        if folder in Path(str(item.fspath)).parents:
+            item.add_marker(marker)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # gpu tests run wherever NVML finds a device, and are skipped only where it finds none.
     if any(item.get_closest_marker("gpu") for item in items) and _nvml_device_count() == 0:

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import mark_folder
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for item in items:
-        if here in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.browser)
+    mark_folder(items, Path(__file__).parent, pytest.mark.browser)
 
 
 @pytest.fixture(scope="session")

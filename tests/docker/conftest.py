@@ -16,16 +16,13 @@ import pytest
 
 from orchestrator import __version__
 from orchestrator.container import LABEL_MANAGED
-from tests.conftest import REPO
+from tests.conftest import REPO, mark_folder
 
 IMAGE = f"llem/pytorch:{__version__}"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for item in items:
-        if here in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.docker)
+    mark_folder(items, Path(__file__).parent, pytest.mark.docker)
 
 
 @pytest.fixture(scope="session")
