@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -100,3 +102,44 @@ def test_engine_services_default_to_ghcr_images_and_valid_experiments(compose):
         assert parsed.engine == engine
     assert "trt-engines" in config["volumes"]
     assert str(services["vllm-agent"]["shm_size"]).lower() in ("16gb", "17179869184")
+
+
+@pytest.mark.parametrize("compose", compose_commands()[:1], ids=" ".join)
+def test_an_image_built_by_plain_compose_build_passes_the_contract_check(compose, docker_client, tmp_path):
+    """`docker compose build` (not `make images`) writes the contract fingerprint too: llem doctor
+    accepts the image. Built on the same registry-free base as `make images`, with the CPU wheel."""
+    import glob
+
+    from tests.helpers import run_llem
+
+    tag = "llem/test-compose-build:0"
+    build = REPO / "images" / ".build"
+    wheels = sorted(glob.glob("/opt/wheels/torch-*+cpu-*.whl"))
+    staged: list[Path] = []
+    made_wheels_dir = wheels and not (build / "wheels").exists()
+    if wheels:
+        (build / "wheels").mkdir(parents=True, exist_ok=True)
+        staged.append(build / "wheels" / Path(wheels[-1]).name)
+        shutil.copy(wheels[-1], staged[-1])
+    if Path("/etc/ssl/certs/ca-certificates.crt").exists() and not (build / "ca.crt").exists():
+        staged.append(build / "ca.crt")
+        shutil.copy("/etc/ssl/certs/ca-certificates.crt", staged[-1])
+    spec = "torch==" + Path(wheels[-1]).name.split("-")[1] if wheels else "torch"
+    env = {**os.environ, "LLEM_BASE_IMAGE": "llem/base:bookworm", "LLEM_TORCH_SPEC": spec, "LLEM_IMAGE_PYTORCH": tag,
+           "DOCKER_BUILDKIT": "0", "COMPOSE_DOCKER_CLI_BUILD": "0"}  # fmt: skip
+    try:
+        proc = subprocess.run(
+            [*compose, "-f", str(REPO / "compose.yaml"), "build", "pytorch-agent-cpu"],
+            capture_output=True, text=True, env=env, cwd=REPO, timeout=1200, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        doctor = run_llem("doctor", "--json", env={"LLEM_IMAGE_PYTORCH": tag})
+        checks = {c["check"]: c for c in json.loads(doctor.stdout)["checks"]}
+        assert checks["pytorch image"]["status"] == "ok", checks["pytorch image"]
+    finally:
+        for path in staged:
+            path.unlink(missing_ok=True)
+        if made_wheels_dir:
+            (build / "wheels").rmdir()
+        with contextlib.suppress(Exception):
+            docker_client.images.remove(tag, force=True)
