@@ -34,7 +34,7 @@ from orchestrator.study import ExperimentOrder, Study, load_study
 from orchestrator.userconfig import UserConfig, load_user_config
 
 if TYPE_CHECKING:
-    from orchestrator.results import ExperimentSummary
+    from orchestrator.results import ExperimentSummary, StudySummary
     from orchestrator.runner import RunnerOptions
 
 ORDERS: tuple[ExperimentOrder, ...] = ("sequential", "interleave", "shuffle", "reverse", "latin_square")
@@ -289,12 +289,19 @@ def _match_param(key: str, swept: Sequence[str], params: dict[str, object]) -> s
     raise ConfigError(f"--where: unknown parameter '{key}'{did_you_mean(key, [*swept, *params])}")
 
 
-def cmd_results(args: argparse.Namespace) -> int:
-    from orchestrator.display import print_results
-    from orchestrator.results import METRIC_BY_NAME, summarise
+def _summary(args: argparse.Namespace) -> StudySummary:
+    """The summary of the study ``args.dir`` names, aggregated now (and written into it)."""
+    from orchestrator.results import summarise
 
     user = load_user_config()
-    summary = summarise(study_dir_arg(args.dir, user), user.factors())
+    return summarise(study_dir_arg(args.dir, user), user.factors())
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from orchestrator.display import print_results
+    from orchestrator.results import METRIC_BY_NAME
+
+    summary = _summary(args)
     if args.json:
         print(json.dumps(summary.as_json(), indent=2))
         return EXIT_OK
@@ -346,10 +353,8 @@ def _sorted(rows: list[ExperimentSummary], key: str, swept: Sequence[str], rever
 
 def cmd_report(args: argparse.Namespace) -> int:
     from orchestrator.report import write_report
-    from orchestrator.results import summarise
 
-    user = load_user_config()
-    summary = summarise(study_dir_arg(args.dir, user), user.factors())
+    summary = _summary(args)
     out = Path(args.out) if args.out else None
     try:
         path = write_report(summary, out)

@@ -14,24 +14,29 @@ class Gpu:
     name: str
 
 
-def discover_gpus() -> list[Gpu]:
-    """GPUs NVML sees on this host, or [] when there is no driver or no device."""
+def nvml_gpus() -> tuple[list[Gpu], str | None]:
+    """GPUs NVML sees on this host, and why there are none (no driver, no device)."""
     try:
         import pynvml
     except ImportError:
-        return []
+        return [], "nvidia-ml-py is not installed"
     try:
         pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        return []
+    except pynvml.NVMLError as exc:
+        return [], f"NVML unavailable: {exc}"
     try:
         gpus = []
         for i in range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(i)
             gpus.append(Gpu(i, str(pynvml.nvmlDeviceGetUUID(handle)), str(pynvml.nvmlDeviceGetName(handle))))
-        return gpus
+        return gpus, None if gpus else "NVML found no device"
     finally:
         pynvml.nvmlShutdown()
+
+
+def discover_gpus() -> list[Gpu]:
+    """GPUs NVML sees on this host, or [] when there is no driver or no device (the CPU path)."""
+    return nvml_gpus()[0]
 
 
 def devices_needed(config: ExperimentConfig) -> int:

@@ -10,20 +10,25 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from orchestrator.plan import Plan, PlannedRun
-from orchestrator.results import ExperimentSummary, Stat, StudySummary, flatten, format_mean_ci, varying_keys
+from orchestrator.results import (
+    ExperimentSummary,
+    Stat,
+    StudySummary,
+    experiment_label,
+    flatten,
+    format_mean_ci,
+    varying_keys,
+)
 from orchestrator.runner import RunOutcome
 from orchestrator.study import Study
 
 
-def describe_experiment(study: Study, index: int) -> str:
-    """Short label of an experiment: engine plus the fields that differ between experiments."""
+def experiment_labels(study: Study) -> list[str]:
+    """Short label of each experiment: engine plus the fields that differ between experiments
+    (computed once for the whole study: it compares every experiment with every other)."""
     flat = [flatten(e.config.model_dump(mode="json", exclude_none=True)) for e in study.experiments]
     varying = varying_keys(flat)
-    mine = flat[index]
-    parts = [f"{k}={mine.get(k)}" for k in varying if k != "engine"]
-    if "engine" in varying:
-        parts.insert(0, str(mine["engine"]))
-    return " ".join(parts) if parts else study.experiments[index].config.engine
+    return [experiment_label(f, varying, e.config.engine) for f, e in zip(flat, study.experiments, strict=True)]
 
 
 class ProgressDisplay:
@@ -41,6 +46,7 @@ class ProgressDisplay:
             transient=False,
         )
         self._task = self._progress.add_task("study", total=len(plan.runs))
+        self._labels = experiment_labels(plan.study)
 
     def __enter__(self) -> ProgressDisplay:
         self._progress.start()
@@ -52,11 +58,11 @@ class ProgressDisplay:
         self._progress.stop()
 
     def run_started(self, run: PlannedRun, position: int, total: int) -> None:
-        label = describe_experiment(self.plan.study, run.experiment.index)
+        label = self._labels[run.experiment.index]
         self._progress.update(self._task, description=f"{run.run_id} {label}")
 
     def run_phase(self, run: PlannedRun, phase: str, detail: str) -> None:
-        label = describe_experiment(self.plan.study, run.experiment.index)
+        label = self._labels[run.experiment.index]
         extra = f", {detail}" if detail else ""
         self._progress.update(self._task, description=f"{run.run_id} {label} [{phase}{extra}]")
 
@@ -100,8 +106,7 @@ def column_for(metric: str) -> tuple[str, str, float]:
 
 def format_stat(stat: Stat, scale: float = 1.0) -> str:
     """``mean ± half-width of the 95% CI`` (just the mean for one run, – for none)."""
-    half = None if stat.mean is None or stat.ci95_high is None else (stat.ci95_high - stat.mean) * scale
-    return format_mean_ci(None if stat.mean is None else stat.mean * scale, half)
+    return format_mean_ci(None if stat.mean is None else stat.mean * scale, stat.half_width(scale))
 
 
 def short_name(key: str, keys: Sequence[str]) -> str:

@@ -13,6 +13,7 @@ import docker.errors
 import requests.exceptions
 
 from llem_agent.contract import ENGINES, contract_fingerprint
+from orchestrator.devices import nvml_gpus
 from orchestrator.errors import LlemError
 
 Status = Literal["ok", "warn", "fail"]
@@ -30,24 +31,6 @@ class Check:
 
     def as_dict(self) -> dict[str, Any]:
         return {"check": self.name, "status": self.status, "detail": self.detail, "fix": self.fix}
-
-
-def _nvml() -> tuple[list[str], str | None]:
-    """GPU names NVML sees, and why it sees none."""
-    try:
-        import pynvml
-    except ImportError:
-        return [], "nvidia-ml-py is not installed"
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError as exc:
-        return [], f"NVML unavailable: {exc}"
-    try:
-        count = pynvml.nvmlDeviceGetCount()
-        names = [str(pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i))) for i in range(count)]
-        return names, None if names else "NVML found no device"
-    finally:
-        pynvml.nvmlShutdown()
 
 
 def _existing_parent(path: Path) -> Path:
@@ -83,9 +66,9 @@ def run_checks(required_engines: Sequence[str] = ("pytorch",)) -> list[Check]:
         return [Check("user config", "fail", str(exc), "fix the file, or set LLEM_CONFIG to another one")]
     checks.append(Check("user config", "ok", f"{user.path}" + ("" if user.file_found else " (absent: defaults)")))
 
-    gpus, why_none = _nvml()
+    gpus, why_none = nvml_gpus()
     if gpus:
-        checks.append(Check("GPUs (NVML)", "ok", ", ".join(f"{i}: {n}" for i, n in enumerate(gpus))))
+        checks.append(Check("GPUs (NVML)", "ok", ", ".join(f"{g.index}: {g.name}" for g in gpus)))
     else:
         checks.append(
             Check(

@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 
 from llem_agent.contract import unsupported_by_agent
-from orchestrator.display import describe_experiment
+from orchestrator.display import experiment_labels
 from orchestrator.errors import ConfigError
 from orchestrator.models import VramEstimate, cached_snapshot, estimate_vram, hf_home, model_facts, resolve_model_dir
 from orchestrator.plan import Plan
@@ -76,10 +76,11 @@ def print_text(plan: Plan, console: Console) -> None:
     console.print(
         f"{len(study.experiments)} experiments × {plan.n_cycles} cycles = {len(plan.runs)} runs, order {plan.order}"
     )
+    labels = experiment_labels(study)
     for exp in study.experiments:
         estimate = vram[exp.index]
         memory = _size(estimate.total_gb) if estimate else "VRAM ? (model files not local)"
-        console.print(f"  {exp.index + 1:3d}  {exp.config_hash}  {memory:>12}  {describe_experiment(study, exp.index)}")
+        console.print(f"  {exp.index + 1:3d}  {exp.config_hash}  {memory:>12}  {labels[exp.index]}")
         refused = unsupported_by_agent(exp.config, exp.config.engine)
         if refused:
             console.print(f"       [yellow]would be refused:[/] the agent does not apply {', '.join(refused)} yet")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -116,3 +117,12 @@ class ManifestStore:
     @staticmethod
     def load(study_dir: Path) -> Manifest:
         return Manifest.model_validate_json((study_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
+
+
+def study_dirs(root: Path, pattern: str = "*") -> Iterator[tuple[Manifest, Path]]:
+    """Every study directory under ``root`` (matching ``pattern``) with a readable manifest."""
+    for path in root.glob(f"{pattern}/{MANIFEST_FILE}"):
+        try:
+            yield ManifestStore.load(path.parent), path.parent
+        except (OSError, ValueError):
+            continue

@@ -20,10 +20,10 @@ from orchestrator.results import (
     HOST_FILE,
     METRIC_BY_NAME,
     ExperimentSummary,
-    Stat,
     StudySummary,
     describe,
     format_mean_ci,
+    read_json,
 )
 
 REPORT_FILE = "report.html"
@@ -36,12 +36,6 @@ EFFECT_METRICS = (
 MAX_TRACE_RUNS = 24
 MAX_EFFECT_PARAMS = 12
 _PLOT_CONFIG = {"displaylogo": False, "responsive": True}
-
-
-def _half(stat: Stat, scale: float = 1.0) -> float | None:
-    if stat.mean is None or stat.ci95_high is None:
-        return None
-    return (stat.ci95_high - stat.mean) * scale
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -94,8 +88,8 @@ def _tradeoff(summary: StudySummary) -> tuple[str, str]:
             mode="markers",
             name="experiments (mean, 95% CI)",
             marker={"size": 10, "color": "#1f77b4"},
-            error_x={"type": "data", "array": [_half(e.stats["output_tokens_per_s"]) or 0 for e in exps]},
-            error_y={"type": "data", "array": [_half(e.stats[y_name], y_scale) or 0 for e in exps]},
+            error_x={"type": "data", "array": [e.stats["output_tokens_per_s"].half_width() or 0 for e in exps]},
+            error_y={"type": "data", "array": [e.stats[y_name].half_width(y_scale) or 0 for e in exps]},
             text=[f"#{e.index} {e.label}" for e in exps],
             hoverinfo="text+x+y",
         )
@@ -157,7 +151,7 @@ def _effects(summary: StudySummary) -> tuple[str, str]:
                 go.Scatter(
                     x=[_label_value(v) for v in values],
                     y=[None if s.mean is None else s.mean * scale for s in stats],
-                    error_y={"type": "data", "array": [_half(s, scale) or 0 for s in stats]},
+                    error_y={"type": "data", "array": [s.half_width(scale) or 0 for s in stats]},
                     mode="markers+lines",
                     name=METRIC_BY_NAME[name].label,
                     showlegend=False,
@@ -279,15 +273,15 @@ def _experiments_table(summary: StudySummary) -> tuple[str, str]:
 
 
 def _cell(e: ExperimentSummary, name: str) -> str:
-    return format_mean_ci(e.stats[name].mean, _half(e.stats[name]))
+    return format_mean_ci(e.stats[name].mean, e.stats[name].half_width())
 
 
 def _environment(summary: StudySummary) -> tuple[str, str]:
-    host = _read(summary.study_dir / HOST_FILE)
+    host = read_json(summary.study_dir / HOST_FILE)
     env: dict[str, Any] = {}
     for r in summary.runs:
         if r.status == "completed":
-            result = _read(summary.study_dir / "runs" / r.run_id / RESULT_FILE)
+            result = read_json(summary.study_dir / "runs" / r.run_id / RESULT_FILE)
             env = result.get("environment", {}) if isinstance(result, dict) else {}
             break
     facts: list[tuple[str, Any]] = []
@@ -327,13 +321,6 @@ def _environment(summary: StudySummary) -> tuple[str, str]:
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts if v is not None
     )
     return "Environment", f"<table class='facts'>{rows}</table>"
-
-
-def _read(path: Path) -> Any:
-    try:
-        return json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return None
 
 
 _CSS = """

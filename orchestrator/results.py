@@ -26,7 +26,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -34,7 +34,7 @@ from typing import Any, Literal
 from llem_agent.contract import EXPERIMENT_FILE, RESULT_FILE, write_atomic
 from orchestrator import __version__
 from orchestrator.errors import ConfigError
-from orchestrator.manifest import MANIFEST_FILE, Manifest
+from orchestrator.manifest import MANIFEST_FILE, Manifest, study_dirs
 from orchestrator.userconfig import MeasurementFactors
 
 EXPERIMENTS_FILE = "experiments.json"
@@ -159,6 +159,12 @@ class Stat:
     cv: float | None = None
     ci95_low: float | None = None
     ci95_high: float | None = None
+
+    def half_width(self, scale: float = 1.0) -> float | None:
+        """Half the 95% interval, in units x ``scale`` (None without an interval)."""
+        if self.mean is None or self.ci95_high is None:
+            return None
+        return (self.ci95_high - self.mean) * scale
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -285,7 +291,8 @@ class StudySummary:
         }
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
+    """The JSON in ``path``, or None when it is missing or unreadable."""
     try:
         return json.loads(path.read_bytes())
     except (OSError, ValueError):
@@ -304,13 +311,13 @@ def write_design(study_dir: Path, design_hash: str, experiments: Iterable[tuple[
 def _experiment_configs(study_dir: Path, manifest: Manifest) -> dict[int, dict[str, Any]]:
     """Each experiment's config: ``experiments.json``, else any of its runs' ``experiment.json``."""
     configs: dict[int, dict[str, Any]] = {}
-    design = _read_json(study_dir / EXPERIMENTS_FILE)
+    design = read_json(study_dir / EXPERIMENTS_FILE)
     if isinstance(design, dict):
         for item in design.get("experiments", []):
             configs[int(item["index"])] = item["config"]
     for entry in manifest.runs:
         if entry.experiment_index not in configs:
-            request = _read_json(study_dir / "runs" / entry.run_id / EXPERIMENT_FILE)
+            request = read_json(study_dir / "runs" / entry.run_id / EXPERIMENT_FILE)
             if isinstance(request, dict) and isinstance(request.get("config"), dict):
                 configs[entry.experiment_index] = request["config"]
     return configs
@@ -318,29 +325,20 @@ def _experiment_configs(study_dir: Path, manifest: Manifest) -> dict[int, dict[s
 
 def _factors(study_dir: Path, current: MeasurementFactors | None) -> MeasurementFactors:
     """The factors recorded when the study ran; a carbon intensity missing then comes from now."""
-    host = _read_json(study_dir / HOST_FILE)
+    host = read_json(study_dir / HOST_FILE)
     recorded = host.get("measurement") if isinstance(host, dict) else None
+    late = " (applied after the run)"
     if not isinstance(recorded, dict):
         if current is None:
             return MeasurementFactors(sources={"datacenter_pue": "default"})
-        note = " (applied after the run)"
-        return MeasurementFactors(
-            datacenter_pue=current.datacenter_pue,
-            carbon_intensity_gco2_kwh=current.carbon_intensity_gco2_kwh,
-            datacenter_location=current.datacenter_location,
-            sources={k: v + note for k, v in current.sources.items()},
-        )
+        return replace(current, sources={k: v + late for k, v in current.sources.items()})
     factors = MeasurementFactors.from_dict(recorded)
     if factors.carbon_intensity_gco2_kwh is None and current and current.carbon_intensity_gco2_kwh is not None:
-        sources = factors.sources | {
-            "carbon_intensity_gco2_kwh": current.sources.get("carbon_intensity_gco2_kwh", "")
-            + " (applied after the run)"
-        }
-        factors = MeasurementFactors(
-            datacenter_pue=factors.datacenter_pue,
+        key = "carbon_intensity_gco2_kwh"
+        factors = replace(
+            factors,
             carbon_intensity_gco2_kwh=current.carbon_intensity_gco2_kwh,
-            datacenter_location=factors.datacenter_location,
-            sources=sources,
+            sources=factors.sources | {key: current.sources.get(key, "") + late},
         )
     return factors
 
@@ -372,11 +370,11 @@ def run_data(run_dir: Path) -> dict[str, Any] | None:
     except OSError:
         return None
     key = f"{st.st_size}:{st.st_mtime_ns}:{_METRICS_KEY}"
-    cached = _read_json(run_dir / METRICS_CACHE)
+    cached = read_json(run_dir / METRICS_CACHE)
     if isinstance(cached, dict) and cached.get("key") == key:
         data: dict[str, Any] = cached["data"]
         return data
-    result = _read_json(result_path)
+    result = read_json(result_path)
     if not isinstance(result, dict):
         return None
     data = _extract(result)
@@ -413,7 +411,8 @@ def load_manifest(study_dir: Path) -> tuple[Manifest, str]:
     return manifest, hashlib.sha256(raw).hexdigest()
 
 
-def _label(params: dict[str, Any], swept: list[str], engine: str) -> str:
+def experiment_label(params: dict[str, Any], swept: Sequence[str], engine: str) -> str:
+    """``engine`` (when swept) and ``key=value`` of each swept parameter; the engine alone otherwise."""
     parts = [f"{k}={params.get(k)}" for k in swept if k != "engine"]
     if "engine" in swept:
         parts.insert(0, engine)
@@ -461,9 +460,13 @@ def aggregate(study_dir: Path, current_factors: MeasurementFactors | None = None
                 unavailable_reason=reason,
             )
         )
+    by_experiment: dict[int, list[RunRecord]] = {}
+    for r in records:
+        by_experiment.setdefault(r.experiment, []).append(r)
+    hashes = {e.experiment_index: e.config_hash for e in reversed(manifest.runs)}  # the first run's
     experiments = []
     for i in indices:
-        mine = [r for r in records if r.experiment == i + 1]
+        mine = by_experiment[i + 1]
         done = [r for r in mine if r.status == "completed"]
         stats = {m.name: describe(r.metrics[m.name] for r in done) for m in ALL_METRICS}
         flag_counts: dict[str, int] = {}
@@ -471,12 +474,11 @@ def aggregate(study_dir: Path, current_factors: MeasurementFactors | None = None
             for code in r.flags:
                 flag_counts[code] = flag_counts.get(code, 0) + 1
         engine = str(params[i].get("engine", "?"))
-        entry = next(e for e in manifest.runs if e.experiment_index == i)
         summary = ExperimentSummary(
             index=i + 1,
-            config_hash=entry.config_hash,
+            config_hash=hashes[i],
             engine=engine,
-            label=_label(params[i], swept, engine),
+            label=experiment_label(params[i], swept, engine),
             params=params[i],
             runs=len(mine),
             completed=len(done),
@@ -634,10 +636,7 @@ def summarise(study_dir: Path, current_factors: MeasurementFactors | None = None
 
 def newest_study(root: Path) -> Path:
     """The most recently created study directory under ``root``."""
-    found = []
-    for path in root.glob(f"*/{MANIFEST_FILE}"):
-        with contextlib.suppress(OSError, ValueError):
-            found.append((Manifest.model_validate_json(path.read_bytes()).created_at, str(path.parent)))
+    found = [(manifest.created_at, str(path)) for manifest, path in study_dirs(root)]
     if not found:
         raise ConfigError(f"no study directories under {root}; run a study first or name one")
     return Path(max(found)[1])

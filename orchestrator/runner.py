@@ -48,6 +48,7 @@ from orchestrator.manifest import (
     RunFailure,
     SkippedEntry,
     StudyStatus,
+    study_dirs,
     utc_now,
 )
 from orchestrator.models import check_readable_by_agent, resolve_adapter_dir, resolve_model_dir
@@ -115,14 +116,11 @@ def image_for(engine: str, images: dict[str, str]) -> str:
 
 def newest_unfinished(root: Path, name: str) -> Path:
     """The newest study directory of ``name`` under ``root`` whose study did not complete."""
-    candidates = []
-    for manifest_path in root.glob(f"{name}_*/{MANIFEST_FILE}"):
-        try:
-            manifest = ManifestStore.load(manifest_path.parent)
-        except (OSError, ValueError):
-            continue
-        if manifest.study_name == name and manifest.status != "completed":
-            candidates.append((manifest.created_at, manifest_path.parent))
+    candidates = [
+        (manifest.created_at, path)
+        for manifest, path in study_dirs(root, f"{name}_*")
+        if manifest.study_name == name and manifest.status != "completed"
+    ]
     if not candidates:
         raise ConfigError(f"no unfinished study named '{name}' under {root}; nothing to resume")
     return max(candidates)[1]

@@ -35,6 +35,11 @@ def _missing(produced: dict[str, Any], cls: Any) -> list[str]:
     return sorted(set(produced) - _names(cls))
 
 
+def _unknown(pairs: list[tuple[dict[str, Any], Any]]) -> list[str]:
+    """One problem per (keywords, class) pair whose keywords the class does not take."""
+    return [f"{cls.__name__} has no {bad}" for produced, cls in pairs if (bad := _missing(produced, cls))]
+
+
 def full_config(engine: str) -> ExperimentConfig:
     """An experiment that sets every field of the engine's section the agent applies."""
     sections: dict[str, dict[str, Any]] = {
@@ -103,10 +108,7 @@ def check_pytorch() -> list[str]:
         bad = sorted(set(produced) - generation - {"tokenizer"})
         if bad:
             problems.append(f"GenerationConfig has no {bad}")
-    load = pytorch_load_kwargs(config)
-    bad = _missing(load["quantization_config"], BitsAndBytesConfig)
-    if bad:
-        problems.append(f"BitsAndBytesConfig has no {bad}")
+    problems += _unknown([(pytorch_load_kwargs(config)["quantization_config"], BitsAndBytesConfig)])
     return problems
 
 
@@ -120,23 +122,19 @@ def check_vllm() -> list[str]:
 
     config = full_config("vllm")
     engine = args.vllm_engine_kwargs(config, "/m")
-    problems = []
-    for produced, cls in (
-        (engine, EngineArgs),
-        (engine["attention_config"], AttentionConfig),
-        (engine["speculative_config"], SpeculativeConfig),
-        (args.vllm_sampling_kwargs(config), SamplingParams),
-        (args.vllm_lora_request(config, "/a") or {}, LoRARequest),
-    ):
-        bad = _missing(produced, cls)
-        if bad:
-            problems.append(f"{cls.__name__} has no {bad}")
     beam = ExperimentConfig.model_validate(
         {"model": "m", "engine": "vllm", "vllm": {"beam_search": {"beam_width": 2, "length_penalty": 1.0}}}
     )
-    bad = _missing(args.vllm_beam_search_kwargs(beam) or {}, BeamSearchParams)
-    if bad:
-        problems.append(f"BeamSearchParams has no {bad}")
+    problems = _unknown(
+        [
+            (engine, EngineArgs),
+            (engine["attention_config"], AttentionConfig),
+            (engine["speculative_config"], SpeculativeConfig),
+            (args.vllm_sampling_kwargs(config), SamplingParams),
+            (args.vllm_lora_request(config, "/a") or {}, LoRARequest),
+            (args.vllm_beam_search_kwargs(beam) or {}, BeamSearchParams),
+        ]
+    )
     # Names are not enough: the values must construct (types, enum names such as the backend).
     for cls, produced in (
         (EngineArgs, engine),
@@ -165,6 +163,7 @@ def check_vllm() -> list[str]:
 
 
 def check_tensorrt() -> list[str]:
+    from tensorrt_llm import SamplingParams
     from tensorrt_llm.llmapi import KvCacheConfig, QuantConfig, SchedulerConfig
     from tensorrt_llm.llmapi.llm_args import TorchLlmArgs, TrtLlmArgs
 
@@ -172,25 +171,21 @@ def check_tensorrt() -> list[str]:
 
     config = full_config("tensorrt")
     kwargs = args.tensorrt_llm_kwargs(config, "/m")
-    problems = []
+
     top = {k: v for k, v in kwargs.items() if k != "backend"}
-    bad = _missing(top, TrtLlmArgs)
-    if bad:
-        problems.append(f"TrtLlmArgs has no {bad}")
+    problems = _unknown(
+        [
+            (top, TrtLlmArgs),
+            (kwargs["kv_cache_config"], KvCacheConfig),
+            (kwargs["scheduler_config"], SchedulerConfig),
+            (kwargs["quant_config"], QuantConfig),
+            (args.tensorrt_sampling_kwargs(config) | {"return_perf_metrics": True}, SamplingParams),
+        ]
+    )
     build_only = {"max_input_len", "fast_build"}  # TensorRT-engine flow only
     bad = sorted(set(_missing(top, TorchLlmArgs)) - build_only)
     if bad:
         problems.append(f"TorchLlmArgs has no {bad}")
-    for key, cls in (("kv_cache_config", KvCacheConfig), ("scheduler_config", SchedulerConfig),
-                     ("quant_config", QuantConfig)):  # fmt: skip
-        bad = _missing(kwargs[key], cls)
-        if bad:
-            problems.append(f"{cls.__name__} has no {bad}")
-    from tensorrt_llm import SamplingParams
-
-    bad = _missing(args.tensorrt_sampling_kwargs(config) | {"return_perf_metrics": True}, SamplingParams)
-    if bad:
-        problems.append(f"SamplingParams has no {bad}")
     return problems
 
 

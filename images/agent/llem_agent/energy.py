@@ -184,8 +184,10 @@ class Sampler:
         self._thread.start()
 
     def stop(self) -> list[Sample]:
+        """Stop the thread if it runs (idempotent; a sampler never started just hands its samples)."""
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
         return self.samples
 
     def sample_once(self) -> None:
@@ -254,7 +256,7 @@ class EnergyMeter:
         return self
 
     def close(self) -> None:
-        if self._sampler is not None and self._sampler._thread.is_alive():
+        if self._sampler is not None:
             self._sampler.stop()
         if self._backend is not None:
             self._backend.close()
@@ -336,7 +338,7 @@ class EnergyMeter:
         end_mj = self._counters()
         window_end = self._window_end = self._clock()
         self._sampler.sample_once()  # and one at its very end
-        samples = self.samples = self._sampler.stop() if self._sampler._thread.is_alive() else self._sampler.samples
+        samples = self.samples = self._sampler.stop()
         names = self._backend.device_names()
         return energy_report(
             names,

@@ -69,6 +69,7 @@ class PyTorchEngine:
         self._device = "cpu"
         self._dtype = "float32"
         self._eos: set[int] = set()
+        self._gen_kwargs: dict[str, Any] = {}
 
     def load(self, config: ExperimentConfig, model_source: str, adapter_source: str | None = None) -> None:
         self._config = config
@@ -110,6 +111,10 @@ class PyTorchEngine:
         if self._device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         self._model, self._tokenizer = model, tokenizer
+        # Built once: the same for every batch, and never inside the measured window.
+        self._gen_kwargs = pytorch_generate_kwargs(config) | {"pad_token_id": tokenizer.pad_token_id}
+        if "prompt_lookup_num_tokens" in self._gen_kwargs:
+            self._gen_kwargs["tokenizer"] = tokenizer  # prompt lookup decoding matches on token ids and text
 
     def batch_size(self) -> int:
         assert self._config is not None
@@ -117,12 +122,8 @@ class PyTorchEngine:
         return section.batch_size if section and section.batch_size else 1
 
     def _generate_kwargs(self) -> dict[str, Any]:
-        assert self._config is not None
-        kwargs = pytorch_generate_kwargs(self._config)
-        kwargs["pad_token_id"] = self._tokenizer.pad_token_id
-        if "prompt_lookup_num_tokens" in kwargs:
-            kwargs["tokenizer"] = self._tokenizer  # prompt lookup decoding matches on token ids and text
-        return kwargs
+        """``model.generate`` keywords besides the inputs and the streamer (set at load)."""
+        return self._gen_kwargs
 
     def _autocast(self) -> Any:
         section = self._config.pytorch if self._config else None
@@ -145,20 +146,17 @@ class PyTorchEngine:
         enc = batch
         clock = _StepClock()
         self.synchronize()
+        beams = self._gen_kwargs.get("num_beams", 1) > 1
         start = time.perf_counter()
-        kwargs = self._generate_kwargs()
         with torch.inference_mode(), self._autocast():
-            out = self._model.generate(**enc, streamer=None if kwargs.get("num_beams", 1) > 1 else clock, **kwargs)
+            out = self._model.generate(**enc, streamer=None if beams else clock, **self._gen_kwargs)
         self.synchronize()
         end = time.perf_counter()
         generated = out[:, enc["input_ids"].shape[1] :]
         lengths = generated_lengths(generated, self._eos)
-        if kwargs.get("num_beams", 1) > 1:
-            # Beam search has no per-step stream (transformers refuses a streamer with beams):
-            # each token's time is unknown, so the batch's tokens are stamped at its end.
-            steps = [end - start] * generated.shape[1]
-        else:
-            steps = [t - start for t in clock.times]
+        # Beam search has no per-step stream (transformers refuses a streamer with beams): each
+        # token's time is unknown, so the batch's tokens are stamped at its end.
+        steps = [end - start] * generated.shape[1] if beams else [t - start for t in clock.times]
         if len(steps) != generated.shape[1]:
             raise RuntimeError(f"streamer saw {len(steps)} steps for {generated.shape[1]} generated tokens")
         return BatchObservation(
@@ -179,7 +177,7 @@ class PyTorchEngine:
         }
         generation = self._model.generation_config if self._model is not None else None
         if generation is not None:
-            kwargs = self._generate_kwargs()
+            kwargs = self._gen_kwargs
             out["num_beams"] = int(kwargs.get("num_beams") or generation.num_beams or 1)
             use_cache = kwargs.get("use_cache", generation.use_cache)
             out["use_cache"] = True if use_cache is None else bool(use_cache)
