@@ -30,6 +30,7 @@ from orchestrator.errors import (
 )
 from orchestrator.locks import DEFAULT_LOCK_DIR
 from orchestrator.plan import make_plan
+from orchestrator.runners import RUNNER_KINDS
 from orchestrator.study import ExperimentOrder, Study, load_study
 from orchestrator.userconfig import UserConfig, load_user_config
 
@@ -56,20 +57,23 @@ def resolve_images(study_images: dict[str, str], overrides: Sequence[str], user:
     return images
 
 
-def _gpu_indices(spec: str | None) -> tuple[int, ...]:
-    from orchestrator.devices import discover_gpus
+def _gpus(spec: str | None) -> tuple[tuple[int, ...], dict[int, str]]:
+    """The GPU indices the study may use (``--gpus``, else every one NVML sees) and their UUIDs."""
+    from orchestrator.devices import discover_gpus, refuse_mig
 
-    found = [g.index for g in discover_gpus()]
+    found = {g.index: g for g in discover_gpus()}
     if spec is None:
-        return tuple(found)
-    try:
-        wanted = tuple(int(x) for x in spec.split(",") if x.strip())
-    except ValueError:
-        raise ConfigError(f"--gpus expects comma-separated indices such as 0,1, got {spec!r}") from None
-    missing = sorted(set(wanted) - set(found))
-    if missing:
-        raise ConfigError(f"--gpus names GPUs {missing} that NVML does not see (visible: {found})")
-    return wanted
+        wanted = tuple(found)
+    else:
+        try:
+            wanted = tuple(int(x) for x in spec.split(",") if x.strip())
+        except ValueError:
+            raise ConfigError(f"--gpus expects comma-separated indices such as 0,1, got {spec!r}") from None
+        missing = sorted(set(wanted) - set(found))
+        if missing:
+            raise ConfigError(f"--gpus names GPUs {missing} that NVML does not see (visible: {sorted(found)})")
+    refuse_mig([found[i] for i in wanted])
+    return wanted, {i: found[i].uuid for i in wanted}
 
 
 def ensure_shared_dirs(paths: Sequence[Path | None]) -> None:
@@ -106,11 +110,13 @@ def runner_options(args: argparse.Namespace, study: Study, user: UserConfig) -> 
     elif args.no_circuit_breaker:
         breaker = 0
     hours = args.timeout if args.timeout is not None else execution.wall_clock_timeout_hours
+    gpu_indices, gpu_uuids = _gpus(args.gpus)
     return RunnerOptions(
         results_root=Path(args.results_dir) if args.results_dir else user.results_dir,
         images=resolve_images(study.images, args.image, user),
         run_timeout_s=args.run_timeout,
-        gpu_indices=_gpu_indices(args.gpus),
+        gpu_indices=gpu_indices,
+        gpu_uuids=gpu_uuids,
         lock_dir=None if args.no_lock else Path(args.lock_dir),
         lock_wait_s=0.0 if args.no_wait else None,
         hf_home=user.hf_home,
@@ -128,10 +134,12 @@ def runner_options(args: argparse.Namespace, study: Study, user: UserConfig) -> 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.display import ProgressDisplay, print_results
-    from orchestrator.launcher import DockerLauncher
+    from orchestrator.launcher import DockerLauncher, Launcher
+    from orchestrator.local import LocalLauncher
     from orchestrator.reaper import reap_orphans
     from orchestrator.results import aggregate
     from orchestrator.runner import StudyRunner, newest_unfinished
+    from orchestrator.runners import resolve_runners
 
     out, err = _console(), _console(stderr=True)
     if args.json and not args.dry_run:
@@ -146,14 +154,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             print_text(plan, out)
         return EXIT_OK
-    options = runner_options(args, study, load_user_config())
+    user = load_user_config()
+    options = runner_options(args, study, user)
     for skipped in study.skipped:
         err.print(f"[yellow]skipping[/] grid point {skipped.index + 1}: {skipped.reason}")
-    launcher = DockerLauncher()
-    runner = StudyRunner(plan, options, launcher, events=_NoEvents())
+    engines = {e.config.engine for e in study.experiments}
+    choices = resolve_runners(engines, study=study.runners, cli=args.runner, user=user.runners())
+    docker = DockerLauncher()  # connects on first use: a study run entirely by the local runner needs no Docker
+    launchers: dict[str, Launcher] = {
+        engine: LocalLauncher(engine) if choice.kind == "local" else docker for engine, choice in choices.items()
+    }
+    runner = StudyRunner(plan, options, launchers, events=_NoEvents())
     runner.preflight()
-    for name in reap_orphans(launcher):
-        err.print(f"removed orphan container {name} (its llem process is gone)")
+    if any(choice.kind == "docker" for choice in choices.values()):
+        for name in reap_orphans(docker):
+            err.print(f"removed orphan container {name} (its llem process is gone)")
+    for engine, choice in sorted(choices.items()):
+        if choice.kind == "local":
+            err.print(f"{engine}: local runner ({choice.source}); the agent runs as a process on this host")
     ensure_shared_dirs([options.hf_home, options.baseline_cache, options.engine_cache])
     if args.resume or args.resume_dir:
         previous = Path(args.resume_dir) if args.resume_dir else newest_unfinished(options.results_root, study.name)
@@ -183,7 +201,7 @@ class _NoEvents:
     def run_phase(self, *args: object) -> None: ...
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list of every option
     parser = argparse.ArgumentParser(
         prog="llem", description="Measure energy, throughput and latency of LLM inference."
     )
@@ -198,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--name", help="study name (default: name: in the file, else the file name)")
     run.add_argument("--results-dir", help="where study directories go (default: llem config's output.results_dir)")
     run.add_argument("--image", action="append", default=[], metavar="ENGINE=IMAGE", help="image for an engine")
+    run.add_argument(
+        "--runner",
+        choices=RUNNER_KINDS,
+        help="where every engine's runs execute: docker (one container per run) or local (a host process); "
+        "LLEM_RUNNER_<ENGINE> and the user config's runners: win over it, it wins over the study's runners:",
+    )
     run.add_argument("--gpus", help="GPU indices the study may use, e.g. 0,1 (default: all NVML sees)")
     run.add_argument("--run-timeout", type=float, default=3600.0, metavar="S", help="per-run timeout in seconds")
     run.add_argument(

@@ -13,6 +13,7 @@ from llem_agent.contract import (
     CONTAINER_HF_HOME,
     CONTAINER_MODEL_DIR,
     CONTAINER_RUN_DIR,
+    CONTAINER_TRT_ENGINE_DIR,
     EXPERIMENT_FILE,
 )
 
@@ -26,6 +27,13 @@ LABEL_STUDY_DIR = "llem.study_dir"
 # LLEM_FAULT_INJECTION is the fault tests' switch; it does nothing unless a test sets it.
 PASSTHROUGH_ENV = ("HF_TOKEN", "LLEM_FAULT_INJECTION")
 NONROOT = "65532"  # the agent's user when llem itself runs as root
+AGENT_USER = "llem"  # its name: the images have no passwd entry for the host's uid
+# Writable caches for the agent's libraries, on the /tmp tmpfs (the root filesystem is read-only):
+# torch inductor (torch.compile, vLLM at start-up), Triton, and anything that honours XDG.
+CONTAINER_CACHE_ROOT = "/tmp/llem-cache"
+# Engines whose workers are separate processes (vLLM's engine core, TensorRT-LLM's MPI worker,
+# even at tensor-parallel 1): they exchange through shared memory and pin host memory.
+MULTIPROCESS_ENGINES = frozenset({"vllm", "tensorrt"})
 
 
 @dataclass(frozen=True)
@@ -43,18 +51,27 @@ class ContainerSpec:
     name: str
     command: tuple[str, ...]
     labels: dict[str, str]
-    environment: dict[str, str]
+    environment: dict[str, str]  # what the agent needs wherever it runs (paths are mount targets)
     passthrough_env: tuple[str, ...]
     mounts: tuple[Mount, ...]
     gpu_ids: tuple[str, ...]
     network_disabled: bool
     user: str
     group_add: tuple[str, ...] = ()
+    # Only inside a container: a name and HOME for a uid without a passwd entry, writable caches
+    # on the tmpfs, and NVIDIA_VISIBLE_DEVICES=void on a CPU run.
+    container_environment: dict[str, str] | None = None
+    engine: str = "pytorch"
+    gpu_uuids: tuple[str, ...] = ()
     memory_limit: str | None = None
     read_only_root: bool = True
     tmpfs: dict[str, str] | None = None
     shm_size: str | None = None
     ulimits: tuple[tuple[str, int, int], ...] = ()  # (name, soft, hard)
+
+    def mount_at(self, target: str) -> Mount | None:
+        """The mount whose container path is ``target``, if any."""
+        return next((m for m in self.mounts if m.target == target), None)
 
 
 def labels(study_id: str, run_id: str, host_pid: int, study_dir: Path) -> dict[str, str]:
@@ -74,6 +91,23 @@ def container_name(study_id: str, run_id: str) -> str:
     return f"llem-{study_id}-{run_id}"[:200]
 
 
+def container_environment(gpu_indices: tuple[int, ...]) -> dict[str, str]:
+    """Environment only a container needs. Its uid has no passwd entry, so USER and LOGNAME
+    name it (``getpass.getuser()``, which torch inductor calls, reads them first); caches go to
+    the tmpfs; a CPU run hides every GPU even where nvidia is Docker's default runtime."""
+    env = {
+        "HOME": "/tmp",
+        "USER": AGENT_USER,
+        "LOGNAME": AGENT_USER,
+        "XDG_CACHE_HOME": CONTAINER_CACHE_ROOT,
+        "TORCHINDUCTOR_CACHE_DIR": f"{CONTAINER_CACHE_ROOT}/torchinductor",
+        "TRITON_CACHE_DIR": f"{CONTAINER_CACHE_ROOT}/triton",
+    }
+    if not gpu_indices:
+        env["NVIDIA_VISIBLE_DEVICES"] = "void"
+    return env
+
+
 def build_spec(
     *,
     image: str,
@@ -90,6 +124,9 @@ def build_spec(
     baseline_cache: Path | None = None,
     adapter_dir: Path | None = None,
     engine_cache: Path | None = None,
+    engine: str = "pytorch",
+    gpu_uuids: tuple[str, ...] = (),
+    prebuilt_engine: Path | None = None,
 ) -> ContainerSpec:
     """The spec for one run.
 
@@ -107,7 +144,8 @@ def build_spec(
     mounts = [Mount(run_dir, CONTAINER_RUN_DIR, read_only=False), Mount(hf_home, CONTAINER_HF_HOME, read_only=False)]
     if baseline_cache is not None:
         mounts.append(Mount(baseline_cache, CONTAINER_BASELINE_DIR, read_only=False))
-    environment = {"HF_HOME": CONTAINER_HF_HOME, "HOME": "/tmp", "PYTHONUNBUFFERED": "1"}
+    # CUDA numbers devices fastest-first by default, NVML and Docker by PCI bus: make them agree.
+    environment = {"HF_HOME": CONTAINER_HF_HOME, "PYTHONUNBUFFERED": "1", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
     if model_dir is not None:
         mounts.append(Mount(model_dir, CONTAINER_MODEL_DIR, read_only=True))
         environment["HF_HUB_OFFLINE"] = "1"
@@ -115,9 +153,11 @@ def build_spec(
         mounts.append(Mount(adapter_dir, CONTAINER_ADAPTER_DIR, read_only=True))
     if engine_cache is not None:
         mounts.append(Mount(engine_cache, CONTAINER_ENGINE_CACHE, read_only=False))
-    # Several GPUs in one run (tensor / pipeline parallelism): NCCL and the engines' worker
-    # processes exchange through shared memory and pin host memory (NVIDIA's recommended limits).
-    multi_gpu = len(gpu_indices) > 1
+    if prebuilt_engine is not None:
+        mounts.append(Mount(prebuilt_engine, CONTAINER_TRT_ENGINE_DIR, read_only=True))
+    # Several GPUs in one run (tensor / pipeline parallelism), or an engine with worker processes:
+    # NCCL and the workers exchange through shared memory and pin host memory (NVIDIA's limits).
+    multiprocess = len(gpu_indices) > 1 or engine in MULTIPROCESS_ENGINES
     return ContainerSpec(
         image=image,
         name=container_name(study_id, run_id),
@@ -132,6 +172,9 @@ def build_spec(
         group_add=group_add,
         memory_limit=memory_limit,
         tmpfs={"/tmp": "rw,nosuid,nodev,exec,size=4g"},
-        shm_size="16g" if multi_gpu else None,
-        ulimits=(("memlock", -1, -1), ("stack", 67108864, 67108864)) if multi_gpu else (),
+        shm_size="16g" if multiprocess else None,
+        ulimits=(("memlock", -1, -1), ("stack", 67108864, 67108864)) if multiprocess else (),
+        container_environment=container_environment(gpu_indices),
+        engine=engine,
+        gpu_uuids=gpu_uuids,
     )

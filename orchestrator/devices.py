@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from llem_agent.contract import ExperimentConfig
 
@@ -12,6 +13,7 @@ class Gpu:
     index: int
     uuid: str
     name: str
+    mig: bool = False  # MIG mode on: its slices share one energy counter, llem measures whole GPUs
 
 
 def nvml_gpus() -> tuple[list[Gpu], str | None]:
@@ -28,10 +30,39 @@ def nvml_gpus() -> tuple[list[Gpu], str | None]:
         gpus = []
         for i in range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-            gpus.append(Gpu(i, str(pynvml.nvmlDeviceGetUUID(handle)), str(pynvml.nvmlDeviceGetName(handle))))
+            gpus.append(
+                Gpu(
+                    i,
+                    str(pynvml.nvmlDeviceGetUUID(handle)),
+                    str(pynvml.nvmlDeviceGetName(handle)),
+                    _mig(pynvml, handle),
+                )
+            )
         return gpus, None if gpus else "NVML found no device"
     finally:
         pynvml.nvmlShutdown()
+
+
+def _mig(nvml: Any, handle: object) -> bool:
+    try:
+        current, _pending = nvml.nvmlDeviceGetMigMode(handle)
+    except (nvml.NVMLError, AttributeError):
+        return False  # no MIG support on this GPU or driver
+    return bool(current == getattr(nvml, "NVML_DEVICE_MIG_ENABLE", 1))
+
+
+def refuse_mig(gpus: list[Gpu]) -> None:
+    """MIG slices share their GPU's energy counter and power reading, so a run on one slice
+    would be billed for its neighbours' work: llem measures whole GPUs only."""
+    mig = [g for g in gpus if g.mig]
+    if mig:
+        from orchestrator.errors import EnvironmentProblem
+
+        names = ", ".join(f"{g.index} ({g.name})" for g in mig)
+        raise EnvironmentProblem(
+            f"GPU {names} is in MIG mode; llem measures whole GPUs (a slice shares the GPU's energy counter): "
+            f"disable MIG (sudo nvidia-smi -i {mig[0].index} -mig 0) or leave it out with --gpus"
+        )
 
 
 def discover_gpus() -> list[Gpu]:

@@ -55,6 +55,25 @@ def disk_check(name: str, path: Path, setting: str) -> Check:
     return Check(name, "ok", detail)
 
 
+def nvidia_support(info: dict[str, Any]) -> str | None:
+    """How this Docker engine gives containers NVIDIA GPUs, or None. The nvidia runtime, or a CDI
+    spec for ``nvidia.com/gpu`` (``nvidia-ctk cdi generate``). ``CDISpecDirs`` alone proves
+    nothing: every Docker 25+ reports its default directories, with or without a spec in them."""
+    runtimes = sorted((info.get("Runtimes") or {}).keys())
+    if "nvidia" in runtimes:
+        return f"runtimes: {', '.join(runtimes)}"
+    for directory in info.get("CDISpecDirs") or []:
+        for spec in sorted(Path(directory).glob("*")):
+            if spec.suffix in (".yaml", ".yml", ".json"):
+                try:
+                    text = spec.read_text(encoding="utf-8", errors="replace")
+                except OSError:
+                    continue
+                if "nvidia.com/gpu" in text:
+                    return f"CDI spec {spec}"
+    return None
+
+
 def run_checks(required_engines: Sequence[str] = ("pytorch",)) -> list[Check]:
     from orchestrator.launcher import DockerLauncher
     from orchestrator.userconfig import load_user_config
@@ -99,9 +118,9 @@ def run_checks(required_engines: Sequence[str] = ("pytorch",)) -> list[Check]:
         info = None
     if info is not None:
         runtimes = sorted((info.get("Runtimes") or {}).keys())
-        has_nvidia = "nvidia" in runtimes or bool(info.get("CDISpecDirs"))
-        if has_nvidia:
-            checks.append(Check("NVIDIA container runtime", "ok", f"runtimes: {', '.join(runtimes)}"))
+        nvidia = nvidia_support(info)
+        if nvidia:
+            checks.append(Check("NVIDIA container runtime", "ok", nvidia))
         elif gpus:
             checks.append(
                 Check(

@@ -20,7 +20,7 @@ from docker.models.containers import Container
 
 from llem_agent.contract import CONTRACT_FINGERPRINT_PATH, contract_fingerprint
 from orchestrator import __version__
-from orchestrator.container import LABEL_HOST, LABEL_HOST_PID, LABEL_MANAGED, ContainerSpec
+from orchestrator.container import LABEL_HOST, LABEL_HOST_PID, LABEL_MANAGED, ContainerSpec, Mount
 from orchestrator.errors import EnvironmentProblem
 
 
@@ -53,7 +53,13 @@ class Liveness:
 
 
 class Launcher(Protocol):
-    """What the study runner needs from a container runtime; faked in unit tests."""
+    """Where one run executes: in a container (docker) or as a host process (local); faked in
+    unit tests. Who schedules the runs is the study runner's business, not the launcher's."""
+
+    kind: str
+
+    def agent_path(self, mount: Mount) -> str:
+        """Where the agent sees a mounted host directory."""
 
     def check(self, images: Iterable[str]) -> None: ...
 
@@ -82,7 +88,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _run_kwargs(spec: ContainerSpec) -> dict[str, Any]:
-    environment = dict(spec.environment)
+    environment = dict(spec.environment) | dict(spec.container_environment or {})
     environment.update({k: os.environ[k] for k in spec.passthrough_env if os.environ.get(k)})
     kwargs: dict[str, Any] = {
         "command": list(spec.command),
@@ -118,9 +124,14 @@ def _run_kwargs(spec: ContainerSpec) -> dict[str, Any]:
 class DockerLauncher:
     """Runs agent containers with the Docker SDK: start, wait with a timeout, keep the log, remove."""
 
+    kind = "docker"
+
     def __init__(self, client_factory: Callable[[], docker.DockerClient] = _docker_client) -> None:
         self._factory = client_factory
         self._client: docker.DockerClient | None = None
+
+    def agent_path(self, mount: Mount) -> str:
+        return mount.target
 
     @property
     def client(self) -> docker.DockerClient:

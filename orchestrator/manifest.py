@@ -44,6 +44,7 @@ class RunEntry(BaseModel):
     config_hash: str
     status: RunStatus = "pending"
     image: str
+    runner: Literal["docker", "local"] = "docker"
     devices: list[str] = Field(default_factory=list)
     started_at: str | None = None
     finished_at: str | None = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import stat
 import struct
 from dataclasses import dataclass
@@ -53,6 +54,54 @@ def resolve_model_dir(model: str, base_dir: Path) -> Path | None:
     if model.startswith(("/", "./", "../", "~")):
         raise ConfigError(f"model directory not found: {candidate}")
     return None
+
+
+def resolve_trt_engine_dir(config: ExperimentConfig, base_dir: Path) -> Path | None:
+    """The host directory of a prebuilt TensorRT engine (``tensorrt.engine_path``, relative to the study)."""
+    section = config.tensorrt
+    if config.engine != "tensorrt" or section is None or section.engine_path is None:
+        return None
+    path = Path(section.engine_path).expanduser()
+    path = path if path.is_absolute() else base_dir / path
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"tensorrt.engine_path: no TensorRT engine (config.json) in {path}")
+    return path.resolve()
+
+
+_AGENT_UID = 65532  # orchestrator.container.NONROOT: the agent's uid when llem runs as root
+_SYSTEM_DIRS = frozenset(Path(p) for p in ("/", "/etc", "/usr", "/var", "/bin", "/lib", "/opt", "/root", "/home"))
+
+
+def check_hf_cache_writable(hf_home: Path, host_uid: int, model: str) -> None:
+    """The agent downloads hub models into the mounted Hugging Face cache: it must be able to
+    write there. As root, llem runs its agent as uid 65532 in the root group, which a cache
+    made by root (0755) shuts out; as anyone else, the agent is that user."""
+    hf_home = hf_home.expanduser()
+    targets = [p for p in (hf_home, hf_home / "hub") if p.exists()]
+    if not targets:
+        return  # llem creates it, writable for the agent
+    for path in targets:
+        info = path.stat()
+        mode = stat.S_IMODE(info.st_mode)
+        if host_uid == 0:
+            writable = (
+                (info.st_uid == _AGENT_UID and mode & stat.S_IWUSR)
+                or (info.st_gid == 0 and mode & stat.S_IWGRP)
+                or mode & stat.S_IWOTH
+            )
+            who = "llem's agent (uid 65532, group root)"
+        else:
+            writable = os.access(path, os.W_OK | os.X_OK)
+            who = f"you (uid {host_uid})"
+        if writable:
+            continue
+        fix = "point HF_HOME (or output.model_cache_dir) at a directory you own"
+        if hf_home.resolve() not in _SYSTEM_DIRS and host_uid == 0:
+            fix = f"run `chgrp -R 0 {hf_home} && chmod -R g+rwX {hf_home}`, or " + fix
+        raise ConfigError(
+            f"the Hugging Face cache {path} (owner uid {info.st_uid}, mode {mode:o}) is not writable by {who}, "
+            f"and {model} must be downloaded into it: {fix}"
+        )
 
 
 def check_readable_by_agent(folder: Path, host_uid: int) -> None:

@@ -7,10 +7,11 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from filelock import FileLock, Timeout
 from pydantic import ValidationError
@@ -20,6 +21,7 @@ from llem_agent.contract import (
     CONTAINER_BASELINE_DIR,
     CONTAINER_ENGINE_CACHE,
     CONTAINER_MODEL_DIR,
+    CONTAINER_TRT_ENGINE_DIR,
     ERROR_FILE,
     EXPERIMENT_FILE,
     HEARTBEAT_FILE,
@@ -51,7 +53,13 @@ from orchestrator.manifest import (
     study_dirs,
     utc_now,
 )
-from orchestrator.models import check_readable_by_agent, resolve_adapter_dir, resolve_model_dir
+from orchestrator.models import (
+    check_hf_cache_writable,
+    check_readable_by_agent,
+    resolve_adapter_dir,
+    resolve_model_dir,
+    resolve_trt_engine_dir,
+)
 from orchestrator.plan import Plan, PlannedRun
 from orchestrator.policy import CircuitBreaker, WallClock
 from orchestrator.results import EXPERIMENTS_FILE, HOST_FILE, StudySummary, summarise, write_design
@@ -84,6 +92,7 @@ class RunnerOptions:
     wall_clock_limit_s: float | None = None
     factors: MeasurementFactors = field(default_factory=MeasurementFactors)
     engine_cache: Path | None = None  # TensorRT-LLM engine builds, mounted into tensorrt runs
+    gpu_uuids: dict[int, str] = field(default_factory=dict)  # index -> UUID of every GPU the study may use
 
 
 @dataclass(frozen=True)
@@ -228,7 +237,14 @@ class PhaseWatch:
 class StudyRunner:
     """Executes a plan through a launcher and keeps the manifest true at every step."""
 
-    def __init__(self, plan: Plan, options: RunnerOptions, launcher: Launcher, events: RunnerEvents) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        options: RunnerOptions,
+        launcher: Launcher | Mapping[str, Launcher],
+        events: RunnerEvents,
+    ) -> None:
+        """``launcher``: one for every engine, or one per engine (``runners:``: docker or local)."""
         self.plan = plan
         self.options = options
         self.launcher = launcher
@@ -237,6 +253,7 @@ class StudyRunner:
         self._store: ManifestStore | None = None
         self._model_dirs: dict[int, Path | None] = {}
         self._adapter_dirs: dict[int, Path | None] = {}
+        self._engine_dirs: dict[int, Path | None] = {}
         self._study_lock: FileLock | None = None
         self.summary: StudySummary | None = None
 
@@ -260,9 +277,44 @@ class StudyRunner:
             adapter_dir = self._adapter_dirs[exp.index] = resolve_adapter_dir(exp.config, base)
             if adapter_dir is not None:
                 check_readable_by_agent(adapter_dir, os.getuid())
+            engine_dir = self._engine_dirs[exp.index] = resolve_trt_engine_dir(exp.config, base)
+            if engine_dir is not None:
+                check_readable_by_agent(engine_dir, os.getuid())
             assign_devices(exp.config, list(self.options.gpu_indices))  # raises when too few GPUs
-        self.launcher.check(self._images())
+        hub_models = sorted({e.config.model for e in self.plan.study.experiments if self._model_dirs[e.index] is None})
+        if hub_models:  # downloads land in the mounted cache, written by the agent's uid
+            check_hf_cache_writable(self.options.hf_home, os.getuid(), hub_models[0])
+        for engine_name, images in self._images_by_engine().items():
+            self.launcher_for(engine_name).check(images)
         self._check_extras()
+
+    def launcher_for(self, engine: str) -> Launcher:
+        """The launcher that runs ``engine``'s experiments."""
+        if isinstance(self.launcher, Mapping):
+            try:
+                return self.launcher[engine]
+            except KeyError:
+                raise EnvironmentProblem(f"no runner configured for engine '{engine}'") from None
+        return self.launcher
+
+    def _images_by_engine(self) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for exp in self.plan.study.experiments:
+            out.setdefault(exp.config.engine, set()).add(image_for(exp.config.engine, self.options.images))
+        return out
+
+    def _describe(self, images_by_engine: dict[str, set[str]]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        """What each engine's launcher says about itself and its images (for host.json)."""
+        server: dict[str, dict[str, Any]] = {}
+        images: dict[str, dict[str, Any]] = {}
+        runners: dict[str, str] = {}
+        for engine, refs in sorted(images_by_engine.items()):
+            launcher = self.launcher_for(engine)
+            runners[engine] = launcher.kind
+            facts, described = launcher.describe(refs)
+            server.setdefault(launcher.kind, facts)
+            images |= described
+        return {**server.get("docker", server.get("local", {})), "runners": runners}, images
 
     def _check_extras(self) -> None:
         """energy_sampler zeus/codecarbon needs an image built with that agent extra; images
@@ -274,7 +326,11 @@ class StudyRunner:
                 needs.setdefault(image, {})[exp.config.energy_sampler] = exp.index
         if not needs:
             return
-        _, described = self.launcher.describe(needs)
+        described: dict[str, dict[str, Any]] = {}
+        for exp in self.plan.study.experiments:
+            image = image_for(exp.config.engine, self.options.images)
+            if image in needs and image not in described:
+                described |= self.launcher_for(exp.config.engine).describe({image})[1]
         for image, wanted in needs.items():
             labels = (described.get(image) or {}).get("labels") or {}
             if LABEL_EXTRAS not in labels:
@@ -287,17 +343,16 @@ class StudyRunner:
                         f"--build-arg AGENT_EXTRAS={extra}; {image} has {', '.join(sorted(have)) or 'no extras'}"
                     )
 
-    def _images(self) -> set[str]:
-        """Every image this study's experiments run in."""
-        return {image_for(e.config.engine, self.options.images) for e in self.plan.study.experiments}
-
     def _entry(self, run: PlannedRun) -> RunEntry:
+        engine = run.experiment.config.engine
+        local = self.launcher_for(engine).kind == "local"
         return RunEntry(
             run_id=run.run_id,
             experiment_index=run.experiment.index,
             cycle=run.cycle,
             config_hash=run.experiment.config_hash,
-            image=image_for(run.experiment.config.engine, self.options.images),
+            image="local" if local else image_for(engine, self.options.images),
+            runner="local" if local else "docker",
         )
 
     def _open(self, study_dir: Path, manifest: Manifest) -> Path:
@@ -319,7 +374,7 @@ class StudyRunner:
         study_dir = _new_study_dir(self.options.results_root, study.name)
         try:
             shutil.copyfile(study.path, study_dir / STUDY_COPY)
-            server, images = self.launcher.describe(self._images())
+            server, images = self._describe(self._images_by_engine())
             facts = host_facts(server, images) | {"measurement": self.options.factors.as_dict()}
             write_atomic(study_dir / HOST_FILE, json.dumps(facts, indent=2))
             self._write_design(study_dir)
@@ -477,25 +532,12 @@ class StudyRunner:
         if os.getuid() == 0:
             os.chmod(run_dir, 0o2775)  # the unprivileged agent writes here through the root group
         gpus = assign_devices(config, list(self.options.gpu_indices))
+        uuids = tuple(self.options.gpu_uuids[g] for g in gpus if g in self.options.gpu_uuids)
         model_dir = self._model_dirs.get(run.experiment.index)
         engine_cache = self.options.engine_cache if config.engine == "tensorrt" else None
-        request = RunRequest(
-            run_id=run.run_id,
-            study_name=self.plan.study.name,
-            cycle=run.cycle,
-            config_hash=run.experiment.config_hash,
-            config=config,
-            model_path=CONTAINER_MODEL_DIR if model_dir is not None else None,
-            adapter_path=CONTAINER_ADAPTER_DIR if self._adapter_dirs.get(run.experiment.index) else None,
-            engine_cache_dir=CONTAINER_ENGINE_CACHE if engine_cache is not None else None,
-            gpus=[str(g) for g in gpus],
-            baseline_cache_dir=CONTAINER_BASELINE_DIR if self.options.baseline_cache else None,
-            sample_interval_s=self.options.sample_interval_s,
-        )
-        write_atomic(run_dir / EXPERIMENT_FILE, request.model_dump_json(indent=2))
-        image = image_for(config.engine, self.options.images)
+        launcher = self.launcher_for(config.engine)
         spec = build_spec(
-            image=image,
+            image=image_for(config.engine, self.options.images),
             study_id=self.study_dir.name,
             run_id=run.run_id,
             run_dir=run_dir.resolve(),
@@ -509,7 +551,32 @@ class StudyRunner:
             baseline_cache=self.options.baseline_cache,
             adapter_dir=self._adapter_dirs.get(run.experiment.index),
             engine_cache=engine_cache,
+            engine=config.engine,
+            gpu_uuids=uuids,
+            prebuilt_engine=self._engine_dirs.get(run.experiment.index),
         )
+
+        def seen(target: str) -> str | None:  # where the agent sees a mount: in its container, or on the host
+            mount = spec.mount_at(target)
+            return launcher.agent_path(mount) if mount is not None else None
+
+        request = RunRequest(
+            run_id=run.run_id,
+            study_name=self.plan.study.name,
+            cycle=run.cycle,
+            config_hash=run.experiment.config_hash,
+            config=config,
+            model_path=seen(CONTAINER_MODEL_DIR),
+            adapter_path=seen(CONTAINER_ADAPTER_DIR),
+            engine_cache_dir=seen(CONTAINER_ENGINE_CACHE),
+            engine_path=seen(CONTAINER_TRT_ENGINE_DIR),
+            gpus=[str(g) for g in gpus],
+            gpu_uuids=list(uuids) if len(uuids) == len(gpus) else None,
+            baseline_cache_dir=seen(CONTAINER_BASELINE_DIR),
+            sample_interval_s=self.options.sample_interval_s,
+            runner="local" if launcher.kind == "local" else "docker",
+        )
+        write_atomic(run_dir / EXPERIMENT_FILE, request.model_dump_json(indent=2))
         lock_dir = self.options.lock_dir
         locks = DeviceLocks(lock_names(gpus) if lock_dir else [], lock_dir or Path("."))
         if not locks.acquire(self.options.lock_wait_s, on_wait=self.events.waiting_for_devices):
@@ -532,7 +599,7 @@ class StudyRunner:
             )
             watch = PhaseWatch(run, run_dir / HEARTBEAT_FILE, self._download_dir(config.model, model_dir), self.events)
             liveness = Liveness(run_dir / HEARTBEAT_FILE, self.options.stall_timeout_s, on_poll=watch.poll)
-            outcome = self.launcher.run(spec, max(timeout, 1.0), run_dir / CONTAINER_LOG, liveness)
+            outcome = launcher.run(spec, max(timeout, 1.0), run_dir / CONTAINER_LOG, liveness)
         result, failure = collect(run_dir, run.run_id, outcome)
         entry = self._store.update_run(
             run.run_id,

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llem_agent.contract import ENGINES, ExperimentConfig, canonical_engine, canonical_json, config_hash
 from orchestrator.errors import ConfigError
+from orchestrator.runners import RunnerKind, parse_runner
 from orchestrator.sweep import deep_merge, expand
 from orchestrator.validation import describe, did_you_mean, has_unknown_key
 
@@ -38,26 +39,23 @@ class StudyExecution(BaseModel):
     wall_clock_timeout_hours: float | None = Field(default=None, gt=0.0, description="None: no limit.")
 
 
-def _validate_runners(value: Any, path: Path) -> dict[str, str]:
-    """``runners:`` maps an engine to ``docker`` or ``docker:<image>`` (``local`` is not offered yet)."""
+def _validate_runners(value: Any, path: Path) -> tuple[dict[str, str], dict[str, RunnerKind]]:
+    """``runners:`` maps an engine to ``docker``, ``docker:<image>`` or ``local``: (images, runners)."""
     if value is None:
-        return {}
+        return {}, {}
     if not isinstance(value, dict):
         raise ConfigError(f"{path}: runners: expected a mapping of engine to runner, got {type(value).__name__}")
     images: dict[str, str] = {}
+    runners: dict[str, RunnerKind] = {}
     for engine, runner in value.items():
         name = canonical_engine(str(engine))
         if name not in ENGINES:
             raise ConfigError(f"{path}: runners: unknown engine '{engine}'{did_you_mean(str(engine), ENGINES)}")
-        if runner == "docker":
-            continue
-        if isinstance(runner, str) and runner.startswith("docker:") and len(runner) > len("docker:"):
-            images[name] = runner.removeprefix("docker:")
-        elif runner == "local":
-            raise ConfigError(f"{path}: runners.{engine}: the local runner is not available yet; use docker")
-        else:
-            raise ConfigError(f"{path}: runners.{engine}: expected docker or docker:<image>, got {runner!r}")
-    return images
+        kind, image = parse_runner(runner, f"{path}: runners.{engine}")
+        runners[name] = kind
+        if image is not None:
+            images[name] = image
+    return images, runners
 
 
 @dataclass(frozen=True)
@@ -89,6 +87,7 @@ class Study:
     execution: StudyExecution
     design_hash: str
     images: dict[str, str] = field(default_factory=dict)
+    runners: dict[str, RunnerKind] = field(default_factory=dict)  # engine -> docker | local (runners:)
 
 
 def _read_yaml(path: Path) -> Any:
@@ -175,7 +174,7 @@ def study_from_data(data: dict[str, Any], path: Path, name_override: str | None 
         execution = StudyExecution.model_validate(execution_data)
     except ValidationError as exc:
         raise ConfigError(f"{path}: study_execution: {describe(exc, StudyExecution)}") from None
-    images = _validate_runners(data.get("runners"), path)
+    images, runners = _validate_runners(data.get("runners"), path)
 
     raws = expand(shared, sweep, explicit) if (sweep or explicit) else expand(shared, None, None) or [shared]
     results = _deduplicate([_validate(i, raw, path) for i, raw in enumerate(raws)])
@@ -201,4 +200,5 @@ def study_from_data(data: dict[str, Any], path: Path, name_override: str | None 
         execution=execution,
         design_hash=design_hash(experiments),
         images=images,
+        runners=runners,
     )

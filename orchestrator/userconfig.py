@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from llem_agent.contract import ENGINES, canonical_engine
 from orchestrator import __version__
 from orchestrator.errors import ConfigError
+from orchestrator.runners import RunnerKind, parse_runner
 from orchestrator.validation import did_you_mean
 
 CONFIG_ENV = "LLEM_CONFIG"
@@ -117,6 +118,10 @@ class UserConfig:
     def images(self) -> dict[str, str]:
         return {engine: self.value(f"images.{engine}") for engine in ENGINES}
 
+    def runners(self) -> dict[str, RunnerKind]:
+        """Runners set in the user config file (or LLEM_RUNNER_<ENGINE>): engine -> docker | local."""
+        return {e: self.value(f"runners.{e}") for e in ENGINES if self.value(f"runners.{e}") is not None}
+
     def factors(self) -> MeasurementFactors:
         keys = ("datacenter_pue", "carbon_intensity_gco2_kwh", "datacenter_location")
         return MeasurementFactors(
@@ -179,9 +184,10 @@ def _env_float(name: str, low: float, high: float) -> float | None:
     return value
 
 
-def _images_from_file(cfg: UserConfigFile, path: Path) -> dict[str, str]:
-    """``images: {engine: ref}`` and ``runners: {engine: docker | docker:ref}``; images wins."""
+def _images_from_file(cfg: UserConfigFile, path: Path) -> tuple[dict[str, str], dict[str, RunnerKind]]:
+    """``images: {engine: ref}`` and ``runners: {engine: docker | docker:ref | local}``; images wins."""
     images: dict[str, str] = {}
+    runners: dict[str, RunnerKind] = {}
     for section, mapping in (("runners", cfg.runners), ("images", cfg.images)):
         for engine, value in mapping.items():
             name = canonical_engine(engine)
@@ -191,13 +197,12 @@ def _images_from_file(cfg: UserConfigFile, path: Path) -> dict[str, str]:
                 )
             if section == "images":
                 images[name] = value
-            elif value.startswith("docker:") and len(value) > len("docker:"):
-                images[name] = value.removeprefix("docker:")
-            elif value == "local":
-                raise ConfigError(f"user config {path}: runners.{engine}: the local runner is not available yet")
-            elif value != "docker":
-                raise ConfigError(f"user config {path}: runners.{engine}: expected docker or docker:<image>")
-    return images
+                continue
+            kind, image = parse_runner(value, f"user config {path}: runners.{engine}")
+            runners[name] = kind
+            if image is not None:
+                images[name] = image
+    return images, runners
 
 
 def load_user_config() -> UserConfig:
@@ -225,10 +230,16 @@ def load_user_config() -> UserConfig:
         "HF_HOME",
         os.environ.get("HF_HOME"),
     )
-    file_images = _images_from_file(cfg, path)
+    file_images, file_runners = _images_from_file(cfg, path)
     for engine in ENGINES:
         env = f"LLEM_IMAGE_{engine.upper()}"
         put(f"images.{engine}", DEFAULT_IMAGE.format(engine=engine), file_images.get(engine), env, os.environ.get(env))
+    for engine in ENGINES:
+        env = f"LLEM_RUNNER_{engine.upper()}"
+        raw = os.environ.get(env) or None
+        if raw is not None:
+            parse_runner(raw, env)  # a bad value is a one-line error here, not mid-study
+        put(f"runners.{engine}", None, file_runners.get(engine), env, raw and parse_runner(raw, env)[0])
     m = cfg.measurement
     put("measurement.datacenter_pue", 1.0, m.datacenter_pue, "LLEM_DATACENTER_PUE",
         _env_float("LLEM_DATACENTER_PUE", 1.0, 10.0))  # fmt: skip

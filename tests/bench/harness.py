@@ -30,7 +30,9 @@ class LoadedOnce:
         self.engine = engine
         self._loaded = False
 
-    def load(self, config: ExperimentConfig, model_source: str, adapter_source: str | None = None) -> None:
+    def load(
+        self, config: ExperimentConfig, model_source: str, adapter_source: str | None = None, dirs: object = None
+    ) -> None:
         if not self._loaded:
             self.engine.load(config, model_source, adapter_source)
             self._loaded = True

@@ -31,6 +31,7 @@ study_execution: {n_cycles: 2, experiment_order: latin_square}
 """,
     """model: gpt2
 engine: tensorrt
+tensorrt: {engine: tensorrt}   # quantisation is a build setting of a compiled engine
 sweep:
   tensorrt.quant_config:
     - {}

@@ -49,7 +49,7 @@ def test_valid_combinations():
     assert beam.decoding_mode() == "beam"
     q = cfg(pytorch={"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": "bfloat16"})
     assert q.pytorch.bnb_4bit_quant_type == "nf4"
-    trt = cfg(engine="tensorrt", tensorrt={"quant_config": {"quant_algo": "FP8"}})
+    trt = cfg(engine="tensorrt", tensorrt={"engine": "tensorrt", "quant_config": {"quant_algo": "FP8"}})
     assert trt.tensorrt.quant.quant_algo == "FP8"
     assert cfg(passthrough_kwargs={"use_bettertransformer": True}).passthrough_kwargs == {"use_bettertransformer": True}
 

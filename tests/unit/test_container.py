@@ -108,3 +108,54 @@ def test_parallel_engines_lock_as_many_gpus_as_they_use():
     trt = ExperimentConfig.model_validate({"model": "m", "engine": "tensorrt", "tensorrt": {"tensor_parallel_size": 2}})
     assert devices_needed(vllm) == 4 and devices_needed(trt) == 2
     assert devices_needed(ExperimentConfig.model_validate({"model": "m"})) == 1
+
+
+def _container_env(s) -> dict[str, str]:
+    return _run_kwargs(s)["environment"]
+
+
+def test_an_agent_uid_without_passwd_entry_still_has_a_name_and_writable_caches():
+    """torch inductor (torch.compile, vLLM at start-up) calls getpass.getuser(), which dies with
+    KeyError where the uid has no passwd entry unless USER / LOGNAME name it."""
+    import subprocess
+    import sys
+
+    env = _container_env(spec(uid=0))
+    probe = (
+        "import getpass, pwd\n"
+        "def missing(uid): raise KeyError(f'getpwuid(): uid not found: {uid}')\n"
+        "pwd.getpwuid = missing\n"
+        "print(getpass.getuser())"
+    )
+    clean = {k: v for k, v in env.items() if k != "HF_TOKEN"} | {"PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", probe], env=clean, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "llem"
+    tmpfs = next(iter(spec().tmpfs or {}))
+    for key in ("HOME", "XDG_CACHE_HOME", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        assert env[key].startswith(tmpfs), key  # the root filesystem is read-only; the tmpfs is not
+
+
+def test_cpu_runs_hide_every_gpu_and_device_order_is_the_bus_order():
+    cpu, gpu = _container_env(spec()), _container_env(spec(gpus=(1,)))
+    assert cpu["NVIDIA_VISIBLE_DEVICES"] == "void"  # nvidia as Docker's default runtime would show them all
+    assert "NVIDIA_VISIBLE_DEVICES" not in gpu  # Docker sets it from the device request
+    assert cpu["CUDA_DEVICE_ORDER"] == gpu["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+
+
+@pytest.mark.parametrize("engine", ["vllm", "tensorrt"])
+def test_engines_with_worker_processes_get_shared_memory_even_on_one_gpu(engine):
+    s = build_spec(
+        image="i", study_id="s", run_id="e001-c1", run_dir=Path("/r/s/runs/e001-c1"), hf_home=Path("/hf"),
+        model_dir=None, gpu_indices=(0,), host_uid=1000, host_gid=1000, host_pid=1, engine=engine,
+    )  # fmt: skip
+    assert s.shm_size == "16g" and ("memlock", -1, -1) in s.ulimits
+
+
+def test_a_prebuilt_tensorrt_engine_is_mounted_read_only():
+    s = build_spec(
+        image="i", study_id="s", run_id="e001-c1", run_dir=Path("/r/s/runs/e001-c1"), hf_home=Path("/hf"),
+        model_dir=None, gpu_indices=(0,), host_uid=1000, host_gid=1000, host_pid=1, engine="tensorrt",
+        prebuilt_engine=Path("/engines/llama-fp8"),
+    )  # fmt: skip
+    mount = s.mount_at("/llem/trt-engine")
+    assert mount is not None and mount.read_only and mount.source == Path("/engines/llama-fp8")

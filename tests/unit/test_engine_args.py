@@ -30,7 +30,7 @@ def cfg(**kwargs: Any) -> ExperimentConfig:
 def test_none_is_never_passed():
     assert pytorch_load_kwargs(cfg()) == {"trust_remote_code": False}
     assert vllm_engine_kwargs(cfg(engine="vllm"), "/m") == {"model": "/m", "seed": 42, "disable_log_stats": False}
-    assert tensorrt_llm_kwargs(cfg(engine="tensorrt"), "/m") == {"model": "/m"}
+    assert tensorrt_llm_kwargs(cfg(engine="tensorrt"), "/m") == {"model": "/m", "return_perf_metrics": True}
     for kwargs in (vllm_sampling_kwargs(cfg(engine="vllm")), tensorrt_sampling_kwargs(cfg(engine="tensorrt"))):
         assert None not in kwargs.values()
 

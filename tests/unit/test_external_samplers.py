@@ -32,10 +32,10 @@ def fake_zeus(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         def __init__(self, gpu_indices: list[int]) -> None:
             seen["gpu_indices"] = gpu_indices
 
-        def begin_window(self, key: str) -> None:
+        def begin_window(self, key: str, sync_execution: bool = True) -> None:
             seen["begin"] = key
 
-        def end_window(self, key: str) -> Measurement:
+        def end_window(self, key: str, sync_execution: bool = True) -> Measurement:
             seen["end"] = key
             return Measurement()
 

@@ -273,6 +273,7 @@ def test_yaml_anchors_and_merge_keys(tmp_path):
         """
 model: gpt2
 engine: tensorrt
+tensorrt: {engine: tensorrt}   # quantisation is a build setting of a compiled engine
 sweep:
   tensorrt.quant_config:
     - {}
@@ -371,5 +372,6 @@ def test_experiment_order_table(tmp_path, order, expected):
 def test_runners_docker_image_and_bad_runner(tmp_path):
     s = study(tmp_path, "model: gpt2\nrunners:\n  transformers: docker:my/registry:tag\n")
     assert s.images == {"pytorch": "my/registry:tag"}
-    with pytest.raises(ConfigError, match="local runner is not available"):
-        study(tmp_path, "model: gpt2\nrunners:\n  pytorch: local\n", "b.yaml")
+    assert study(tmp_path, "model: gpt2\nrunners:\n  pytorch: local\n", "b.yaml").runners == {"pytorch": "local"}
+    with pytest.raises(ConfigError, match="expected docker, docker:<image> or local"):
+        study(tmp_path, "model: gpt2\nrunners:\n  pytorch: slurm\n", "c.yaml")

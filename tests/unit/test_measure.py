@@ -11,7 +11,7 @@ class DummyEngine:
         self.calls: list[list[str]] = []
         self.loaded_from: str | None = None
 
-    def load(self, config, model_source, adapter_source=None):
+    def load(self, config, model_source, adapter_source=None, dirs=None):
         self.config, self.loaded_from = config, model_source
 
     def batch_size(self):

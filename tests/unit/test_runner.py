@@ -37,6 +37,11 @@ def agent_error(run_dir: Path, req: RunRequest) -> ContainerOutcome:
 
 
 class FakeLauncher:
+    kind = "docker"
+
+    def agent_path(self, mount):
+        return mount.target
+
     def __init__(self, behaviours: dict[str, Behaviour] | None = None, default: Behaviour = ok) -> None:
         self.behaviours = behaviours or {}
         self.default = default

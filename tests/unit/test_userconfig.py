@@ -59,7 +59,7 @@ def test_file_then_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
         ("output: [\n", "not valid YAML"),
         ("- a\n", "expected a mapping"),
         ("runners:\n  onnx: docker\n", "unknown engine 'onnx'"),
-        ("runners:\n  vllm: kubernetes\n", "expected docker or docker:<image>"),
+        ("runners:\n  vllm: kubernetes\n", "expected docker, docker:<image> or local"),
     ],
 )
 def test_broken_file_is_one_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, text: str, fragment: str):

@@ -37,6 +37,7 @@ from llem_agent.telemetry import (
     downsample,
     integrate_j,
     max_gap_s,
+    power_capped_fraction,
     temperature_drift_c,
     throttle_events,
     validity_flags,
@@ -49,6 +50,10 @@ DEFAULT_INTERVAL_S = 0.1
 
 class NvmlUnavailable(RuntimeError):
     """NVML cannot be used here (no driver, no device, or no energy counter)."""
+
+
+class BaselineFailed(RuntimeError):
+    """The idle baseline got no power reading from a device: no baseline rather than 0 W."""
 
 
 class EnergyBackend(Protocol):
@@ -68,15 +73,35 @@ class EnergyBackend(Protocol):
     def close(self) -> None: ...
 
 
-class NvmlBackend:
-    """Real NVML, through nvidia-ml-py. Vendor errors become ``NvmlUnavailable`` here only."""
+def visible_gpu_uuids() -> list[str]:
+    """UUIDs of every GPU NVML enumerates here ([] without a driver or a device)."""
+    try:
+        backend = NvmlBackend().open()
+    except NvmlUnavailable:
+        return []
+    try:
+        return backend.device_uuids()
+    finally:
+        backend.close()
 
-    def __init__(self) -> None:
+
+class NvmlBackend:
+    """Real NVML, through nvidia-ml-py. Vendor errors become ``NvmlUnavailable`` here only.
+
+    ``only``: the UUIDs of the run's GPUs. NVML enumerates every GPU of the machine whatever
+    CUDA_VISIBLE_DEVICES says (a process on the host sees them all), so the meter keeps just
+    these; ``[]`` is a CPU run (no GPU is measured), None keeps every device NVML sees.
+    """
+
+    def __init__(self, only: list[str] | None = None) -> None:
         self._nvml: Any = None
         self._handles: list[object] = []
         self._names: list[str] = []
+        self._only = only
 
     def open(self) -> NvmlBackend:
+        if self._only is not None and not self._only:
+            raise NvmlUnavailable("no GPU was given to this run (CPU run)")
         try:
             import pynvml
         except ImportError as exc:
@@ -84,12 +109,16 @@ class NvmlBackend:
         try:
             pynvml.nvmlInit()
             count = pynvml.nvmlDeviceGetCount()
-            self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+            handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+            if self._only is not None:
+                wanted = set(self._only)
+                handles = [h for h in handles if str(pynvml.nvmlDeviceGetUUID(h)) in wanted]
+            self._handles = handles
             self._names = [str(pynvml.nvmlDeviceGetName(h)) for h in self._handles]
         except pynvml.NVMLError as exc:
             raise NvmlUnavailable(f"NVML unavailable: {exc}") from exc
         if not self._handles:
-            raise NvmlUnavailable("NVML sees no GPU in this container")
+            raise NvmlUnavailable("NVML sees none of this run's GPUs" if self._only else "NVML sees no GPU here")
         self._nvml = pynvml
         return self
 
@@ -117,21 +146,34 @@ class NvmlBackend:
         return float(nvml.nvmlDeviceGetPowerUsage(handle)) / 1000.0
 
     def read(self, index: int) -> Sample:
+        """Power (required: a failure here is a gap in the trace) and each other field on its own,
+        None where this device does not report it (utilisation on MIG, clocks on some boards)."""
         nvml, handle = self._nvml, self._handles[index]
-        memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+
+        def field(call: Callable[[], Any]) -> Any:
+            try:
+                return call()
+            except nvml.NVMLError:
+                return None
+
+        memory = field(lambda: nvml.nvmlDeviceGetMemoryInfo(handle))
         reasons = getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or (
             nvml.nvmlDeviceGetCurrentClocksThrottleReasons
         )
+        temperature = field(lambda: nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU))
+        utilisation = field(lambda: nvml.nvmlDeviceGetUtilizationRates(handle))
+        clock = field(lambda: nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_SM))
+        throttle = field(lambda: reasons(handle))
         return Sample(
             time_s=0.0,
             device=index,
             power_w=self._power_w(handle),
-            temperature_c=float(nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)),
-            memory_used_mb=memory.used / 2**20,
-            memory_total_mb=memory.total / 2**20,
-            sm_utilisation_pct=float(nvml.nvmlDeviceGetUtilizationRates(handle).gpu),
-            sm_clock_mhz=float(nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_SM)),
-            throttle_reasons=int(reasons(handle)),
+            temperature_c=None if temperature is None else float(temperature),
+            memory_used_mb=None if memory is None else memory.used / 2**20,
+            memory_total_mb=None if memory is None else memory.total / 2**20,
+            sm_utilisation_pct=None if utilisation is None else float(utilisation.gpu),
+            sm_clock_mhz=None if clock is None else float(clock),
+            throttle_reasons=None if throttle is None else int(throttle),
         )
 
     def facts(self) -> list[GpuFacts]:
@@ -242,6 +284,8 @@ class EnergyMeter:
         self._baseline: BaselineReport | None = None
         self._baseline_note: str | None = None
         self._baseline_ttl_s: float | None = None
+        self._loaded_idle_w: list[float] | None = None
+        self._loaded_idle_s: float | None = None
         self.sleep: Callable[[float], None] = time.sleep
         self.samples: list[Sample] = []
 
@@ -278,17 +322,44 @@ class EnergyMeter:
         assert self._backend is not None
         return self._backend.device_uuids()
 
-    def idle_power_w(self, duration_s: float) -> list[float]:
-        """Mean power per device over ``duration_s`` of sampling (nothing else running)."""
+    def visible_gpu_uuids(self) -> list[str] | None:
+        """UUIDs of the GPUs NVML sees here; None when NVML is not in use."""
+        return self._backend.device_uuids() if self._backend is not None else None
+
+    def _idle_samples(self, duration_s: float, sleep: Callable[[float], None]) -> list[Sample]:
         assert self._backend is not None
         sampler = Sampler(self._backend, self.interval_s, self._clock)
         for _ in range(max(1, round(duration_s / self.interval_s))):
             sampler.sample_once()
-            self.sleep(self.interval_s)
-        names = self._backend.device_names()
-        return [
-            statistics.fmean([s.power_w for s in sampler.samples if s.device == i] or [0.0]) for i in range(len(names))
-        ]
+            sleep(self.interval_s)
+        return sampler.samples
+
+    def _mean_power(self, samples: list[Sample], what: str) -> list[float]:
+        """Mean power per device; a device without a single reading fails loudly, never 0 W."""
+        assert self._backend is not None
+        out = []
+        for index, name in enumerate(self._backend.device_names()):
+            powers = [s.power_w for s in samples if s.device == index]
+            if not powers:
+                raise BaselineFailed(f"{what}: no power reading from GPU {index} ({name}); cannot take a baseline")
+            out.append(statistics.fmean(powers))
+        return out
+
+    def idle_power_w(self, duration_s: float) -> list[float]:
+        """Mean power per device over ``duration_s`` of sampling (nothing else running)."""
+        return self._mean_power(self._idle_samples(duration_s, self.sleep), "idle baseline")
+
+    def loaded_idle(self, duration_s: float, sleep: Callable[[float], None]) -> None:
+        """The thermal-floor pause, sampled: idle power with the model resident (its CUDA context
+        and weights). The GPU is still coming down from warmup at first, so only the second
+        half of the pause counts. Without NVML or a pause it just sleeps."""
+        if self._backend is None or duration_s <= 0:
+            sleep(duration_s)
+            return
+        samples = self._idle_samples(duration_s, sleep)
+        half = samples[0].time_s + (samples[-1].time_s - samples[0].time_s) / 2 if samples else 0.0
+        self._loaded_idle_w = self._mean_power([s for s in samples if s.time_s >= half], "loaded idle power")
+        self._loaded_idle_s = duration_s / 2
 
     def measure_baseline(self, config: BaselineConfig, cache_dir: Path | None) -> None:
         """Take (or reuse) the idle baseline; call before the model loads."""
@@ -340,6 +411,16 @@ class EnergyMeter:
         self._sampler.sample_once()  # and one at its very end
         samples = self.samples = self._sampler.stop()
         names = self._backend.device_names()
+        baseline = self._baseline
+        if baseline is not None and self._loaded_idle_w is not None:
+            baseline = baseline.model_copy(
+                update={
+                    "loaded_power_w": self._loaded_idle_w,
+                    "loaded_total_power_w": sum(self._loaded_idle_w),
+                    "loaded_duration_s": self._loaded_idle_s,
+                    "adjusted_with": "post_load",
+                }
+            )
         return energy_report(
             names,
             samples,
@@ -348,7 +429,7 @@ class EnergyMeter:
             window=(self._window_start, window_end),
             interval_s=self.interval_s,
             work=work,
-            baseline=self._baseline,
+            baseline=baseline,
             baseline_ttl_s=self._baseline_ttl_s,
         )
 
@@ -428,6 +509,7 @@ def energy_report(
             temperature_drift_c(window_samples(device_trace(samples, i), start, end)) for i in range(len(names))
         ),
     )
+    capped = power_capped_fraction(in_window)
     tokens = work.output_tokens + work.input_tokens
     return EnergyReport(
         energy_j=energy,
@@ -443,9 +525,10 @@ def energy_report(
         decode_energy_j=decode,
         sample_interval_s=interval_s,
         n_samples=len(in_window),
+        power_capped_fraction=capped,
         flags=validity_flags(facts),
         baseline=baseline,
-        adjusted_energy_j=None if baseline is None else energy - baseline.total_power_w * (end - start),
+        adjusted_energy_j=None if baseline is None else energy - baseline.subtracted_power_w * (end - start),
     )
 
 
@@ -494,7 +577,7 @@ def with_external(
             else report.baseline_note,
         }
     elif baseline is not None:
-        update["adjusted_energy_j"] = energy - baseline.total_power_w * duration_s
+        update["adjusted_energy_j"] = energy - baseline.subtracted_power_w * duration_s
     return report.model_copy(update=update)
 
 
@@ -506,9 +589,14 @@ def _peak_total_power(samples: list[Sample]) -> float | None:
     return max(totals.values(), default=None)
 
 
-def nvml_meter(interval_s: float = DEFAULT_INTERVAL_S, sampler: str | None = "auto") -> EnergyMeter:
-    """The production meter: real NVML, plus Zeus or CodeCarbon when ``energy_sampler`` asks."""
-    return EnergyMeter(lambda: NvmlBackend().open(), interval_s, external_factory=lambda n: make_sampler(sampler, n))
+def nvml_meter(
+    interval_s: float = DEFAULT_INTERVAL_S, sampler: str | None = "auto", only: list[str] | None = None
+) -> EnergyMeter:
+    """The production meter: real NVML on the run's GPUs (``only``: their UUIDs), plus Zeus or
+    CodeCarbon when ``energy_sampler`` asks."""
+    return EnergyMeter(
+        lambda: NvmlBackend(only).open(), interval_s, external_factory=lambda n: make_sampler(sampler, n)
+    )
 
 
 def disabled_meter() -> EnergyMeter:

@@ -60,10 +60,13 @@ class ZeusSampler:
         self._monitor: Any = ZeusMonitor(gpu_indices=list(range(n_gpus)))
 
     def start(self) -> None:
-        self._monitor.begin_window("llem-window")
+        # sync_execution=False: Zeus's default synchronises CUDA, which creates a context on every
+        # GPU in this process inside the window (vLLM and TensorRT-LLM keep their models in worker
+        # processes); llem's engines synchronise themselves before the window opens and closes.
+        self._monitor.begin_window("llem-window", sync_execution=False)
 
     def stop(self) -> ExternalEnergy:
-        measurement = self._monitor.end_window("llem-window")
+        measurement = self._monitor.end_window("llem-window", sync_execution=False)
         gpu = float(sum(measurement.gpu_energy.values())) if measurement.gpu_energy else 0.0
         parts = {"gpu_j": gpu}
         for attr, key in (("cpu_energy", "cpu_j"), ("dram_energy", "dram_j")):

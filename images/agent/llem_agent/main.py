@@ -31,7 +31,7 @@ from llem_agent.contract import (
     config_hash,
     write_atomic,
 )
-from llem_agent.energy import disabled_meter, nvml_meter
+from llem_agent.energy import disabled_meter, nvml_meter, visible_gpu_uuids
 from llem_agent.engines import load_engine
 from llem_agent.heartbeat import Heartbeat
 from llem_agent.measure import run_measurement
@@ -105,11 +105,19 @@ def main(argv: list[str] | None = None) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
         _log(f"run={run_id} engine={request.config.engine} model={request.config.model}")
         sampler = request.config.energy_sampler
-        meter = (nvml_meter(request.sample_interval_s, sampler) if sampler else disabled_meter()).open()
+        meter = (
+            nvml_meter(request.sample_interval_s, sampler, request.gpu_uuids) if sampler else disabled_meter()
+        ).open()
         try:
             with heartbeat:
                 result = run_measurement(
-                    request, load_engine, meter, on_phase, base_dir=path.parent, on_progress=heartbeat.progress
+                    request,
+                    load_engine,
+                    meter,
+                    on_phase,
+                    base_dir=path.parent,
+                    on_progress=heartbeat.progress,
+                    visible_gpus=visible_gpu_uuids,
                 )
         finally:
             meter.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 from llem_agent import environment
 from llem_agent.contract import ExperimentResult, Memory, PhaseTimings, RunRequest
 from llem_agent.energy import EnergyMeter, WindowWork
-from llem_agent.engines.base import Engine
+from llem_agent.engines.base import Engine, RunDirs
 from llem_agent.metrics import BatchObservation, latency, request_records, throughput
 from llem_agent.prompts import load_prompts
 from llem_agent.rapl import RaplMeter
@@ -21,7 +21,29 @@ PhaseCallback = Callable[[str], None]
 
 
 class GpuNotVisible(RuntimeError):
-    """The run was given GPUs but the container cannot see them (runtime or driver problem)."""
+    """The run was given GPUs but the container cannot see them (runtime or driver problem),
+    or it sees GPUs it was not given (and holds no lock for)."""
+
+
+def check_visible_gpus(given: list[str] | None, visible: list[str], runner: str) -> None:
+    """The agent sees exactly the GPUs it was given (by UUID): in a container, no more and no
+    fewer; on the host (local runner) NVML sees every GPU, so only none may be missing.
+    ``given`` None: a standalone run (compose), which uses whatever it sees."""
+    if given is None:
+        return
+    missing = sorted(set(given) - set(visible))
+    if missing:
+        raise GpuNotVisible(
+            f"the host gave this run GPUs {missing} but NVML here does not see them (sees {sorted(visible)}); "
+            "check the NVIDIA container runtime and the driver"
+        )
+    extra = sorted(set(visible) - set(given))
+    if runner == "docker" and extra:
+        what = "a CPU run" if not given else "this run"
+        raise GpuNotVisible(
+            f"{what} sees GPUs it was not given and holds no lock for: {extra} (is nvidia Docker's default runtime "
+            "and NVIDIA_VISIBLE_DEVICES unset?)"
+        )
 
 
 def batches(prompts: list[str], size: int) -> list[list[str]]:
@@ -38,6 +60,7 @@ def run_measurement(
     base_dir: Path | None = None,
     on_progress: Callable[[], None] = lambda: None,
     sleep: Callable[[float], None] = time.sleep,
+    visible_gpus: Callable[[], list[str]] = lambda: [],
 ) -> ExperimentResult:
     """Execute one run and return its result; raises on any failure.
 
@@ -46,6 +69,7 @@ def run_measurement(
     is tokenized before it opens, so the window holds generation work only.
     """
     config = request.config
+    check_visible_gpus(request.gpu_uuids, visible_gpus(), request.runner)
     on_phase("baseline")  # idle power, before the model is on the device
     meter.measure_baseline(config.baseline, Path(request.baseline_cache_dir) if request.baseline_cache_dir else None)
     on_phase("load")
@@ -53,14 +77,18 @@ def run_measurement(
     prompts = load_prompts(config.dataset, config.random_seed, base_dir)
     engine = engine_factory(config.engine)  # imports the engine's stack: part of load time
     adapter = request.adapter_path or (config.lora.adapter_id if config.lora else None)
-    engine.load(config, request.model_path or config.model, adapter)
+    dirs = RunDirs(engine_cache=request.engine_cache_dir, prebuilt_engine=request.engine_path)
+    engine.load(config, request.model_path or config.model, adapter, dirs=dirs)
     if request.gpus and engine.effective().get("device") != "cuda":
         raise GpuNotVisible(f"the host gave this run GPUs {request.gpus} but the engine sees none")
     t_loaded = time.perf_counter()
 
     on_phase("warmup")
     size = engine.batch_size()
-    warmed = run_warmup(engine, prompts, config.warmup, on_progress=on_progress, sleep=sleep)
+    # The thermal-floor pause doubles as the loaded-idle measurement (model resident, no work).
+    warmed = run_warmup(
+        engine, prompts, config.warmup, on_progress=on_progress, sleep=lambda s: meter.loaded_idle(s, sleep)
+    )
     t_warm = time.perf_counter()
 
     on_phase("measure")
@@ -98,6 +126,7 @@ def run_measurement(
         config_hash=request.config_hash,
         engine=config.engine,
         model=config.model,
+        runner=request.runner,
         effective=engine.effective(),
         n_requests=len(records),
         n_batches=len(measured),

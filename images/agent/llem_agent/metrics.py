@@ -20,6 +20,9 @@ class BatchObservation:
     token_times_s: list[list[float]]
     # False: each request's times are only [first token, last token] (the engine exposes no more).
     complete: bool = True
+    # Set where the engine returned no request metrics for some requests: those have no token
+    # times ([]), no TTFT, and end when the generate call returned (seconds since batch start).
+    untimed_end_s: float | None = None
 
 
 def distribution(values: Sequence[float]) -> Distribution:
@@ -48,18 +51,20 @@ def request_records(batches: Sequence[BatchObservation]) -> list[RequestRecord]:
     records: list[RequestRecord] = []
     for batch in batches:
         for inp, out, times in zip(batch.input_tokens, batch.output_tokens, batch.token_times_s, strict=True):
+            untimed = not times and out > 0 and batch.untimed_end_s is not None
             expected = out if batch.complete else min(out, 2)
-            if len(times) != expected:
+            if len(times) != expected and not untimed:
                 raise ValueError(f"request has {out} output tokens but {len(times)} token times")
+            end = batch.untimed_end_s if untimed and batch.untimed_end_s is not None else (times[-1] if times else 0.0)
             records.append(
                 RequestRecord(
                     index=len(records),
                     input_tokens=inp,
                     output_tokens=out,
                     ttft_s=times[0] if times else None,
-                    e2e_latency_s=times[-1] if times else 0.0,
+                    e2e_latency_s=end,
                     token_times_s=[round(t, 6) for t in times],
-                    token_times_complete=batch.complete,
+                    token_times_complete=batch.complete and not untimed,
                 )
             )
     return records
@@ -73,15 +78,20 @@ def latency(records: Sequence[RequestRecord]) -> Latency:
         if rec.token_times_complete:
             itl.extend(float(b - a) for a, b in itertools.pairwise(rec.token_times_s))
             kinds.add("token_gaps")
-        elif rec.output_tokens > 1:
+        elif rec.output_tokens > 1 and len(rec.token_times_s) == 2:
             itl.append((rec.token_times_s[-1] - rec.token_times_s[0]) / (rec.output_tokens - 1))
             kinds.add("request_means")
     source = "mixed" if len(kinds) > 1 else kinds.pop() if kinds else "token_gaps"
+    untimed = sum(1 for r in records if r.output_tokens > 0 and r.ttft_s is None)
     return Latency(
         ttft_s=distribution([r.ttft_s for r in records if r.ttft_s is not None]),
         inter_token_s=distribution(itl),
         e2e_s=distribution([r.e2e_latency_s for r in records]),
         inter_token_source=source,  # type: ignore[arg-type]
+        ttft_missing_reason=None
+        if not untimed
+        else f"the engine returned no request metrics for {untimed} of {len(records)} requests: their TTFT and "
+        "inter-token latency are missing, and their end-to-end latency is when the generate call returned",
     )
 
 

@@ -23,17 +23,18 @@ TEMPERATURE_DRIFT_C = 5.0
 
 @dataclass(frozen=True)
 class Sample:
-    """One reading of one device."""
+    """One reading of one device. Power is required; every other field is None where the
+    device or driver does not report it (utilisation on a MIG slice, clocks on some boards)."""
 
     time_s: float
     device: int
     power_w: float
-    temperature_c: float
-    memory_used_mb: float
-    memory_total_mb: float
-    sm_utilisation_pct: float
-    sm_clock_mhz: float
-    throttle_reasons: int
+    temperature_c: float | None = None
+    memory_used_mb: float | None = None
+    memory_total_mb: float | None = None
+    sm_utilisation_pct: float | None = None
+    sm_clock_mhz: float | None = None
+    throttle_reasons: int | None = None
 
 
 def device_trace(samples: Sequence[Sample], device: int) -> list[Sample]:
@@ -84,6 +85,7 @@ class WindowFacts:
     max_gap_s: float
     throttle_events: int
     temperature_drift_c: float
+    power_capped_fraction: float = 0.0
     baseline_age_s: float | None = None
     baseline_ttl_s: float | None = None
 
@@ -104,11 +106,19 @@ def validity_flags(facts: WindowFacts) -> list[ValidityFlag]:
         flags.append(ValidityFlag(code="counter_reset", message="the energy counter reset or went backwards"))
     if facts.throttle_events:
         flags.append(
-            ValidityFlag(code="throttled", message=f"{facts.throttle_events} samples with clock throttle reasons")
+            ValidityFlag(
+                code="throttled",
+                message=f"{facts.throttle_events} samples with thermal or hardware clock slowdown "
+                f"(reasons {THERMAL_OR_HW_SLOWDOWN:#x})",
+            )
         )
     if facts.temperature_drift_c > TEMPERATURE_DRIFT_C:
         flags.append(
-            ValidityFlag(code="temperature_drift", message=f"temperature moved {facts.temperature_drift_c:.1f} C")
+            ValidityFlag(
+                code="temperature_drift",
+                message=f"temperature still moved {facts.temperature_drift_c:.1f} C over the second half of the "
+                "window (not at a plateau)",
+            )
         )
     if facts.counter_j and facts.trace_j is not None:
         gap = abs(facts.counter_j - facts.trace_j) / facts.counter_j
@@ -128,18 +138,43 @@ def validity_flags(facts: WindowFacts) -> list[ValidityFlag]:
     return flags
 
 
-# Throttle reasons that mean the clocks were held back by something other than idling
-# (nvmlClocksEventReasonGpuIdle = 0x1 and ApplicationsClocksSetting = 0x2 are benign).
-BENIGN_THROTTLE = 0x1 | 0x2
+# NVML clock-event reasons (nvmlClocksEventReason*). ``throttled`` means what a reader expects:
+# clocks held back by heat or by the hardware (slowdown, thermal, power brake). The software
+# power cap (0x4) is routine on a fully loaded GPU and is reported apart as a fraction of
+# samples; idle (0x1), application clocks (0x2), sync boost (0x10) and display clocks (0x100)
+# are benign.
+SW_POWER_CAP = 0x4
+THERMAL_OR_HW_SLOWDOWN = 0x8 | 0x20 | 0x40 | 0x80  # HW slowdown, SW thermal, HW thermal, HW power brake
 
 
 def throttle_events(samples: Sequence[Sample]) -> int:
-    return sum(1 for s in samples if s.throttle_reasons & ~BENIGN_THROTTLE)
+    return sum(1 for s in samples if (s.throttle_reasons or 0) & THERMAL_OR_HW_SLOWDOWN)
+
+
+def power_capped_fraction(samples: Sequence[Sample]) -> float:
+    """Share of samples whose clocks the software power cap held back (not a validity problem)."""
+    known = [s.throttle_reasons for s in samples if s.throttle_reasons is not None]
+    return sum(1 for reasons in known if reasons & SW_POWER_CAP) / len(known) if known else 0.0
 
 
 def temperature_drift_c(samples: Sequence[Sample]) -> float:
-    temps = [s.temperature_c for s in samples]
-    return max(temps) - min(temps) if temps else 0.0
+    """How far the temperature moved over the second half of the window.
+
+    A GPU warms as load starts (and the thermal-floor pause lets it cool first): that ramp is
+    physics, not a fault. What makes energy figures hard to compare is a window whose
+    temperature never settled, so only the second half is judged.
+    """
+    timed = sorted((s.time_s, s.temperature_c) for s in samples if s.temperature_c is not None)
+    if not timed:
+        return 0.0
+    middle = (timed[0][0] + timed[-1][0]) / 2
+    temps = [t for when, t in timed if when >= middle]
+    return max(temps) - min(temps)
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
 
 
 TELEMETRY_COLUMNS = (
@@ -154,36 +189,40 @@ TELEMETRY_COLUMNS = (
 )
 
 
-def downsample(samples: Sequence[Sample], start_s: float, resolution_s: float = 1.0) -> list[dict[str, float | int]]:
+def downsample(
+    samples: Sequence[Sample], start_s: float, resolution_s: float = 1.0
+) -> list[dict[str, float | int | None]]:
     """One row per device per ``resolution_s`` bucket (003: 1 Hz), times since ``start_s``.
 
-    Numeric columns are bucket means; ``memory_total_mb`` is the last value; throttle
-    reasons are OR-ed, so a brief throttle inside a second is not averaged away.
+    Numeric columns are bucket means of the readings the device gave (null where it gave none);
+    ``memory_total_mb`` is the last value; throttle reasons are OR-ed, so a brief throttle inside
+    a second is not averaged away.
     """
     buckets: dict[tuple[int, int], list[Sample]] = {}
     for s in samples:
         buckets.setdefault((s.device, int((s.time_s - start_s) // resolution_s)), []).append(s)
-    rows: list[dict[str, float | int]] = []
+    rows: list[dict[str, float | int | None]] = []
     for (device, bucket), group in sorted(buckets.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        reasons = 0
+        reasons: int | None = None
         for s in group:
-            reasons |= s.throttle_reasons
+            if s.throttle_reasons is not None:
+                reasons = (reasons or 0) | s.throttle_reasons
         rows.append(
             {
                 "timestamp_s": bucket * resolution_s,
                 "gpu_index": device,
                 "power_w": sum(s.power_w for s in group) / len(group),
-                "temperature_c": sum(s.temperature_c for s in group) / len(group),
-                "memory_used_mb": sum(s.memory_used_mb for s in group) / len(group),
+                "temperature_c": _mean([s.temperature_c for s in group]),
+                "memory_used_mb": _mean([s.memory_used_mb for s in group]),
                 "memory_total_mb": group[-1].memory_total_mb,
-                "sm_utilisation_pct": sum(s.sm_utilisation_pct for s in group) / len(group),
+                "sm_utilisation_pct": _mean([s.sm_utilisation_pct for s in group]),
                 "throttle_reasons": reasons,
             }
         )
     return rows
 
 
-def write_parquet(rows: list[dict[str, float | int]], path: Path) -> None:
+def write_parquet(rows: list[dict[str, float | int | None]], path: Path) -> None:
     """Write the downsampled trace with pyarrow (a temp file, then an atomic rename)."""
     import pyarrow as pa
     import pyarrow.parquet as pq

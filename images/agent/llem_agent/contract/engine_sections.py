@@ -247,4 +247,24 @@ class TensorRTConfig(Section):
     def _cross_rules(self) -> TensorRTConfig:
         if self.max_input_len is not None and self.max_seq_len is not None and self.max_input_len > self.max_seq_len:
             raise ValueError(f"max_input_len ({self.max_input_len}) exceeds max_seq_len ({self.max_seq_len})")
+        # What TensorRT-LLM 1.2 itself refuses, said before any GPU time: the PyTorch flow's
+        # arguments forbid the compiled-engine keys, and the compiled flow asserts KV dtype auto.
+        if self.engine_path is not None and self.engine == "pytorch":
+            raise ValueError("engine_path is a prebuilt TensorRT engine; it needs engine: tensorrt (or no engine)")
+        compiled = self.engine == "tensorrt" or self.engine_path is not None
+        if not compiled:
+            if self.fast_build is not None:
+                raise ValueError("fast_build applies to a compiled engine only (engine: tensorrt)")
+            if self.quant is not None:
+                raise ValueError(
+                    "quant applies to a compiled engine only (engine: tensorrt); the PyTorch flow takes "
+                    "quantisation from the checkpoint (use a pre-quantised model)"
+                )
+        elif self.kv_cache is not None and self.kv_cache.dtype not in (None, "auto"):
+            raise ValueError(
+                f"kv_cache.dtype {self.kv_cache.dtype} is not supported by a compiled engine (engine: tensorrt); "
+                "set quant.kv_cache_quant_algo instead"
+            )
+        if self.engine_path is not None and (self.fast_build is not None or self.quant is not None):
+            raise ValueError("fast_build and quant shape a build; a prebuilt engine (engine_path) was built already")
         return self

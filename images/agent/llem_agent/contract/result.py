@@ -100,15 +100,34 @@ BaselineSource = Literal["measured", "cache", "cache_validated", "remeasured_aft
 
 
 class BaselineReport(_Frozen):
-    """The idle power this run subtracts: measured on its devices before the model loaded."""
+    """Idle power of the run's devices: before the model loaded (no CUDA context, the GPU in a
+    low power state) and, where the thermal-floor pause ran, after it loaded (context and weights
+    resident). ``adjusted_with`` says which one ``adjusted_energy_j`` subtracts."""
 
     strategy: Literal["validated", "cached", "fresh"]
     source: BaselineSource
-    power_w: list[float] = Field(description="Idle power per device.")
+    power_w: list[float] = Field(description="Idle power per device before the model loaded.")
     total_power_w: float
     duration_s: float
     measured_at: float = Field(description="Unix time of the measurement.")
     age_s: float
+    loaded_power_w: list[float] | None = Field(
+        default=None, description="Idle power per device with the model loaded (second half of the thermal floor)."
+    )
+    loaded_total_power_w: float | None = None
+    loaded_duration_s: float | None = None
+    adjusted_with: Literal["pre_load", "post_load"] = Field(
+        default="pre_load",
+        description="post_load where the loaded idle power was measured (the floor a served model really "
+        "has), else pre_load.",
+    )
+
+    @property
+    def subtracted_power_w(self) -> float:
+        """The idle power ``adjusted_energy_j`` subtracts."""
+        if self.adjusted_with == "post_load" and self.loaded_total_power_w is not None:
+            return self.loaded_total_power_w
+        return self.total_power_w
 
 
 class ExternalEnergyReport(_Frozen):
@@ -144,6 +163,11 @@ class EnergyReport(_Frozen):
     decode_energy_j: float | None = Field(default=None, description="Trace energy after the first token of each batch.")
     sample_interval_s: float | None = None
     n_samples: int = 0
+    power_capped_fraction: float | None = Field(
+        default=None,
+        description="Share of samples whose clocks the software power cap held back: routine at full load, "
+        "not a validity problem (thermal and hardware slowdowns are flagged as throttled).",
+    )
     flags: list[ValidityFlag] = Field(default_factory=list)
     baseline: BaselineReport | None = None
     adjusted_energy_j: float | None = Field(
@@ -171,6 +195,10 @@ class Latency(_Frozen):
         default="token_gaps",
         description="token_gaps: every gap between consecutive tokens; request_means: one mean gap per request "
         "(engines that expose only first and last token times).",
+    )
+    ttft_missing_reason: str | None = Field(
+        default=None,
+        description="Why some requests have no TTFT (the engine returned no request metrics for them).",
     )
 
 
@@ -219,6 +247,9 @@ class ExperimentResult(_Frozen):
     config_hash: str
     engine: str
     model: str
+    runner: Literal["docker", "local"] = Field(
+        default="docker", description="docker: in the engine's container; local: a process on the host."
+    )
     effective: dict[str, str | int | float | bool | None] = Field(
         description="Engine defaults resolved at run time (dtype, batch size, ...)."
     )

@@ -21,6 +21,7 @@ CONTAINER_HF_HOME = "/llem/hf-cache"
 CONTAINER_BASELINE_DIR = "/llem/baseline-cache"
 CONTAINER_ADAPTER_DIR = "/llem/adapter"
 CONTAINER_ENGINE_CACHE = "/llem/engine-cache"  # TensorRT-LLM engine builds, kept across runs
+CONTAINER_TRT_ENGINE_DIR = "/llem/trt-engine"  # a prebuilt TensorRT engine (tensorrt.engine_path), read-only
 
 EXPERIMENT_FILE = "experiment.json"
 RESULT_FILE = "result.json"
@@ -42,6 +43,12 @@ class RunRequest(BaseModel):
     config_hash: str
     config: ExperimentConfig
     gpus: list[str] = Field(default_factory=list, description="GPU ids the host gave this run; [] is CPU.")
+    gpu_uuids: list[str] | None = Field(
+        default=None,
+        description="UUIDs of those GPUs ([] for a CPU run); the agent measures and checks exactly these. "
+        "None (a standalone run): every GPU it sees.",
+    )
+    runner: Literal["docker", "local"] = Field(default="docker", description="How the host started the agent.")
     baseline_cache_dir: str | None = Field(default=None, description="Where cached idle baselines live.")
     sample_interval_s: float = Field(default=0.1, ge=0.001, le=10.0, description="NVML sampling interval (10 Hz).")
     model_path: str | None = Field(
@@ -53,6 +60,9 @@ class RunRequest(BaseModel):
         description="Where a local LoRA adapter is mounted; None: lora.adapter_id from the hub (or no LoRA).",
     )
     engine_cache_dir: str | None = Field(default=None, description="Where compiled engines are cached (TensorRT).")
+    engine_path: str | None = Field(
+        default=None, description="Where tensorrt.engine_path (a prebuilt engine) is mounted; None: no prebuilt."
+    )
 
 
 def canonical_json(data: object) -> str:

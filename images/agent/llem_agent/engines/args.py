@@ -159,12 +159,40 @@ def vllm_lora_request(config: ExperimentConfig, adapter_dir: str) -> dict[str, A
 # --- TensorRT-LLM ------------------------------------------------------------------------
 
 
-def tensorrt_llm_kwargs(config: ExperimentConfig, model_source: str) -> dict[str, Any]:
+# Keys only the compiled-engine flow (TensorRT-LLM's TrtLlmArgs) accepts: the PyTorch flow's
+# arguments forbid extras, so these never reach it (the schema refuses them there too).
+TENSORRT_BUILD_ONLY = frozenset({"fast_build", "quant_config", "workspace"})
+
+
+def tensorrt_backend(config: ExperimentConfig) -> str | None:
+    """``tensorrt`` (a compiled engine: built, or prebuilt at engine_path), ``pytorch``, or None
+    (TensorRT-LLM's default: the PyTorch flow)."""
+    section = config.tensorrt
+    if section is None:
+        return None
+    return "tensorrt" if section.engine_path is not None else section.engine
+
+
+def tensorrt_llm_kwargs(
+    config: ExperimentConfig,
+    model_source: str,
+    *,
+    engine_cache_dir: str | None = None,
+    prebuilt_engine_dir: str | None = None,
+) -> dict[str, Any]:
     """``tensorrt_llm.LLM`` keywords. ``kv_cache_config``, ``scheduler_config`` and
     ``quant_config`` are dicts for KvCacheConfig, SchedulerConfig and QuantConfig; the enum
-    values (policies, quantisation algorithms) are their member names."""
+    values (policies, quantisation algorithms) are their member names.
+
+    A compiled build gets ``workspace`` on the engine-cache volume (TensorRT-LLM's default is
+    a temporary directory: the container's small /tmp tmpfs, which counts against its memory
+    limit). A prebuilt engine loads from where the host mounted it (``prebuilt_engine_dir``).
+    ``return_perf_metrics`` makes the LLM keep per-request first/last token times.
+    """
     section = config.tensorrt
-    out: dict[str, Any] = {"model": section.engine_path if section and section.engine_path else model_source}
+    backend = tensorrt_backend(config)
+    model = prebuilt_engine_dir or (section.engine_path if section and section.engine_path else model_source)
+    out: dict[str, Any] = {"model": model, "return_perf_metrics": True}
     _set(out, "dtype", config.dtype)
     if section is None:
         return out
@@ -180,14 +208,20 @@ def tensorrt_llm_kwargs(config: ExperimentConfig, model_source: str) -> dict[str
         _set(out, key, getattr(section, key))
     if section.dtype is not None:
         out["dtype"] = section.dtype
-    if section.engine is not None:
-        out["backend"] = section.engine  # "pytorch" flow or a compiled "tensorrt" engine
+    if backend is not None:
+        out["backend"] = backend  # "pytorch" flow or a compiled "tensorrt" engine
     for name, target in (("kv_cache", "kv_cache_config"), ("scheduler", "scheduler_config"), ("quant", "quant_config")):
         value = getattr(section, name)
         if value is not None:
             dumped = value.model_dump(exclude_none=True)
             if dumped:
                 out[target] = dumped
+    if backend == "tensorrt":
+        if engine_cache_dir is not None and section.engine_path is None:
+            out["workspace"] = f"{engine_cache_dir}/workspace"
+    else:
+        for key in TENSORRT_BUILD_ONLY:
+            out.pop(key, None)
     return out
 
 

@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 from llem_agent.contract import AgentEnvironment, ExperimentConfig
 from llem_agent.metrics import BatchObservation
 
 
+@dataclass(frozen=True)
+class RunDirs:
+    """Where this run's engine keeps what outlives it, as the agent sees the paths (a container
+    mount or, with the local runner, a host directory)."""
+
+    engine_cache: str | None = None  # compiled TensorRT engines, reused across runs
+    prebuilt_engine: str | None = None  # tensorrt.engine_path, mounted read-only
+
+
 class Engine(Protocol):
     """Load once, then generate batches. Everything engine-specific stays behind it."""
 
-    def load(self, config: ExperimentConfig, model_source: str, adapter_source: str | None = None) -> None:
+    def load(
+        self,
+        config: ExperimentConfig,
+        model_source: str,
+        adapter_source: str | None = None,
+        dirs: RunDirs | None = None,
+    ) -> None:
         """Import the engine's stack and load model and tokenizer (and the LoRA adapter, if any)."""
 
     def batch_size(self) -> int:

@@ -20,6 +20,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from llem_agent.contract import AgentEnvironment, ExperimentConfig
 from llem_agent.engines.args import pytorch_compile_kwargs, pytorch_generate_kwargs, pytorch_load_kwargs
+from llem_agent.engines.base import RunDirs
 from llem_agent.metrics import BatchObservation
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -71,7 +72,13 @@ class PyTorchEngine:
         self._eos: set[int] = set()
         self._gen_kwargs: dict[str, Any] = {}
 
-    def load(self, config: ExperimentConfig, model_source: str, adapter_source: str | None = None) -> None:
+    def load(
+        self,
+        config: ExperimentConfig,
+        model_source: str,
+        adapter_source: str | None = None,
+        dirs: RunDirs | None = None,
+    ) -> None:
         self._config = config
         self._device = "cuda" if torch.cuda.is_available() else "cpu"
         self._dtype = config.dtype or ("bfloat16" if self._device == "cuda" else "float32")

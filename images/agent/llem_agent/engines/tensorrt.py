@@ -2,11 +2,12 @@
 
 ``tensorrt.engine: tensorrt`` builds (or reuses) a compiled TensorRT engine; otherwise the
 PyTorch flow runs. Compiled engines are cached on the engine-cache volume under a key of every
-setting that shapes the build, so a second run of the same experiment loads instead of
-building; the build time is reported apart (``effective.engine_build_s``), never inside the
-measured window. ``tensorrt.engine_path`` names a prebuilt engine and skips the build.
-Per-request first and last token times come from the request perf metrics where this
-TensorRT-LLM version returns them; otherwise a request is stamped when its call returned.
+setting that shapes the build and of the GPU and TensorRT versions it targets, so a second run
+of the same experiment loads instead of building; the build time is reported apart
+(``effective.engine_build_s``), never inside the measured window. ``tensorrt.engine_path``
+names a prebuilt engine and skips the build.
+Per-request first and last token times come from the request perf metrics (the LLM and each
+SamplingParams ask for them); where none come back, TTFT is reported missing with the reason.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llem_agent.contract import CONTAINER_ENGINE_CACHE, AgentEnvironment, ExperimentConfig
+from llem_agent.contract import AgentEnvironment, ExperimentConfig
 from llem_agent.engines.args import tensorrt_llm_kwargs, tensorrt_sampling_kwargs
+from llem_agent.engines.base import RunDirs
 from llem_agent.metrics import BatchObservation
 from llem_agent.modelfiles import count_parameters, local_model_dir
 
@@ -27,10 +29,28 @@ _BUILD_KEYS = ("max_batch_size", "tensor_parallel_size", "pipeline_parallel_size
                "max_num_tokens", "dtype", "quant_config", "fast_build")  # fmt: skip
 
 
-def build_key(kwargs: dict[str, Any], model_source: str, version: str) -> str:
-    """Cache key of a compiled engine: the model, the TensorRT-LLM version and every build setting."""
-    shaped = {k: kwargs.get(k) for k in _BUILD_KEYS} | {"model": model_source, "version": version}
+def build_key(kwargs: dict[str, Any], model_source: str, target: dict[str, str]) -> str:
+    """Cache key of a compiled engine: the model, every build setting, and what the engine was
+    compiled for and with (``target``: GPU name, compute capability, TensorRT and TensorRT-LLM
+    versions). A TensorRT engine runs only on the GPU architecture and TensorRT it was built
+    for, so none of these may be shared across."""
+    shaped = {k: kwargs.get(k) for k in _BUILD_KEYS} | {"model": model_source} | dict(target)
     return hashlib.sha256(json.dumps(shaped, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def build_target() -> dict[str, str]:
+    """The GPU and toolchain a compiled engine is built for (this container's first GPU)."""
+    import tensorrt
+    import tensorrt_llm
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(0)
+    return {
+        "gpu": torch.cuda.get_device_name(0),
+        "compute_capability": f"{major}.{minor}",
+        "tensorrt": str(tensorrt.__version__),
+        "tensorrt_llm": str(tensorrt_llm.__version__),
+    }
 
 
 def _objects(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -73,26 +93,37 @@ class TensorRTEngine:
         self._build_s: float | None = None
         self._cache_hit: bool | None = None
 
-    def load(self, config: ExperimentConfig, model_source: str, adapter_source: str | None = None) -> None:
-        import tensorrt_llm
+    def load(
+        self,
+        config: ExperimentConfig,
+        model_source: str,
+        adapter_source: str | None = None,
+        dirs: RunDirs | None = None,
+    ) -> None:
         from tensorrt_llm import SamplingParams
 
+        dirs = dirs or RunDirs()
         self._config, self._source = config, model_source
-        kwargs = tensorrt_llm_kwargs(config, model_source)
+        kwargs = tensorrt_llm_kwargs(
+            config, model_source, engine_cache_dir=dirs.engine_cache, prebuilt_engine_dir=dirs.prebuilt_engine
+        )
         backend = kwargs.pop("backend", None)
         sampling = tensorrt_sampling_kwargs(config)
         self._sampling = SamplingParams(**sampling, return_perf_metrics=True)
         if backend == "tensorrt":
             from tensorrt_llm._tensorrt_engine import LLM
 
-            prebuilt = config.tensorrt is not None and config.tensorrt.engine_path is not None
-            cache = Path(CONTAINER_ENGINE_CACHE) / build_key(kwargs, model_source, tensorrt_llm.__version__)
-            self._cache_hit = prebuilt or (cache / "config.json").exists()
-            if not prebuilt and self._cache_hit:
+            prebuilt = dirs.prebuilt_engine is not None or (config.tensorrt is not None and config.tensorrt.engine_path)
+            cache_root = Path(dirs.engine_cache) if dirs.engine_cache else None
+            cache = cache_root / build_key(kwargs, model_source, build_target()) if cache_root else None
+            self._cache_hit = bool(prebuilt) or (cache is not None and (cache / "config.json").exists())
+            if not prebuilt and self._cache_hit and cache is not None:
                 kwargs["model"] = str(cache)
+            if "workspace" in kwargs:
+                Path(kwargs["workspace"]).mkdir(parents=True, exist_ok=True)
             start = time.perf_counter()
             self._llm = LLM(**_objects(kwargs))
-            if not self._cache_hit and Path(CONTAINER_ENGINE_CACHE).is_dir():
+            if not self._cache_hit and cache is not None:
                 self._llm.save(str(cache))
             self._build_s = None if self._cache_hit else time.perf_counter() - start
         else:
@@ -118,16 +149,19 @@ class TensorRTEngine:
         inputs, outs, times = [], [], []
         for prompt, out in zip(batch, outputs, strict=True):
             n = sum(len(c.token_ids) for c in out.outputs)
-            first = last = end
             perf = getattr(out.outputs[0], "request_perf_metrics", None)
             timing = getattr(perf, "timing_metrics", None)
             if timing is not None and timing.first_token_time and timing.arrival_time:
                 first = _seconds(timing.first_token_time - timing.arrival_time)
                 last = first + _seconds(timing.last_token_time - timing.first_token_time)
+                times.append([first, last][: min(n, 2)])
+            else:  # no perf metrics: TTFT unknown (never the batch time); it ended by the call's return
+                times.append([])
             inputs.append(len(prompt))
             outs.append(n)
-            times.append([first, last][: min(n, 2)])
-        return BatchObservation(input_tokens=inputs, output_tokens=outs, token_times_s=times, complete=False)
+        return BatchObservation(
+            input_tokens=inputs, output_tokens=outs, token_times_s=times, complete=False, untimed_end_s=end
+        )
 
     def synchronize(self) -> None:
         """``LLM.generate`` returns once every request has finished."""

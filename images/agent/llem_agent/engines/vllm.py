@@ -21,6 +21,7 @@ from llem_agent.engines.args import (
     vllm_lora_request,
     vllm_sampling_kwargs,
 )
+from llem_agent.engines.base import RunDirs
 from llem_agent.metrics import BatchObservation
 from llem_agent.modelfiles import count_parameters, local_model_dir
 
@@ -38,7 +39,13 @@ class VLLMEngine:
         self._source = ""
         self._kwargs: dict[str, Any] = {}
 
-    def load(self, config: ExperimentConfig, model_source: str, adapter_source: str | None = None) -> None:
+    def load(
+        self,
+        config: ExperimentConfig,
+        model_source: str,
+        adapter_source: str | None = None,
+        dirs: RunDirs | None = None,
+    ) -> None:
         from vllm import LLM, SamplingParams
 
         self._config, self._source = config, model_source
@@ -91,12 +98,14 @@ class VLLMEngine:
             if m is not None and m.first_token_latency > 0 and m.last_token_ts >= m.first_token_ts:
                 first = (m.arrival_time - start_wall) + m.first_token_latency
                 last = first + (m.last_token_ts - m.first_token_ts)
-            else:  # no metrics: the request ended by the time the call returned, no earlier claim
-                first = last = end
+                times.append([first, last][: min(n, 2)])
+            else:  # no metrics: TTFT unknown (never the batch time); it ended by the call's return
+                times.append([])
             inputs.append(len(out.prompt_token_ids))
             outs.append(n)
-            times.append([first, last][: min(n, 2)])
-        return BatchObservation(input_tokens=inputs, output_tokens=outs, token_times_s=times, complete=False)
+        return BatchObservation(
+            input_tokens=inputs, output_tokens=outs, token_times_s=times, complete=False, untimed_end_s=end
+        )
 
     def synchronize(self) -> None:
         """``LLM.generate`` returns once every request has finished on the device."""

@@ -1,0 +1,158 @@
+"""The ``local`` runner (003 ``runners: {ENGINE: local}``): the same agent as a host process.
+
+For GPU nodes without Docker (many Slurm sites, the GPU validation machine). It takes the
+same ``ContainerSpec`` as the Docker launcher and honours what a process can: the run
+directory, the environment, the run's GPUs (``CUDA_VISIBLE_DEVICES`` by UUID; none for a CPU
+run), the heartbeat, the stall and run timeouts, signals and kill. It cannot give the agent a
+read-only root, a network namespace or a memory limit: the result and host.json record
+``runner: local`` so nobody mistakes one for the other. The host still never imports an engine:
+whether it imports here is asked of a child interpreter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from orchestrator.container import ContainerSpec, Mount
+from orchestrator.errors import EnvironmentProblem
+from orchestrator.launcher import ContainerOutcome, Liveness
+
+# What must import for each engine's agent (in a child interpreter, never in the host).
+ENGINE_IMPORTS = {
+    "pytorch": "torch, transformers, llem_agent.engines.pytorch",
+    "vllm": "vllm, llem_agent.engines.vllm",
+    "tensorrt": "tensorrt_llm, llem_agent.engines.tensorrt",
+}
+# The Docker runner's exit codes for a process ended by a signal (128 + N).
+_SIGNAL_BASE = 128
+_GRACE_S = 10.0
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the agent gets SIGKILL when llem dies, however it dies (kill -9 included), so
+    no run outlives the process that holds its device locks."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class LocalLauncher:
+    """Starts the agent as ``python -m llem_agent EXPERIMENT`` in a session of its own."""
+
+    kind = "local"
+
+    def __init__(self, engine: str, python: str = sys.executable) -> None:
+        self.engine = engine
+        self.python = python
+
+    def agent_path(self, mount: Mount) -> str:
+        """A process sees the host's own directories."""
+        return str(mount.source)
+
+    def check(self, images: Iterable[str]) -> None:
+        """The engine must import in this interpreter's environment (asked of a child process)."""
+        probe = subprocess.run(
+            [self.python, "-c", f"import {ENGINE_IMPORTS[self.engine]}"],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=os.environ | {"CUDA_VISIBLE_DEVICES": ""},
+        )
+        if probe.returncode != 0:
+            lines = (probe.stderr or probe.stdout).strip().splitlines()
+            why = lines[-1] if lines else f"exit {probe.returncode}"
+            raise EnvironmentProblem(
+                f"runner local for {self.engine}: the engine does not import with {self.python} ({why}); "
+                f"install it there, or run {self.engine} with the docker runner"
+            )
+
+    def describe(self, images: Iterable[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        """What host.json records instead of a Docker engine: the interpreter the agent runs in."""
+        return {"runner": "local", "python": platform.python_version(), "executable": self.python}, {}
+
+    def environment(self, spec: ContainerSpec) -> dict[str, str]:
+        """The host's environment, the spec's (paths translated to the host's), the run's GPUs."""
+        env = dict(os.environ)
+        for key, value in spec.environment.items():
+            env[key] = _translate(value, spec.mounts)
+        # By UUID: indices differ between CUDA's and NVML's numbering, UUIDs never do.
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(spec.gpu_uuids) if spec.gpu_uuids else ""
+        for key in spec.passthrough_env:
+            if not os.environ.get(key):
+                env.pop(key, None)
+        return env
+
+    def run(
+        self, spec: ContainerSpec, timeout_s: float, log_path: Path, liveness: Liveness | None = None
+    ) -> ContainerOutcome:
+        """Run the agent to its exit, ``timeout_s``, or a stale heartbeat; it never outlives this call."""
+        command = [self.python, "-m", "llem_agent", *(_translate(arg, spec.mounts) for arg in spec.command)]
+        run_dir = spec.mount_at("/llem/run")
+        start, started_at = time.monotonic(), time.time()
+        with log_path.open("wb") as log:
+            try:
+                process = subprocess.Popen(
+                    command,
+                    env=self.environment(spec),
+                    cwd=str(run_dir.source) if run_dir else None,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # Ctrl-C reaches llem, which stops the agent itself
+                    preexec_fn=_die_with_parent,  # noqa: PLW1509 - prctl only, no locks taken
+                )
+            except OSError as exc:
+                raise EnvironmentProblem(f"cannot start the agent with {self.python}: {exc.strerror or exc}") from None
+            timed_out = hung = False
+            try:
+                while True:
+                    left = timeout_s - (time.monotonic() - start)
+                    try:
+                        process.wait(timeout=max(0.1, min(left, liveness.poll_s if liveness else left)))
+                        break
+                    except subprocess.TimeoutExpired:
+                        timed_out = time.monotonic() - start >= timeout_s
+                        hung = not timed_out and liveness is not None and liveness.stale(started_at)
+                        if timed_out or hung:
+                            _kill(process, grace_s=0.0)
+                            break
+                        if liveness is not None and liveness.on_poll is not None:
+                            liveness.on_poll()
+            finally:
+                if process.poll() is None:  # Ctrl-C, or an error in this loop: never leave it running
+                    _kill(process, grace_s=_GRACE_S)
+        code = process.returncode
+        exit_code = _SIGNAL_BASE - code if code is not None and code < 0 else code
+        return ContainerOutcome(exit_code, timed_out, False, time.monotonic() - start, hung)
+
+
+def _kill(process: subprocess.Popen[bytes], grace_s: float) -> None:
+    """SIGTERM the agent's whole session (it writes error.json), SIGKILL what is left after ``grace_s``."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        if sig == signal.SIGTERM and grace_s <= 0:
+            continue
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _translate(value: str, mounts: Iterable[Mount]) -> str:
+    """A container path (a mount's target, or below it) as the host path it is mounted from."""
+    for mount in sorted(mounts, key=lambda m: len(m.target), reverse=True):
+        if value == mount.target or value.startswith(mount.target + "/"):
+            return str(mount.source) + value[len(mount.target) :]
+    return value

@@ -1,0 +1,184 @@
+"""The local runner's launcher at its seam: a stand-in interpreter plays the agent, so the
+process handling (environment, devices, timeouts, liveness, kill, exit codes) is tested
+without an engine. The real agent runs through it in tests/docker/test_local_runner.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator.container import build_spec
+from orchestrator.errors import EnvironmentProblem
+from orchestrator.launcher import Liveness
+from orchestrator.local import LocalLauncher
+
+# Stands in for `python -m llem_agent EXPERIMENT`: records what it was given, then acts out
+# FAKE_AGENT (ok | hang | crash | sigterm-aware | spawn).
+FAKE = """#!/usr/bin/env python3
+import json, os, signal, sys, time
+run_dir = os.getcwd()
+seen = {"argv": sys.argv[1:], "env": {k: os.environ.get(k) for k in (
+    "CUDA_VISIBLE_DEVICES", "HF_HOME", "HF_HUB_OFFLINE", "CUDA_DEVICE_ORDER", "HOME", "USER", "NVIDIA_VISIBLE_DEVICES",
+    "HF_TOKEN")}, "pgid_is_own": os.getpgid(0) == os.getpid()}
+open(os.path.join(run_dir, "seen.json"), "w").write(json.dumps(seen))
+mode = os.environ.get("FAKE_AGENT", "ok")
+if mode == "ok":
+    sys.exit(0)
+if mode == "crash":
+    os.kill(os.getpid(), signal.SIGKILL)
+if mode == "sigterm-aware":
+    signal.signal(signal.SIGTERM, lambda *a: (open(os.path.join(run_dir, "terminated"), "w").close(), sys.exit(143)))
+if mode == "spawn":
+    import subprocess
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    open(os.path.join(run_dir, "child.pid"), "w").write(str(child.pid))
+while True:
+    time.sleep(0.05)
+"""
+
+
+@pytest.fixture
+def fake_python(tmp_path: Path) -> str:
+    path = tmp_path / "fake-python"
+    path.write_text(FAKE.replace("#!/usr/bin/env python3", f"#!{sys.executable}"))
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return str(path)
+
+
+def spec_for(tmp_path: Path, gpus: tuple[int, ...] = (), uuids: tuple[str, ...] = (), model: bool = True):
+    run_dir = tmp_path / "study" / "runs" / "e001-c1"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "model").mkdir(exist_ok=True)
+    return build_spec(
+        image="unused", study_id="s", run_id="e001-c1", run_dir=run_dir, hf_home=tmp_path / "hf",
+        model_dir=tmp_path / "model" if model else None, gpu_indices=gpus, host_uid=1000, host_gid=1000,
+        host_pid=os.getpid(), gpu_uuids=uuids,
+    )  # fmt: skip
+
+
+def seen(tmp_path: Path) -> dict[str, object]:
+    data: dict[str, object] = json.loads((tmp_path / "study" / "runs" / "e001-c1" / "seen.json").read_text())
+    return data
+
+
+def test_paths_become_host_paths_and_gpus_are_named_by_uuid(tmp_path, fake_python, monkeypatch):
+    monkeypatch.setenv("FAKE_AGENT", "ok")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    spec = spec_for(tmp_path, gpus=(2,), uuids=("GPU-1234",))
+    outcome = LocalLauncher("pytorch", python=fake_python).run(spec, 30, tmp_path / "agent.log")
+    assert outcome.exit_code == 0 and not outcome.timed_out
+    got = seen(tmp_path)
+    run_dir = tmp_path / "study" / "runs" / "e001-c1"
+    assert got["argv"] == ["-m", "llem_agent", f"{run_dir}/experiment.json"]  # not /llem/run/...
+    env = got["env"]
+    assert isinstance(env, dict)
+    assert env["CUDA_VISIBLE_DEVICES"] == "GPU-1234"  # by UUID: CUDA and NVML number GPUs differently
+    assert env["HF_HOME"] == str(tmp_path / "hf")
+    assert env["HF_HUB_OFFLINE"] == "1" and env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    assert env["HOME"] == os.environ.get("HOME")  # the container-only environment stays out
+    assert env["NVIDIA_VISIBLE_DEVICES"] is None and env["HF_TOKEN"] is None
+    assert got["pgid_is_own"] is True  # a session of its own: it can be killed as a group
+
+
+def test_a_cpu_run_sees_no_gpu(tmp_path, fake_python, monkeypatch):
+    monkeypatch.setenv("FAKE_AGENT", "ok")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    LocalLauncher("pytorch", python=fake_python).run(spec_for(tmp_path), 30, tmp_path / "agent.log")
+    env = seen(tmp_path)["env"]
+    assert isinstance(env, dict) and env["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_timeout_kills_the_agent(tmp_path, fake_python, monkeypatch):
+    monkeypatch.setenv("FAKE_AGENT", "hang")
+    start = time.monotonic()
+    outcome = LocalLauncher("pytorch", python=fake_python).run(spec_for(tmp_path), 1.0, tmp_path / "agent.log")
+    assert outcome.timed_out and outcome.exit_code == 128 + signal.SIGKILL
+    assert time.monotonic() - start < 10
+
+
+def test_a_stale_heartbeat_is_a_hang(tmp_path, fake_python, monkeypatch):
+    monkeypatch.setenv("FAKE_AGENT", "hang")
+    spec = spec_for(tmp_path)
+    polls: list[float] = []
+    liveness = Liveness(tmp_path / "no-heartbeat", stall_timeout_s=0.5, poll_s=0.1, on_poll=lambda: polls.append(1))
+    outcome = LocalLauncher("pytorch", python=fake_python).run(spec, 30, tmp_path / "agent.log", liveness)
+    assert outcome.hung and not outcome.timed_out
+    assert polls  # progress was polled while it ran
+
+
+def test_an_agent_killed_from_outside_reads_like_a_killed_container(tmp_path, fake_python, monkeypatch):
+    monkeypatch.setenv("FAKE_AGENT", "crash")
+    outcome = LocalLauncher("pytorch", python=fake_python).run(spec_for(tmp_path), 30, tmp_path / "agent.log")
+    assert outcome.exit_code == 137 and not outcome.timed_out and not outcome.hung
+
+
+def test_ctrl_c_stops_the_agent_and_everything_it_started(tmp_path, fake_python, monkeypatch):
+    """KeyboardInterrupt while waiting: SIGTERM first (the agent writes error.json), the whole
+    session with it, and nothing of the run survives the call."""
+    monkeypatch.setenv("FAKE_AGENT", "spawn")
+    run_dir = tmp_path / "study" / "runs" / "e001-c1"
+
+    def interrupt() -> None:
+        if (run_dir / "child.pid").exists():
+            raise KeyboardInterrupt
+
+    liveness = Liveness(tmp_path / "hb", stall_timeout_s=60, poll_s=0.1, on_poll=interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        LocalLauncher("pytorch", python=fake_python).run(spec_for(tmp_path), 30, tmp_path / "agent.log", liveness)
+    child = int((run_dir / "child.pid").read_text())
+    for _ in range(50):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the agent's child outlived the run")
+
+
+def test_the_agent_dies_with_llem_even_by_sigkill(tmp_path, fake_python):
+    """A host that is SIGKILLed cannot clean up: the kernel ends the agent (PR_SET_PDEATHSIG)."""
+    script = (
+        "import sys, os\n"
+        "from pathlib import Path\n"
+        "sys.path.insert(0, sys.argv[3])\n"
+        "from tests.unit.test_local_launcher import spec_for\n"
+        "from orchestrator.local import LocalLauncher\n"
+        "os.environ['FAKE_AGENT'] = 'hang'\n"
+        "LocalLauncher('pytorch', python=sys.argv[2]).run(spec_for(Path(sys.argv[1])), 60, Path(sys.argv[1]) / 'log')\n"
+    )
+    repo = str(Path(__file__).resolve().parents[2])
+    host = subprocess.Popen([sys.executable, "-c", script, str(tmp_path), fake_python, repo])
+    seen_file = tmp_path / "study" / "runs" / "e001-c1" / "seen.json"
+    for _ in range(100):
+        if seen_file.exists():
+            break
+        time.sleep(0.1)
+    agents = subprocess.run(["pgrep", "-f", fake_python], capture_output=True, text=True, check=False).stdout.split()
+    assert agents, "the stand-in agent never started"
+    host.kill()
+    host.wait()
+    for _ in range(50):
+        if not subprocess.run(["pgrep", "-f", fake_python], capture_output=True, text=True, check=False).stdout:
+            return
+        time.sleep(0.1)
+    pytest.fail("the agent outlived the llem process that was killed")
+
+
+def test_an_engine_that_does_not_import_is_refused_with_one_line(tmp_path):
+    broken = tmp_path / "python"
+    say = "print('ModuleNotFoundError: No module named torch', file=sys.stderr)"
+    broken.write_text(f"#!{sys.executable}\nimport sys\n{say}\nsys.exit(1)\n")
+    broken.chmod(0o755)
+    with pytest.raises(EnvironmentProblem) as caught:
+        LocalLauncher("pytorch", python=str(broken)).check(["unused"])
+    message = str(caught.value)
+    assert "\n" not in message and "No module named torch" in message and "docker runner" in message

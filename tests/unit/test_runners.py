@@ -1,0 +1,79 @@
+"""Runner choice (docker | local) per engine, and the runner handing each launcher its own paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llem_agent.contract import RunRequest
+from orchestrator.errors import ConfigError
+from orchestrator.manifest import ManifestStore
+from orchestrator.runners import parse_runner, resolve_runners
+from tests.unit.test_runner import FakeLauncher, make_runner
+
+
+@pytest.fixture
+def study_file(tmp_path: Path) -> Path:
+    (tmp_path / "model").mkdir()
+    path = tmp_path / "study.yaml"
+    path.write_text("name: t\nmodel: ./model\nsweep:\n  pytorch.batch_size: [1, 2]\n")
+    return path
+
+
+def test_precedence_env_then_user_config_then_cli_then_study():
+    engines = {"pytorch", "vllm", "tensorrt"}
+    got = resolve_runners(
+        engines,
+        study={"pytorch": "local", "vllm": "local", "tensorrt": "local"},
+        cli="docker",
+        user={"vllm": "local"},
+        environ={"LLEM_RUNNER_TENSORRT": "local"},
+    )
+    assert {e: (c.kind, c.source) for e, c in got.items()} == {
+        "pytorch": ("docker", "--runner"),
+        "vllm": ("local", "user config"),
+        "tensorrt": ("local", "env LLEM_RUNNER_TENSORRT"),
+    }
+    plain = resolve_runners({"pytorch"}, study={"pytorch": "local"}, cli=None, user={}, environ={})
+    assert (plain["pytorch"].kind, plain["pytorch"].source) == ("local", "study runners:")
+    assert resolve_runners({"vllm"}, study={}, cli=None, user={}, environ={})["vllm"].kind == "docker"
+
+
+def test_one_grammar_for_a_runner_everywhere():
+    assert parse_runner("docker:my/img:1", "x") == ("docker", "my/img:1")
+    assert parse_runner("local", "x") == ("local", None)
+    with pytest.raises(ConfigError, match="LLEM_RUNNER_VLLM: expected docker, docker:<image> or local"):
+        resolve_runners({"vllm"}, study={}, cli=None, user={}, environ={"LLEM_RUNNER_VLLM": "podman"})
+
+
+class FakeLocal(FakeLauncher):
+    kind = "local"
+
+    def agent_path(self, mount):
+        return str(mount.source)
+
+
+def test_a_local_launcher_gets_host_paths_and_the_manifest_says_local(tmp_path: Path, study_file: Path):
+    launcher = FakeLocal()
+    runner = make_runner(tmp_path, study_file, launcher)
+    runner.launcher = {"pytorch": launcher}
+    runner.preflight()
+    study_dir = runner.prepare()
+    runner.execute()
+    request = RunRequest.model_validate_json((study_dir / "runs" / "e001-c1" / "experiment.json").read_text())
+    assert request.model_path == str((tmp_path / "model").resolve())  # the host's directory, not /llem/model
+    assert request.runner == "local" and request.gpu_uuids == []  # a CPU run: no GPU to measure
+    manifest = ManifestStore.load(study_dir)
+    assert {(r.runner, r.image) for r in manifest.runs} == {("local", "local")}
+    host = (study_dir / "host.json").read_text()
+    assert '"runners": {\n      "pytorch": "local"' in host
+
+
+def test_the_docker_launcher_gets_container_paths(tmp_path: Path, study_file: Path):
+    runner = make_runner(tmp_path, study_file, FakeLauncher())
+    runner.preflight()
+    study_dir = runner.prepare()
+    runner.execute()
+    request = RunRequest.model_validate_json((study_dir / "runs" / "e001-c1" / "experiment.json").read_text())
+    assert request.model_path == "/llem/model" and request.runner == "docker"
