@@ -39,6 +39,18 @@ $(VENV)/.installed: pyproject.toml images/agent/pyproject.toml
 .PHONY: install
 install: $(VENV)/.installed ## Create .venv with llem and the dev tools
 
+# The local runner runs the agent on the host: the host's Python then needs the engine. These
+# match images/pytorch (torch from the local CPU wheel where there is one).
+HOST_ENGINE_SPECS ?= transformers==5.23.0 peft==0.21.2 accelerate==1.15.0
+
+$(VENV)/.host-engine: $(VENV)/.installed
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check \
+		$(if $(TORCH_WHEEL),--find-links $(dir $(TORCH_WHEEL))) "$(TORCH_SPEC)" $(HOST_ENGINE_SPECS)
+	touch $@
+
+.PHONY: host-engine
+host-engine: $(VENV)/.host-engine ## Install torch + transformers into .venv, for the local runner (runners: {pytorch: local})
+
 .PHONY: docker-engine
 docker-engine: ## Make sure a Docker engine runs (installs and starts one on a fresh Debian machine)
 	@images/tools/ensure-docker.sh
@@ -97,7 +109,7 @@ test-unit: install ## Unit tests only (no Docker, no GPU, no browser)
 	$(VENV)/bin/pytest -m "not docker and not gpu and not browser" -q
 
 .PHONY: test
-test: install lint typecheck images tiny-model browser ## Everything CI runs: lint, types, unit, browser and docker-tier tests
+test: install lint typecheck images tiny-model browser host-engine ## Everything CI runs: lint, types, unit, browser and docker-tier tests
 	$(VENV)/bin/pytest -q
 
 .PHONY: bench
