@@ -116,6 +116,35 @@ test: install lint typecheck images tiny-model browser host-engine ## Everything
 bench: install images tiny-model ## Benchmarks (overhead vs optimum-benchmark, harness overhead); writes docs/benchmarks.md
 	$(VENV)/bin/python -m tests.bench.run --out docs/benchmarks.md
 
+# Offline install (a GPU node without network): every wheel llem and its agent need, not the
+# engines. WHEELHOUSE_PYTHON=3.12 fetches wheels for another Python than this one;
+# WHEELHOUSE_EXCLUDE="numpy pyarrow" leaves out what the target already has (smaller to carry).
+WHEELHOUSE         ?= wheelhouse
+WHEELHOUSE_PYTHON  ?=
+WHEELHOUSE_EXCLUDE ?=
+
+.PHONY: wheelhouse
+wheelhouse: ## Write every wheel llem needs into WHEELHOUSE (pip install --no-index --find-links WHEELHOUSE llem)
+	@rm -rf $(WHEELHOUSE) && mkdir -p $(WHEELHOUSE)
+	$(PYTHON) -m pip wheel --quiet --disable-pip-version-check --no-deps --wheel-dir $(WHEELHOUSE) .
+	$(PYTHON) -m pip download --quiet --disable-pip-version-check --only-binary=:all: --dest $(WHEELHOUSE) \
+		$(if $(WHEELHOUSE_PYTHON),--python-version $(WHEELHOUSE_PYTHON) --platform manylinux_2_28_x86_64 \
+			--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any) \
+		$(WHEELHOUSE)/llem-$(VERSION)-py3-none-any.whl
+	@for name in $(WHEELHOUSE_EXCLUDE); do rm -f $(WHEELHOUSE)/$$(echo $$name | tr - _)-[0-9]*.whl; done
+	@ls $(WHEELHOUSE) | wc -l | xargs -I{} echo "{} wheels in $(WHEELHOUSE) ($$(du -sh $(WHEELHOUSE) | cut -f1))"
+
+# make gpu-check runs on a GPU host whose Python has torch (CUDA) and transformers. llem's own
+# small dependencies come from WHEELHOUSE when they are missing: no network, no Docker needed.
+GPU_PYTHON ?= $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
+
+.PHONY: gpu-check
+gpu-check: ## GPU host: validate llem's energy numbers in one command (writes docs/gpu-validation.md)
+	@PYTHONPATH=images/agent $(GPU_PYTHON) -c "import orchestrator.cli, orchestrator.runner, llem_agent.energy" \
+		2>/dev/null || $(GPU_PYTHON) -m pip install --quiet --disable-pip-version-check --no-index \
+		--find-links $(WHEELHOUSE) llem
+	@PYTHONPATH=images/agent $(GPU_PYTHON) -m orchestrator.gpucheck
+
 .PHONY: clean
 clean: ## Remove the venv, caches and build extras (results/ is kept)
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache images/.build/wheels images/.build/ca.crt
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache images/.build/wheels images/.build/ca.crt $(WHEELHOUSE) gpu-check-work

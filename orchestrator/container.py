@@ -25,7 +25,8 @@ LABEL_HOST = "llem.host"
 LABEL_STUDY_DIR = "llem.study_dir"
 # Secrets reach the container through the environment only; their values never enter a spec.
 # LLEM_FAULT_INJECTION is the fault tests' switch; it does nothing unless a test sets it.
-PASSTHROUGH_ENV = ("HF_TOKEN", "LLEM_FAULT_INJECTION")
+# LLEM_NVML_TRACE makes the agent keep the window's raw NVML readings (make gpu-check).
+PASSTHROUGH_ENV = ("HF_TOKEN", "LLEM_FAULT_INJECTION", "LLEM_NVML_TRACE")
 NONROOT = "65532"  # the agent's user when llem itself runs as root
 AGENT_USER = "llem"  # its name: the images have no passwd entry for the host's uid
 # Writable caches for the agent's libraries, on the /tmp tmpfs (the root filesystem is read-only):

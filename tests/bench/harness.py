@@ -6,8 +6,8 @@ and warm caches hit both alike.
 Prints one JSON object: the output tokens/s of each side for every repetition.
 """
 
+import argparse
 import json
-import sys
 import time
 
 import torch
@@ -41,16 +41,20 @@ class LoadedOnce:
         return getattr(self.engine, name)
 
 
-def main(model: str, repetitions: int) -> None:
+def main(
+    model: str, repetitions: int, *, batch: int = 4, tokens: int = 32, n_prompts: int = 40, dtype: str | None = None
+) -> None:
     config = ExperimentConfig.model_validate(
         {
             "model": model,
-            "max_input_tokens": 32,
-            "max_output_tokens": 32,
-            "dataset": {"source": "builtin", "n_prompts": 40},
-            "decoder": {"do_sample": False, "min_new_tokens": 32},
-            "warmup": {"n_warmup": 4},
-            "pytorch": {"batch_size": 4},
+            "dtype": dtype,
+            "max_input_tokens": tokens,
+            "max_output_tokens": tokens,
+            "dataset": {"source": "builtin", "n_prompts": n_prompts},
+            "decoder": {"do_sample": False, "min_new_tokens": tokens},
+            "warmup": {"n_warmup": batch},
+            "baseline": {"enabled": False},  # idle power is not what this compares
+            "pytorch": {"batch_size": batch},
         }
     )
     request = RunRequest(run_id="bench", study_name="bench", cycle=1, config_hash=config_hash(config), config=config)
@@ -60,26 +64,33 @@ def main(model: str, repetitions: int) -> None:
 
     def bare() -> float:
         # The very model and tokenizer the agent just used, and the same pre-tokenized batches.
-        tokenizer, hf_model = engine._tokenizer, engine._model
+        tokenizer, hf_model, device = engine._tokenizer, engine._model, engine._device
         encoded = [
-            tokenizer(b, return_tensors="pt", padding=True, truncation=True, max_length=32) for b in batches(prompts, 4)
+            tokenizer(b, return_tensors="pt", padding=True, truncation=True, max_length=tokens).to(device)
+            for b in batches(prompts, batch)
         ]
         kwargs = {
-            "max_new_tokens": 32,
-            "min_new_tokens": 32,
+            "max_new_tokens": tokens,
+            "min_new_tokens": tokens,
             "do_sample": False,
             "pad_token_id": tokenizer.pad_token_id,
         }
         with torch.inference_mode():
             hf_model.generate(**encoded[0], **kwargs)  # warmup batch, as the agent does
-            start, tokens = time.perf_counter(), 0
+            engine.synchronize()
+            start, generated = time.perf_counter(), 0
             for enc in encoded:
                 out = hf_model.generate(**enc, **kwargs)
-                tokens += (out.shape[1] - enc["input_ids"].shape[1]) * out.shape[0]
-            return tokens / (time.perf_counter() - start)
+                generated += (out.shape[1] - enc["input_ids"].shape[1]) * out.shape[0]
+            engine.synchronize()
+            return generated / (time.perf_counter() - start)
 
     def agent() -> float:
-        result = run_measurement(request, lambda name: once, nvml_meter().open(), lambda phase: None)
+        meter = nvml_meter(sampler=None).open()  # the engine alone: no energy window on either side
+        try:
+            result = run_measurement(request, lambda name: once, meter, lambda phase: None, sleep=lambda s: None)
+        finally:
+            meter.close()
         return result.throughput.output_tokens_per_s
 
     agent()  # load the model once so the first bare() has one to use
@@ -95,4 +106,12 @@ def main(model: str, repetitions: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 5)
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("model")
+    parser.add_argument("repetitions", type=int, nargs="?", default=5)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--tokens", type=int, default=32, help="input and output tokens per request")
+    parser.add_argument("--prompts", type=int, default=40)
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"))
+    args = parser.parse_args()
+    main(args.model, args.repetitions, batch=args.batch, tokens=args.tokens, n_prompts=args.prompts, dtype=args.dtype)

@@ -286,6 +286,8 @@ class EnergyMeter:
         self._baseline_ttl_s: float | None = None
         self._loaded_idle_w: list[float] | None = None
         self._loaded_idle_s: float | None = None
+        self._end_mj: list[int | None] = []
+        self._work: WindowWork | None = None
         self.sleep: Callable[[float], None] = time.sleep
         self.samples: list[Sample] = []
 
@@ -393,7 +395,27 @@ class EnergyMeter:
         if self._external is not None:
             self._external.start()
 
+    def raw_trace(self) -> dict[str, Any] | None:
+        """The window's raw NVML readings and counters, as a replay fixture (``LLEM_NVML_TRACE``)."""
+        if self._backend is None or self._work is None:
+            return None
+        return {
+            "device_names": self._backend.device_names(),
+            "interval_s": self.interval_s,
+            "window": [self._window_start, self._window_end],
+            "start_mj": self._start_mj,
+            "end_mj": self._end_mj,
+            "work": {
+                "output_tokens": self._work.output_tokens,
+                "input_tokens": self._work.input_tokens,
+                "n_requests": self._work.n_requests,
+                "batch_spans": [list(span) for span in self._work.batch_spans],
+            },
+            "samples": [vars(sample) for sample in self.samples],
+        }
+
     def stop(self, work: WindowWork) -> EnergyReport:
+        self._work = work
         external = self._external.stop() if self._external is not None else None
         report = self._nvml_report(work)
         if external is None or self._external is None:
@@ -406,7 +428,7 @@ class EnergyMeter:
             return EnergyReport(
                 energy_j=None, source=None, unavailable_reason=self._reason, baseline_note=self._baseline_note
             )
-        end_mj = self._counters()
+        end_mj = self._end_mj = self._counters()
         window_end = self._window_end = self._clock()
         self._sampler.sample_once()  # and one at its very end
         samples = self.samples = self._sampler.stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -37,6 +38,8 @@ from llem_agent.heartbeat import Heartbeat
 from llem_agent.measure import run_measurement
 
 EXIT_FAILED = 1
+RAW_TRACE_ENV = "LLEM_NVML_TRACE"  # set: also write the window's raw NVML readings
+RAW_TRACE_FILE = "nvml-trace.json"
 EXIT_TERMINATED = 143
 
 
@@ -123,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
             meter.close()
         if request.config.gpu_telemetry and meter.write_telemetry(out_dir / TELEMETRY_FILE):
             _log(f"telemetry written to {TELEMETRY_FILE}")
+        raw = meter.raw_trace() if os.environ.get(RAW_TRACE_ENV) else None
+        if raw is not None:  # a replay fixture for the unit tests (make gpu-check keeps one)
+            write_atomic(out_dir / RAW_TRACE_FILE, json.dumps(raw))
         text = "{corrupt" if faults.corrupt_result(run_id) else result.model_dump_json(indent=2)
         write_atomic(out_dir / RESULT_FILE, text)
         _log(
