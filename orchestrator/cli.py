@@ -29,9 +29,9 @@ from orchestrator.errors import (
     LlemError,
 )
 from orchestrator.locks import DEFAULT_LOCK_DIR
-from orchestrator.plan import make_plan
+from orchestrator.plan import Plan, make_plan
 from orchestrator.runners import RUNNER_KINDS
-from orchestrator.study import ExperimentOrder, Study, load_study
+from orchestrator.study import DEFAULT_CYCLES, MAX_EXPERIMENTS, MAX_RUNS, ExperimentOrder, Study, load_study
 from orchestrator.userconfig import UserConfig, load_user_config
 
 if TYPE_CHECKING:
@@ -132,6 +132,27 @@ def runner_options(args: argparse.Namespace, study: Study, user: UserConfig) -> 
     )
 
 
+def _load_plan(args: argparse.Namespace) -> tuple[Study, Plan]:
+    """The study and its plan, within the size limits, its local models checked (dry run or not)."""
+    for flag, value in (("--max-experiments", args.max_experiments), ("--max-runs", args.max_runs)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be at least 1, got {value}")
+    study = load_study(Path(args.study), name_override=args.name, max_experiments=args.max_experiments)
+    cycles = args.cycles or study.execution.n_cycles or DEFAULT_CYCLES
+    if len(study.experiments) * cycles > args.max_runs:
+        raise ConfigError(
+            f"{args.study}: {len(study.experiments):,} experiments x {cycles:,} cycles = "
+            f"{len(study.experiments) * cycles:,} runs, more than the limit of {args.max_runs:,} "
+            "(--max-runs raises it if you mean it)"
+        )
+    plan = make_plan(study, n_cycles=args.cycles, order=args.order)
+    from orchestrator.models import resolve_model_dir
+
+    for exp in study.experiments:  # a local model that is no model is found out now, dry run or not
+        resolve_model_dir(exp.config.model, study.path.parent)
+    return study, plan
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.display import ProgressDisplay, print_results
     from orchestrator.launcher import DockerLauncher, Launcher
@@ -144,8 +165,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     out, err = _console(), _console(stderr=True)
     if args.json and not args.dry_run:
         raise ConfigError("--json goes with --dry-run")
-    study = load_study(Path(args.study), name_override=args.name)
-    plan = make_plan(study, n_cycles=args.cycles, order=args.order)
+    study, plan = _load_plan(args)
     if args.dry_run:
         from orchestrator.dryrun import print_json, print_text
 
@@ -249,6 +269,14 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     breaker.add_argument("--fail-fast", action="store_true", help="stop the study at the first failed run")
     breaker.add_argument("--no-circuit-breaker", action="store_true", help="never stop the study for failures")
     run.add_argument("--timeout", type=float, metavar="HOURS", help="wall-clock limit of the whole study")
+    run.add_argument(
+        "--max-experiments", type=int, default=MAX_EXPERIMENTS, metavar="N",
+        help=f"refuse a study that expands to more experiments (default {MAX_EXPERIMENTS:,})",
+    )  # fmt: skip
+    run.add_argument(
+        "--max-runs", type=int, default=MAX_RUNS, metavar="N",
+        help=f"refuse a study of more runs, experiments x cycles (default {MAX_RUNS:,})",
+    )  # fmt: skip
     run.set_defaults(func=cmd_run)
     results = sub.add_parser("results", help="statistics across cycles of a study, as a table (writes summary files)")
     results.add_argument("dir", nargs="?", help="study directory, or a results directory (newest study)")

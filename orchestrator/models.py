@@ -45,12 +45,20 @@ def resolve_model_dir(model: str, base_dir: Path) -> Path | None:
     """The host directory of a local model, or None for a hub id.
 
     A value that looks like a path (absolute, ``./``, ``../``, ``~``) must exist; any other
-    value is a local directory if one exists relative to the study file, else a hub id.
+    value is a local directory if one exists relative to the study file, else a hub id. A
+    directory must hold a model (``config.json``): found out here, not inside a container.
     """
     expanded = Path(model).expanduser()
     candidate = expanded if expanded.is_absolute() else base_dir / expanded
     if candidate.is_dir():
-        return candidate.resolve()
+        resolved = candidate.resolve()
+        if not (resolved / "config.json").is_file():
+            where = f"{candidate} (-> {resolved})" if resolved != candidate.absolute() else str(candidate)
+            raise ConfigError(
+                f"model directory {where} holds no model (no config.json); give a directory written by "
+                "save_pretrained, or a Hugging Face id"
+            )
+        return resolved
     if model.startswith(("/", "./", "../", "~")):
         raise ConfigError(f"model directory not found: {candidate}")
     return None
@@ -104,17 +112,35 @@ def check_hf_cache_writable(hf_home: Path, host_uid: int, model: str) -> None:
         )
 
 
+_MAX_FILES_CHECKED = 10_000  # a model has tens of files; stop long before a filesystem walk
+
+
 def check_readable_by_agent(folder: Path, host_uid: int) -> None:
-    """When llem runs as root its agent does not: every model file must be group- or world-readable."""
+    """When llem runs as root its agent does not: every model file must be group- or world-readable.
+
+    Walks ``folder`` only: symbolic links to directories are not followed (a link to ``/`` must
+    not turn this into a walk of the filesystem); a linked file is judged by its target's mode.
+    """
     if host_uid != 0:
         return
-    for path in sorted(folder.rglob("*")):
-        mode = path.stat().st_mode
-        if path.is_file() and not mode & (stat.S_IRGRP | stat.S_IROTH):
-            raise ConfigError(
-                f"{path} is readable only by its owner (mode {stat.S_IMODE(mode):o}); llem's agent runs "
-                f"unprivileged, so make the model readable: chmod -R a+rX {folder}"
-            )
+    checked = 0
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(root) / name
+            checked += 1
+            if checked > _MAX_FILES_CHECKED:
+                return
+            try:
+                mode = path.stat().st_mode
+            except OSError:
+                continue  # a dangling link: the agent's load says what is missing
+            if stat.S_ISREG(mode) and not mode & (stat.S_IRGRP | stat.S_IROTH):
+                fix = f"chmod -R a+rX {folder}" if folder.resolve() not in _SYSTEM_DIRS else "copy it elsewhere"
+                raise ConfigError(
+                    f"{path} is readable only by its owner (mode {stat.S_IMODE(mode):o}); llem's agent runs "
+                    f"unprivileged, so make the model readable: {fix}"
+                )
 
 
 def cached_snapshot(model: str, hf_home: Path) -> Path | None:

@@ -12,9 +12,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llem_agent.contract import ENGINES, ExperimentConfig, canonical_engine, canonical_json, config_hash
+from orchestrator import yamlsafe
 from orchestrator.errors import ConfigError
 from orchestrator.runners import RunnerKind, parse_runner
-from orchestrator.sweep import deep_merge, expand
+from orchestrator.sweep import count_configs, deep_merge, expand
 from orchestrator.validation import describe, did_you_mean, has_unknown_key
 
 STUDY_KEYS = ("name", "base", "sweep", "experiments", "study_execution", "runners")
@@ -100,7 +101,7 @@ def _read_yaml(path: Path) -> Any:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
     try:
-        return yaml.safe_load(text)
+        return yamlsafe.load(text, str(path))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -113,6 +114,10 @@ def _load_mapping(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
     return data
+
+
+MAX_EXPERIMENTS = 100_000  # llem run --max-experiments; planning 100,000 takes seconds
+MAX_RUNS = 1_000_000  # llem run --max-runs: experiments x cycles
 
 
 def design_hash(experiments: tuple[Experiment, ...]) -> str:
@@ -131,10 +136,10 @@ def _validate(index: int, raw: dict[str, Any], origin: Path) -> Experiment | Ski
     return Experiment(index=index, config=config, config_hash=config_hash(config))
 
 
-def load_study(path: Path, name_override: str | None = None) -> Study:
+def load_study(path: Path, name_override: str | None = None, max_experiments: int = MAX_EXPERIMENTS) -> Study:
     """Parse ``path``: a study when it has ``sweep:`` or ``experiments:``, else one experiment."""
     path = Path(path)
-    return study_from_data(_load_mapping(path), path, name_override)
+    return study_from_data(_load_mapping(path), path, name_override, max_experiments)
 
 
 def _deduplicate(results: list[Experiment | Skipped]) -> list[Experiment | Skipped]:
@@ -152,7 +157,9 @@ def _deduplicate(results: list[Experiment | Skipped]) -> list[Experiment | Skipp
     return out
 
 
-def study_from_data(data: dict[str, Any], path: Path, name_override: str | None = None) -> Study:
+def study_from_data(
+    data: dict[str, Any], path: Path, name_override: str | None = None, max_experiments: int = MAX_EXPERIMENTS
+) -> Study:
     """Build a Study from an already-loaded mapping; ``path`` anchors relative paths and names."""
     base_ref = data.get("base")
     shared = {k: v for k, v in data.items() if k not in STUDY_KEYS}
@@ -176,6 +183,12 @@ def study_from_data(data: dict[str, Any], path: Path, name_override: str | None 
         raise ConfigError(f"{path}: study_execution: {describe(exc, StudyExecution)}") from None
     images, runners = _validate_runners(data.get("runners"), path)
 
+    size = count_configs(shared, sweep, explicit)
+    if size > max_experiments:
+        raise ConfigError(
+            f"{path}: the study expands to {size:,} experiments, more than the limit of {max_experiments:,} "
+            "(--max-experiments raises it if you mean it)"
+        )
     raws = expand(shared, sweep, explicit) if (sweep or explicit) else expand(shared, None, None) or [shared]
     results = _deduplicate([_validate(i, raw, path) for i, raw in enumerate(raws)])
     experiments = tuple(r for r in results if isinstance(r, Experiment))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -147,6 +148,28 @@ def _grid(shared: dict[str, Any], engine: str, axes: list[Axis], groups: list[Gr
             for key, value in variant.items():
                 set_dotted(config, key, value)
         yield config
+
+
+def count_configs(shared: dict[str, Any], sweep: dict[str, Any] | None, experiments: list[Any] | None) -> int:
+    """How many raw configs ``expand`` would build, counted without building any (the grid is a
+    product of list lengths; a 10^10-point sweep is refused before it eats memory)."""
+    shared = _normalise_sections(shared)
+    total = len(experiments) if isinstance(experiments, list) else 0
+    if not sweep:
+        engine = shared.get("engine")
+        return total + (len(engine) if isinstance(engine, list) and not experiments else 0) or 1
+    sizes: dict[str, int] = {}
+    for key, values in sweep.items():
+        if not isinstance(key, str) or not isinstance(values, list) or not values:
+            return total + 1  # expand() says what is wrong with it
+        if all(isinstance(v, dict) for v in values):
+            sizes[key] = sum(math.prod(len(x) for x in entry.values() if isinstance(x, list)) for entry in values)
+        else:
+            sizes[key] = len(values)
+    engines = _engines_of(shared, list(sizes))
+    for engine in engines:
+        total += math.prod(n for key, n in sizes.items() if engine_scope(key) in (None, engine))
+    return total
 
 
 def expand(shared: dict[str, Any], sweep: dict[str, Any] | None, experiments: list[Any] | None) -> list[dict[str, Any]]:

@@ -21,7 +21,7 @@ from platformdirs import user_config_path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llem_agent.contract import ENGINES, canonical_engine
-from orchestrator import __version__
+from orchestrator import __version__, yamlsafe
 from orchestrator.errors import ConfigError
 from orchestrator.runners import RunnerKind, parse_runner
 from orchestrator.validation import did_you_mean
@@ -140,7 +140,7 @@ def _read_file(path: Path) -> UserConfigFile | None:
     except OSError as exc:
         raise ConfigError(f"user config {path}: cannot read it ({exc.strerror or exc})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yamlsafe.load(text, f"user config {path}")
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""

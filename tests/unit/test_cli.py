@@ -50,6 +50,7 @@ def test_missing_local_model_is_a_config_error(tmp_path: Path):
 
 def test_unreachable_docker_is_an_environment_error_and_writes_nothing(tmp_path: Path):
     (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
     study = tmp_path / "s.yaml"
     study.write_text("model: ./model\n")
     proc = run_llem(

@@ -90,6 +90,7 @@ class Recorder:
 @pytest.fixture
 def study_file(tmp_path: Path) -> Path:
     (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
     path = tmp_path / "study.yaml"
     path.write_text("name: t\nmodel: ./model\nsweep:\n  pytorch.batch_size: [1, 2]\nstudy_execution: {n_cycles: 2}\n")
     return path
@@ -205,6 +206,7 @@ def test_missing_image_fails_in_preflight_before_any_results_directory(tmp_path,
 
 def test_resolve_model_dir(tmp_path):
     (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
     assert resolve_model_dir("./m", tmp_path) == (tmp_path / "m").resolve()
     assert resolve_model_dir("m", tmp_path) == (tmp_path / "m").resolve()
     assert resolve_model_dir("openai-community/gpt2", tmp_path) is None
@@ -214,6 +216,7 @@ def test_resolve_model_dir(tmp_path):
 
 def test_settings_the_agent_would_ignore_are_refused_before_anything_runs(tmp_path):
     (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
     study = tmp_path / "s.yaml"
     study.write_text("model: ./model\npytorch:\n  tp_size: 2\n")
     runner = make_runner(tmp_path, study, FakeLauncher())
@@ -359,6 +362,7 @@ def test_phase_watch_reports_phases_batches_and_downloads(tmp_path: Path):
 @pytest.mark.parametrize(("extras", "refused"), [("", True), ("zeus", True), ("zeus,codecarbon", False), (None, False)])
 def test_energy_sampler_extra_is_checked_against_the_image_label(tmp_path, extras, refused):
     (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
     study = tmp_path / "s.yaml"
     study.write_text("model: ./model\nenergy_sampler: codecarbon\n")
 
