@@ -146,10 +146,12 @@ def _load_plan(args: argparse.Namespace) -> tuple[Study, Plan]:
             "(--max-runs raises it if you mean it)"
         )
     plan = make_plan(study, n_cycles=args.cycles, order=args.order)
+    from orchestrator.datasets import resolve_dataset
     from orchestrator.models import resolve_model_dir
 
-    for exp in study.experiments:  # a local model that is no model is found out now, dry run or not
+    for exp in study.experiments:  # a model that is no model, a prompt file that is none: found out now
         resolve_model_dir(exp.config.model, study.path.parent)
+        resolve_dataset(exp.config, study.path.parent)
     return study, plan
 
 

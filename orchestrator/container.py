@@ -9,6 +9,7 @@ from pathlib import Path
 from llem_agent.contract import (
     CONTAINER_ADAPTER_DIR,
     CONTAINER_BASELINE_DIR,
+    CONTAINER_DATASET_DIR,
     CONTAINER_ENGINE_CACHE,
     CONTAINER_HF_HOME,
     CONTAINER_MODEL_DIR,
@@ -92,6 +93,11 @@ def container_name(study_id: str, run_id: str) -> str:
     return f"llem-{study_id}-{run_id}"[:200]
 
 
+def dataset_target(dataset_file: Path) -> str:
+    """Where a local prompt file is mounted in the container (read-only)."""
+    return f"{CONTAINER_DATASET_DIR}/{dataset_file.name}"
+
+
 def container_environment(gpu_indices: tuple[int, ...]) -> dict[str, str]:
     """Environment only a container needs. Its uid has no passwd entry, so USER and LOGNAME
     name it (``getpass.getuser()``, which torch inductor calls, reads them first); caches go to
@@ -128,6 +134,7 @@ def build_spec(
     engine: str = "pytorch",
     gpu_uuids: tuple[str, ...] = (),
     prebuilt_engine: Path | None = None,
+    dataset_file: Path | None = None,
 ) -> ContainerSpec:
     """The spec for one run.
 
@@ -156,6 +163,8 @@ def build_spec(
         mounts.append(Mount(engine_cache, CONTAINER_ENGINE_CACHE, read_only=False))
     if prebuilt_engine is not None:
         mounts.append(Mount(prebuilt_engine, CONTAINER_TRT_ENGINE_DIR, read_only=True))
+    if dataset_file is not None:
+        mounts.append(Mount(dataset_file, dataset_target(dataset_file), read_only=True))
     # Several GPUs in one run (tensor / pipeline parallelism), or an engine with worker processes:
     # NCCL and the workers exchange through shared memory and pin host memory (NVIDIA's limits).
     multiprocess = len(gpu_indices) > 1 or engine in MULTIPROCESS_ENGINES

@@ -115,7 +115,7 @@ def check_hf_cache_writable(hf_home: Path, host_uid: int, model: str) -> None:
 _MAX_FILES_CHECKED = 10_000  # a model has tens of files; stop long before a filesystem walk
 
 
-def check_readable_by_agent(folder: Path, host_uid: int) -> None:
+def check_readable_by_agent(folder: Path, host_uid: int, only: Path | None = None) -> None:
     """When llem runs as root its agent does not: every model file must be group- or world-readable.
 
     Walks ``folder`` only: symbolic links to directories are not followed (a link to ``/`` must
@@ -124,7 +124,8 @@ def check_readable_by_agent(folder: Path, host_uid: int) -> None:
     if host_uid != 0:
         return
     checked = 0
-    for root, dirs, files in os.walk(folder, followlinks=False):
+    walk = [(str(only.parent), [], [only.name])] if only is not None else os.walk(folder, followlinks=False)
+    for root, dirs, files in walk:
         dirs.sort()
         for name in sorted(files):
             path = Path(root) / name
@@ -137,6 +138,7 @@ def check_readable_by_agent(folder: Path, host_uid: int) -> None:
                 continue  # a dangling link: the agent's load says what is missing
             if stat.S_ISREG(mode) and not mode & (stat.S_IRGRP | stat.S_IROTH):
                 fix = f"chmod -R a+rX {folder}" if folder.resolve() not in _SYSTEM_DIRS else "copy it elsewhere"
+                fix = f"chmod a+r {path}" if only is not None else fix
                 raise ConfigError(
                     f"{path} is readable only by its owner (mode {stat.S_IMODE(mode):o}); llem's agent runs "
                     f"unprivileged, so make the model readable: {fix}"

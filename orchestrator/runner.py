@@ -35,7 +35,8 @@ from llem_agent.contract import (
     write_atomic,
 )
 from orchestrator import __version__
-from orchestrator.container import build_spec
+from orchestrator.container import build_spec, dataset_target
+from orchestrator.datasets import resolve_dataset
 from orchestrator.devices import assign_devices
 from orchestrator.errors import ConfigError, EnvironmentProblem, Interrupted, LlemError
 from orchestrator.hostinfo import host_facts
@@ -254,6 +255,7 @@ class StudyRunner:
         self._model_dirs: dict[int, Path | None] = {}
         self._adapter_dirs: dict[int, Path | None] = {}
         self._engine_dirs: dict[int, Path | None] = {}
+        self._datasets: dict[int, Path | None] = {}
         self._study_lock: FileLock | None = None
         self.summary: StudySummary | None = None
 
@@ -277,6 +279,9 @@ class StudyRunner:
             adapter_dir = self._adapter_dirs[exp.index] = resolve_adapter_dir(exp.config, base)
             if adapter_dir is not None:
                 check_readable_by_agent(adapter_dir, os.getuid())
+            dataset = self._datasets[exp.index] = resolve_dataset(exp.config, base)
+            if dataset is not None:
+                check_readable_by_agent(dataset.parent, os.getuid(), only=dataset)
             engine_dir = self._engine_dirs[exp.index] = resolve_trt_engine_dir(exp.config, base)
             if engine_dir is not None:
                 check_readable_by_agent(engine_dir, os.getuid())
@@ -554,6 +559,7 @@ class StudyRunner:
             engine=config.engine,
             gpu_uuids=uuids,
             prebuilt_engine=self._engine_dirs.get(run.experiment.index),
+            dataset_file=self._datasets.get(run.experiment.index),
         )
 
         def seen(target: str) -> str | None:  # where the agent sees a mount: in its container, or on the host
@@ -570,6 +576,9 @@ class StudyRunner:
             adapter_path=seen(CONTAINER_ADAPTER_DIR),
             engine_cache_dir=seen(CONTAINER_ENGINE_CACHE),
             engine_path=seen(CONTAINER_TRT_ENGINE_DIR),
+            dataset_path=seen(dataset_target(dataset))
+            if (dataset := self._datasets.get(run.experiment.index))
+            else None,
             gpus=[str(g) for g in gpus],
             gpu_uuids=list(uuids) if len(uuids) == len(gpus) else None,
             baseline_cache_dir=seen(CONTAINER_BASELINE_DIR),

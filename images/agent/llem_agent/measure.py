@@ -74,7 +74,7 @@ def run_measurement(
     meter.measure_baseline(config.baseline, Path(request.baseline_cache_dir) if request.baseline_cache_dir else None)
     on_phase("load")
     t0 = time.perf_counter()
-    prompts = load_prompts(config.dataset, config.random_seed, base_dir)
+    prompts = load_prompts(config.dataset, config.random_seed, base_dir, request.dataset_path)
     engine = engine_factory(config.engine)  # imports the engine's stack: part of load time
     adapter = request.adapter_path or (config.lora.adapter_id if config.lora else None)
     dirs = RunDirs(engine_cache=request.engine_cache_dir, prebuilt_engine=request.engine_path)

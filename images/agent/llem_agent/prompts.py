@@ -7,11 +7,13 @@ import random
 from importlib import resources
 from pathlib import Path
 
-from llem_agent.contract import DatasetConfig
-
-BUILTIN_SETS = {"builtin": "builtin_prompts.jsonl"}
-HUB_SETS = {"aienergyscore": "AIEnergyScore/text_generation"}
-_TEXT_KEYS = ("prompt", "text", "question", "input")
+from llem_agent.contract import (
+    BUILTIN_PROMPT_SETS,
+    HUB_PROMPT_SETS,
+    MAX_PROMPT_LINE_BYTES,
+    PROMPT_TEXT_KEYS,
+    DatasetConfig,
+)
 
 
 class DatasetError(ValueError):
@@ -29,9 +31,11 @@ def _read_jsonl(lines: list[str], origin: str) -> list[str]:
             raise DatasetError(f"{origin}:{number}: not valid JSON ({exc.msg})") from None
         text = record if isinstance(record, str) else None
         if isinstance(record, dict):
-            text = next((record[k] for k in _TEXT_KEYS if isinstance(record.get(k), str)), None)
+            text = next((record[k] for k in PROMPT_TEXT_KEYS if isinstance(record.get(k), str)), None)
         if not text:
-            raise DatasetError(f"{origin}:{number}: expected a string or an object with one of {list(_TEXT_KEYS)}")
+            raise DatasetError(
+                f"{origin}:{number}: expected a string or an object with one of {list(PROMPT_TEXT_KEYS)}"
+            )
         prompts.append(text)
     return prompts
 
@@ -47,28 +51,44 @@ def _read_hub_set(repo_id: str) -> list[str]:
     return _read_jsonl(files[0].read_text(encoding="utf-8").splitlines(), repo_id)
 
 
-def load_prompts(dataset: DatasetConfig, seed: int, base_dir: Path | None = None) -> list[str]:
+def _read_file(path: Path) -> list[str]:
+    """A local .jsonl, line by line; a line longer than MAX_PROMPT_LINE_BYTES is refused unread."""
+    lines = []
+    with path.open("rb") as handle:
+        for number, raw in enumerate(iter(lambda: handle.readline(MAX_PROMPT_LINE_BYTES + 1), b""), start=1):
+            if len(raw) > MAX_PROMPT_LINE_BYTES:
+                raise DatasetError(f"{path}:{number}: a line of more than {MAX_PROMPT_LINE_BYTES} bytes")
+            lines.append(raw.decode("utf-8", errors="replace"))
+    return _read_jsonl(lines, str(path))
+
+
+def load_prompts(
+    dataset: DatasetConfig, seed: int, base_dir: Path | None = None, mounted: str | None = None
+) -> list[str]:
     """Return exactly ``dataset.n_prompts`` prompts in the configured order.
+
+    ``mounted``: where the host put the .jsonl file of ``dataset.source`` (its container mount,
+    or its host path with the local runner); a relative source is otherwise read from ``base_dir``.
 
     ``interleaved`` keeps the source order, ``grouped`` sorts by length so batches hold
     prompts of similar size, ``shuffled`` permutes with ``seed``.
     """
     source = dataset.source
-    if source in BUILTIN_SETS:
-        text = resources.files("llem_agent.data").joinpath(BUILTIN_SETS[source]).read_text("utf-8")
+    if source in BUILTIN_PROMPT_SETS:
+        text = resources.files("llem_agent.data").joinpath(BUILTIN_PROMPT_SETS[source]).read_text("utf-8")
         prompts = _read_jsonl(text.splitlines(), f"built-in set '{source}'")
-    elif source in HUB_SETS:
-        prompts = _read_hub_set(HUB_SETS[source])
+    elif source in HUB_PROMPT_SETS:
+        prompts = _read_hub_set(HUB_PROMPT_SETS[source])
     else:
-        path = Path(source)
+        path = Path(mounted) if mounted else Path(source)
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
         if path.suffix != ".jsonl":
-            known = sorted([*BUILTIN_SETS, *HUB_SETS])
+            known = sorted([*BUILTIN_PROMPT_SETS, *HUB_PROMPT_SETS])
             raise DatasetError(f"dataset source '{source}' is neither a .jsonl file nor one of {known}")
         if not path.is_file():
             raise DatasetError(f"dataset file not found: {path}")
-        prompts = _read_jsonl(path.read_text(encoding="utf-8").splitlines(), str(path))
+        prompts = _read_file(path)
     if len(prompts) < dataset.n_prompts:
         raise DatasetError(f"dataset '{source}' has {len(prompts)} prompts but n_prompts is {dataset.n_prompts}")
     prompts = prompts[: dataset.n_prompts]

@@ -2,9 +2,13 @@
 
 from llem_agent.contract.atomic import write_atomic
 from llem_agent.contract.config import (
+    BUILTIN_PROMPT_SETS,
     DECODER_PRESETS,
     ENGINE_ALIASES,
     ENGINES,
+    HUB_PROMPT_SETS,
+    MAX_PROMPT_LINE_BYTES,
+    PROMPT_TEXT_KEYS,
     BaselineConfig,
     DatasetConfig,
     DecoderConfig,
@@ -38,6 +42,7 @@ from llem_agent.contract.result import (
 from llem_agent.contract.run import (
     CONTAINER_ADAPTER_DIR,
     CONTAINER_BASELINE_DIR,
+    CONTAINER_DATASET_DIR,
     CONTAINER_ENGINE_CACHE,
     CONTAINER_HF_HOME,
     CONTAINER_MODEL_DIR,
@@ -56,8 +61,10 @@ from llem_agent.contract.run import (
 from llem_agent.contract.support import NOT_IN_PINNED, PINNED_VERSIONS, refusal_reason, unsupported_by_agent
 
 __all__ = [
+    "BUILTIN_PROMPT_SETS",
     "CONTAINER_ADAPTER_DIR",
     "CONTAINER_BASELINE_DIR",
+    "CONTAINER_DATASET_DIR",
     "CONTAINER_ENGINE_CACHE",
     "CONTAINER_HF_HOME",
     "CONTAINER_MODEL_DIR",
@@ -71,8 +78,11 @@ __all__ = [
     "ERROR_FILE",
     "EXPERIMENT_FILE",
     "HEARTBEAT_FILE",
+    "HUB_PROMPT_SETS",
+    "MAX_PROMPT_LINE_BYTES",
     "NOT_IN_PINNED",
     "PINNED_VERSIONS",
+    "PROMPT_TEXT_KEYS",
     "RESULT_FILE",
     "RESULT_SCHEMA_VERSION",
     "TELEMETRY_FILE",

@@ -41,6 +41,15 @@ def canonical_engine(name: str) -> str:
     return ENGINE_ALIASES.get(name, name)
 
 
+# Prompt sets known by name (the rest of dataset.source is a .jsonl path), the keys a JSONL
+# record may hold its prompt under, and the longest line either side accepts: the host checks a
+# prompt file against these before any container starts, the agent reads it with them.
+BUILTIN_PROMPT_SETS = {"builtin": "builtin_prompts.jsonl"}
+HUB_PROMPT_SETS = {"aienergyscore": "AIEnergyScore/text_generation"}
+PROMPT_TEXT_KEYS = ("prompt", "text", "question", "input")
+MAX_PROMPT_LINE_BYTES = 1 << 20  # 1 MiB of text is ~250k tokens; truncated to max_input_tokens anyway
+
+
 class DatasetConfig(Section):
     """Which prompts to use (003 ``dataset:``)."""
 

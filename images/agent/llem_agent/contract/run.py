@@ -21,6 +21,7 @@ CONTAINER_HF_HOME = "/llem/hf-cache"
 CONTAINER_BASELINE_DIR = "/llem/baseline-cache"
 CONTAINER_ADAPTER_DIR = "/llem/adapter"
 CONTAINER_ENGINE_CACHE = "/llem/engine-cache"  # TensorRT-LLM engine builds, kept across runs
+CONTAINER_DATASET_DIR = "/llem/dataset"  # a local .jsonl prompt file, mounted read-only
 CONTAINER_TRT_ENGINE_DIR = "/llem/trt-engine"  # a prebuilt TensorRT engine (tensorrt.engine_path), read-only
 
 EXPERIMENT_FILE = "experiment.json"
@@ -60,6 +61,9 @@ class RunRequest(BaseModel):
         description="Where a local LoRA adapter is mounted; None: lora.adapter_id from the hub (or no LoRA).",
     )
     engine_cache_dir: str | None = Field(default=None, description="Where compiled engines are cached (TensorRT).")
+    dataset_path: str | None = Field(
+        default=None, description="Where the dataset's .jsonl file is mounted; None: a named prompt set."
+    )
     engine_path: str | None = Field(
         default=None, description="Where tensorrt.engine_path (a prebuilt engine) is mounted; None: no prebuilt."
     )

@@ -1,0 +1,73 @@
+"""A study's local prompt file (003 ``dataset.source: path.jsonl``), checked before any container.
+
+The agent reads the file where the host mounted it (read-only); a relative path is relative
+to the study file. Everything the agent would refuse is found out here, reading the file in
+bounded pieces: a file that is not .jsonl (``/etc/passwd``), too large, with a line longer
+than ``MAX_PROMPT_LINE_BYTES`` (never read whole), a line that is not a prompt, or fewer
+prompts than ``n_prompts``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from llem_agent.contract import (
+    BUILTIN_PROMPT_SETS,
+    HUB_PROMPT_SETS,
+    MAX_PROMPT_LINE_BYTES,
+    PROMPT_TEXT_KEYS,
+    ExperimentConfig,
+)
+from orchestrator.errors import ConfigError
+
+MAX_DATASET_BYTES = 1 << 30  # 1 GiB of prompts
+
+
+def resolve_dataset(config: ExperimentConfig, base_dir: Path) -> Path | None:
+    """The host path of the experiment's .jsonl prompt file, checked; None for a named set."""
+    source = config.dataset.source
+    if source in BUILTIN_PROMPT_SETS or source in HUB_PROMPT_SETS:
+        return None
+    path = Path(source).expanduser()
+    path = path if path.is_absolute() else base_dir / path
+    known = sorted([*BUILTIN_PROMPT_SETS, *HUB_PROMPT_SETS])
+    if path.suffix != ".jsonl":
+        raise ConfigError(f"dataset.source '{source}' is neither a .jsonl file nor one of {known}")
+    if not path.is_file():
+        raise ConfigError(f"dataset file not found: {path}")
+    size = path.stat().st_size
+    if size > MAX_DATASET_BYTES:
+        raise ConfigError(f"dataset file {path} is {size / 2**30:.1f} GiB; llem reads at most 1 GiB of prompts")
+    count = _count_prompts(path)
+    if count < config.dataset.n_prompts:
+        raise ConfigError(
+            f"dataset file {path} has {count} prompts but dataset.n_prompts is {config.dataset.n_prompts}"
+        )
+    return path.resolve()
+
+
+def _count_prompts(path: Path) -> int:
+    count = 0
+    with path.open("rb") as handle:
+        for number, raw in enumerate(iter(lambda: handle.readline(MAX_PROMPT_LINE_BYTES + 1), b""), start=1):
+            if len(raw) > MAX_PROMPT_LINE_BYTES:
+                raise ConfigError(
+                    f"{path}:{number}: a line of more than {MAX_PROMPT_LINE_BYTES // 2**20} MiB; one prompt per line, "
+                    "each at most 1 MiB (it is truncated to max_input_tokens anyway)"
+                )
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise ConfigError(f"{path}:{number}: not JSON; a .jsonl dataset has one JSON value per line") from None
+            text = record if isinstance(record, str) else None
+            if isinstance(record, dict):
+                text = next((record[k] for k in PROMPT_TEXT_KEYS if isinstance(record.get(k), str)), None)
+            if not text:
+                raise ConfigError(
+                    f"{path}:{number}: expected a string or an object with one of {list(PROMPT_TEXT_KEYS)}"
+                )
+            count += 1
+    return count
