@@ -198,10 +198,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume or args.resume_dir:
         previous = Path(args.resume_dir) if args.resume_dir else newest_unfinished(options.results_root, study.name)
         study_dir = runner.resume(previous)
+        done = runner.completed_count()
+        err.print(f"resuming study {study.name} in {study_dir}: {done} of {len(plan.runs)} runs completed, "
+                  f"{len(plan.runs) - done} to run")  # fmt: skip
     else:
         study_dir = runner.prepare()
-    err.print(f"study {study.name}: {len(plan.runs)} runs -> {study_dir}")
-    with ProgressDisplay(plan, err) as display:
+        err.print(f"study {study.name}: {len(plan.runs)} runs -> {study_dir}")
+    with ProgressDisplay(plan, err, done=runner.completed_count()) as display:
         runner.events = display
         outcomes = runner.execute()
     summary = runner.summary or aggregate(study_dir, options.factors)

@@ -34,7 +34,7 @@ def experiment_labels(study: Study) -> list[str]:
 class ProgressDisplay:
     """RunnerEvents on a rich progress bar (on stderr, so stdout stays for results)."""
 
-    def __init__(self, plan: Plan, console: Console) -> None:
+    def __init__(self, plan: Plan, console: Console, done: int = 0) -> None:
         self.plan = plan
         self.console = console
         self._progress = Progress(
@@ -45,7 +45,7 @@ class ProgressDisplay:
             console=console,
             transient=False,
         )
-        self._task = self._progress.add_task("study", total=len(plan.runs))
+        self._task = self._progress.add_task("study", total=len(plan.runs), completed=done)
         self._labels = experiment_labels(plan.study)
 
     def __enter__(self) -> ProgressDisplay:

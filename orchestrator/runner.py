@@ -193,6 +193,20 @@ def collect(run_dir: Path, run_id: str, outcome: ContainerOutcome) -> tuple[Expe
     return None, RunFailure(kind="no_result", message=f"container exited {outcome.exit_code} without {RESULT_FILE}")
 
 
+def result_problem(run_dir: Path, run_id: str) -> str | None:
+    """Why a run recorded as completed has no usable result (missing, damaged, another run's)."""
+    path = run_dir / RESULT_FILE
+    try:
+        result = ExperimentResult.model_validate_json(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"{RESULT_FILE} is missing"
+    except (OSError, ValueError) as exc:
+        return f"{RESULT_FILE} is unreadable ({str(exc).splitlines()[0][:120]})"
+    if result.run_id != run_id:
+        return f"{RESULT_FILE} belongs to run {result.run_id}"
+    return None
+
+
 def _tree_bytes(path: Path) -> int:
     total = 0
     with contextlib.suppress(OSError):
@@ -416,13 +430,27 @@ class StudyRunner:
             manifest = ManifestStore.load(study_dir)
         except FileNotFoundError:
             raise ConfigError(f"{study_dir} is not a llem study directory (no {MANIFEST_FILE})") from None
-        except ValueError as exc:
-            raise ConfigError(f"{study_dir}/{MANIFEST_FILE} is unreadable: {str(exc).splitlines()[0]}") from None
+        except (ValueError, OSError, UnicodeDecodeError):
+            raise ConfigError(
+                f"{study_dir}/{MANIFEST_FILE} is damaged and cannot be resumed from; every completed run's "
+                f"result.json is still under {study_dir}/runs: run the study anew (llem results reads the old "
+                "directory), or restore the manifest from a backup"
+            ) from None
         if manifest.study_design_hash != self.plan.study.design_hash:
             raise ConfigError(
                 f"{study_dir}: the study's design changed since it ran (design hash {manifest.study_design_hash} "
                 f"-> {self.plan.study.design_hash}); run it as a new study instead of mixing results"
             )
+        for entry in manifest.runs:  # a completed run whose result is gone or damaged runs again
+            problem = (
+                result_problem(study_dir / "runs" / entry.run_id, entry.run_id) if entry.status == "completed" else None
+            )
+            if problem is not None:
+                entry.status = "failed"
+                entry.failure = RunFailure(kind="lost_result", message=f"{problem} when the study was resumed")
+                manifest.history.append(
+                    {"status": "result_lost", "run": entry.run_id, "detail": problem, "at": utc_now()}
+                )
         known = {entry.run_id for entry in manifest.runs}
         manifest.runs.extend(self._entry(run) for run in self.plan.runs if run.run_id not in known)
         manifest.n_cycles = max(manifest.n_cycles, self.plan.n_cycles)
@@ -513,8 +541,13 @@ class StudyRunner:
         result = None
         if entry.status == "completed":
             path = self.study_dir / "runs" / run.run_id / RESULT_FILE
-            result = ExperimentResult.model_validate_json(path.read_text(encoding="utf-8"))
+            with contextlib.suppress(OSError, ValueError):  # damaged since: the next --resume runs it again
+                result = ExperimentResult.model_validate_json(path.read_text(encoding="utf-8"))
         return RunOutcome(run=run, entry=entry, result=result)
+
+    def completed_count(self) -> int:
+        """Runs of this study already completed (a resumed study starts from these)."""
+        return sum(1 for e in self._store.manifest.runs if e.status == "completed") if self._store else 0
 
     def _sleep(self, seconds: float) -> None:
         if seconds > 0:

@@ -1,0 +1,69 @@
+"""--resume after a user or a disk damaged the study directory: never a crash, nothing lost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.errors import ConfigError
+from orchestrator.manifest import ManifestStore
+from tests.unit.test_runner import FakeLauncher, make_runner, run_study
+
+
+@pytest.fixture
+def study_file(tmp_path: Path) -> Path:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    path = tmp_path / "study.yaml"
+    path.write_text("name: t\nmodel: ./model\nsweep:\n  pytorch.batch_size: [1, 2]\nstudy_execution: {n_cycles: 2}\n")
+    return path
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate", "other_run"])
+def test_a_completed_run_whose_result_is_gone_runs_again_on_resume(tmp_path, study_file, damage):
+    runner, manifest = run_study(tmp_path, study_file, FakeLauncher())
+    assert runner.study_dir is not None
+    study_dir = runner.study_dir
+    victim = study_dir / "runs" / "e002-c1" / "result.json"
+    if damage == "delete":
+        victim.unlink()
+    elif damage == "truncate":
+        victim.write_text(victim.read_text()[:40])
+    else:
+        victim.write_text((study_dir / "runs" / "e001-c1" / "result.json").read_text())
+    launcher = FakeLauncher()
+    again = make_runner(tmp_path, study_file, launcher)
+    again.preflight()
+    again.resume(study_dir)
+    again.execute()
+    assert [s.labels["llem.run"] for s in launcher.specs] == ["e002-c1"]  # only the lost one
+    after = ManifestStore.load(study_dir)
+    assert after.status == "completed" and all(r.status == "completed" for r in after.runs)
+    assert after.run("e002-c1").attempts == 2
+    lost = [h for h in after.history if h.get("status") == "result_lost"]
+    assert len(lost) == 1 and lost[0]["run"] == "e002-c1"
+    assert (study_dir / "runs" / "e002-c1" / "attempts" / "1").is_dir()  # the damaged attempt is kept
+
+
+def test_a_garbage_manifest_is_one_line_that_says_how_to_recover(tmp_path, study_file):
+    runner, _ = run_study(tmp_path, study_file, FakeLauncher())
+    assert runner.study_dir is not None
+    (runner.study_dir / "manifest.json").write_text("{this is not json")
+    again = make_runner(tmp_path, study_file, FakeLauncher())
+    with pytest.raises(ConfigError) as caught:
+        again.resume(runner.study_dir)
+    message = str(caught.value)
+    assert "\n" not in message and "damaged" in message and "result.json is still under" in message
+    assert "validation error" not in message
+
+
+def test_results_of_a_study_with_a_lost_result_do_not_crash(tmp_path, study_file):
+    from orchestrator.results import summarise
+
+    runner, _ = run_study(tmp_path, study_file, FakeLauncher())
+    assert runner.study_dir is not None
+    (runner.study_dir / "runs" / "e001-c1" / "result.json").unlink()
+    (runner.study_dir / "runs" / "e001-c2" / "result.json").write_text("{trunc")
+    summary = summarise(runner.study_dir)
+    assert summary.experiments[0].stats["output_tokens_per_s"].n == 0
