@@ -22,7 +22,7 @@ def study_file(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("damage", ["delete", "truncate", "other_run"])
 def test_a_completed_run_whose_result_is_gone_runs_again_on_resume(tmp_path, study_file, damage):
-    runner, manifest = run_study(tmp_path, study_file, FakeLauncher())
+    runner, _ = run_study(tmp_path, study_file, FakeLauncher())
     assert runner.study_dir is not None
     study_dir = runner.study_dir
     victim = study_dir / "runs" / "e002-c1" / "result.json"
