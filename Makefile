@@ -85,7 +85,7 @@ demo: install images tiny-model ## Run the demo study (examples/quickstart.yaml)
 	$(LLEM) run examples/quickstart.yaml
 
 .PHONY: study
-study: install images ## Run a study: make study STUDY=path/to/study.yaml
+study: install images tiny-model ## Run a study: make study STUDY=path/to/study.yaml (the examples' tiny model is made first)
 	$(LLEM) run $(STUDY)
 
 .PHONY: lint

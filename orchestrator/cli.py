@@ -18,6 +18,7 @@ from rich.console import Console
 
 from llem_agent.contract import ENGINES, canonical_engine
 from orchestrator import __version__
+from orchestrator.container import DEFAULT_PIDS_LIMIT
 from orchestrator.errors import (
     EXIT_ENVIRONMENT,
     EXIT_INTERNAL,
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from orchestrator.results import ExperimentSummary, StudySummary
     from orchestrator.runner import RunnerOptions
 
+# One option, one meaning, in every command that touches study directories.
+RESULTS_DIR_HELP = "where study directories are (default: the user config's output.results_dir, else ./results)"
 ORDERS: tuple[ExperimentOrder, ...] = ("sequential", "interleave", "shuffle", "reverse", "latin_square")
 
 
@@ -125,7 +128,8 @@ def runner_options(args: argparse.Namespace, study: Study, user: UserConfig) -> 
         engine_cache=baseline_cache_dir().parent / "engines",
         stall_timeout_s=args.stall_timeout,
         sample_interval_s=args.sample_interval,
-        container_memory=args.container_memory,
+        container_memory=container_memory(args.container_memory),
+        pids_limit=args.pids_limit or None,
         max_consecutive_failures=breaker,
         circuit_breaker_cooldown_s=execution.circuit_breaker_cooldown_seconds,
         wall_clock_limit_s=None if hours is None else hours * 3600.0,
@@ -153,6 +157,18 @@ def _load_plan(args: argparse.Namespace) -> tuple[Study, Plan]:
         resolve_model_dir(exp.config.model, study.path.parent)
         resolve_dataset(exp.config, study.path.parent)
     return study, plan
+
+
+def container_memory(flag: str | None) -> str | None:
+    """--container-memory: a size, ``none`` (no limit), or by default 90% of this host's memory,
+    so that one runaway run cannot take the machine (and the study's records) down with it."""
+    if flag is not None:
+        return None if flag.lower() == "none" else flag
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+    return f"{int(total * 0.9) // 2**20}m"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -239,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     run.add_argument("--cycles", type=int, help="number of cycles (default: study_execution.n_cycles, else 3)")
     run.add_argument("--order", choices=ORDERS, help="experiment order (default: study_execution, else shuffle)")
     run.add_argument("--name", help="study name (default: name: in the file, else the file name)")
-    run.add_argument("--results-dir", help="where study directories go (default: llem config's output.results_dir)")
+    run.add_argument("--results-dir", metavar="DIR", help=RESULTS_DIR_HELP)
     run.add_argument("--image", action="append", default=[], metavar="ENGINE=IMAGE", help="image for an engine")
     run.add_argument(
         "--runner",
@@ -263,7 +279,14 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
         metavar="S",
         help="GPU telemetry sampling interval in seconds (default 0.1 = 10 Hz)",
     )
-    run.add_argument("--container-memory", metavar="SIZE", help="memory limit of each run's container, e.g. 16g")
+    run.add_argument(
+        "--container-memory", metavar="SIZE",
+        help="memory limit of each run's container, e.g. 16g, or none (default: 90%% of this host's memory)",
+    )  # fmt: skip
+    run.add_argument(
+        "--pids-limit", type=int, default=DEFAULT_PIDS_LIMIT, metavar="N",
+        help=f"processes and threads per run container, 0 for no limit (default {DEFAULT_PIDS_LIMIT})",
+    )  # fmt: skip
     run.add_argument("--lock-dir", default=str(DEFAULT_LOCK_DIR), help="directory of the device lock files")
     run.add_argument("--no-lock", action="store_true", help="take no device locks (scheduling is done elsewhere)")
     run.add_argument("--no-wait", action="store_true", help="fail at once when a device is locked, instead of waiting")
@@ -293,10 +316,12 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     )  # fmt: skip
     results.add_argument("--metrics", metavar="A,B", help="metric columns to show (names as in summary.json)")
     results.add_argument("--json", action="store_true", help="print summary.json instead of the table")
+    results.add_argument("--results-dir", metavar="DIR", help=RESULTS_DIR_HELP)
     results.set_defaults(func=cmd_results)
     report = sub.add_parser("report", help="write a self-contained HTML report of a study (plots, warnings)")
     report.add_argument("dir", nargs="?", help="study directory, or a results directory (newest study)")
     report.add_argument("--out", metavar="FILE", help="where to write it (default: <study>/report.html)")
+    report.add_argument("--results-dir", metavar="DIR", help=RESULTS_DIR_HELP)
     report.set_defaults(func=cmd_report)
     doctor = sub.add_parser("doctor", help="check Docker, GPUs, the engine images and disk space; say how to fix")
     doctor.add_argument(
@@ -304,12 +329,16 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
         help="an engine whose image must be present (repeatable; default: pytorch); others only warn",
     )  # fmt: skip
     doctor.add_argument("--json", action="store_true", help="print the checks as JSON")
+    doctor.add_argument("--results-dir", metavar="DIR", help=RESULTS_DIR_HELP)
     doctor.set_defaults(func=cmd_doctor)
     config = sub.add_parser("config", help="show the effective user configuration and where each value came from")
     config.add_argument("--json", action="store_true", help="print it as JSON")
     config.set_defaults(func=cmd_config)
-    schema = sub.add_parser("schema", help="write JSON Schemas of experiment, study and result files")
-    schema.add_argument("--out", default=".", help="directory to write llem-{experiment,study,result}.schema.json into")
+    schema = sub.add_parser("schema", help="JSON Schemas of experiment, study and result files")
+    schema.add_argument(
+        "--out", metavar="DIR",
+        help="write llem-{experiment,study,result}.schema.json into DIR (default: print them as one JSON object)",
+    )  # fmt: skip
     schema.set_defaults(func=cmd_schema)
     return parser
 
@@ -320,12 +349,13 @@ def _console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, width=None if stream.isatty() else 150)
 
 
-def study_dir_arg(arg: str | None, user: UserConfig) -> Path:
-    """A study directory, or a results directory whose newest study is meant (default: results_dir)."""
+def study_dir_arg(arg: str | None, user: UserConfig, results_dir: str | None = None) -> Path:
+    """A study directory, or a results directory whose newest study is meant (default:
+    --results-dir, else the user config's output.results_dir)."""
     from orchestrator.manifest import MANIFEST_FILE
     from orchestrator.results import newest_study
 
-    path = Path(arg) if arg else user.results_dir
+    path = Path(arg) if arg else Path(results_dir) if results_dir else user.results_dir
     if (path / MANIFEST_FILE).exists():
         return path
     if not path.is_dir():
@@ -351,7 +381,7 @@ def _summary(args: argparse.Namespace) -> StudySummary:
     from orchestrator.results import summarise
 
     user = load_user_config()
-    return summarise(study_dir_arg(args.dir, user), user.factors())
+    return summarise(study_dir_arg(args.dir, user, args.results_dir), user.factors())
 
 
 def cmd_results(args: argparse.Namespace) -> int:
@@ -431,7 +461,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     for engine in engines:
         if engine not in ENGINES:
             raise ConfigError(f"--engine: unknown engine '{engine}' (one of {list(ENGINES)})")
-    checks = run_checks(engines)
+    checks = run_checks(engines, results_dir=Path(args.results_dir) if args.results_dir else None)
     failed = [c for c in checks if c.status == "fail"]
     if args.json:
         print(json.dumps({"ok": not failed, "checks": [c.as_dict() for c in checks]}, indent=2))
@@ -477,8 +507,11 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from orchestrator.schema import write_schemas
+    from orchestrator.schema import all_schemas, write_schemas
 
+    if args.out is None:
+        print(json.dumps(all_schemas(), indent=2))
+        return EXIT_OK
     for path in write_schemas(Path(args.out)):
         print(path)
     return EXIT_OK

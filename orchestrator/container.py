@@ -24,10 +24,15 @@ LABEL_RUN = "llem.run"
 LABEL_HOST_PID = "llem.host_pid"
 LABEL_HOST = "llem.host"
 LABEL_STUDY_DIR = "llem.study_dir"
-# Secrets reach the container through the environment only; their values never enter a spec.
 # LLEM_FAULT_INJECTION is the fault tests' switch; it does nothing unless a test sets it.
 # LLEM_NVML_TRACE makes the agent keep the window's raw NVML readings (make gpu-check).
-PASSTHROUGH_ENV = ("HF_TOKEN", "LLEM_FAULT_INJECTION", "LLEM_NVML_TRACE")
+PASSTHROUGH_ENV = ("LLEM_FAULT_INJECTION", "LLEM_NVML_TRACE")
+# HF_TOKEN never enters a container's environment (where `docker inspect` shows it): a run that
+# may download from the hub gets it as a read-only file, which huggingface_hub reads through
+# HF_TOKEN_PATH; a run with a local model gets nothing.
+SECRET_ENV = "HF_TOKEN"
+CONTAINER_TOKEN_FILE = "/run/secrets/hf_token"
+DEFAULT_PIDS_LIMIT = 16384  # processes and threads of one run (vLLM and TensorRT-LLM spawn many)
 NONROOT = "65532"  # the agent's user when llem itself runs as root
 AGENT_USER = "llem"  # its name: the images have no passwd entry for the host's uid
 # Writable caches for the agent's libraries, on the /tmp tmpfs (the root filesystem is read-only):
@@ -66,6 +71,7 @@ class ContainerSpec:
     engine: str = "pytorch"
     gpu_uuids: tuple[str, ...] = ()
     memory_limit: str | None = None
+    pids_limit: int | None = DEFAULT_PIDS_LIMIT
     read_only_root: bool = True
     tmpfs: dict[str, str] | None = None
     shm_size: str | None = None
@@ -135,6 +141,8 @@ def build_spec(
     gpu_uuids: tuple[str, ...] = (),
     prebuilt_engine: Path | None = None,
     dataset_file: Path | None = None,
+    token_file: Path | None = None,
+    pids_limit: int | None = DEFAULT_PIDS_LIMIT,
 ) -> ContainerSpec:
     """The spec for one run.
 
@@ -165,6 +173,9 @@ def build_spec(
         mounts.append(Mount(prebuilt_engine, CONTAINER_TRT_ENGINE_DIR, read_only=True))
     if dataset_file is not None:
         mounts.append(Mount(dataset_file, dataset_target(dataset_file), read_only=True))
+    if token_file is not None:
+        mounts.append(Mount(token_file, CONTAINER_TOKEN_FILE, read_only=True))
+        environment["HF_TOKEN_PATH"] = CONTAINER_TOKEN_FILE
     # Several GPUs in one run (tensor / pipeline parallelism), or an engine with worker processes:
     # NCCL and the workers exchange through shared memory and pin host memory (NVIDIA's limits).
     multiprocess = len(gpu_indices) > 1 or engine in MULTIPROCESS_ENGINES
@@ -181,6 +192,7 @@ def build_spec(
         user=user,
         group_add=group_add,
         memory_limit=memory_limit,
+        pids_limit=pids_limit,
         tmpfs={"/tmp": "rw,nosuid,nodev,exec,size=4g"},
         shm_size="16g" if multiprocess else None,
         ulimits=(("memlock", -1, -1), ("stack", 67108864, 67108864)) if multiprocess else (),

@@ -74,7 +74,7 @@ def nvidia_support(info: dict[str, Any]) -> str | None:
     return None
 
 
-def run_checks(required_engines: Sequence[str] = ("pytorch",)) -> list[Check]:
+def run_checks(required_engines: Sequence[str] = ("pytorch",), results_dir: Path | None = None) -> list[Check]:
     from orchestrator.launcher import DockerLauncher
     from orchestrator.userconfig import load_user_config
 
@@ -144,6 +144,6 @@ def run_checks(required_engines: Sequence[str] = ("pytorch",)) -> list[Check]:
                 fix = "make images" if engine == "pytorch" else f"docker pull {image}, or set images.{engine}"
                 checks.append(Check(f"{engine} image", status, problem, fix))
 
-    checks.append(disk_check("results disk", user.results_dir, "output.results_dir"))
+    checks.append(disk_check("results disk", results_dir or user.results_dir, "--results-dir / output.results_dir"))
     checks.append(disk_check("model cache disk", user.hf_home, "output.model_cache_dir / HF_HOME"))
     return checks

@@ -62,7 +62,8 @@ def plan_document(plan: Plan) -> dict[str, Any]:
 
 
 def _size(gb: float) -> str:
-    return f"~{gb:.1f} GB" if gb >= 0.1 else f"~{gb * 1024:.1f} MB"
+    """The GPU memory estimate, labelled as one (on a CPU machine it still says what a GPU needs)."""
+    return f"GPU mem ~{gb:.1f} GB" if gb >= 0.1 else f"GPU mem ~{gb * 1024:.1f} MB"
 
 
 def print_json(plan: Plan) -> None:
@@ -79,8 +80,8 @@ def print_text(plan: Plan, console: Console) -> None:
     labels = experiment_labels(study)
     for exp in study.experiments:
         estimate = vram[exp.index]
-        memory = _size(estimate.total_gb) if estimate else "VRAM ? (model files not local)"
-        console.print(f"  {exp.index + 1:3d}  {exp.config_hash}  {memory:>12}  {labels[exp.index]}")
+        memory = _size(estimate.total_gb) if estimate else "GPU mem ? (model files not local)"
+        console.print(f"  {exp.index + 1:3d}  {exp.config_hash}  {memory:>20}  {labels[exp.index]}")
         refused = unsupported_by_agent(exp.config, exp.config.engine)
         if refused:
             console.print(f"       [yellow]would be refused:[/] the agent does not apply {', '.join(refused)} yet")

@@ -105,6 +105,8 @@ def _run_kwargs(spec: ContainerSpec) -> dict[str, Any]:
         "read_only": spec.read_only_root,
         "tmpfs": spec.tmpfs or {},
     }
+    if spec.pids_limit:
+        kwargs["pids_limit"] = spec.pids_limit
     if spec.memory_limit:
         kwargs["mem_limit"] = spec.memory_limit
         kwargs["memswap_limit"] = spec.memory_limit  # no swap: the limit is the limit

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from orchestrator.container import ContainerSpec, Mount
+from orchestrator.container import SECRET_ENV, ContainerSpec, Mount
 from orchestrator.errors import EnvironmentProblem
 from orchestrator.launcher import ContainerOutcome, Liveness
 
@@ -83,6 +83,7 @@ class LocalLauncher:
     def environment(self, spec: ContainerSpec) -> dict[str, str]:
         """The host's environment, the spec's (paths translated to the host's), the run's GPUs."""
         env = dict(os.environ)
+        env.pop(SECRET_ENV, None)  # as in a container: the token file, and only where a download can happen
         for key, value in spec.environment.items():
             env[key] = _translate(value, spec.mounts)
         # By UUID: indices differ between CUDA's and NVML's numbering, UUIDs never do.

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from llem_agent.contract import (
     ERROR_FILE,
     EXPERIMENT_FILE,
     HEARTBEAT_FILE,
+    HUB_PROMPT_SETS,
     RESULT_FILE,
     ExperimentConfig,
     ExperimentResult,
@@ -35,7 +37,7 @@ from llem_agent.contract import (
     write_atomic,
 )
 from orchestrator import __version__
-from orchestrator.container import build_spec, dataset_target
+from orchestrator.container import SECRET_ENV, build_spec, dataset_target
 from orchestrator.datasets import resolve_dataset
 from orchestrator.devices import assign_devices
 from orchestrator.errors import ConfigError, EnvironmentProblem, Interrupted, LlemError
@@ -88,6 +90,7 @@ class RunnerOptions:
     stall_timeout_s: float = 600.0
     sample_interval_s: float = 0.1
     container_memory: str | None = None
+    pids_limit: int | None = None  # processes + threads per run container (None: no limit)
     max_consecutive_failures: int = 10
     circuit_breaker_cooldown_s: float = 60.0
     wall_clock_limit_s: float | None = None
@@ -191,6 +194,15 @@ def collect(run_dir: Path, run_id: str, outcome: ContainerOutcome) -> tuple[Expe
             kind="killed", message=f"the container was killed from outside (exit {outcome.exit_code})"
         )
     return None, RunFailure(kind="no_result", message=f"container exited {outcome.exit_code} without {RESULT_FILE}")
+
+
+def may_download(
+    config: ExperimentConfig, model_dirs: dict[int, Path | None], adapter_dirs: dict[int, Path | None], index: int
+) -> bool:
+    """Whether this run may fetch from the Hugging Face hub: a hub model, adapter or prompt set."""
+    hub_model = model_dirs.get(index) is None
+    hub_adapter = config.lora is not None and config.lora.adapter_id is not None and adapter_dirs.get(index) is None
+    return hub_model or hub_adapter or config.dataset.source in HUB_PROMPT_SETS
 
 
 def result_problem(run_dir: Path, run_id: str) -> str | None:
@@ -306,6 +318,27 @@ class StudyRunner:
         for engine_name, images in self._images_by_engine().items():
             self.launcher_for(engine_name).check(images)
         self._check_extras()
+        self._check_devices_free()
+
+    def _check_devices_free(self) -> None:
+        """With --no-wait a locked device ends the study: find out before a study directory exists."""
+        lock_dir = self.options.lock_dir
+        if lock_dir is None or self.options.lock_wait_s != 0:
+            return
+        names = sorted(
+            {
+                n
+                for e in self.plan.study.experiments
+                for n in lock_names(assign_devices(e.config, list(self.options.gpu_indices)))
+            }
+        )
+        probe = DeviceLocks(names, lock_dir)
+        if not probe.try_acquire():
+            raise EnvironmentProblem(
+                f"devices {names} are locked by another study (lock files in {lock_dir}); "
+                "wait for it, or run without --no-wait to queue behind it"
+            )
+        probe.release()
 
     def launcher_for(self, engine: str) -> Launcher:
         """The launcher that runs ``engine``'s experiments."""
@@ -545,6 +578,22 @@ class StudyRunner:
                 result = ExperimentResult.model_validate_json(path.read_text(encoding="utf-8"))
         return RunOutcome(run=run, entry=entry, result=result)
 
+    @staticmethod
+    def _token_file(index: int) -> Path | None:
+        """HF_TOKEN as a file only the agent may read (mounted read-only), or None without a token."""
+        token = os.environ.get(SECRET_ENV)
+        if not token:
+            return None
+        folder = Path(tempfile.mkdtemp(prefix="llem-secret-"))
+        path = folder / "hf_token"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(token)
+        if os.getuid() == 0:  # the unprivileged agent reads it through the root group
+            os.chmod(folder, 0o750)
+            os.chmod(path, 0o640)
+        return path
+
     def completed_count(self) -> int:
         """Runs of this study already completed (a resumed study starts from these)."""
         return sum(1 for e in self._store.manifest.runs if e.status == "completed") if self._store else 0
@@ -571,6 +620,8 @@ class StudyRunner:
             os.chmod(run_dir, 0o2775)  # the unprivileged agent writes here through the root group
         gpus = assign_devices(config, list(self.options.gpu_indices))
         uuids = tuple(self.options.gpu_uuids[g] for g in gpus if g in self.options.gpu_uuids)
+        secret = self._token_file(run.experiment.index) if may_download(config, self._model_dirs, self._adapter_dirs,
+                                                                        run.experiment.index) else None  # fmt: skip
         model_dir = self._model_dirs.get(run.experiment.index)
         engine_cache = self.options.engine_cache if config.engine == "tensorrt" else None
         launcher = self.launcher_for(config.engine)
@@ -593,6 +644,8 @@ class StudyRunner:
             gpu_uuids=uuids,
             prebuilt_engine=self._engine_dirs.get(run.experiment.index),
             dataset_file=self._datasets.get(run.experiment.index),
+            token_file=secret,
+            pids_limit=self.options.pids_limit,
         )
 
         def seen(target: str) -> str | None:  # where the agent sees a mount: in its container, or on the host
@@ -641,7 +694,11 @@ class StudyRunner:
             )
             watch = PhaseWatch(run, run_dir / HEARTBEAT_FILE, self._download_dir(config.model, model_dir), self.events)
             liveness = Liveness(run_dir / HEARTBEAT_FILE, self.options.stall_timeout_s, on_poll=watch.poll)
-            outcome = launcher.run(spec, max(timeout, 1.0), run_dir / CONTAINER_LOG, liveness)
+            try:
+                outcome = launcher.run(spec, max(timeout, 1.0), run_dir / CONTAINER_LOG, liveness)
+            finally:
+                if secret is not None:
+                    shutil.rmtree(secret.parent, ignore_errors=True)
         result, failure = collect(run_dir, run.run_id, outcome)
         entry = self._store.update_run(
             run.run_id,

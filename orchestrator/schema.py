@@ -48,7 +48,7 @@ def study_schema() -> dict[str, Any]:
     props["study_execution"] = {"$ref": "#/$defs/StudyExecution"}
     props["runners"] = {
         "type": "object",
-        "additionalProperties": {"type": "string", "pattern": "^docker(:.+)?$"},
+        "additionalProperties": {"type": "string", "pattern": "^(docker(:.+)?|local)$"},
     }
     return schema
 
@@ -60,11 +60,23 @@ def result_schema() -> dict[str, Any]:
     return schema
 
 
+def all_schemas() -> dict[str, dict[str, Any]]:
+    """The three schemas by file name."""
+    return {
+        f"llem-{name}.schema.json": schema
+        for name, schema in (
+            ("experiment", experiment_schema()),
+            ("study", study_schema()),
+            ("result", result_schema()),
+        )
+    }
+
+
 def write_schemas(out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, schema in (("experiment", experiment_schema()), ("study", study_schema()), ("result", result_schema())):
-        path = out_dir / f"llem-{name}.schema.json"
+    for filename, schema in all_schemas().items():
+        path = out_dir / filename
         path.write_text(json.dumps(schema, indent=2) + "\n", encoding="utf-8")
         written.append(path)
     return written

@@ -201,6 +201,7 @@ def test_second_study_on_a_busy_device_fails_at_once_or_waits(tmp_path, study, d
     busy = run_llem(*args(other, study, "--no-wait", "--lock-dir", str(tmp_path / "locks")))
     assert busy.returncode == EXIT_ENVIRONMENT
     assert "are locked by another study" in busy.stderr.strip().splitlines()[-1]
+    assert not any((other / "results").glob("*")), "--no-wait on a busy device left a study directory behind"
     queued = run_llem(*args(other, study, "--lock-dir", str(tmp_path / "locks")))
     first.communicate(timeout=120)
     assert first.returncode == 0

@@ -129,8 +129,8 @@ def test_two_experiments_two_cycles_through_real_containers(tmp_path, tiny_model
 
 
 def test_agent_failure_keeps_error_and_log_and_the_study_reports_it(tmp_path, tiny_model, docker_client):
-    study = write_study(tmp_path, tiny_model, source="missing-prompts.jsonl", n_cycles=1)
-    proc = run_llem(*llem_args(tmp_path, study))
+    study = write_study(tmp_path, tiny_model, n_cycles=1)
+    proc = run_llem(*llem_args(tmp_path, study), env={"LLEM_FAULT_INJECTION": "error"})
     assert proc.returncode == EXIT_RUNS_FAILED, proc.stderr + proc.stdout
     (study_dir,) = (tmp_path / "results").iterdir()
     manifest = json.loads((study_dir / "manifest.json").read_text())
@@ -138,12 +138,22 @@ def test_agent_failure_keeps_error_and_log_and_the_study_reports_it(tmp_path, ti
     for run in manifest["runs"]:
         assert run["status"] == "failed"
         assert run["failure"]["kind"] == "agent_error"
-        assert run["failure"]["type"] == "DatasetError"
+        assert run["failure"]["type"] == "RuntimeError"
         error = json.loads((study_dir / "runs" / run["run_id"] / "error.json").read_text())
-        assert error["phase"] == "load"
+        assert error["phase"] == "measure"
         assert "Traceback" in error["traceback"]
-        assert "dataset file not found" in (study_dir / "runs" / run["run_id"] / "container.log").read_text()
+        assert "injected fault" in (study_dir / "runs" / run["run_id"] / "container.log").read_text()
     assert labelled_containers(docker_client, **{LABEL_STUDY: study_dir.name}) == []
+
+
+def test_a_missing_prompt_file_is_refused_before_any_container(tmp_path, tiny_model, docker_client):
+    study = write_study(tmp_path, tiny_model, source="missing-prompts.jsonl", n_cycles=1)
+    proc = run_llem(*llem_args(tmp_path, study))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"llem: error: dataset file not found: {tmp_path}/missing-prompts.jsonl"
+    ]
+    assert not (tmp_path / "results").exists()
 
 
 def test_missing_image_is_one_line_and_creates_no_results(tmp_path, tiny_model, docker_client):

@@ -57,13 +57,22 @@ def test_gpus_are_named_one_by_one_never_all():
     assert "device_requests" not in _run_kwargs(spec())
 
 
-def test_hf_token_comes_from_the_environment_and_never_sits_in_the_spec(monkeypatch: pytest.MonkeyPatch):
+def test_hf_token_is_a_read_only_file_and_never_in_the_environment(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
-    s = spec()
-    assert "hf_secret_value" not in repr(s)
-    assert _run_kwargs(s)["environment"]["HF_TOKEN"] == "hf_secret_value"
-    monkeypatch.delenv("HF_TOKEN")
-    assert "HF_TOKEN" not in _run_kwargs(s)["environment"]
+    local = spec(model_dir=Path("/models/tiny"))  # no download can happen: no token at all
+    assert "HF_TOKEN" not in _run_kwargs(local)["environment"] and "HF_TOKEN_PATH" not in local.environment
+    hub = build_spec(
+        image="i", study_id="s", run_id="e001-c1", run_dir=Path("/r/s/runs/e001-c1"), hf_home=Path("/hf"),
+        model_dir=None, gpu_indices=(), host_uid=1000, host_gid=1000, host_pid=1, token_file=Path("/tmp/x/hf_token"),
+    )  # fmt: skip
+    kwargs = _run_kwargs(hub)
+    assert "hf_secret_value" not in repr(kwargs)  # docker inspect shows environment and mounts, not the file
+    assert kwargs["environment"]["HF_TOKEN_PATH"] == "/run/secrets/hf_token"
+    assert kwargs["volumes"]["/tmp/x/hf_token"] == {"bind": "/run/secrets/hf_token", "mode": "ro"}
+
+
+def test_runs_have_a_pids_limit():
+    assert _run_kwargs(spec())["pids_limit"] == 16384
 
 
 def test_agent_is_hardened_and_never_root():
@@ -127,7 +136,7 @@ def test_an_agent_uid_without_passwd_entry_still_has_a_name_and_writable_caches(
         "pwd.getpwuid = missing\n"
         "print(getpass.getuser())"
     )
-    clean = {k: v for k, v in env.items() if k != "HF_TOKEN"} | {"PATH": "/usr/bin:/bin"}
+    clean = dict(env) | {"PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", probe], env=clean, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "llem"
     tmpfs = next(iter(spec().tmpfs or {}))

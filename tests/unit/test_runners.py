@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,34 @@ def test_the_docker_launcher_gets_container_paths(tmp_path: Path, study_file: Pa
     runner.execute()
     request = RunRequest.model_validate_json((study_dir / "runs" / "e001-c1" / "experiment.json").read_text())
     assert request.model_path == "/llem/model" and request.runner == "docker"
+
+
+def test_the_hf_token_reaches_only_runs_that_may_download_and_is_removed_after(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_planted")
+    (tmp_path / "local").mkdir()
+    (tmp_path / "local" / "config.json").write_text("{}")
+    seen: dict[str, object] = {}
+
+    class Reading(FakeLauncher):
+        def run(self, spec, timeout_s, log_path, liveness=None):
+            mount = spec.mount_at("/run/secrets/hf_token")
+            if mount is not None:
+                seen[spec.labels["llem.run"]] = (mount.source.read_text(), mount.source)
+            else:
+                seen[spec.labels["llem.run"]] = None
+            return super().run(spec, timeout_s, log_path, liveness)
+
+    study = tmp_path / "s.yaml"
+    study.write_text(
+        "name: t\ndataset: {source: builtin, n_prompts: 1}\n"
+        "experiments:\n  - model: ./local\n  - model: org/hub-model\n"
+    )
+    runner = make_runner(tmp_path, study, Reading())
+    runner.options = dataclasses.replace(runner.options, hf_home=tmp_path / "hf")
+    runner.preflight()
+    study_dir = runner.prepare()
+    runner.execute()
+    assert seen["e001-c1"] is None  # a local model: no token at all
+    token, path = seen["e002-c1"]  # type: ignore[misc]
+    assert token == "hf_planted" and not path.exists()  # removed with its directory after the run
+    assert all("hf_planted" not in p.read_text(errors="replace") for p in study_dir.rglob("*") if p.is_file())
