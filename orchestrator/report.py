@@ -16,13 +16,12 @@ from typing import Any
 
 from llem_agent.contract import RESULT_FILE, TELEMETRY_FILE
 from orchestrator import __version__
+from orchestrator.display import column_for, format_stat
 from orchestrator.results import (
     HOST_FILE,
     METRIC_BY_NAME,
-    ExperimentSummary,
     StudySummary,
     describe,
-    format_mean_ci,
     read_json,
 )
 
@@ -54,6 +53,15 @@ def _figure_html(fig: Any, div_id: str) -> str:
     return str(fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config=_PLOT_CONFIG))
 
 
+def _bars(means: Sequence[float | None], halves: Sequence[float | None]) -> dict[str, Any]:
+    """95% error bars for quantities that cannot be negative (throughput, energy, latency): a
+    two-cycle interval can be wider than its mean, and a bar below zero would show the impossible,
+    so the lower bar stops at zero (the interval itself is in the tables and summary files)."""
+    up = [h or 0.0 for h in halves]
+    down = [min(h or 0.0, m) if m is not None and m > 0 else 0.0 for h, m in zip(halves, means, strict=True)]
+    return {"type": "data", "symmetric": False, "array": up, "arrayminus": down}
+
+
 def _tradeoff(summary: StudySummary) -> tuple[str, str]:
     """Energy per output token against throughput (latency when energy was not measured)."""
     import plotly.graph_objects as go
@@ -68,6 +76,11 @@ def _tradeoff(summary: StudySummary) -> tuple[str, str]:
     fig = go.Figure()
     by_index = {e.index: e for e in summary.experiments}
     runs = [r for r in summary.runs if r.status == "completed"]
+    if not runs or not exps:
+        return "Trade-off", (
+            "<p>No run completed, so there is nothing to plot: the runs that did not complete, and why, are "
+            "listed under Validity warnings.</p>"
+        )
     fig.add_trace(
         go.Scatter(
             x=[r.metrics["output_tokens_per_s"] for r in runs],
@@ -88,8 +101,8 @@ def _tradeoff(summary: StudySummary) -> tuple[str, str]:
             mode="markers",
             name="experiments (mean, 95% CI)",
             marker={"size": 10, "color": "#1f77b4"},
-            error_x={"type": "data", "array": [e.stats["output_tokens_per_s"].half_width() or 0 for e in exps]},
-            error_y={"type": "data", "array": [e.stats[y_name].half_width(y_scale) or 0 for e in exps]},
+            error_x=_bars(xs, [e.stats["output_tokens_per_s"].half_width() for e in exps]),
+            error_y=_bars(ys, [e.stats[y_name].half_width(y_scale) for e in exps]),
             text=[f"#{e.index} {e.label}" for e in exps],
             hoverinfo="text+x+y",
         )
@@ -122,7 +135,7 @@ def _tradeoff(summary: StudySummary) -> tuple[str, str]:
             "this plot shows latency against throughput instead.</p>"
         )
     front_list = "".join(f"<li>#{exps[i].index} {html.escape(exps[i].label)}</li>" for i in front)
-    body = note + _figure_html(fig, "pareto") + f"<p>On the Pareto front:</p><ul>{front_list}</ul>"
+    body = note + _figure_html(fig, "pareto") + (f"<p>On the Pareto front:</p><ul>{front_list}</ul>" if front else "")
     title = "energy per token" if use_energy else "latency"
     return f"Trade-off: {title} vs throughput", body
 
@@ -151,7 +164,10 @@ def _effects(summary: StudySummary) -> tuple[str, str]:
                 go.Scatter(
                     x=[_label_value(v) for v in values],
                     y=[None if s.mean is None else s.mean * scale for s in stats],
-                    error_y={"type": "data", "array": [s.half_width(scale) or 0 for s in stats]},
+                    error_y=_bars(
+                        [None if s.mean is None else s.mean * scale for s in stats],
+                        [s.half_width(scale) for s in stats],
+                    ),
                     mode="markers+lines",
                     name=METRIC_BY_NAME[name].label,
                     showlegend=False,
@@ -256,14 +272,17 @@ def _warnings(summary: StudySummary) -> tuple[str, str]:
 
 
 def _experiments_table(summary: StudySummary) -> tuple[str, str]:
-    columns = ["output_tokens_per_s", "j_per_output_token", "energy_j", "mean_power_w", "ttft_p50_s", "e2e_p50_s"]
+    columns = [column_for(c) for c in ("output_tokens_per_s", "j_per_output_token", "energy_j", "mean_power_w",
+                                        "ttft_p50_s", "e2e_p50_s")]  # fmt: skip
     head = "".join(f"<th>{html.escape(k)}</th>" for k in summary.swept) or "<th>experiment</th>"
-    head += "<th>runs ok</th>" + "".join(f"<th>{html.escape(METRIC_BY_NAME[c].label)}</th>" for c in columns)
+    head += "<th>runs ok</th>" + "".join(f"<th>{html.escape(header)}</th>" for _, header, _ in columns)
     rows = []
     for e in summary.experiments:
         cells = "".join(f"<td>{html.escape(str(e.params.get(k)))}</td>" for k in summary.swept)
         cells = cells or f"<td>{html.escape(e.label)}</td>"
-        cells += f"<td>{e.completed}/{e.runs}</td>" + "".join(f"<td>{_cell(e, c)}</td>" for c in columns)
+        cells += f"<td>{e.completed}/{e.runs}</td>" + "".join(
+            f"<td>{format_stat(e.stats[name], scale)}</td>" for name, _, scale in columns
+        )
         rows.append(f"<tr><td>{e.index}</td>{cells}</tr>")
     body = (
         f"<table><tr><th>#</th>{head}</tr>{''.join(rows)}</table>"
@@ -272,17 +291,25 @@ def _experiments_table(summary: StudySummary) -> tuple[str, str]:
     return "Experiments", body
 
 
-def _cell(e: ExperimentSummary, name: str) -> str:
-    return format_mean_ci(e.stats[name].mean, e.stats[name].half_width())
+def _engine_text(engine: str | None, env: dict[str, Any]) -> str | None:
+    """``vllm 0.33.0``; for pytorch the engine is Transformers, whose version has its own row."""
+    if engine is None:
+        return None
+    version = env.get("engine_version")
+    if engine == "pytorch" and version == env.get("transformers_version"):
+        return "pytorch (Transformers generate)"
+    return f"{engine} {version}" if version else engine
 
 
 def _environment(summary: StudySummary) -> tuple[str, str]:
     host = read_json(summary.study_dir / HOST_FILE)
     env: dict[str, Any] = {}
+    engine = None
     for r in summary.runs:
         if r.status == "completed":
             result = read_json(summary.study_dir / "runs" / r.run_id / RESULT_FILE)
             env = result.get("environment", {}) if isinstance(result, dict) else {}
+            engine = result.get("engine") if isinstance(result, dict) else None
             break
     facts: list[tuple[str, Any]] = []
     if isinstance(host, dict):
@@ -299,7 +326,7 @@ def _environment(summary: StudySummary) -> tuple[str, str]:
             ),
         ]
     facts += [
-        ("engine version", env.get("engine_version")),
+        ("engine", _engine_text(engine, env)),
         ("torch", env.get("torch_version")),
         ("transformers", env.get("transformers_version")),
         ("device", env.get("device")),
@@ -331,10 +358,17 @@ padding:.25rem .5rem;text-align:left}th{background:#f5f5f5}.warn{color:#a15c00}.
 """
 
 
+# plotly.js's basic bundle (scatter, bar, pie: all the report draws), 1.2 MB instead of the full
+# 4.6 MB bundle plotly.py inlines; the same plotly.js version as plotly.py's (a test checks).
+PLOTLY_BASIC = Path(__file__).parent / "assets" / "plotly-basic.min.js"
+
+
+def plotly_js() -> str:
+    return PLOTLY_BASIC.read_text(encoding="utf-8")
+
+
 def render(summary: StudySummary) -> str:
     """The whole report as one HTML document with plotly.js inlined."""
-    from plotly.offline import get_plotlyjs
-
     m = summary.manifest
     completed = sum(r.status == "completed" for r in summary.runs)
     sections = [
@@ -355,7 +389,7 @@ def render(summary: StudySummary) -> str:
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f'<meta name="viewport" content="width=device-width,initial-scale=1"><style>{_CSS}</style>'
-        f'<script type="text/javascript">{get_plotlyjs()}</script></head><body>'
+        f'<script type="text/javascript">{plotly_js()}</script></head><body>'
         f'<h1>{html.escape(title)}</h1><p class="meta">{meta}</p>{body}</body></html>'
     )
 
