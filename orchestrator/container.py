@@ -177,8 +177,10 @@ def build_spec(
         mounts.append(Mount(token_file, CONTAINER_TOKEN_FILE, read_only=True))
         environment["HF_TOKEN_PATH"] = CONTAINER_TOKEN_FILE
     # Several GPUs in one run (tensor / pipeline parallelism), or an engine with worker processes:
-    # NCCL and the workers exchange through shared memory and pin host memory (NVIDIA's limits).
+    # NCCL and the workers exchange through shared memory and, on GPUs, pin host memory
+    # (NVIDIA's limits). A CPU run pins nothing, and some hosts forbid raising memlock at all.
     multiprocess = len(gpu_indices) > 1 or engine in MULTIPROCESS_ENGINES
+    ulimits = ((("memlock", -1, -1),) if gpu_indices else ()) + (("stack", 67108864, 67108864),)
     return ContainerSpec(
         image=image,
         name=container_name(study_id, run_id),
@@ -195,7 +197,7 @@ def build_spec(
         pids_limit=pids_limit,
         tmpfs={"/tmp": "rw,nosuid,nodev,exec,size=4g"},
         shm_size="16g" if multiprocess else None,
-        ulimits=(("memlock", -1, -1), ("stack", 67108864, 67108864)) if multiprocess else (),
+        ulimits=ulimits if multiprocess else (),
         container_environment=container_environment(gpu_indices),
         engine=engine,
         gpu_uuids=gpu_uuids,

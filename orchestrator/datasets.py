@@ -18,6 +18,7 @@ from llem_agent.contract import (
     MAX_PROMPT_LINE_BYTES,
     PROMPT_TEXT_KEYS,
     ExperimentConfig,
+    prompt_text,
 )
 from orchestrator.errors import ConfigError
 
@@ -62,10 +63,7 @@ def _count_prompts(path: Path) -> int:
                 record = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError):
                 raise ConfigError(f"{path}:{number}: not JSON; a .jsonl dataset has one JSON value per line") from None
-            text = record if isinstance(record, str) else None
-            if isinstance(record, dict):
-                text = next((record[k] for k in PROMPT_TEXT_KEYS if isinstance(record.get(k), str)), None)
-            if not text:
+            if not prompt_text(record):
                 raise ConfigError(
                     f"{path}:{number}: expected a string or an object with one of {list(PROMPT_TEXT_KEYS)}"
                 )

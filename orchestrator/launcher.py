@@ -87,6 +87,16 @@ def _first_line(exc: BaseException) -> str:
     return text[0][:300] if text else type(exc).__name__
 
 
+def _api_error(exc: docker.errors.APIError) -> str:
+    """The daemon's own explanation, without the request URL and runc's boilerplate (the cause
+    is at the end: 'error setting rlimit type 8: operation not permitted')."""
+    text = str(getattr(exc, "explanation", None) or exc).strip().splitlines()[0]
+    for noise in ("failed to create shim task: ", "OCI runtime create failed: ", "runc create failed: ",
+                  "unable to start container process: "):  # fmt: skip
+        text = text.replace(noise, "")
+    return text[:400]
+
+
 def _run_kwargs(spec: ContainerSpec) -> dict[str, Any]:
     environment = dict(spec.environment) | dict(spec.container_environment or {})
     environment.update({k: os.environ[k] for k in spec.passthrough_env if os.environ.get(k)})
@@ -217,7 +227,7 @@ class DockerLauncher:
         except docker.errors.ImageNotFound:
             raise EnvironmentProblem(f"image {spec.image} not found; build it with `make images`") from None
         except docker.errors.APIError as exc:
-            message = _first_line(exc)
+            message = _api_error(exc)
             if "device driver" in message or "nvidia" in message.lower():
                 raise EnvironmentProblem(
                     f"cannot give the container its GPUs ({message}); install the NVIDIA container toolkit"

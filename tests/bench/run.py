@@ -83,10 +83,16 @@ def planning(tmp: Path, repetitions: int) -> dict[int, list[float]]:
     import yaml
 
     times: dict[int, list[float]] = {}
-    for size, (seeds, prompts) in {10_000: (100, 100), 100_000: (1000, 100)}.items():
+    # Four swept axes, two of them engine-scoped (the shape of a real study), 10 x 10 x 10 x 10.
+    for size, seeds in {10_000: 10, 100_000: 100}.items():
         study = tmp / f"big{size}.yaml"
-        sweep = {"random_seed": list(range(seeds)), "dataset.n_prompts": list(range(1, prompts + 1))}
-        study.write_text(yaml.safe_dump({"name": "big", "model": "hub/model", "sweep": sweep}))
+        sweep = {
+            "random_seed": list(range(seeds)),
+            "dataset.n_prompts": list(range(1, 11)),
+            "pytorch.batch_size": list(range(1, 11)),
+            "pytorch.no_repeat_ngram_size": list(range(10)),
+        }
+        study.write_text(yaml.safe_dump({"name": "big", "model": "hub/model", "engine": "pytorch", "sweep": sweep}))
         times[size] = []
         for _ in range(repetitions):
             start = time.perf_counter()
@@ -257,7 +263,8 @@ def render(
         "## Planning a large grid",
         "",
         "`llem run big.yaml --dry-run --json > /dev/null`, whole process (interpreter start, imports, YAML,",
-        "expansion, validation, hashing, ordering, JSON). big.yaml sweeps `random_seed` x `dataset.n_prompts`.",
+        "expansion, validation, hashing, ordering, JSON). big.yaml sweeps four axes, two engine-scoped: "
+        "`random_seed` x `dataset.n_prompts` x `pytorch.batch_size` x `pytorch.no_repeat_ngram_size`.",
         "",
         "| experiments | median | all runs (s) |",
         "|---:|---:|---|",

@@ -40,20 +40,25 @@ def docker_client() -> Iterator[docker.DockerClient]:
     client.close()
 
 
-@pytest.fixture(scope="session")
-def tiny_model(docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny random GPT-2 of `make tiny-model`, or one made now through the image."""
-    existing = REPO / "examples" / "models" / "tiny-gpt2"
+def made_model(name: str, tmp_path_factory: pytest.TempPathFactory, *args: str) -> Path:
+    """examples/models/NAME as `make tiny-model` leaves it, or made now through the image."""
+    existing = REPO / "examples" / "models" / name
     if (existing / "config.json").exists():
         return existing
     out = tmp_path_factory.mktemp("models")
     subprocess.run(
         ["docker", "run", "--rm", "--network", "none", "--entrypoint", "python", "-v", f"{out}:/out", IMAGE,
-         "-m", "llem_agent.tiny_model", "/out/tiny-gpt2"],
+         "-m", "llem_agent.tiny_model", f"/out/{name}", *args],
         check=True,
         capture_output=True,
     )  # fmt: skip
-    return out / "tiny-gpt2"
+    return out / name
+
+
+@pytest.fixture(scope="session")
+def tiny_model(docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random GPT-2 of `make tiny-model`."""
+    return made_model("tiny-gpt2", tmp_path_factory)
 
 
 def labelled_containers(client: docker.DockerClient, **labels: str) -> list[str]:
@@ -83,6 +88,42 @@ def tiny_adapter(
     subprocess.run(
         ["docker", "run", "--rm", "--network", "none", "-e", "HOME=/tmp", "--entrypoint", "python",
          "-v", f"{tiny_model}:/model:ro", "-v", f"{out}:/out", IMAGE, "-c", MAKE_ADAPTER, "/model", "/out/lora"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    for path in (out / "lora").iterdir():
+        path.chmod(0o644)
+    return out / "lora"
+
+
+VLLM_IMAGE = f"llem/vllm-cpu:{__version__}"  # make images: vLLM's CPU build, the docker tier's only
+
+
+@pytest.fixture(scope="session")
+def vllm_image(docker_client: docker.DockerClient) -> str:
+    try:
+        docker_client.images.get(VLLM_IMAGE)
+    except docker.errors.ImageNotFound:
+        pytest.fail(f"image {VLLM_IMAGE} missing; run `make images`")
+    return VLLM_IMAGE
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random Llama of `make tiny-model` (head dim 64, as vLLM's CPU backend needs)."""
+    return made_model("tiny-llama", tmp_path_factory, "--arch", "llama", "--size", "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_adapter(
+    docker_client: docker.DockerClient, tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A random LoRA adapter (q_proj, v_proj) for the tiny Llama, made with peft inside our image."""
+    out = tmp_path_factory.mktemp("llama-adapters")
+    out.chmod(0o777)
+    script = MAKE_ADAPTER.replace('["c_attn"]', '["q_proj", "v_proj"]')
+    subprocess.run(
+        ["docker", "run", "--rm", "--network", "none", "-e", "HOME=/tmp", "--entrypoint", "python",
+         "-v", f"{tiny_llama}:/model:ro", "-v", f"{out}:/out", IMAGE, "-c", script, "/model", "/out/lora"],
         check=True, capture_output=True,
     )  # fmt: skip
     for path in (out / "lora").iterdir():

@@ -158,6 +158,11 @@ def test_engines_with_worker_processes_get_shared_memory_even_on_one_gpu(engine)
         model_dir=None, gpu_indices=(0,), host_uid=1000, host_gid=1000, host_pid=1, engine=engine,
     )  # fmt: skip
     assert s.shm_size == "16g" and ("memlock", -1, -1) in s.ulimits
+    cpu = build_spec(
+        image="i", study_id="s", run_id="e001-c1", run_dir=Path("/r/s/runs/e001-c1"), hf_home=Path("/hf"),
+        model_dir=None, gpu_indices=(), host_uid=1000, host_gid=1000, host_pid=1, engine=engine,
+    )  # fmt: skip
+    assert cpu.shm_size == "16g" and all(name != "memlock" for name, _, _ in cpu.ulimits)  # nothing to pin
 
 
 def test_a_prebuilt_tensorrt_engine_is_mounted_read_only():

@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from orchestrator.errors import ConfigError
 from orchestrator.manifest import ManifestStore
 from tests.unit.test_runner import FakeLauncher, make_runner, run_study
-
-
-@pytest.fixture
-def study_file(tmp_path: Path) -> Path:
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "config.json").write_text("{}")
-    path = tmp_path / "study.yaml"
-    path.write_text("name: t\nmodel: ./model\nsweep:\n  pytorch.batch_size: [1, 2]\nstudy_execution: {n_cycles: 2}\n")
-    return path
 
 
 @pytest.mark.parametrize("damage", ["delete", "truncate", "other_run"])

@@ -87,15 +87,6 @@ class Recorder:
         self.events.append(f"phase {run.run_id} {phase}")
 
 
-@pytest.fixture
-def study_file(tmp_path: Path) -> Path:
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "config.json").write_text("{}")
-    path = tmp_path / "study.yaml"
-    path.write_text("name: t\nmodel: ./model\nsweep:\n  pytorch.batch_size: [1, 2]\nstudy_execution: {n_cycles: 2}\n")
-    return path
-
-
 def make_runner(tmp_path: Path, study_file: Path, launcher: FakeLauncher) -> StudyRunner:
     plan = make_plan(load_study(study_file), order="interleave")
     options = RunnerOptions(

@@ -14,15 +14,6 @@ from orchestrator.runners import parse_runner, resolve_runners
 from tests.unit.test_runner import FakeLauncher, make_runner
 
 
-@pytest.fixture
-def study_file(tmp_path: Path) -> Path:
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "config.json").write_text("{}")
-    path = tmp_path / "study.yaml"
-    path.write_text("name: t\nmodel: ./model\nsweep:\n  pytorch.batch_size: [1, 2]\n")
-    return path
-
-
 def test_precedence_env_then_user_config_then_cli_then_study():
     engines = {"pytorch", "vllm", "tensorrt"}
     got = resolve_runners(

@@ -13,6 +13,7 @@ from llem_agent.contract import (
     MAX_PROMPT_LINE_BYTES,
     PROMPT_TEXT_KEYS,
     DatasetConfig,
+    prompt_text,
 )
 
 
@@ -29,9 +30,7 @@ def _read_jsonl(lines: list[str], origin: str) -> list[str]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DatasetError(f"{origin}:{number}: not valid JSON ({exc.msg})") from None
-        text = record if isinstance(record, str) else None
-        if isinstance(record, dict):
-            text = next((record[k] for k in PROMPT_TEXT_KEYS if isinstance(record.get(k), str)), None)
+        text = prompt_text(record)
         if not text:
             raise DatasetError(
                 f"{origin}:{number}: expected a string or an object with one of {list(PROMPT_TEXT_KEYS)}"

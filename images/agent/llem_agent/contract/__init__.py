@@ -16,6 +16,7 @@ from llem_agent.contract.config import (
     LoRAConfig,
     WarmupConfig,
     canonical_engine,
+    prompt_text,
 )
 from llem_agent.contract.engine_sections import PyTorchConfig, TensorRTConfig, VLLMConfig
 from llem_agent.contract.fingerprint import CONTRACT_FINGERPRINT_PATH, contract_fingerprint
@@ -117,6 +118,7 @@ __all__ = [
     "canonical_json",
     "config_hash",
     "contract_fingerprint",
+    "prompt_text",
     "refusal_reason",
     "unsupported_by_agent",
     "write_atomic",

@@ -50,6 +50,15 @@ PROMPT_TEXT_KEYS = ("prompt", "text", "question", "input")
 MAX_PROMPT_LINE_BYTES = 1 << 20  # 1 MiB of text is ~250k tokens; truncated to max_input_tokens anyway
 
 
+def prompt_text(record: object) -> str | None:
+    """The prompt of one decoded JSONL record: a string, or an object's first text key; None if neither."""
+    if isinstance(record, str):
+        return record or None
+    if isinstance(record, dict):
+        return next((record[k] for k in PROMPT_TEXT_KEYS if isinstance(record.get(k), str) and record[k]), None)
+    return None
+
+
 class DatasetConfig(Section):
     """Which prompts to use (003 ``dataset:``)."""
 

@@ -112,7 +112,7 @@ class VLLMEngine:
 
     def effective(self) -> dict[str, str | int | float | bool | None]:
         config = self._llm.llm_engine.vllm_config if self._llm is not None else None
-        out: dict[str, str | int | float | bool | None] = {"device": "cuda", "batch_size": self.batch_size()}
+        out: dict[str, str | int | float | bool | None] = {"device": _device(), "batch_size": self.batch_size()}
         if config is not None:
             out["dtype"] = str(config.model_config.dtype).removeprefix("torch.")
             out["max_model_len"] = int(config.model_config.max_model_len)
@@ -134,12 +134,22 @@ class VLLMEngine:
         import transformers
         import vllm
 
+        device = _device()
         return AgentEnvironment(
             python=platform.python_version(),
             engine_version=vllm.__version__,
             torch_version=torch.__version__,
             transformers_version=transformers.__version__,
-            device="cuda",
-            device_names=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+            device=device,
+            device_names=[torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            if device == "cuda"
+            else [],
             cuda_runtime=torch.version.cuda,
         )
+
+
+def _device() -> str:
+    """What vLLM runs on here: ``cuda`` for the official build, ``cpu`` for a CPU build."""
+    from vllm.platforms import current_platform
+
+    return str(current_platform.device_type or "cuda")

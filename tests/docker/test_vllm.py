@@ -1,0 +1,148 @@
+"""vLLM for real: its agent runs a model through real containers, on vLLM's CPU build.
+
+What the CPU build cannot exercise (needs a GPU): tensor / pipeline parallelism, CUDA graphs,
+the attention backends, quantisation kernels (fp8, AWQ, GPTQ), speculative decoding with a
+draft model, and energy. What runs here: offline LLM.generate with greedy and seeded
+sampling, beam search, max_num_seqs batching, LoRA through LoRARequest, request metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.helpers import run_llem
+
+ENGINE = "{max_num_seqs: 4, max_model_len: 256, gpu_memory_utilization: 0.2, enforce_eager: true}"
+
+
+def results_of(study_dir: Path) -> dict[str, dict]:
+    manifest = json.loads((study_dir / "manifest.json").read_text())
+    return {
+        r["run_id"]: json.loads((study_dir / "runs" / r["run_id"] / "result.json").read_text())
+        for r in manifest["runs"]
+        if r["status"] == "completed"
+    }
+
+
+def check_vllm_result(result: dict) -> None:
+    """What a pytorch result promises, a vLLM result promises too."""
+    assert result["engine"] == "vllm" and result["effective"]["device"] == "cpu"
+    assert result["output_tokens"] == sum(r["output_tokens"] for r in result["requests"]) > 0  # from token ids
+    assert result["input_tokens"] == sum(r["input_tokens"] for r in result["requests"]) > 0
+    assert result["throughput"]["output_tokens_per_s"] > 0
+    for request in result["requests"]:
+        assert request["ttft_s"] is not None and 0 < request["ttft_s"] <= request["e2e_latency_s"]
+    assert result["latency"]["inter_token_source"] == "request_means"
+    assert result["latency"]["ttft_missing_reason"] is None  # vLLM's request metrics were there
+    effective = result["effective"]
+    assert effective["max_model_len"] == 256 and effective["batch_size"] == 4
+    assert effective["gpu_memory_utilization"] == pytest.approx(0.2)
+    assert result["environment"]["engine_version"] == "0.32.0"
+    assert result["warmup"]["thermal_floor_note"] == "not applied: no GPU (CPU run)"
+
+
+def test_vllm_study_through_real_containers(tmp_path: Path, tiny_llama: Path, tiny_llama_adapter: Path, vllm_image):
+    study = tmp_path / "vllm.yaml"
+    study.write_text(
+        f"""name: vllm-cpu
+model: {tiny_llama}
+engine: vllm
+max_input_tokens: 32
+max_output_tokens: 12
+random_seed: 7
+dataset: {{source: builtin, n_prompts: 8}}
+decoder: {{do_sample: false}}
+warmup: {{n_warmup: 4}}
+vllm: {{engine: {ENGINE}}}
+experiments:
+  - {{}}
+  - decoder: {{do_sample: true, temperature: 0.8, top_k: 20}}
+    vllm: {{sampling: {{presence_penalty: 0.5}}}}
+  - vllm: {{beam_search: {{beam_width: 2}}}}
+  - lora: {{adapter_path: {tiny_llama_adapter}}}
+study_execution: {{n_cycles: 1}}
+"""
+    )
+    done = run_llem("run", str(study), "--image", f"vllm={vllm_image}", "--results-dir", str(tmp_path / "r"),
+                    timeout=900)  # fmt: skip
+    (study_dir,) = (tmp_path / "r").iterdir()
+    logs = "".join(p.read_text()[-1500:] for p in study_dir.glob("runs/*/container.log"))
+    assert done.returncode == 0, done.stderr[-2000:] + logs
+    results = results_of(study_dir)
+    assert sorted(results) == ["e001-c1", "e002-c1", "e003-c1", "e004-c1"]
+    for result in results.values():
+        check_vllm_result(result)
+    requests = {run_id: json.loads((study_dir / "runs" / run_id / "experiment.json").read_text())
+                for run_id in results}  # fmt: skip
+    assert requests["e002-c1"]["config"]["vllm"]["sampling"]["presence_penalty"] == 0.5
+    assert requests["e004-c1"]["adapter_path"] == "/llem/adapter"
+    assert "enable_lora" in (study_dir / "runs" / "e004-c1" / "container.log").read_text()
+
+
+def test_the_engine_contract_check_passes_inside_the_vllm_image(vllm_image, docker_client):
+    out = docker_client.containers.run(
+        vllm_image, ["/checks/checks.py", "vllm"], entrypoint="python", network_mode="none",
+        volumes={str(REPO / "tests" / "contract"): {"bind": "/checks", "mode": "ro"}}, remove=True,
+        environment={"HOME": "/tmp"},
+    ).decode()  # fmt: skip
+    assert "OK" in out
+
+
+def test_a_study_mixing_engines_runs_each_in_its_image_and_compares(tmp_path: Path, tiny_llama: Path, vllm_image):
+    study = tmp_path / "mixed.yaml"
+    study.write_text(
+        f"""name: mixed
+model: {tiny_llama}
+max_input_tokens: 32
+max_output_tokens: 12
+dataset: {{source: builtin, n_prompts: 8}}
+decoder: {{do_sample: false}}
+warmup: {{n_warmup: 4}}
+experiments:
+  - engine: pytorch
+    pytorch: {{batch_size: 4}}
+  - engine: vllm
+    vllm: {{engine: {ENGINE}}}
+study_execution: {{n_cycles: 1}}
+"""
+    )
+    done = run_llem("run", str(study), "--image", f"vllm={vllm_image}", "--results-dir", str(tmp_path / "r"),
+                    timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (study_dir,) = (tmp_path / "r").iterdir()
+    manifest = json.loads((study_dir / "manifest.json").read_text())
+    assert {r["image"] for r in manifest["runs"]} == {"ghcr.io/llem-project/llem/pytorch:0.1.0", vllm_image}
+    results = results_of(study_dir)
+    assert {r["engine"] for r in results.values()} == {"pytorch", "vllm"}
+    # The same prompts, truncated the same way: both engines saw the same input tokens.
+    assert len({r["input_tokens"] for r in results.values()}) == 1
+    table = run_llem("results", str(study_dir), "--sort", "output_tokens_per_s")
+    assert table.returncode == 0 and "pytorch" in table.stdout and "vllm" in table.stdout
+    report = run_llem("report", str(study_dir))
+    assert report.returncode == 0
+    page = (study_dir / "report.html").read_text()
+    assert "pytorch" in page and "vllm" in page
+
+
+def test_compose_runs_the_vllm_cpu_service(tmp_path: Path, tiny_llama: Path, vllm_image, docker_client):
+    import os
+
+    from tests.docker.test_compose import compose_commands
+
+    results = tmp_path / "results"
+    results.mkdir()
+    env = {**os.environ, "LLEM_MODELS": str(tiny_llama.parent), "LLEM_RESULTS": str(results),
+           "LLEM_IMAGE_VLLM_CPU": vllm_image}  # fmt: skip
+    proc = subprocess.run(
+        [*compose_commands()[0], "-f", str(REPO / "compose.yaml"), "run", "--rm", "vllm-agent-cpu"],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    (run_dir,) = results.iterdir()
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["engine"] == "vllm" and result["output_tokens"] > 0
