@@ -145,6 +145,27 @@ WHEELHOUSE         ?= wheelhouse
 WHEELHOUSE_PYTHON  ?=
 WHEELHOUSE_EXCLUDE ?=
 
+# CUDA images without any container registry: torch's and vLLM's CUDA wheels from PyPI on the
+# local base (several GB each; not part of make test). The contract check runs inside each
+# (imports and argument names only: no GPU needed).
+CUDA_TORCH_SPEC ?= torch==2.14.1
+CUDA_VLLM_SPEC  ?= vllm==0.33.0
+
+.PHONY: images-cuda
+images-cuda: base-image ## Build llem/pytorch-cuda and llem/vllm-cuda from PyPI's CUDA wheels on the local base, contract-checked
+	@rm -rf images/.build/wheels images/.build/ca.crt && mkdir -p images/.build/wheels
+	@$(if $(CA_BUNDLE),cp $(CA_BUNDLE) images/.build/ca.crt)
+	DOCKER_BUILDKIT=0 $(DOCKER) build -f images/pytorch/Dockerfile -t llem/pytorch-cuda:$(VERSION) \
+		--build-arg BASE_IMAGE=$(LOCAL_BASE) --build-arg TORCH_SPEC=$(CUDA_TORCH_SPEC) --build-arg LLEM_VERSION=$(VERSION) images/
+	DOCKER_BUILDKIT=0 $(DOCKER) build -f images/vllm/Dockerfile -t llem/vllm-cuda:$(VERSION) \
+		--build-arg BASE_IMAGE=$(LOCAL_BASE) --build-arg VLLM_SPEC=$(CUDA_VLLM_SPEC) --build-arg VLLM_FLAVOUR=cuda \
+		--build-arg ENGINE_VERSION=$(word 2,$(subst ==, ,$(CUDA_VLLM_SPEC))) --build-arg LLEM_VERSION=$(VERSION) images/
+	@rm -rf images/.build/wheels images/.build/ca.crt
+	$(DOCKER) run --rm --network none -e HOME=/tmp --entrypoint python -v $(abspath tests/contract):/checks:ro \
+		llem/pytorch-cuda:$(VERSION) /checks/checks.py pytorch
+	$(DOCKER) run --rm --network none -e HOME=/tmp --entrypoint python -v $(abspath tests/contract):/checks:ro \
+		llem/vllm-cuda:$(VERSION) /checks/checks.py vllm
+
 .PHONY: wheelhouse
 wheelhouse: ## Write every wheel llem needs into WHEELHOUSE (pip install --no-index --find-links WHEELHOUSE llem)
 	@rm -rf $(WHEELHOUSE) && mkdir -p $(WHEELHOUSE)

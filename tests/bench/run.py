@@ -141,7 +141,7 @@ def sampler_cost(repetitions: int) -> list[float]:
 def image_sizes() -> list[tuple[str, int, int, int]]:
     """(image, total bytes, base bytes, bytes of llem's own layers) for each engine image here."""
     rows = []
-    for engine in ("pytorch", "vllm", "tensorrt"):
+    for engine in ("pytorch", "vllm", "vllm-cpu", "tensorrt", "pytorch-cuda", "vllm-cuda"):
         ref = f"llem/{engine}:0.1.0"
         proc = subprocess.run([DOCKER, "image", "inspect", ref, "--format", "{{.Size}}"], capture_output=True,
                               text=True, check=False)  # fmt: skip

@@ -324,3 +324,19 @@ def test_preflight_refuses_a_hugging_face_cache_the_agent_cannot_write(tmp_path:
         os.chmod(cache / "hub", 0o775)  # group root (the agent's group) may write now
     check_hf_cache_writable(cache, os.getuid(), "org/model")
     check_hf_cache_writable(tmp_path / "absent", os.getuid(), "org/model")  # llem creates it writable
+
+
+# --- 10. NVIDIA's entrypoint (CUDA forward compatibility) runs before the agent ----------
+
+
+def test_the_tensorrt_image_chains_through_nvidias_entrypoint():
+    import json as _json
+
+    from tests.conftest import REPO
+
+    lines = (REPO / "images" / "tensorrt" / "Dockerfile").read_text().splitlines()
+    (entrypoint,) = [line for line in lines if line.startswith("ENTRYPOINT")]
+    assert _json.loads(entrypoint.removeprefix("ENTRYPOINT").strip()) == [
+        "/opt/nvidia/nvidia_entrypoint.sh",
+        "llem-agent",
+    ]
