@@ -152,7 +152,8 @@ CUDA_TORCH_SPEC ?= torch==2.14.1
 CUDA_VLLM_SPEC  ?= vllm==0.33.0
 
 .PHONY: images-cuda
-images-cuda: base-image ## Build llem/pytorch-cuda and llem/vllm-cuda from PyPI's CUDA wheels on the local base, contract-checked
+images-cuda: base-image ## Build llem/pytorch-cuda and llem/vllm-cuda from PyPI's CUDA wheels on the local base; writes docs/images-cuda.md
+	@date +%s > images/.build/cuda-start
 	@rm -rf images/.build/wheels images/.build/ca.crt && mkdir -p images/.build/wheels
 	@$(if $(CA_BUNDLE),cp $(CA_BUNDLE) images/.build/ca.crt)
 	DOCKER_BUILDKIT=0 $(DOCKER) build -f images/pytorch/Dockerfile -t llem/pytorch-cuda:$(VERSION) \
@@ -161,10 +162,7 @@ images-cuda: base-image ## Build llem/pytorch-cuda and llem/vllm-cuda from PyPI'
 		--build-arg BASE_IMAGE=$(LOCAL_BASE) --build-arg VLLM_SPEC=$(CUDA_VLLM_SPEC) --build-arg VLLM_FLAVOUR=cuda \
 		--build-arg ENGINE_VERSION=$(word 2,$(subst ==, ,$(CUDA_VLLM_SPEC))) --build-arg LLEM_VERSION=$(VERSION) images/
 	@rm -rf images/.build/wheels images/.build/ca.crt
-	$(DOCKER) run --rm --network none -e HOME=/tmp --entrypoint python -v $(abspath tests/contract):/checks:ro \
-		llem/pytorch-cuda:$(VERSION) /checks/checks.py pytorch
-	$(DOCKER) run --rm --network none -e HOME=/tmp --entrypoint python -v $(abspath tests/contract):/checks:ro \
-		llem/vllm-cuda:$(VERSION) /checks/checks.py vllm
+	DOCKER=$(DOCKER) images/tools/images-cuda-report.sh $(VERSION) $$(( $$(date +%s) - $$(cat images/.build/cuda-start) ))
 
 .PHONY: wheelhouse
 wheelhouse: ## Write every wheel llem needs into WHEELHOUSE (pip install --no-index --find-links WHEELHOUSE llem)
