@@ -78,21 +78,27 @@ peft.save_pretrained(sys.argv[2])
 """
 
 
-@pytest.fixture(scope="session")
-def tiny_adapter(
-    docker_client: docker.DockerClient, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    """A random LoRA adapter for the tiny model, made with peft inside our image."""
+def made_adapter(model: Path, targets: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random LoRA adapter on ``targets`` of ``model``, made with peft inside our image."""
     out = tmp_path_factory.mktemp("adapters")
     out.chmod(0o777)
+    script = MAKE_ADAPTER.replace('["c_attn"]', repr(targets))
     subprocess.run(
         ["docker", "run", "--rm", "--network", "none", "-e", "HOME=/tmp", "--entrypoint", "python",
-         "-v", f"{tiny_model}:/model:ro", "-v", f"{out}:/out", IMAGE, "-c", MAKE_ADAPTER, "/model", "/out/lora"],
+         "-v", f"{model}:/model:ro", "-v", f"{out}:/out", IMAGE, "-c", script, "/model", "/out/lora"],
         check=True, capture_output=True,
     )  # fmt: skip
     for path in (out / "lora").iterdir():
         path.chmod(0o644)
     return out / "lora"
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(
+    docker_client: docker.DockerClient, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A random LoRA adapter for the tiny GPT-2."""
+    return made_adapter(tiny_model, ["c_attn"], tmp_path_factory)
 
 
 VLLM_IMAGE = f"llem/vllm-cpu:{__version__}"  # make images: vLLM's CPU build, the docker tier's only
@@ -117,15 +123,5 @@ def tiny_llama(docker_client: docker.DockerClient, tmp_path_factory: pytest.Temp
 def tiny_llama_adapter(
     docker_client: docker.DockerClient, tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    """A random LoRA adapter (q_proj, v_proj) for the tiny Llama, made with peft inside our image."""
-    out = tmp_path_factory.mktemp("llama-adapters")
-    out.chmod(0o777)
-    script = MAKE_ADAPTER.replace('["c_attn"]', '["q_proj", "v_proj"]')
-    subprocess.run(
-        ["docker", "run", "--rm", "--network", "none", "-e", "HOME=/tmp", "--entrypoint", "python",
-         "-v", f"{tiny_llama}:/model:ro", "-v", f"{out}:/out", IMAGE, "-c", script, "/model", "/out/lora"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    for path in (out / "lora").iterdir():
-        path.chmod(0o644)
-    return out / "lora"
+    """A random LoRA adapter (q_proj, v_proj) for the tiny Llama."""
+    return made_adapter(tiny_llama, ["q_proj", "v_proj"], tmp_path_factory)
