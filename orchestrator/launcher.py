@@ -52,6 +52,32 @@ class Liveness:
         return time.time() - last > self.stall_timeout_s
 
 
+def supervise(
+    exited: Callable[[float], bool],
+    kill: Callable[[], None],
+    timeout_s: float,
+    liveness: Liveness | None,
+    *,
+    start: float,
+    started_at: float,
+) -> tuple[bool, bool]:
+    """Wait for a run to end, whatever runs it: ``exited(seconds)`` waits at most that long and
+    says whether it ended. Kills it at ``timeout_s`` (monotonic, since ``start``) or when its
+    heartbeat goes stale (wall clock, since ``started_at``); polls progress in between.
+    Returns (timed_out, hung)."""
+    while True:
+        left = timeout_s - (time.monotonic() - start)
+        if exited(max(0.1, min(left, liveness.poll_s if liveness else left))):
+            return False, False
+        timed_out = time.monotonic() - start >= timeout_s
+        hung = not timed_out and liveness is not None and liveness.stale(started_at)
+        if timed_out or hung:
+            kill()
+            return timed_out, hung
+        if liveness is not None and liveness.on_poll is not None:
+            liveness.on_poll()
+
+
 class Launcher(Protocol):
     """Where one run executes: in a container (docker) or as a host process (local); faked in
     unit tests. Who schedules the runs is the study runner's business, not the launcher's."""
@@ -233,25 +259,23 @@ class DockerLauncher:
                     f"cannot give the container its GPUs ({message}); install the NVIDIA container toolkit"
                 ) from None
             raise EnvironmentProblem(f"cannot start container for {spec.name}: {message}") from None
-        timed_out = hung = False
         exit_code: int | None = None
         oom = False
+
+        def exited(seconds: float) -> bool:
+            nonlocal exit_code
+            try:
+                exit_code = int(container.wait(timeout=seconds).get("StatusCode", -1))
+            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+                return False
+            return True
+
+        def kill() -> None:
+            with contextlib.suppress(docker.errors.DockerException):
+                container.kill()
+
         try:
-            while True:
-                left = timeout_s - (time.monotonic() - start)
-                try:
-                    status = container.wait(timeout=max(0.1, min(left, liveness.poll_s if liveness else left)))
-                    exit_code = int(status.get("StatusCode", -1))
-                    break
-                except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
-                    timed_out = time.monotonic() - start >= timeout_s
-                    hung = not timed_out and liveness is not None and liveness.stale(started_at)
-                    if timed_out or hung:
-                        with contextlib.suppress(docker.errors.DockerException):
-                            container.kill()
-                        break
-                    if liveness is not None and liveness.on_poll is not None:
-                        liveness.on_poll()
+            timed_out, hung = supervise(exited, kill, timeout_s, liveness, start=start, started_at=started_at)
             with contextlib.suppress(docker.errors.DockerException):
                 container.reload()
                 oom = bool(container.attrs.get("State", {}).get("OOMKilled", False))

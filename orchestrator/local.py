@@ -23,9 +23,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from llem_agent.contract import CONTAINER_RUN_DIR
 from orchestrator.container import SECRET_ENV, ContainerSpec, Mount
 from orchestrator.errors import EnvironmentProblem
-from orchestrator.launcher import ContainerOutcome, Liveness
+from orchestrator.launcher import ContainerOutcome, Liveness, supervise
 
 # What must import for each engine's agent (in a child interpreter, never in the host).
 ENGINE_IMPORTS = {
@@ -98,7 +99,7 @@ class LocalLauncher:
     ) -> ContainerOutcome:
         """Run the agent to its exit, ``timeout_s``, or a stale heartbeat; it never outlives this call."""
         command = [self.python, "-m", "llem_agent", *(_translate(arg, spec.mounts) for arg in spec.command)]
-        run_dir = spec.mount_at("/llem/run")
+        run_dir = spec.mount_at(CONTAINER_RUN_DIR)
         start, started_at = time.monotonic(), time.time()
         with log_path.open("wb") as log:
             try:
@@ -114,21 +115,18 @@ class LocalLauncher:
                 )
             except OSError as exc:
                 raise EnvironmentProblem(f"cannot start the agent with {self.python}: {exc.strerror or exc}") from None
-            timed_out = hung = False
+
+            def exited(seconds: float) -> bool:
+                try:
+                    process.wait(timeout=seconds)
+                except subprocess.TimeoutExpired:
+                    return False
+                return True
+
             try:
-                while True:
-                    left = timeout_s - (time.monotonic() - start)
-                    try:
-                        process.wait(timeout=max(0.1, min(left, liveness.poll_s if liveness else left)))
-                        break
-                    except subprocess.TimeoutExpired:
-                        timed_out = time.monotonic() - start >= timeout_s
-                        hung = not timed_out and liveness is not None and liveness.stale(started_at)
-                        if timed_out or hung:
-                            _kill(process, grace_s=0.0)
-                            break
-                        if liveness is not None and liveness.on_poll is not None:
-                            liveness.on_poll()
+                timed_out, hung = supervise(
+                    exited, lambda: _kill(process, grace_s=0.0), timeout_s, liveness, start=start, started_at=started_at
+                )
             finally:
                 if process.poll() is None:  # Ctrl-C, or an error in this loop: never leave it running
                     _kill(process, grace_s=_GRACE_S)
