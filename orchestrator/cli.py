@@ -137,7 +137,7 @@ def runner_options(args: argparse.Namespace, study: Study, user: UserConfig) -> 
 
 
 def _load_plan(args: argparse.Namespace) -> tuple[Study, Plan]:
-    """The study and its plan, within the size limits, its local models checked (dry run or not)."""
+    """The study and its plan, within the size limits (a dry run also checks its models and prompt files)."""
     for flag, value in (("--max-experiments", args.max_experiments), ("--max-runs", args.max_runs)):
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
@@ -150,12 +150,13 @@ def _load_plan(args: argparse.Namespace) -> tuple[Study, Plan]:
             "(--max-runs raises it if you mean it)"
         )
     plan = make_plan(study, n_cycles=args.cycles, order=args.order)
-    from orchestrator.datasets import resolve_dataset
-    from orchestrator.models import resolve_model_dir
+    if args.dry_run:  # a real run's preflight checks these too; a dry run must not plan what cannot run
+        from orchestrator.datasets import resolve_dataset
+        from orchestrator.models import resolve_model_dir
 
-    for exp in study.experiments:  # a model that is no model, a prompt file that is none: found out now
-        resolve_model_dir(exp.config.model, study.path.parent)
-        resolve_dataset(exp.config, study.path.parent)
+        for exp in study.experiments:
+            resolve_model_dir(exp.config.model, study.path.parent)
+            resolve_dataset(exp.config, study.path.parent)
     return study, plan
 
 

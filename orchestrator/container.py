@@ -16,6 +16,7 @@ from llem_agent.contract import (
     CONTAINER_RUN_DIR,
     CONTAINER_TRT_ENGINE_DIR,
     EXPERIMENT_FILE,
+    RAW_TRACE_ENV,
 )
 
 LABEL_MANAGED = "llem.managed"
@@ -25,8 +26,8 @@ LABEL_HOST_PID = "llem.host_pid"
 LABEL_HOST = "llem.host"
 LABEL_STUDY_DIR = "llem.study_dir"
 # LLEM_FAULT_INJECTION is the fault tests' switch; it does nothing unless a test sets it.
-# LLEM_NVML_TRACE makes the agent keep the window's raw NVML readings (make gpu-check).
-PASSTHROUGH_ENV = ("LLEM_FAULT_INJECTION", "LLEM_NVML_TRACE")
+# RAW_TRACE_ENV makes the agent keep the window's raw NVML readings (make gpu-check).
+PASSTHROUGH_ENV = ("LLEM_FAULT_INJECTION", RAW_TRACE_ENV)
 # HF_TOKEN never enters a container's environment (where `docker inspect` shows it): a run that
 # may download from the hub gets it as a read-only file, which huggingface_hub reads through
 # HF_TOKEN_PATH; a run with a local model gets nothing.

@@ -9,6 +9,7 @@ prompts than ``n_prompts``.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -37,10 +38,11 @@ def resolve_dataset(config: ExperimentConfig, base_dir: Path) -> Path | None:
         raise ConfigError(f"dataset.source '{source}' is neither a .jsonl file nor one of {known}")
     if not path.is_file():
         raise ConfigError(f"dataset file not found: {path}")
-    size = path.stat().st_size
+    info = path.stat()
+    size = info.st_size
     if size > MAX_DATASET_BYTES:
         raise ConfigError(f"dataset file {path} is {size / 2**30:.1f} GiB; llem reads at most 1 GiB of prompts")
-    count = _count_prompts(path)
+    count = _count_prompts(path.resolve(), size, info.st_mtime_ns)  # once per file, not per experiment
     if count < config.dataset.n_prompts:
         raise ConfigError(
             f"dataset file {path} has {count} prompts but dataset.n_prompts is {config.dataset.n_prompts}"
@@ -48,7 +50,9 @@ def resolve_dataset(config: ExperimentConfig, base_dir: Path) -> Path | None:
     return path.resolve()
 
 
-def _count_prompts(path: Path) -> int:
+@functools.lru_cache(maxsize=32)
+def _count_prompts(path: Path, size: int, mtime_ns: int) -> int:
+    """Prompts in ``path``, each line checked; cached by the file's size and mtime."""
     count = 0
     with path.open("rb") as handle:
         for number, raw in enumerate(iter(lambda: handle.readline(MAX_PROMPT_LINE_BYTES + 1), b""), start=1):

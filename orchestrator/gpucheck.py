@@ -28,12 +28,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from llem_agent.contract import ExperimentResult
+from llem_agent.contract import RAW_TRACE_ENV, RAW_TRACE_FILE, ExperimentResult
 from orchestrator import __version__
 from orchestrator.errors import EXIT_ENVIRONMENT, EXIT_OK, EXIT_RUNS_FAILED
 
 REPO = Path(__file__).resolve().parents[1]
-RAW_TRACE_FILE = "nvml-trace.json"  # llem_agent.main writes it when LLEM_NVML_TRACE is set
 COUNTER_TRACE_TARGET = 0.02
 HARNESS_TARGET = 0.99
 MIN_WINDOW_S = 10.0
@@ -385,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     _say(f"validation study {study} through the local runner")
     from orchestrator.cli import main as llem
 
-    os.environ["LLEM_NVML_TRACE"] = "1"
+    os.environ[RAW_TRACE_ENV] = "1"
     code = llem(["run", str(study), "--runner", "local", "--results-dir", str(work / "results")])
     if code not in (EXIT_OK, EXIT_RUNS_FAILED):
         print(f"gpu-check: the validation study did not run (llem exited {code})", file=sys.stderr)

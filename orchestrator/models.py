@@ -16,6 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from llem_agent.contract import ExperimentConfig
+from orchestrator.container import NONROOT
 from orchestrator.errors import ConfigError
 
 _DTYPE_BYTES = {"float32": 4.0, "float16": 2.0, "bfloat16": 2.0}
@@ -76,7 +77,6 @@ def resolve_trt_engine_dir(config: ExperimentConfig, base_dir: Path) -> Path | N
     return path.resolve()
 
 
-_AGENT_UID = 65532  # orchestrator.container.NONROOT: the agent's uid when llem runs as root
 _SYSTEM_DIRS = frozenset(Path(p) for p in ("/", "/etc", "/usr", "/var", "/bin", "/lib", "/opt", "/root", "/home"))
 
 
@@ -93,11 +93,11 @@ def check_hf_cache_writable(hf_home: Path, host_uid: int, model: str) -> None:
         mode = stat.S_IMODE(info.st_mode)
         if host_uid == 0:
             writable = (
-                (info.st_uid == _AGENT_UID and mode & stat.S_IWUSR)
+                (info.st_uid == int(NONROOT) and mode & stat.S_IWUSR)
                 or (info.st_gid == 0 and mode & stat.S_IWGRP)
                 or mode & stat.S_IWOTH
             )
-            who = "llem's agent (uid 65532, group root)"
+            who = f"llem's agent (uid {NONROOT}, group root)"
         else:
             writable = os.access(path, os.W_OK | os.X_OK)
             who = f"you (uid {host_uid})"

@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -175,12 +175,9 @@ def collect(run_dir: Path, run_id: str, outcome: ContainerOutcome) -> tuple[Expe
     if outcome.oom_killed:
         return None, RunFailure(kind="oom", message="the container was killed for exceeding its memory limit")
     if result_path.exists() and outcome.exit_code == 0:
-        try:
-            result = ExperimentResult.model_validate_json(result_path.read_text(encoding="utf-8"))
-        except (ValidationError, ValueError) as exc:
-            return None, RunFailure(kind="corrupt_result", message=f"{RESULT_FILE} is not a valid result: {exc}")
-        if result.run_id != run_id:
-            return None, RunFailure(kind="corrupt_result", message=f"{RESULT_FILE} belongs to run {result.run_id}")
+        result, problem = read_result(run_dir, run_id)
+        if problem is not None:
+            return None, RunFailure(kind="corrupt_result", message=problem)
         return result, None
     if error_path.exists():
         try:
@@ -196,27 +193,25 @@ def collect(run_dir: Path, run_id: str, outcome: ContainerOutcome) -> tuple[Expe
     return None, RunFailure(kind="no_result", message=f"container exited {outcome.exit_code} without {RESULT_FILE}")
 
 
-def may_download(
-    config: ExperimentConfig, model_dirs: dict[int, Path | None], adapter_dirs: dict[int, Path | None], index: int
-) -> bool:
+def may_download(config: ExperimentConfig, model_dir: Path | None, adapter_dir: Path | None) -> bool:
     """Whether this run may fetch from the Hugging Face hub: a hub model, adapter or prompt set."""
-    hub_model = model_dirs.get(index) is None
-    hub_adapter = config.lora is not None and config.lora.adapter_id is not None and adapter_dirs.get(index) is None
-    return hub_model or hub_adapter or config.dataset.source in HUB_PROMPT_SETS
+    hub_adapter = config.lora is not None and config.lora.adapter_id is not None and adapter_dir is None
+    return model_dir is None or hub_adapter or config.dataset.source in HUB_PROMPT_SETS
 
 
-def result_problem(run_dir: Path, run_id: str) -> str | None:
-    """Why a run recorded as completed has no usable result (missing, damaged, another run's)."""
+def read_result(run_dir: Path, run_id: str) -> tuple[ExperimentResult | None, str | None]:
+    """A run's result.json, or why there is no usable one (missing, not a valid result, another
+    run's): the one reader for collecting a run, resuming a study and reporting outcomes."""
     path = run_dir / RESULT_FILE
     try:
         result = ExperimentResult.model_validate_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return f"{RESULT_FILE} is missing"
+        return None, f"{RESULT_FILE} is missing"
     except (OSError, ValueError) as exc:
-        return f"{RESULT_FILE} is unreadable ({str(exc).splitlines()[0][:120]})"
+        return None, f"{RESULT_FILE} is not a valid result: {exc}"
     if result.run_id != run_id:
-        return f"{RESULT_FILE} belongs to run {result.run_id}"
-    return None
+        return None, f"{RESULT_FILE} belongs to run {result.run_id}"
+    return result, None
 
 
 def _tree_bytes(path: Path) -> int:
@@ -476,9 +471,10 @@ class StudyRunner:
             )
         for entry in manifest.runs:  # a completed run whose result is gone or damaged runs again
             problem = (
-                result_problem(study_dir / "runs" / entry.run_id, entry.run_id) if entry.status == "completed" else None
+                read_result(study_dir / "runs" / entry.run_id, entry.run_id)[1] if entry.status == "completed" else None
             )
             if problem is not None:
+                problem = problem.splitlines()[0][:160]
                 entry.status = "failed"
                 entry.failure = RunFailure(kind="lost_result", message=f"{problem} when the study was resumed")
                 manifest.history.append(
@@ -572,27 +568,31 @@ class StudyRunner:
         assert self._store is not None and self.study_dir is not None
         entry = self._store.manifest.run(run.run_id)
         result = None
-        if entry.status == "completed":
-            path = self.study_dir / "runs" / run.run_id / RESULT_FILE
-            with contextlib.suppress(OSError, ValueError):  # damaged since: the next --resume runs it again
-                result = ExperimentResult.model_validate_json(path.read_text(encoding="utf-8"))
+        if entry.status == "completed":  # damaged since: no result here, and the next --resume runs it again
+            result = read_result(self.study_dir / "runs" / run.run_id, run.run_id)[0]
         return RunOutcome(run=run, entry=entry, result=result)
 
     @staticmethod
-    def _token_file(index: int) -> Path | None:
-        """HF_TOKEN as a file only the agent may read (mounted read-only), or None without a token."""
+    @contextlib.contextmanager
+    def _token_file(wanted: bool) -> Iterator[Path | None]:
+        """HF_TOKEN as a file only the agent may read (mounted read-only), removed on exit; None
+        when the run cannot download or there is no token."""
         token = os.environ.get(SECRET_ENV)
-        if not token:
-            return None
+        if not wanted or not token:
+            yield None
+            return
         folder = Path(tempfile.mkdtemp(prefix="llem-secret-"))
-        path = folder / "hf_token"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(token)
-        if os.getuid() == 0:  # the unprivileged agent reads it through the root group
-            os.chmod(folder, 0o750)
-            os.chmod(path, 0o640)
-        return path
+        try:
+            path = folder / "hf_token"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(token)
+            if os.getuid() == 0:  # the unprivileged agent reads it through the root group
+                os.chmod(folder, 0o750)
+                os.chmod(path, 0o640)
+            yield path
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def completed_count(self) -> int:
         """Runs of this study already completed (a resumed study starts from these)."""
@@ -620,85 +620,85 @@ class StudyRunner:
             os.chmod(run_dir, 0o2775)  # the unprivileged agent writes here through the root group
         gpus = assign_devices(config, list(self.options.gpu_indices))
         uuids = tuple(self.options.gpu_uuids[g] for g in gpus if g in self.options.gpu_uuids)
-        secret = self._token_file(run.experiment.index) if may_download(config, self._model_dirs, self._adapter_dirs,
-                                                                        run.experiment.index) else None  # fmt: skip
         model_dir = self._model_dirs.get(run.experiment.index)
-        engine_cache = self.options.engine_cache if config.engine == "tensorrt" else None
-        launcher = self.launcher_for(config.engine)
-        spec = build_spec(
-            image=image_for(config.engine, self.options.images),
-            study_id=self.study_dir.name,
-            run_id=run.run_id,
-            run_dir=run_dir.resolve(),
-            hf_home=self.options.hf_home,
-            model_dir=model_dir,
-            gpu_indices=gpus,
-            host_uid=os.getuid(),
-            host_gid=os.getgid(),
-            host_pid=os.getpid(),
-            memory_limit=self.options.container_memory,
-            baseline_cache=self.options.baseline_cache,
-            adapter_dir=self._adapter_dirs.get(run.experiment.index),
-            engine_cache=engine_cache,
-            engine=config.engine,
-            gpu_uuids=uuids,
-            prebuilt_engine=self._engine_dirs.get(run.experiment.index),
-            dataset_file=self._datasets.get(run.experiment.index),
-            token_file=secret,
-            pids_limit=self.options.pids_limit,
-        )
+        adapter_dir = self._adapter_dirs.get(run.experiment.index)
+        # The token file lives exactly as long as this run: removed however the run ends (a lock
+        # refused, Ctrl-C while queued, a failed start).
+        with self._token_file(may_download(config, model_dir, adapter_dir)) as secret:
+            engine_cache = self.options.engine_cache if config.engine == "tensorrt" else None
+            launcher = self.launcher_for(config.engine)
+            spec = build_spec(
+                image=image_for(config.engine, self.options.images),
+                study_id=self.study_dir.name,
+                run_id=run.run_id,
+                run_dir=run_dir.resolve(),
+                hf_home=self.options.hf_home,
+                model_dir=model_dir,
+                gpu_indices=gpus,
+                host_uid=os.getuid(),
+                host_gid=os.getgid(),
+                host_pid=os.getpid(),
+                memory_limit=self.options.container_memory,
+                baseline_cache=self.options.baseline_cache,
+                adapter_dir=adapter_dir,
+                engine_cache=engine_cache,
+                engine=config.engine,
+                gpu_uuids=uuids,
+                prebuilt_engine=self._engine_dirs.get(run.experiment.index),
+                dataset_file=self._datasets.get(run.experiment.index),
+                token_file=secret,
+                pids_limit=self.options.pids_limit,
+            )
 
-        def seen(target: str) -> str | None:  # where the agent sees a mount: in its container, or on the host
-            mount = spec.mount_at(target)
-            return launcher.agent_path(mount) if mount is not None else None
+            def seen(target: str) -> str | None:  # where the agent sees a mount: in its container, or on the host
+                mount = spec.mount_at(target)
+                return launcher.agent_path(mount) if mount is not None else None
 
-        request = RunRequest(
-            run_id=run.run_id,
-            study_name=self.plan.study.name,
-            cycle=run.cycle,
-            config_hash=run.experiment.config_hash,
-            config=config,
-            model_path=seen(CONTAINER_MODEL_DIR),
-            adapter_path=seen(CONTAINER_ADAPTER_DIR),
-            engine_cache_dir=seen(CONTAINER_ENGINE_CACHE),
-            engine_path=seen(CONTAINER_TRT_ENGINE_DIR),
-            dataset_path=seen(dataset_target(dataset))
-            if (dataset := self._datasets.get(run.experiment.index))
-            else None,
-            gpus=[str(g) for g in gpus],
-            gpu_uuids=list(uuids) if len(uuids) == len(gpus) else None,
-            baseline_cache_dir=seen(CONTAINER_BASELINE_DIR),
-            sample_interval_s=self.options.sample_interval_s,
-            runner="local" if launcher.kind == "local" else "docker",
-        )
-        write_atomic(run_dir / EXPERIMENT_FILE, request.model_dump_json(indent=2))
-        lock_dir = self.options.lock_dir
-        locks = DeviceLocks(lock_names(gpus) if lock_dir else [], lock_dir or Path("."))
-        if not locks.acquire(self.options.lock_wait_s, on_wait=self.events.waiting_for_devices):
-            raise EnvironmentProblem(
-                f"devices {locks.names} are locked by another study (lock files in {lock_dir}); "
-                "wait for it, or run without --no-wait to queue behind it"
+            request = RunRequest(
+                run_id=run.run_id,
+                study_name=self.plan.study.name,
+                cycle=run.cycle,
+                config_hash=run.experiment.config_hash,
+                config=config,
+                model_path=seen(CONTAINER_MODEL_DIR),
+                adapter_path=seen(CONTAINER_ADAPTER_DIR),
+                engine_cache_dir=seen(CONTAINER_ENGINE_CACHE),
+                engine_path=seen(CONTAINER_TRT_ENGINE_DIR),
+                dataset_path=seen(dataset_target(dataset))
+                if (dataset := self._datasets.get(run.experiment.index))
+                else None,
+                gpus=[str(g) for g in gpus],
+                gpu_uuids=list(uuids) if len(uuids) == len(gpus) else None,
+                baseline_cache_dir=seen(CONTAINER_BASELINE_DIR),
+                sample_interval_s=self.options.sample_interval_s,
+                runner="local" if launcher.kind == "local" else "docker",
             )
-        with locks:
-            self._store.update_run(
-                run.run_id,
-                status="running",
-                started_at=utc_now(),
-                finished_at=None,
-                failure=None,
-                attempts=attempt,
-                devices=[f"gpu{g}" for g in gpus] or ["cpu"],
-            )
-            timeout = (
-                self.options.run_timeout_s if remaining_s is None else min(self.options.run_timeout_s, remaining_s)
-            )
-            watch = PhaseWatch(run, run_dir / HEARTBEAT_FILE, self._download_dir(config.model, model_dir), self.events)
-            liveness = Liveness(run_dir / HEARTBEAT_FILE, self.options.stall_timeout_s, on_poll=watch.poll)
-            try:
+            write_atomic(run_dir / EXPERIMENT_FILE, request.model_dump_json(indent=2))
+            lock_dir = self.options.lock_dir
+            locks = DeviceLocks(lock_names(gpus) if lock_dir else [], lock_dir or Path("."))
+            if not locks.acquire(self.options.lock_wait_s, on_wait=self.events.waiting_for_devices):
+                raise EnvironmentProblem(
+                    f"devices {locks.names} are locked by another study (lock files in {lock_dir}); "
+                    "wait for it, or run without --no-wait to queue behind it"
+                )
+            with locks:
+                self._store.update_run(
+                    run.run_id,
+                    status="running",
+                    started_at=utc_now(),
+                    finished_at=None,
+                    failure=None,
+                    attempts=attempt,
+                    devices=[f"gpu{g}" for g in gpus] or ["cpu"],
+                )
+                timeout = (
+                    self.options.run_timeout_s if remaining_s is None else min(self.options.run_timeout_s, remaining_s)
+                )
+                watch = PhaseWatch(
+                    run, run_dir / HEARTBEAT_FILE, self._download_dir(config.model, model_dir), self.events
+                )
+                liveness = Liveness(run_dir / HEARTBEAT_FILE, self.options.stall_timeout_s, on_poll=watch.poll)
                 outcome = launcher.run(spec, max(timeout, 1.0), run_dir / CONTAINER_LOG, liveness)
-            finally:
-                if secret is not None:
-                    shutil.rmtree(secret.parent, ignore_errors=True)
         result, failure = collect(run_dir, run.run_id, outcome)
         entry = self._store.update_run(
             run.run_id,

@@ -236,10 +236,8 @@ def load_user_config() -> UserConfig:
         put(f"images.{engine}", DEFAULT_IMAGE.format(engine=engine), file_images.get(engine), env, os.environ.get(env))
     for engine in ENGINES:
         env = f"LLEM_RUNNER_{engine.upper()}"
-        raw = os.environ.get(env) or None
-        if raw is not None:
-            parse_runner(raw, env)  # a bad value is a one-line error here, not mid-study
-        put(f"runners.{engine}", None, file_runners.get(engine), env, raw and parse_runner(raw, env)[0])
+        raw = os.environ.get(env)  # a bad value is a one-line error here, not mid-study
+        put(f"runners.{engine}", None, file_runners.get(engine), env, parse_runner(raw, env)[0] if raw else None)
     m = cfg.measurement
     put("measurement.datacenter_pue", 1.0, m.datacenter_pue, "LLEM_DATACENTER_PUE",
         _env_float("LLEM_DATACENTER_PUE", 1.0, 10.0))  # fmt: skip

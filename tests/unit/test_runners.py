@@ -101,3 +101,29 @@ def test_the_hf_token_reaches_only_runs_that_may_download_and_is_removed_after(t
     token, path = seen["e002-c1"]  # type: ignore[misc]
     assert token == "hf_planted" and not path.exists()  # removed with its directory after the run
     assert all("hf_planted" not in p.read_text(errors="replace") for p in study_dir.rglob("*") if p.is_file())
+
+
+def test_the_token_file_is_removed_when_the_run_never_starts(tmp_path: Path, monkeypatch):
+    """A device lock refused while the run waits: the secret written for it must not stay behind."""
+    import tempfile
+
+    from orchestrator.errors import EnvironmentProblem
+    from orchestrator.locks import DeviceLocks
+
+    monkeypatch.setenv("HF_TOKEN", "hf_planted")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    study = tmp_path / "s.yaml"
+    study.write_text("name: t\nmodel: org/hub-model\ndataset: {source: builtin, n_prompts: 1}\n")
+    runner = make_runner(tmp_path, study, FakeLauncher())
+    runner.options = dataclasses.replace(runner.options, hf_home=tmp_path / "hf", lock_wait_s=0.05)
+    runner.preflight()
+    runner.prepare()
+    held = DeviceLocks(["cpu"], tmp_path / "locks")
+    assert held.try_acquire()
+    try:
+        with pytest.raises(EnvironmentProblem, match="locked by another study"):
+            runner.execute()
+    finally:
+        held.release()
+    assert list((tmp_path / "tmp").iterdir()) == []

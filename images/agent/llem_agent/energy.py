@@ -324,10 +324,6 @@ class EnergyMeter:
         assert self._backend is not None
         return self._backend.device_uuids()
 
-    def visible_gpu_uuids(self) -> list[str] | None:
-        """UUIDs of the GPUs NVML sees here; None when NVML is not in use."""
-        return self._backend.device_uuids() if self._backend is not None else None
-
     def _idle_samples(self, duration_s: float, sleep: Callable[[float], None]) -> list[Sample]:
         assert self._backend is not None
         sampler = Sampler(self._backend, self.interval_s, self._clock)

@@ -24,6 +24,8 @@ from llem_agent.contract import (
     CONTAINER_RUN_DIR,
     ERROR_FILE,
     HEARTBEAT_FILE,
+    RAW_TRACE_ENV,
+    RAW_TRACE_FILE,
     RESULT_FILE,
     TELEMETRY_FILE,
     ExperimentConfig,
@@ -38,8 +40,6 @@ from llem_agent.heartbeat import Heartbeat
 from llem_agent.measure import run_measurement
 
 EXIT_FAILED = 1
-RAW_TRACE_ENV = "LLEM_NVML_TRACE"  # set: also write the window's raw NVML readings
-RAW_TRACE_FILE = "nvml-trace.json"
 EXIT_TERMINATED = 143
 
 

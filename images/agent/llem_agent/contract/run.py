@@ -29,6 +29,8 @@ RESULT_FILE = "result.json"
 ERROR_FILE = "error.json"
 HEARTBEAT_FILE = "heartbeat"  # the agent keeps it fresh; the host reads its age for liveness
 TELEMETRY_FILE = "timeseries.parquet"  # 1 Hz GPU telemetry of the measured window
+RAW_TRACE_ENV = "LLEM_NVML_TRACE"  # set: the agent also writes the window's raw NVML readings
+RAW_TRACE_FILE = "nvml-trace.json"  # ... here (a replay fixture; make gpu-check keeps one)
 
 
 class RunRequest(BaseModel):
