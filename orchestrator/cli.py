@@ -199,7 +199,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         err.print(f"[yellow]skipping[/] grid point {skipped.index + 1}: {skipped.reason}")
     engines = {e.config.engine for e in study.experiments}
     choices = resolve_runners(engines, study=study.runners, cli=args.runner, user=user.runners())
-    docker = DockerLauncher()  # connects on first use: a study run entirely by the local runner needs no Docker
+    # Connects on first use: a study run entirely by the local runner needs no Docker.
+    docker = DockerLauncher(contract_cache=baseline_cache_dir().parent / "contracts")
     launchers: dict[str, Launcher] = {
         engine: LocalLauncher(engine) if choice.kind == "local" else docker for engine, choice in choices.items()
     }

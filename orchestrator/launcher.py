@@ -18,7 +18,7 @@ import docker.errors
 import requests.exceptions
 from docker.models.containers import Container
 
-from llem_agent.contract import CONTRACT_FINGERPRINT_PATH, contract_fingerprint
+from llem_agent.contract import CONTRACT_FINGERPRINT_PATH, contract_fingerprint, write_atomic
 from orchestrator import __version__
 from orchestrator.container import LABEL_HOST, LABEL_HOST_PID, LABEL_MANAGED, ContainerSpec, Mount
 from orchestrator.errors import EnvironmentProblem
@@ -164,9 +164,14 @@ class DockerLauncher:
 
     kind = "docker"
 
-    def __init__(self, client_factory: Callable[[], docker.DockerClient] = _docker_client) -> None:
+    def __init__(
+        self, client_factory: Callable[[], docker.DockerClient] = _docker_client, contract_cache: Path | None = None
+    ) -> None:
         self._factory = client_factory
         self._client: docker.DockerClient | None = None
+        # Reading an image's fingerprint means creating a container (~0.3 s); an image id names
+        # its content, so the answer for an id never changes and is kept here, one file per id.
+        self._contract_cache = contract_cache
 
     def agent_path(self, mount: Mount) -> str:
         return mount.target
@@ -188,7 +193,7 @@ class DockerLauncher:
     def image_problem(self, image: str) -> str | None:
         """Why ``image`` cannot run llem's experiments, with the fix; None when it can."""
         try:
-            self.client.images.get(image)
+            image_id = self.client.images.get(image).id
         except docker.errors.ImageNotFound:
             return (
                 f"image {image} not found; pull it (docker pull {image}) or build it "
@@ -196,7 +201,7 @@ class DockerLauncher:
             )
         except docker.errors.DockerException as exc:
             return f"cannot inspect image {image}: {_first_line(exc)}"
-        theirs, ours = self.image_contract(image), contract_fingerprint()
+        theirs, ours = self.image_contract(image, image_id), contract_fingerprint()
         if theirs is None:
             return f"image {image} has no llem contract fingerprint (not an llem {__version__} agent image); rebuild it"
         if theirs != ours:
@@ -206,8 +211,21 @@ class DockerLauncher:
             )
         return None
 
-    def image_contract(self, image: str) -> str | None:
-        """The fingerprint stored in the image at build time, read without starting it."""
+    def image_contract(self, image: str, image_id: str | None = None) -> str | None:
+        """The fingerprint stored in the image at build time, read without starting it
+        (from the cache when ``image_id`` has been read before)."""
+        cached = self._contract_cache / image_id.replace(":", "-") if self._contract_cache and image_id else None
+        if cached is not None:
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                return cached.read_text(encoding="utf-8").strip() or None
+        fingerprint = self._read_contract(image)
+        if cached is not None and fingerprint is not None:
+            with contextlib.suppress(OSError):  # a cache that cannot be written only costs time
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(cached, fingerprint + "\n")
+        return fingerprint
+
+    def _read_contract(self, image: str) -> str | None:
         try:
             container = self.client.containers.create(
                 image, command=["true"], labels={LABEL_MANAGED: "true", LABEL_HOST_PID: str(os.getpid()),

@@ -130,6 +130,8 @@ class LocalLauncher:
             finally:
                 if process.poll() is None:  # Ctrl-C, or an error in this loop: never leave it running
                     _kill(process, grace_s=_GRACE_S)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(process.pid, signal.SIGKILL)  # what the agent started (vLLM's engine core) ends with it
         code = process.returncode
         exit_code = _SIGNAL_BASE - code if code is not None and code < 0 else code
         return ContainerOutcome(exit_code, timed_out, False, time.monotonic() - start, hung)

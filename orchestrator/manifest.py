@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from llem_agent.contract import write_atomic
+from orchestrator.claims import MANIFEST_LOCK, FileMutex
 from orchestrator.errors import EnvironmentProblem
 
 MANIFEST_FILE = "manifest.json"
@@ -89,11 +91,17 @@ class Manifest(BaseModel):
 
 
 class ManifestStore:
-    """Owns one study's manifest; every mutation is persisted before it returns."""
+    """One study's manifest; every mutation is persisted before it returns.
+
+    Several processes may run one study (parallel runs, Slurm array tasks, Kubernetes pods):
+    each change is a read-modify-write of the file under a lock file that works on NFS, so
+    no worker's update is lost to another's.
+    """
 
     def __init__(self, study_dir: Path, manifest: Manifest) -> None:
         self.path = study_dir / MANIFEST_FILE
         self.manifest = manifest
+        self._mutex = FileMutex(study_dir / MANIFEST_LOCK)
 
     def save(self) -> None:
         self.manifest.updated_at = utc_now()
@@ -102,18 +110,45 @@ class ManifestStore:
         except OSError as exc:
             raise EnvironmentProblem(f"cannot write {self.path}: {exc.strerror or exc}") from None
 
+    def publish(self) -> None:
+        """Write this manifest as it is in memory (a new or resumed study, before any worker)."""
+        with self._locked():
+            self.save()
+
+    def refresh(self) -> Manifest:
+        """The manifest as the other workers left it."""
+        with self._locked():
+            self._reload()
+        return self.manifest
+
     def update_run(self, run_id: str, **changes: object) -> RunEntry:
-        entry = self.manifest.run(run_id)
-        for key, value in changes.items():
-            setattr(entry, key, value)
-        self.save()
+        with self._locked():
+            self._reload()
+            entry = self.manifest.run(run_id)
+            for key, value in changes.items():
+                setattr(entry, key, value)
+            self.save()
         return entry
 
     def set_status(self, status: StudyStatus) -> None:
         """Set the study's status; every earlier status stays in ``history``."""
-        self.manifest.status = status
-        self.manifest.history.append({"status": status, "at": utc_now()})
-        self.save()
+        with self._locked():
+            self._reload()
+            self.manifest.status = status
+            self.manifest.history.append({"status": status, "at": utc_now()})
+            self.save()
+
+    def _reload(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.manifest = self.load(self.path.parent)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        try:
+            with self._mutex:
+                yield
+        except (TimeoutError, PermissionError) as exc:
+            raise EnvironmentProblem(f"cannot lock {self.path}: {exc}") from None
 
     @staticmethod
     def load(study_dir: Path) -> Manifest:

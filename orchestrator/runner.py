@@ -412,6 +412,7 @@ class StudyRunner:
         self._study_lock = lock
         self._store = ManifestStore(study_dir, manifest)
         self.study_dir = study_dir
+        self._store.publish()
         self._store.set_status("running")
         return study_dir
 

@@ -1,5 +1,3 @@
-import sys
+from llem_agent.main import run
 
-from llem_agent.main import main
-
-sys.exit(main())
+run()
