@@ -131,8 +131,15 @@ test-unit: install ## Unit tests only (no Docker, no GPU, no browser)
 	$(VENV)/bin/pytest -m "not docker and not gpu and not browser" -q
 
 .PHONY: test
-test: install lint typecheck images tiny-model browser host-engine ## Everything CI runs: lint, types, unit, browser and docker-tier tests
-	$(VENV)/bin/pytest -q
+test: install lint typecheck images tiny-model browser host-engine slurm-node ## Everything CI runs: lint, types, unit, browser and docker-tier tests
+	SLURM_CONF=$(SLURM_BASE)/slurm.conf $(VENV)/bin/pytest -q
+
+# The docker tier's Slurm tests run job arrays on a one-node Slurm (Debian's slurm-wlm and
+# munge, started as root without systemd). Test-only: llem never starts Slurm for its users.
+SLURM_BASE ?= /tmp/llem-slurm
+.PHONY: slurm-node
+slurm-node: ## Install and start a one-node Slurm for the tests (root; idempotent)
+	@LLEM_SLURM_BASE=$(SLURM_BASE) tests/tools/ensure-slurm.sh
 
 .PHONY: bench
 bench: install images tiny-model ## Benchmarks (overhead vs optimum-benchmark, harness overhead); writes docs/benchmarks.md

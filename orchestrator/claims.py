@@ -26,9 +26,26 @@ DEFAULT_STALE_AFTER_S = 300.0  # a worker refreshes its claims every stale_after
 
 
 def owner_token(worker: str | None = None) -> str:
-    """Unique per claim: who holds it (host, pid, worker name) and a random part."""
-    who = worker or f"{socket.gethostname()}:{os.getpid()}"
-    return f"{who}:{uuid.uuid4().hex[:12]}"
+    """Unique per claim: the worker's name, its host and pid, and a random part."""
+    return f"{worker or 'llem'}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+def owner_dead(token: str | None) -> bool:
+    """The owner was a process of this host that is gone (killed -9, say): no need to wait
+    for its claim to go stale. Owners on other hosts are judged by staleness alone."""
+    if not token or "@" not in token:
+        return False
+    host, _, rest = token.rpartition("@")[2].partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def create_exclusive(path: Path, content: str) -> bool:
@@ -53,9 +70,10 @@ def age_s(path: Path) -> float | None:
 
 
 def break_if_stale(path: Path, stale_after_s: float) -> bool:
-    """Remove ``path`` when it has not been refreshed for ``stale_after_s``; True when this call did."""
+    """Remove ``path`` when it has not been refreshed for ``stale_after_s`` or its owner died on
+    this host; True when this call did."""
     age = age_s(path)
-    if age is None or age < stale_after_s:
+    if age is None or (age < stale_after_s and not owner_dead(read_owner(path))):
         return False
     broken = path.with_name(f"{path.name}.broken-{uuid.uuid4().hex[:8]}")
     try:
@@ -116,9 +134,9 @@ class ClaimBoard:
         return None
 
     def live(self, run_id: str) -> bool:
-        """A worker holds ``run_id`` and has refreshed its claim recently."""
+        """A worker holds ``run_id``, has refreshed its claim recently and is not known dead."""
         age = age_s(self.path(run_id))
-        return age is not None and age < self.stale_after_s
+        return age is not None and age < self.stale_after_s and not owner_dead(read_owner(self.path(run_id)))
 
     @contextlib.contextmanager
     def keep_alive(self, claim: Claim) -> Iterator[None]:

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import tempfile
+import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from rich.console import Console
 
 from llem_agent.contract import ENGINES, canonical_engine
 from orchestrator import __version__
+from orchestrator.claims import DEFAULT_STALE_AFTER_S
 from orchestrator.container import DEFAULT_PIDS_LIMIT
 from orchestrator.errors import (
     EXIT_ENVIRONMENT,
@@ -36,9 +38,16 @@ from orchestrator.study import DEFAULT_CYCLES, MAX_EXPERIMENTS, MAX_RUNS, Experi
 from orchestrator.userconfig import UserConfig, load_user_config
 
 if TYPE_CHECKING:
+    from orchestrator.launcher import DockerLauncher, Launcher
+    from orchestrator.onerun import RunOutcome
+    from orchestrator.plan import PlannedRun
     from orchestrator.results import ExperimentSummary, StudySummary
-    from orchestrator.runner import RunnerOptions
+    from orchestrator.runner import RunnerOptions, StudyRunner
+    from orchestrator.slurm import SlurmOptions
 
+# Defaults of the host options a Slurm worker is given only when they differ (see _host_options).
+_HOST_DEFAULTS: dict[str, object] = {"run_timeout": 3600.0, "stall_timeout": 600.0, "sample_interval": 0.1,
+                                     "pids_limit": DEFAULT_PIDS_LIMIT, "lock_dir": str(DEFAULT_LOCK_DIR)}  # fmt: skip
 # One option, one meaning, in every command that touches study directories.
 RESULTS_DIR_HELP = "where study directories are (default: the user config's output.results_dir, else ./results)"
 ORDERS: tuple[ExperimentOrder, ...] = ("sequential", "interleave", "shuffle", "reverse", "latin_square")
@@ -172,19 +181,52 @@ def container_memory(flag: str | None) -> str | None:
     return f"{int(total * 0.9) // 2**20}m"
 
 
+def _launchers(study: Study, args: argparse.Namespace, user: UserConfig) -> tuple[dict[str, Launcher], DockerLauncher]:
+    """The launcher of each engine of ``study`` (runner precedence: 002), and the Docker one."""
+    from orchestrator.launcher import DockerLauncher
+    from orchestrator.local import LocalLauncher
+    from orchestrator.runners import resolve_runners
+
+    engines = {e.config.engine for e in study.experiments}
+    choices = resolve_runners(engines, study=study.runners, cli=args.runner, user=user.runners())
+    # Connects on first use: a study run entirely by the local runner needs no Docker.
+    docker = DockerLauncher(contract_cache=baseline_cache_dir().parent / "contracts")
+    launchers: dict[str, Launcher] = {
+        engine: LocalLauncher(engine) if choice.kind == "local" else docker for engine, choice in choices.items()
+    }
+    for engine, choice in sorted(choices.items()):
+        if choice.kind == "local":
+            _console(stderr=True).print(
+                f"{engine}: local runner ({choice.source}); the agent runs as a process on this host"
+            )
+    return launchers, docker
+
+
+def _prepare_host(runner: StudyRunner, launchers: dict[str, Launcher], docker: DockerLauncher) -> None:
+    """Checks, leftovers of dead llem processes removed, shared caches made: before any run here."""
+    from orchestrator.reaper import reap_orphans
+
+    runner.preflight()
+    if any(launcher is docker for launcher in launchers.values()):
+        for name in reap_orphans(docker):
+            _console(stderr=True).print(f"removed orphan container {name} (its llem process is gone)")
+    options = runner.options
+    ensure_shared_dirs([options.hf_home, options.baseline_cache, options.engine_cache])
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.display import ProgressDisplay, print_results
-    from orchestrator.launcher import DockerLauncher, Launcher
-    from orchestrator.local import LocalLauncher
-    from orchestrator.reaper import reap_orphans
     from orchestrator.results import aggregate
     from orchestrator.runner import StudyRunner, newest_unfinished
-    from orchestrator.runners import resolve_runners
 
     out, err = _console(), _console(stderr=True)
     if args.json and not args.dry_run:
         raise ConfigError("--json goes with --dry-run")
+    if args.wait and args.executor != "slurm":
+        raise ConfigError("--wait goes with --executor slurm")
     study, plan = _load_plan(args)
+    if args.dry_run and args.executor == "slurm":
+        return _print_slurm_script(args, study, plan, out)
     if args.dry_run:
         from orchestrator.dryrun import print_json, print_text
 
@@ -197,22 +239,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = runner_options(args, study, user)
     for skipped in study.skipped:
         err.print(f"[yellow]skipping[/] grid point {skipped.index + 1}: {skipped.reason}")
-    engines = {e.config.engine for e in study.experiments}
-    choices = resolve_runners(engines, study=study.runners, cli=args.runner, user=user.runners())
-    # Connects on first use: a study run entirely by the local runner needs no Docker.
-    docker = DockerLauncher(contract_cache=baseline_cache_dir().parent / "contracts")
-    launchers: dict[str, Launcher] = {
-        engine: LocalLauncher(engine) if choice.kind == "local" else docker for engine, choice in choices.items()
-    }
+    launchers, docker = _launchers(study, args, user)
     runner = StudyRunner(plan, options, launchers, events=_NoEvents())
-    runner.preflight()
-    if any(choice.kind == "docker" for choice in choices.values()):
-        for name in reap_orphans(docker):
-            err.print(f"removed orphan container {name} (its llem process is gone)")
-    for engine, choice in sorted(choices.items()):
-        if choice.kind == "local":
-            err.print(f"{engine}: local runner ({choice.source}); the agent runs as a process on this host")
-    ensure_shared_dirs([options.hf_home, options.baseline_cache, options.engine_cache])
+    if args.executor == "slurm":
+        return _submit_slurm(args, study, plan, runner, user)
+    _prepare_host(runner, launchers, docker)
     if args.resume or args.resume_dir:
         previous = Path(args.resume_dir) if args.resume_dir else newest_unfinished(options.results_root, study.name)
         study_dir = runner.resume(previous)
@@ -232,6 +263,166 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_RUNS_FAILED if failed else EXIT_OK
 
 
+def _slurm_options(args: argparse.Namespace, user: UserConfig | None) -> SlurmOptions:
+    from orchestrator.slurm import SlurmOptions
+
+    def pick(flag: str | None, key: str) -> str | None:
+        return flag or (user.value(f"slurm.{key}") if user else None)
+
+    if args.slurm_tasks is not None and args.slurm_tasks < 1:
+        raise ConfigError(f"--slurm-tasks must be at least 1, got {args.slurm_tasks}")
+    if args.slurm_gpus is not None and args.slurm_gpus < 0:
+        raise ConfigError(f"--slurm-gpus must be 0 or more, got {args.slurm_gpus}")
+    return SlurmOptions(
+        partition=pick(args.slurm_partition, "partition"),
+        account=pick(args.slurm_account, "account"),
+        time=pick(args.slurm_time, "time"),
+        tasks=args.slurm_tasks,
+        gpus=args.slurm_gpus,
+        sbatch_lines=[*(user.value("slurm.sbatch_lines") if user else []), *args.sbatch_line],
+    )
+
+
+def _worker_flags(args: argparse.Namespace) -> list[str]:
+    """The host options of this invocation that the workers must run with too."""
+    flags = [f"--image={image}" for image in args.image]
+    for name in ("runner", "run_timeout", "stall_timeout", "sample_interval", "container_memory", "pids_limit",
+                 "lock_dir", "timeout"):  # fmt: skip
+        value = getattr(args, name)
+        if value is not None and value != _HOST_DEFAULTS.get(name):
+            flags.append(f"--{name.replace('_', '-')}={value}")
+    flags += [
+        f"--{name.replace('_', '-')}" for name in ("no_lock", "fail_fast", "no_circuit_breaker") if getattr(args, name)
+    ]
+    return flags
+
+
+def _print_slurm_script(args: argparse.Namespace, study: Study, plan: Plan, out: Console) -> int:
+    from orchestrator.slurm import script
+
+    user = load_user_config()
+    root = Path(args.results_dir) if args.results_dir else user.results_dir
+    where = root.resolve() / f"{study.name}_<timestamp>"
+    out.print(script(where, plan, _slurm_options(args, user), _worker_flags(args), len(plan.runs)), markup=False)
+    return EXIT_OK
+
+
+def _submit_slurm(args: argparse.Namespace, study: Study, plan: Plan, runner: StudyRunner, user: UserConfig) -> int:
+    """Plan here, write the study directory and an sbatch script into it, submit, maybe follow."""
+    from orchestrator import slurm
+    from orchestrator.display import print_results
+    from orchestrator.manifest import CLAIMABLE, ManifestStore
+    from orchestrator.results import aggregate
+    from orchestrator.runner import newest_unfinished
+
+    err, out = _console(stderr=True), _console()
+    options = _slurm_options(args, user)
+    runner.preflight(here=False)
+    if args.resume or args.resume_dir:
+        previous = (
+            Path(args.resume_dir) if args.resume_dir else newest_unfinished(runner.options.results_root, study.name)
+        )
+        study_dir = runner.resume(previous)
+    else:
+        study_dir = runner.prepare(describe=False)
+    runner.release()
+    warning = slurm.shared_storage_warning(study_dir)
+    if warning:
+        err.print(f"[yellow]warning[/] {warning}")
+    store = ManifestStore(study_dir, ManifestStore.load(study_dir))
+    pending = sum(1 for e in store.manifest.runs if e.status in CLAIMABLE)
+    if pending == 0:
+        out.print(f"nothing left to run in {study_dir}")
+        return EXIT_OK
+    path = slurm.write_script(study_dir, slurm.script(study_dir.resolve(), plan, options, _worker_flags(args), pending))
+    try:
+        job = slurm.submit(path)
+    except EnvironmentProblem as exc:
+        raise EnvironmentProblem(
+            f"{exc}; the study is planned in {study_dir} (--resume-dir {study_dir} --executor slurm submits it again)"
+        ) from None
+    store.note(status="submitted", executor="slurm", job=job, script=str(path))
+    err.print(f"study {study.name}: {pending} runs submitted as Slurm job {job} ({path}) -> {study_dir}")
+    if not args.wait:
+        out.print(f"follow it: squeue -j {job}; llem results {study_dir}")
+        return EXIT_OK
+    status, left = slurm.follow(study_dir, job, lambda done, total: err.print(f"{done}/{total} runs completed"))
+    print_results(aggregate(study_dir, runner.options.factors), out)
+    if status == "completed":
+        out.print(f"job {job}: every run completed; results in {study_dir}")
+        return EXIT_OK
+    out.print(f"job {job} ended {status} with {left} runs not completed; "
+              f"--resume-dir {study_dir} --executor slurm submits them")  # fmt: skip
+    return EXIT_RUNS_FAILED
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """One worker of a study run by many (a Slurm array task, a Kubernetes pod)."""
+    import dataclasses
+    import socket
+
+    from orchestrator.manifest import ManifestStore
+    from orchestrator.runner import StudyRunner
+
+    study_dir = Path(args.dir)
+    try:
+        manifest = ManifestStore.load(study_dir)
+    except (OSError, ValueError, UnicodeDecodeError):
+        raise ConfigError(f"{study_dir}: no readable manifest.json; not a llem study directory") from None
+    if manifest.study_file is None:
+        raise ConfigError(f"{study_dir}: its manifest does not say which study file it was planned from")
+    study = load_study(Path(manifest.study_file), name_override=manifest.study_name)
+    if study.design_hash != manifest.study_design_hash:
+        raise ConfigError(
+            f"{manifest.study_file} changed since {study_dir} was planned (design hash "
+            f"{manifest.study_design_hash} -> {study.design_hash}); plan the study anew"
+        )
+    plan = make_plan(study, n_cycles=manifest.n_cycles, order=manifest.experiment_order)  # type: ignore[arg-type]
+    if args.stale_after <= 0:
+        raise ConfigError(f"--stale-after must be positive, got {args.stale_after}")
+    args.results_dir = str(study_dir.parent)
+    user = load_user_config()
+    options = dataclasses.replace(runner_options(args, study, user), claim_stale_s=args.stale_after)
+    launchers, docker = _launchers(study, args, user)
+    name = args.worker_id or f"{socket.gethostname()}:{os.getpid()}"
+    events = _WorkerLog(name)
+    runner = StudyRunner(plan, options, launchers, events=events)
+    _prepare_host(runner, launchers, docker)
+    runner.attach(study_dir)
+    runner.execute(worker=name)
+    ran = events.finished
+    completed = sum(1 for status in ran.values() if status == "completed")
+    print(f"worker {name}: ran {len(ran)} runs, {completed} completed", flush=True)
+    return EXIT_OK if completed == len(ran) else EXIT_RUNS_FAILED
+
+
+class _WorkerLog:
+    """A worker's progress as plain lines (its output is a Slurm or pod log, not a terminal)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.finished: dict[str, str] = {}
+
+    def _say(self, text: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {self.name}: {text}", flush=True)
+
+    def run_started(self, run: PlannedRun, position: int, total: int) -> None:
+        self._say(f"{run.run_id} started")
+
+    def run_finished(self, outcome: RunOutcome) -> None:
+        self.finished[outcome.run.run_id] = outcome.entry.status
+        failure = f" ({outcome.entry.failure.message})" if outcome.entry.failure else ""
+        self._say(f"{outcome.run.run_id} {outcome.entry.status}{failure}")
+
+    def waiting_for_devices(self, names: list[str]) -> None:
+        self._say(f"waiting for {', '.join(names)}")
+
+    def pausing(self, seconds: float) -> None:
+        self._say(f"pausing {seconds:g} s")
+
+    def run_phase(self, run: PlannedRun, phase: str, detail: str) -> None: ...
+
+
 class _NoEvents:
     def run_started(self, *args: object) -> None: ...
 
@@ -242,6 +433,50 @@ class _NoEvents:
     def pausing(self, *args: object) -> None: ...
 
     def run_phase(self, *args: object) -> None: ...
+
+
+def _host_options(parser: argparse.ArgumentParser) -> None:
+    """Options of where and how runs execute: ``llem run`` and ``llem worker`` share them."""
+    parser.add_argument("--image", action="append", default=[], metavar="ENGINE=IMAGE", help="image for an engine")
+    parser.add_argument(
+        "--runner",
+        choices=RUNNER_KINDS,
+        help="where every engine's runs execute: docker (one container per run) or local (a host process); "
+        "LLEM_RUNNER_<ENGINE> and the user config's runners: win over it, it wins over the study's runners:",
+    )
+    parser.add_argument("--gpus", help="GPU indices the study may use, e.g. 0,1 (default: all NVML sees)")
+    parser.add_argument("--run-timeout", type=float, default=3600.0, metavar="S", help="per-run timeout in seconds")
+    parser.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="kill a run whose agent shows no progress for S seconds while measuring (default 600)",
+    )
+    parser.add_argument(
+        "--sample-interval",
+        type=float,
+        default=0.1,
+        metavar="S",
+        help="GPU telemetry sampling interval in seconds (default 0.1 = 10 Hz)",
+    )
+    parser.add_argument(
+        "--container-memory", metavar="SIZE",
+        help="memory limit of each run's container, e.g. 16g, or none (default: 90%% of this host's memory)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pids-limit", type=int, default=DEFAULT_PIDS_LIMIT, metavar="N",
+        help=f"processes and threads per run container, 0 for no limit (default {DEFAULT_PIDS_LIMIT})",
+    )  # fmt: skip
+    parser.add_argument("--lock-dir", default=str(DEFAULT_LOCK_DIR), help="directory of the device lock files")
+    parser.add_argument("--no-lock", action="store_true", help="take no device locks (scheduling is done elsewhere)")
+    parser.add_argument(
+        "--no-wait", action="store_true", help="fail at once when a device is locked, instead of waiting"
+    )
+    breaker = parser.add_mutually_exclusive_group()
+    breaker.add_argument("--fail-fast", action="store_true", help="stop the study at the first failed run")
+    breaker.add_argument("--no-circuit-breaker", action="store_true", help="never stop the study for failures")
+    parser.add_argument("--timeout", type=float, metavar="HOURS", help="wall-clock limit of the whole study")
 
 
 def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list of every option
@@ -258,47 +493,10 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     run.add_argument("--order", choices=ORDERS, help="experiment order (default: study_execution, else shuffle)")
     run.add_argument("--name", help="study name (default: name: in the file, else the file name)")
     run.add_argument("--results-dir", metavar="DIR", help=RESULTS_DIR_HELP)
-    run.add_argument("--image", action="append", default=[], metavar="ENGINE=IMAGE", help="image for an engine")
-    run.add_argument(
-        "--runner",
-        choices=RUNNER_KINDS,
-        help="where every engine's runs execute: docker (one container per run) or local (a host process); "
-        "LLEM_RUNNER_<ENGINE> and the user config's runners: win over it, it wins over the study's runners:",
-    )
-    run.add_argument("--gpus", help="GPU indices the study may use, e.g. 0,1 (default: all NVML sees)")
-    run.add_argument("--run-timeout", type=float, default=3600.0, metavar="S", help="per-run timeout in seconds")
-    run.add_argument(
-        "--stall-timeout",
-        type=float,
-        default=600.0,
-        metavar="S",
-        help="kill a run whose agent shows no progress for S seconds while measuring (default 600)",
-    )
-    run.add_argument(
-        "--sample-interval",
-        type=float,
-        default=0.1,
-        metavar="S",
-        help="GPU telemetry sampling interval in seconds (default 0.1 = 10 Hz)",
-    )
-    run.add_argument(
-        "--container-memory", metavar="SIZE",
-        help="memory limit of each run's container, e.g. 16g, or none (default: 90%% of this host's memory)",
-    )  # fmt: skip
-    run.add_argument(
-        "--pids-limit", type=int, default=DEFAULT_PIDS_LIMIT, metavar="N",
-        help=f"processes and threads per run container, 0 for no limit (default {DEFAULT_PIDS_LIMIT})",
-    )  # fmt: skip
-    run.add_argument("--lock-dir", default=str(DEFAULT_LOCK_DIR), help="directory of the device lock files")
-    run.add_argument("--no-lock", action="store_true", help="take no device locks (scheduling is done elsewhere)")
-    run.add_argument("--no-wait", action="store_true", help="fail at once when a device is locked, instead of waiting")
+    _host_options(run)
     resume = run.add_mutually_exclusive_group()
     resume.add_argument("--resume", action="store_true", help="continue the newest unfinished run of this study")
     resume.add_argument("--resume-dir", metavar="DIR", help="continue the study in DIR")
-    breaker = run.add_mutually_exclusive_group()
-    breaker.add_argument("--fail-fast", action="store_true", help="stop the study at the first failed run")
-    breaker.add_argument("--no-circuit-breaker", action="store_true", help="never stop the study for failures")
-    run.add_argument("--timeout", type=float, metavar="HOURS", help="wall-clock limit of the whole study")
     run.add_argument(
         "--max-experiments", type=int, default=MAX_EXPERIMENTS, metavar="N",
         help=f"refuse a study that expands to more experiments (default {MAX_EXPERIMENTS:,})",
@@ -307,7 +505,40 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
         "--max-runs", type=int, default=MAX_RUNS, metavar="N",
         help=f"refuse a study of more runs, experiments x cycles (default {MAX_RUNS:,})",
     )  # fmt: skip
+    run.add_argument(
+        "--executor", choices=("process", "slurm"), default="process",
+        help="who runs the study: this process (default), or a Slurm job array of `llem worker` tasks",
+    )  # fmt: skip
+    run.add_argument("--wait", action="store_true", help="with --executor slurm: follow the job until it ends")
+    run.add_argument(
+        "--slurm-partition", metavar="NAME", help="sbatch --partition (default: user config slurm.partition)"
+    )
+    run.add_argument("--slurm-account", metavar="NAME", help="sbatch --account (default: user config slurm.account)")
+    run.add_argument("--slurm-time", metavar="TIME", help="sbatch --time per task, e.g. 04:00:00 (default: slurm.time)")
+    run.add_argument(
+        "--slurm-tasks", type=int, metavar="N", help="array tasks (workers); default: one per pending run, at most 8"
+    )
+    run.add_argument(
+        "--slurm-gpus", type=int, metavar="N",
+        help="GPUs (GRES) per array task; default: the most one run needs, when the partition has GPUs (sinfo)",
+    )  # fmt: skip
+    run.add_argument(
+        "--sbatch-line", action="append", default=[], metavar="LINE",
+        help="an extra #SBATCH line, e.g. '--constraint=h100' (repeatable; after the user config's slurm.sbatch_lines)",
+    )  # fmt: skip
     run.set_defaults(func=cmd_run)
+    worker = sub.add_parser(
+        "worker", help="run a study's pending runs one by one, beside other workers (Slurm tasks, pods)"
+    )
+    worker.add_argument("dir", help="the study directory (written by llem run --executor slurm, or llem k8s)")
+    worker.add_argument("--worker-id", metavar="ID", help="this worker's name in claims (default: host:pid)")
+    worker.add_argument(
+        "--stale-after", type=float, default=DEFAULT_STALE_AFTER_S, metavar="S",
+        help=f"a claim not refreshed for S seconds is a dead worker's, and its run is claimed again "
+        f"(default {DEFAULT_STALE_AFTER_S:.0f})",
+    )  # fmt: skip
+    _host_options(worker)
+    worker.set_defaults(func=cmd_worker)
     results = sub.add_parser("results", help="statistics across cycles of a study, as a table (writes summary files)")
     results.add_argument("dir", nargs="?", help="study directory, or a results directory (newest study)")
     results.add_argument("--sort", metavar="KEY", help="sort by a metric (best first) or a swept parameter")

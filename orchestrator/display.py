@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from orchestrator.onerun import RunOutcome
 from orchestrator.plan import Plan, PlannedRun
 from orchestrator.results import (
     ExperimentSummary,
@@ -19,7 +20,6 @@ from orchestrator.results import (
     format_mean_ci,
     varying_keys,
 )
-from orchestrator.runner import RunOutcome
 from orchestrator.study import Study
 
 

@@ -18,8 +18,10 @@ MANIFEST_FILE = "manifest.json"
 MANIFEST_SCHEMA_VERSION = "1"
 RunStatus = Literal["pending", "running", "completed", "failed", "interrupted", "skipped"]
 StudyStatus = Literal["running", "completed", "failed", "interrupted", "circuit_open", "timed_out"]
-# Runs that --resume runs again; a completed run never is.
+# Runs --resume runs again (it makes failed and skipped ones pending); a completed run never is.
 RESUMABLE: frozenset[str] = frozenset({"pending", "running", "failed", "interrupted", "skipped"})
+# Runs a worker may claim: not started, stopped early, or "running" under a dead worker's claim.
+CLAIMABLE: frozenset[str] = frozenset({"pending", "running", "interrupted"})
 
 
 def utc_now() -> str:
@@ -48,6 +50,7 @@ class RunEntry(BaseModel):
     image: str
     runner: Literal["docker", "local"] = "docker"
     devices: list[str] = Field(default_factory=list)
+    host: str | None = Field(default=None, description="The host the run ran on (its last attempt).")
     started_at: str | None = None
     finished_at: str | None = None
     wall_s: float | None = None
@@ -70,6 +73,7 @@ class Manifest(BaseModel):
     study_name: str
     study_id: str
     study_design_hash: str
+    study_file: str | None = Field(default=None, description="The study file it was planned from (workers read it).")
     llem_version: str
     status: StudyStatus = "running"
     created_at: str = Field(default_factory=utc_now)
@@ -136,6 +140,13 @@ class ManifestStore:
             self._reload()
             self.manifest.status = status
             self.manifest.history.append({"status": status, "at": utc_now()})
+            self.save()
+
+    def note(self, **fields: str) -> None:
+        """Add an event to the study's ``history`` (a Slurm submission, say)."""
+        with self._locked():
+            self._reload()
+            self.manifest.history.append({**fields, "at": utc_now()})
             self.save()
 
     def _reload(self) -> None:

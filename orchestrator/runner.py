@@ -6,47 +6,31 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
 from filelock import FileLock, Timeout
-from pydantic import ValidationError
 
 from llem_agent.contract import (
-    CONTAINER_ADAPTER_DIR,
-    CONTAINER_BASELINE_DIR,
-    CONTAINER_ENGINE_CACHE,
-    CONTAINER_MODEL_DIR,
-    CONTAINER_TRT_ENGINE_DIR,
-    ERROR_FILE,
-    EXPERIMENT_FILE,
-    HEARTBEAT_FILE,
-    HUB_PROMPT_SETS,
-    RESULT_FILE,
-    ExperimentConfig,
-    ExperimentResult,
-    RunError,
-    RunRequest,
     refusal_reason,
     unsupported_by_agent,
     write_atomic,
 )
 from orchestrator import __version__
-from orchestrator.container import SECRET_ENV, build_spec, dataset_target
+from orchestrator.claims import DEFAULT_STALE_AFTER_S, Claim, ClaimBoard
 from orchestrator.datasets import resolve_dataset
 from orchestrator.devices import assign_devices
 from orchestrator.errors import ConfigError, EnvironmentProblem, Interrupted, LlemError
 from orchestrator.hostinfo import host_facts
-from orchestrator.launcher import ContainerOutcome, Launcher, Liveness
+from orchestrator.launcher import Launcher
 from orchestrator.locks import DeviceLocks, lock_names
 from orchestrator.manifest import (
+    CLAIMABLE,
     MANIFEST_FILE,
-    RESUMABLE,
     Manifest,
     ManifestStore,
     RunEntry,
@@ -63,15 +47,13 @@ from orchestrator.models import (
     resolve_model_dir,
     resolve_trt_engine_dir,
 )
+from orchestrator.onerun import RunOutcome, image_for, read_result, run_one
 from orchestrator.plan import Plan, PlannedRun
 from orchestrator.policy import CircuitBreaker, WallClock
 from orchestrator.results import EXPERIMENTS_FILE, HOST_FILE, StudySummary, summarise, write_design
 from orchestrator.userconfig import MeasurementFactors
 
-CONTAINER_LOG = "container.log"
 LABEL_EXTRAS = "io.llem.agent-extras"  # the agent extras an image was built with (Dockerfiles)
-# Agent exception types that name a failure class of their own.
-_ERROR_KINDS = {"GpuNotVisible": "gpu_not_visible", "OutOfMemoryError": "oom"}
 STUDY_COPY = "study.yaml"
 
 
@@ -97,13 +79,7 @@ class RunnerOptions:
     factors: MeasurementFactors = field(default_factory=MeasurementFactors)
     engine_cache: Path | None = None  # TensorRT-LLM engine builds, mounted into tensorrt runs
     gpu_uuids: dict[int, str] = field(default_factory=dict)  # index -> UUID of every GPU the study may use
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    run: PlannedRun
-    entry: RunEntry
-    result: ExperimentResult | None
+    claim_stale_s: float = DEFAULT_STALE_AFTER_S  # a worker's claim not refreshed for this long is a dead worker's
 
 
 class RunnerEvents(Protocol):
@@ -118,13 +94,6 @@ class RunnerEvents(Protocol):
     def pausing(self, seconds: float) -> None: ...
 
     def run_phase(self, run: PlannedRun, phase: str, detail: str) -> None: ...
-
-
-def image_for(engine: str, images: dict[str, str]) -> str:
-    try:
-        return images[engine]
-    except KeyError:
-        raise EnvironmentProblem(f"no image configured for engine '{engine}' (have: {sorted(images)})") from None
 
 
 def newest_unfinished(root: Path, name: str) -> Path:
@@ -154,108 +123,6 @@ def _new_study_dir(root: Path, name: str) -> Path:
     raise EnvironmentProblem(f"cannot create a new study directory under {root}")
 
 
-def _archive_attempt(run_dir: Path, attempt: int) -> None:
-    """Keep an earlier attempt's files under ``attempts/N/`` so a re-run loses nothing."""
-    files = [p for p in run_dir.iterdir() if p.is_file()]
-    if attempt < 1 or not files:
-        return
-    target = run_dir / "attempts" / str(attempt)
-    target.mkdir(parents=True, exist_ok=True)
-    for path in files:
-        path.rename(target / path.name)
-
-
-def collect(run_dir: Path, run_id: str, outcome: ContainerOutcome) -> tuple[ExperimentResult | None, RunFailure | None]:
-    """Read what the agent left in ``run_dir`` and decide how the run ended."""
-    result_path, error_path = run_dir / RESULT_FILE, run_dir / ERROR_FILE
-    if outcome.timed_out:
-        return None, RunFailure(kind="timeout", message=f"no exit within the run timeout ({outcome.duration_s:.0f} s)")
-    if outcome.hung:
-        return None, RunFailure(kind="hung", message="the agent stopped making progress (stale heartbeat); killed")
-    if outcome.oom_killed:
-        return None, RunFailure(kind="oom", message="the container was killed for exceeding its memory limit")
-    if result_path.exists() and outcome.exit_code == 0:
-        result, problem = read_result(run_dir, run_id)
-        if problem is not None:
-            return None, RunFailure(kind="corrupt_result", message=problem)
-        return result, None
-    if error_path.exists():
-        try:
-            error = RunError.model_validate_json(error_path.read_text(encoding="utf-8"))
-            kind = _ERROR_KINDS.get(error.type, "agent_error")
-            return None, RunFailure(kind=kind, type=error.type, message=f"{error.phase}: {error.message}")
-        except (ValidationError, ValueError):
-            pass
-    if outcome.exit_code in (137, 143):
-        return None, RunFailure(
-            kind="killed", message=f"the container was killed from outside (exit {outcome.exit_code})"
-        )
-    return None, RunFailure(kind="no_result", message=f"container exited {outcome.exit_code} without {RESULT_FILE}")
-
-
-def may_download(config: ExperimentConfig, model_dir: Path | None, adapter_dir: Path | None) -> bool:
-    """Whether this run may fetch from the Hugging Face hub: a hub model, adapter or prompt set."""
-    hub_adapter = config.lora is not None and config.lora.adapter_id is not None and adapter_dir is None
-    return model_dir is None or hub_adapter or config.dataset.source in HUB_PROMPT_SETS
-
-
-def read_result(run_dir: Path, run_id: str) -> tuple[ExperimentResult | None, str | None]:
-    """A run's result.json, or why there is no usable one (missing, not a valid result, another
-    run's): the one reader for collecting a run, resuming a study and reporting outcomes."""
-    path = run_dir / RESULT_FILE
-    try:
-        result = ExperimentResult.model_validate_json(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None, f"{RESULT_FILE} is missing"
-    except (OSError, ValueError) as exc:
-        return None, f"{RESULT_FILE} is not a valid result: {exc}"
-    if result.run_id != run_id:
-        return None, f"{RESULT_FILE} belongs to run {result.run_id}"
-    return result, None
-
-
-def _tree_bytes(path: Path) -> int:
-    total = 0
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(path):
-            if entry.is_dir(follow_symlinks=False):
-                total += _tree_bytes(Path(entry.path))
-            elif entry.is_file(follow_symlinks=False):
-                total += entry.stat(follow_symlinks=False).st_size
-    return total
-
-
-class PhaseWatch:
-    """Turns the agent's heartbeat into progress events: its phase, batches done while
-    measuring, and bytes downloaded into the Hugging Face cache while loading a hub model."""
-
-    def __init__(self, run: PlannedRun, heartbeat: Path, download_dir: Path | None, events: RunnerEvents) -> None:
-        self.run, self.heartbeat, self.download_dir, self.events = run, heartbeat, download_dir, events
-        self._start_bytes = _tree_bytes(download_dir) if download_dir else 0
-        self._last: tuple[str, str] | None = None
-        self._phase = ""
-        self._phase_base = 0  # the agent's batch counter runs on across phases
-
-    def poll(self) -> None:
-        try:
-            beat = json.loads(self.heartbeat.read_text(encoding="utf-8"))
-            phase, progress = str(beat.get("phase", "?")), int(beat.get("progress", 0))
-        except (OSError, ValueError, TypeError):
-            return
-        if phase != self._phase:
-            self._phase, self._phase_base = phase, progress
-        detail = ""
-        if phase in ("warmup", "measure") and progress > self._phase_base:
-            detail = f"{progress - self._phase_base} batches"
-        elif phase == "load" and self.download_dir is not None:
-            grown = _tree_bytes(self.download_dir) - self._start_bytes
-            if grown > 0:
-                detail = f"{grown / 2**20:,.1f} MiB downloaded"
-        if (phase, detail) != self._last:
-            self._last = (phase, detail)
-            self.events.run_phase(self.run, phase, detail)
-
-
 class StudyRunner:
     """Executes a plan through a launcher and keeps the manifest true at every step."""
 
@@ -280,8 +147,12 @@ class StudyRunner:
         self._study_lock: FileLock | None = None
         self.summary: StudySummary | None = None
 
-    def preflight(self) -> None:
-        """Everything that can fail before a results directory exists: settings, models, images, Docker."""
+    def preflight(self, here: bool = True) -> None:
+        """Everything that can fail before a results directory exists: settings, models, images, Docker.
+
+        ``here=False`` (a study other hosts will run: Slurm, Kubernetes): the settings and the
+        model and prompt files only; each worker checks its own devices and images.
+        """
         base = self.plan.study.path.parent
         for exp in self.plan.study.experiments:
             refused = unsupported_by_agent(exp.config, exp.config.engine)
@@ -306,10 +177,13 @@ class StudyRunner:
             engine_dir = self._engine_dirs[exp.index] = resolve_trt_engine_dir(exp.config, base)
             if engine_dir is not None:
                 check_readable_by_agent(engine_dir, os.getuid())
-            assign_devices(exp.config, list(self.options.gpu_indices))  # raises when too few GPUs
+            if here:
+                assign_devices(exp.config, list(self.options.gpu_indices))  # raises when too few GPUs
         hub_models = sorted({e.config.model for e in self.plan.study.experiments if self._model_dirs[e.index] is None})
         if hub_models:  # downloads land in the mounted cache, written by the agent's uid
             check_hf_cache_writable(self.options.hf_home, os.getuid(), hub_models[0])
+        if not here:
+            return
         for engine_name, images in self._images_by_engine().items():
             self.launcher_for(engine_name).check(images)
         self._check_extras()
@@ -416,13 +290,29 @@ class StudyRunner:
         self._store.set_status("running")
         return study_dir
 
-    def prepare(self) -> Path:
-        """Create the study directory with a copy of the study file and an all-pending manifest."""
+    def attach(self, study_dir: Path) -> None:
+        """Join a study other workers may be running (``llem worker``): no lock, no status change."""
+        try:
+            manifest = ManifestStore.load(study_dir)
+        except (OSError, ValueError, UnicodeDecodeError):
+            raise ConfigError(f"{study_dir}: no readable {MANIFEST_FILE}; not a llem study directory") from None
+        self._store = ManifestStore(study_dir, manifest)
+        self.study_dir = study_dir
+
+    def release(self) -> None:
+        """Let go of the study directory without running it (its runs go to other workers)."""
+        if self._study_lock is not None:
+            self._study_lock.release()
+            self._study_lock = None
+
+    def prepare(self, describe: bool = True) -> Path:
+        """Create the study directory with a copy of the study file and an all-pending manifest
+        (``describe=False``: host.json without this host's launchers, for runs elsewhere)."""
         study = self.plan.study
         study_dir = _new_study_dir(self.options.results_root, study.name)
         try:
             shutil.copyfile(study.path, study_dir / STUDY_COPY)
-            server, images = self._describe(self._images_by_engine())
+            server, images = self._describe(self._images_by_engine()) if describe else ({}, {})
             facts = host_facts(server, images) | {"measurement": self.options.factors.as_dict()}
             write_atomic(study_dir / HOST_FILE, json.dumps(facts, indent=2))
             self._write_design(study_dir)
@@ -432,6 +322,7 @@ class StudyRunner:
             study_name=study.name,
             study_id=study_dir.name,
             study_design_hash=study.design_hash,
+            study_file=str(study.path.resolve()),
             llem_version=__version__,
             n_cycles=self.plan.n_cycles,
             experiment_order=self.plan.order,
@@ -481,6 +372,10 @@ class StudyRunner:
                 manifest.history.append(
                     {"status": "result_lost", "run": entry.run_id, "detail": problem, "at": utc_now()}
                 )
+        for entry in manifest.runs:  # everything not completed runs again (its failure stays on record)
+            if entry.status in ("failed", "skipped"):
+                entry.status = "pending"
+        manifest.study_file = str(self.plan.study.path.resolve())  # where this study's workers read it
         known = {entry.run_id for entry in manifest.runs}
         manifest.runs.extend(self._entry(run) for run in self.plan.runs if run.run_id not in known)
         manifest.n_cycles = max(manifest.n_cycles, self.plan.n_cycles)
@@ -488,62 +383,95 @@ class StudyRunner:
             self._write_design(study_dir)
         return self._open(study_dir, manifest)
 
-    def execute(self) -> list[RunOutcome]:
-        """Run every run the manifest does not hold as completed, under the study's policies.
+    def execute(self, worker: str | None = None) -> list[RunOutcome]:
+        """Run every run that is pending (or was interrupted) under the study's policies, each
+        under a claim (:mod:`orchestrator.claims`), so that other workers may share the study.
 
-        Ctrl-C marks the current run interrupted and raises. Returns an outcome for every
-        run of the plan, earlier completed ones included.
+        ``worker``: run as one worker of several (``llem worker``: Slurm array tasks, Kubernetes
+        pods): runs a live worker holds are left to it, and the study's final status is set by
+        the worker that finds nothing left. Ctrl-C / SIGTERM marks the current run interrupted
+        (claimable again) and raises. Returns an outcome for every run of the plan.
         """
         assert self._store is not None and self.study_dir is not None, "call prepare() or resume() first"
         store = self._store
-        todo = [run for run in self.plan.runs if store.manifest.run(run.run_id).status in RESUMABLE]
+        board = ClaimBoard(self.study_dir, worker, self.options.claim_stale_s)
+        todo = [run for run in self.plan.runs if store.manifest.run(run.run_id).status in CLAIMABLE]
         execution = self.plan.study.execution
         breaker = CircuitBreaker(self.options.max_consecutive_failures, self.options.circuit_breaker_cooldown_s)
         clock = WallClock(self.options.wall_clock_limit_s)
         final: StudyStatus | None = None
         current: PlannedRun | None = None
+        claim: Claim | None = None
+        previous: PlannedRun | None = None
         try:
             for position, run in enumerate(todo, start=1):
                 if clock.expired():
                     final = "timed_out"
-                    self._skip(todo[position - 1 :], "timed_out", "the study's wall-clock limit was reached")
+                    if worker is None:  # a worker leaves the rest to the others
+                        self._skip(todo[position - 1 :], "timed_out", "the study's wall-clock limit was reached")
                     break
-                if position > 1:
-                    new_cycle = run.cycle != todo[position - 2].cycle
+                claim = self._claim(board, run)
+                if claim is None:
+                    continue
+                if previous is not None:
+                    new_cycle = run.cycle != previous.cycle
                     self._sleep(execution.cycle_gap_seconds if new_cycle else execution.config_gap_seconds)
-                current = run
+                current = previous = run
                 self.events.run_started(run, position, len(todo))
-                outcome = self._run_one(run, clock.remaining_s())
-                current = None
+                with board.keep_alive(claim):
+                    outcome = self._run_one(run, clock.remaining_s())
+                claim.release()
+                current = claim = None
                 self.events.run_finished(outcome)
                 decision = breaker.record(outcome.entry.status == "completed")
                 if decision == "abort":
                     final = "circuit_open"
-                    self._skip(todo[position:], "circuit_open", "the circuit breaker stopped the study")
+                    if worker is None:
+                        self._skip(todo[position:], "circuit_open", "the circuit breaker stopped the study")
                     break
                 if decision == "cooldown" and position < len(todo):
                     self._sleep(self.options.circuit_breaker_cooldown_s)
                     breaker.probe()
-        except KeyboardInterrupt:
-            self._mark_stopped(current)
-            raise Interrupted(
-                f"interrupted; completed results are kept in {self.study_dir} (--resume continues)"
-            ) from None
-        except OSError as exc:  # the results directory itself failed: full, read-only, gone
-            self._mark_stopped(current)
-            raise EnvironmentProblem(f"results directory {self.study_dir}: {exc.strerror or exc}") from None
-        except LlemError:
-            # The environment broke mid-study (daemon gone, device held): stop, truthfully.
-            self._mark_stopped(current)
-            raise
+        except (KeyboardInterrupt, OSError, LlemError) as exc:
+            self._mark_stopped(current, study=worker is None)
+            raise self._stopped_by(exc) from None
         finally:
+            if claim is not None:
+                claim.release()
             if self._study_lock is not None:
                 self._study_lock.release()
-        if final is None:
-            final = "completed" if all(e.status == "completed" for e in store.manifest.runs) else "failed"
-        store.set_status(final)
-        self._summarise()
+        self._conclude(final, last_of_many=worker is not None)
         return [self._outcome(run) for run in self.plan.runs]
+
+    def _stopped_by(self, exc: BaseException) -> LlemError:
+        """The error a stopped study ends with: Ctrl-C / SIGTERM, the results directory failing
+        (full, read-only, gone), or the environment breaking mid-study (daemon gone, device held)."""
+        if isinstance(exc, KeyboardInterrupt):
+            return Interrupted(f"interrupted; completed results are kept in {self.study_dir} (--resume continues)")
+        if isinstance(exc, OSError):
+            return EnvironmentProblem(f"results directory {self.study_dir}: {exc.strerror or exc}")
+        assert isinstance(exc, LlemError)
+        return exc
+
+    def _claim(self, board: ClaimBoard, run: PlannedRun) -> Claim | None:
+        """A claim on ``run``; None when a live worker holds it or has finished it since."""
+        assert self._store is not None
+        claim = board.claim(run.run_id)
+        if claim is not None and self._store.refresh().run(run.run_id).status not in CLAIMABLE:
+            claim.release()
+            return None
+        return claim
+
+    def _conclude(self, final: StudyStatus | None, last_of_many: bool) -> None:
+        """Set the study's final status (a worker: only when no run is left to any worker)."""
+        assert self._store is not None
+        runs = self._store.refresh().runs
+        if last_of_many and final is None and any(e.status in CLAIMABLE for e in runs):
+            return  # other workers are still at it
+        if final is None:
+            final = "completed" if all(e.status == "completed" for e in runs) else "failed"
+        self._store.set_status(final)
+        self._summarise()
 
     def _summarise(self) -> None:
         """Statistics across cycles of what has completed so far (best effort: results are safe)."""
@@ -551,13 +479,15 @@ class StudyRunner:
         with contextlib.suppress(LlemError, OSError, ValueError):
             self.summary = summarise(self.study_dir, self.options.factors)
 
-    def _mark_stopped(self, current: PlannedRun | None) -> None:
-        """Best effort: record that the study stopped early (the disk may be what failed)."""
+    def _mark_stopped(self, current: PlannedRun | None, study: bool = True) -> None:
+        """Best effort: record that the run (and with ``study`` the study) stopped early (the
+        disk may be what failed). An interrupted run is claimable again."""
         assert self._store is not None
         with contextlib.suppress(LlemError):
             if current is not None:
                 self._store.update_run(current.run_id, status="interrupted", finished_at=utc_now())
-            self._store.set_status("interrupted")
+            if study:
+                self._store.set_status("interrupted")
         self._summarise()
 
     def _skip(self, runs: list[PlannedRun], kind: str, message: str) -> None:
@@ -573,28 +503,6 @@ class StudyRunner:
             result = read_result(self.study_dir / "runs" / run.run_id, run.run_id)[0]
         return RunOutcome(run=run, entry=entry, result=result)
 
-    @staticmethod
-    @contextlib.contextmanager
-    def _token_file(wanted: bool) -> Iterator[Path | None]:
-        """HF_TOKEN as a file only the agent may read (mounted read-only), removed on exit; None
-        when the run cannot download or there is no token."""
-        token = os.environ.get(SECRET_ENV)
-        if not wanted or not token:
-            yield None
-            return
-        folder = Path(tempfile.mkdtemp(prefix="llem-secret-"))
-        try:
-            path = folder / "hf_token"
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(token)
-            if os.getuid() == 0:  # the unprivileged agent reads it through the root group
-                os.chmod(folder, 0o750)
-                os.chmod(path, 0o640)
-            yield path
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-
     def completed_count(self) -> int:
         """Runs of this study already completed (a resumed study starts from these)."""
         return sum(1 for e in self._store.manifest.runs if e.status == "completed") if self._store else 0
@@ -604,109 +512,5 @@ class StudyRunner:
             self.events.pausing(seconds)
             time.sleep(seconds)
 
-    def _download_dir(self, model: str, model_dir: Path | None) -> Path | None:
-        """Where a hub model lands in the Hugging Face cache (None for a local model)."""
-        if model_dir is not None or "/" not in model:
-            return None
-        return self.options.hf_home / "hub" / ("models--" + model.replace("/", "--"))
-
     def _run_one(self, run: PlannedRun, remaining_s: float | None) -> RunOutcome:
-        assert self._store is not None and self.study_dir is not None
-        config: ExperimentConfig = run.experiment.config
-        run_dir = self.study_dir / "runs" / run.run_id
-        run_dir.mkdir(parents=True, exist_ok=True)
-        attempt = self._store.manifest.run(run.run_id).attempts + 1
-        _archive_attempt(run_dir, attempt - 1)
-        if os.getuid() == 0:
-            os.chmod(run_dir, 0o2775)  # the unprivileged agent writes here through the root group
-        gpus = assign_devices(config, list(self.options.gpu_indices))
-        uuids = tuple(self.options.gpu_uuids[g] for g in gpus if g in self.options.gpu_uuids)
-        model_dir = self._model_dirs.get(run.experiment.index)
-        adapter_dir = self._adapter_dirs.get(run.experiment.index)
-        # The token file lives exactly as long as this run: removed however the run ends (a lock
-        # refused, Ctrl-C while queued, a failed start).
-        with self._token_file(may_download(config, model_dir, adapter_dir)) as secret:
-            engine_cache = self.options.engine_cache if config.engine == "tensorrt" else None
-            launcher = self.launcher_for(config.engine)
-            spec = build_spec(
-                image=image_for(config.engine, self.options.images),
-                study_id=self.study_dir.name,
-                run_id=run.run_id,
-                run_dir=run_dir.resolve(),
-                hf_home=self.options.hf_home,
-                model_dir=model_dir,
-                gpu_indices=gpus,
-                host_uid=os.getuid(),
-                host_gid=os.getgid(),
-                host_pid=os.getpid(),
-                memory_limit=self.options.container_memory,
-                baseline_cache=self.options.baseline_cache,
-                adapter_dir=adapter_dir,
-                engine_cache=engine_cache,
-                engine=config.engine,
-                gpu_uuids=uuids,
-                prebuilt_engine=self._engine_dirs.get(run.experiment.index),
-                dataset_file=self._datasets.get(run.experiment.index),
-                token_file=secret,
-                pids_limit=self.options.pids_limit,
-            )
-
-            def seen(target: str) -> str | None:  # where the agent sees a mount: in its container, or on the host
-                mount = spec.mount_at(target)
-                return launcher.agent_path(mount) if mount is not None else None
-
-            request = RunRequest(
-                run_id=run.run_id,
-                study_name=self.plan.study.name,
-                cycle=run.cycle,
-                config_hash=run.experiment.config_hash,
-                config=config,
-                model_path=seen(CONTAINER_MODEL_DIR),
-                adapter_path=seen(CONTAINER_ADAPTER_DIR),
-                engine_cache_dir=seen(CONTAINER_ENGINE_CACHE),
-                engine_path=seen(CONTAINER_TRT_ENGINE_DIR),
-                dataset_path=seen(dataset_target(dataset))
-                if (dataset := self._datasets.get(run.experiment.index))
-                else None,
-                gpus=[str(g) for g in gpus],
-                gpu_uuids=list(uuids) if len(uuids) == len(gpus) else None,
-                baseline_cache_dir=seen(CONTAINER_BASELINE_DIR),
-                sample_interval_s=self.options.sample_interval_s,
-                runner="local" if launcher.kind == "local" else "docker",
-            )
-            write_atomic(run_dir / EXPERIMENT_FILE, request.model_dump_json(indent=2))
-            lock_dir = self.options.lock_dir
-            locks = DeviceLocks(lock_names(gpus) if lock_dir else [], lock_dir or Path("."))
-            if not locks.acquire(self.options.lock_wait_s, on_wait=self.events.waiting_for_devices):
-                raise EnvironmentProblem(
-                    f"devices {locks.names} are locked by another study (lock files in {lock_dir}); "
-                    "wait for it, or run without --no-wait to queue behind it"
-                )
-            with locks:
-                self._store.update_run(
-                    run.run_id,
-                    status="running",
-                    started_at=utc_now(),
-                    finished_at=None,
-                    failure=None,
-                    attempts=attempt,
-                    devices=[f"gpu{g}" for g in gpus] or ["cpu"],
-                )
-                timeout = (
-                    self.options.run_timeout_s if remaining_s is None else min(self.options.run_timeout_s, remaining_s)
-                )
-                watch = PhaseWatch(
-                    run, run_dir / HEARTBEAT_FILE, self._download_dir(config.model, model_dir), self.events
-                )
-                liveness = Liveness(run_dir / HEARTBEAT_FILE, self.options.stall_timeout_s, on_poll=watch.poll)
-                outcome = launcher.run(spec, max(timeout, 1.0), run_dir / CONTAINER_LOG, liveness)
-        result, failure = collect(run_dir, run.run_id, outcome)
-        entry = self._store.update_run(
-            run.run_id,
-            status="completed" if result is not None else "failed",
-            finished_at=utc_now(),
-            wall_s=round(outcome.duration_s, 3),
-            exit_code=outcome.exit_code,
-            failure=failure,
-        )
-        return RunOutcome(run=run, entry=entry, result=result)
+        return run_one(self, run, remaining_s)

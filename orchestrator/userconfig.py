@@ -54,8 +54,16 @@ class MeasurementSection(_Section):
     datacenter_location: str | None = None
 
 
+class SlurmSection(_Section):
+    partition: str | None = None
+    account: str | None = None
+    time: str | None = None  # sbatch --time, e.g. 04:00:00
+    sbatch_lines: list[str] = Field(default_factory=list)  # extra "#SBATCH ..." lines, verbatim
+
+
 class UserConfigFile(_Section):
     output: OutputSection = Field(default_factory=OutputSection)
+    slurm: SlurmSection = Field(default_factory=SlurmSection)
     runners: dict[str, str] = Field(default_factory=dict)
     images: dict[str, str] = Field(default_factory=dict)
     measurement: MeasurementSection = Field(default_factory=MeasurementSection)
@@ -245,4 +253,7 @@ def load_user_config() -> UserConfig:
         _env_float("LLEM_CARBON_INTENSITY", 0.0, 5000.0))  # fmt: skip
     put("measurement.datacenter_location", None, m.datacenter_location, "LLEM_DATACENTER_LOCATION",
         os.environ.get("LLEM_DATACENTER_LOCATION") or None)  # fmt: skip
+    for key in ("partition", "account", "time"):
+        put(f"slurm.{key}", None, getattr(cfg.slurm, key), None)
+    put("slurm.sbatch_lines", [], cfg.slurm.sbatch_lines or None, None)
     return UserConfig(path=path, file_found=found, settings=settings)

@@ -6,6 +6,7 @@ import multiprocessing
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from orchestrator.claims import ClaimBoard, FileMutex, break_if_stale
 from orchestrator.manifest import Manifest, ManifestStore, RunEntry
@@ -13,18 +14,25 @@ from orchestrator.manifest import Manifest, ManifestStore, RunEntry
 RUNS = [f"e{i:03d}-c1" for i in range(1, 41)]
 
 
-def _claim_all(study_dir: str, worker: str, out: str) -> None:
+def _claim_all(study_dir: str, worker: str, out: str, hold: Any = None) -> None:
     board = ClaimBoard(Path(study_dir), worker=worker)
     won = [run for run in RUNS if board.claim(run) is not None]
     Path(out).write_text("\n".join(won))
+    if hold is not None:  # alive until every worker is done: a dead owner's claims are free
+        hold.wait(30)
 
 
 def test_racing_workers_claim_every_run_exactly_once(tmp_path: Path) -> None:
     ctx = multiprocessing.get_context("fork")
     outs = [tmp_path / f"w{i}.txt" for i in range(4)]
-    procs = [ctx.Process(target=_claim_all, args=(str(tmp_path), f"w{i}", str(o))) for i, o in enumerate(outs)]
+    hold = ctx.Event()
+    procs = [ctx.Process(target=_claim_all, args=(str(tmp_path), f"w{i}", str(o), hold)) for i, o in enumerate(outs)]
     for p in procs:
         p.start()
+    deadline = time.monotonic() + 30
+    while not all(o.exists() for o in outs) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    hold.set()
     for p in procs:
         p.join(30)
     won = [line for o in outs for line in o.read_text().splitlines() if line]
@@ -90,3 +98,13 @@ def test_manifest_updates_from_several_processes_are_never_lost(tmp_path: Path) 
         p.join(60)
     assert all(e.status == "completed" for e in ManifestStore.load(tmp_path).runs)
     assert (tmp_path / "counter").read_text() == "50"
+
+
+def test_a_claim_of_a_dead_process_on_this_host_is_broken_at_once(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("fork")
+    child = ctx.Process(target=_claim_all, args=(str(tmp_path), "killed", str(tmp_path / "out.txt")))
+    child.start()
+    child.join(30)  # it exits holding every claim, as a `kill -9`ed llem would
+    board = ClaimBoard(tmp_path, worker="resumed", stale_after_s=3600)
+    assert not board.live(RUNS[0])
+    assert all(board.claim(run) is not None for run in RUNS)

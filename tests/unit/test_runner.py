@@ -322,7 +322,7 @@ def test_model_files_must_be_readable_by_the_unprivileged_agent(tmp_path):
 def test_phase_watch_reports_phases_batches_and_downloads(tmp_path: Path):
     import json as _json
 
-    from orchestrator.runner import PhaseWatch
+    from orchestrator.onerun import PhaseWatch
 
     class Events:
         def __init__(self) -> None:

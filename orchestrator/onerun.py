@@ -1,0 +1,297 @@
+"""One run: its request, its container (or process) under its device locks, its outcome."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import ValidationError
+
+from llem_agent.contract import (
+    CONTAINER_ADAPTER_DIR,
+    CONTAINER_BASELINE_DIR,
+    CONTAINER_ENGINE_CACHE,
+    CONTAINER_MODEL_DIR,
+    CONTAINER_TRT_ENGINE_DIR,
+    ERROR_FILE,
+    EXPERIMENT_FILE,
+    HEARTBEAT_FILE,
+    HUB_PROMPT_SETS,
+    RESULT_FILE,
+    ExperimentConfig,
+    ExperimentResult,
+    RunError,
+    RunRequest,
+    write_atomic,
+)
+from orchestrator.container import SECRET_ENV, build_spec, dataset_target
+from orchestrator.devices import assign_devices
+from orchestrator.errors import EnvironmentProblem
+from orchestrator.launcher import ContainerOutcome, Liveness
+from orchestrator.locks import DeviceLocks, lock_names
+from orchestrator.manifest import RunEntry, RunFailure, utc_now
+from orchestrator.plan import PlannedRun
+
+if TYPE_CHECKING:
+    from orchestrator.runner import RunnerEvents, StudyRunner
+
+CONTAINER_LOG = "container.log"
+# Agent exception types that name a failure class of their own.
+_ERROR_KINDS = {"GpuNotVisible": "gpu_not_visible", "OutOfMemoryError": "oom"}
+
+
+def image_for(engine: str, images: dict[str, str]) -> str:
+    try:
+        return images[engine]
+    except KeyError:
+        raise EnvironmentProblem(f"no image configured for engine '{engine}' (have: {sorted(images)})") from None
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    run: PlannedRun
+    entry: RunEntry
+    result: ExperimentResult | None
+
+
+def _archive_attempt(run_dir: Path, attempt: int) -> None:
+    """Keep an earlier attempt's files under ``attempts/N/`` so a re-run loses nothing."""
+    files = [p for p in run_dir.iterdir() if p.is_file()]
+    if attempt < 1 or not files:
+        return
+    target = run_dir / "attempts" / str(attempt)
+    target.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        path.rename(target / path.name)
+
+
+def collect(run_dir: Path, run_id: str, outcome: ContainerOutcome) -> tuple[ExperimentResult | None, RunFailure | None]:
+    """Read what the agent left in ``run_dir`` and decide how the run ended."""
+    result_path, error_path = run_dir / RESULT_FILE, run_dir / ERROR_FILE
+    if outcome.timed_out:
+        return None, RunFailure(kind="timeout", message=f"no exit within the run timeout ({outcome.duration_s:.0f} s)")
+    if outcome.hung:
+        return None, RunFailure(kind="hung", message="the agent stopped making progress (stale heartbeat); killed")
+    if outcome.oom_killed:
+        return None, RunFailure(kind="oom", message="the container was killed for exceeding its memory limit")
+    if result_path.exists() and outcome.exit_code == 0:
+        result, problem = read_result(run_dir, run_id)
+        if problem is not None:
+            return None, RunFailure(kind="corrupt_result", message=problem)
+        return result, None
+    if error_path.exists():
+        try:
+            error = RunError.model_validate_json(error_path.read_text(encoding="utf-8"))
+            kind = _ERROR_KINDS.get(error.type, "agent_error")
+            return None, RunFailure(kind=kind, type=error.type, message=f"{error.phase}: {error.message}")
+        except (ValidationError, ValueError):
+            pass
+    if outcome.exit_code in (137, 143):
+        return None, RunFailure(
+            kind="killed", message=f"the container was killed from outside (exit {outcome.exit_code})"
+        )
+    return None, RunFailure(kind="no_result", message=f"container exited {outcome.exit_code} without {RESULT_FILE}")
+
+
+def may_download(config: ExperimentConfig, model_dir: Path | None, adapter_dir: Path | None) -> bool:
+    """Whether this run may fetch from the Hugging Face hub: a hub model, adapter or prompt set."""
+    hub_adapter = config.lora is not None and config.lora.adapter_id is not None and adapter_dir is None
+    return model_dir is None or hub_adapter or config.dataset.source in HUB_PROMPT_SETS
+
+
+def read_result(run_dir: Path, run_id: str) -> tuple[ExperimentResult | None, str | None]:
+    """A run's result.json, or why there is no usable one (missing, not a valid result, another
+    run's): the one reader for collecting a run, resuming a study and reporting outcomes."""
+    path = run_dir / RESULT_FILE
+    try:
+        result = ExperimentResult.model_validate_json(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, f"{RESULT_FILE} is missing"
+    except (OSError, ValueError) as exc:
+        return None, f"{RESULT_FILE} is not a valid result: {exc}"
+    if result.run_id != run_id:
+        return None, f"{RESULT_FILE} belongs to run {result.run_id}"
+    return result, None
+
+
+def _tree_bytes(path: Path) -> int:
+    total = 0
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(path):
+            if entry.is_dir(follow_symlinks=False):
+                total += _tree_bytes(Path(entry.path))
+            elif entry.is_file(follow_symlinks=False):
+                total += entry.stat(follow_symlinks=False).st_size
+    return total
+
+
+class PhaseWatch:
+    """Turns the agent's heartbeat into progress events: its phase, batches done while
+    measuring, and bytes downloaded into the Hugging Face cache while loading a hub model."""
+
+    def __init__(self, run: PlannedRun, heartbeat: Path, download_dir: Path | None, events: RunnerEvents) -> None:
+        self.run, self.heartbeat, self.download_dir, self.events = run, heartbeat, download_dir, events
+        self._start_bytes = _tree_bytes(download_dir) if download_dir else 0
+        self._last: tuple[str, str] | None = None
+        self._phase = ""
+        self._phase_base = 0  # the agent's batch counter runs on across phases
+
+    def poll(self) -> None:
+        try:
+            beat = json.loads(self.heartbeat.read_text(encoding="utf-8"))
+            phase, progress = str(beat.get("phase", "?")), int(beat.get("progress", 0))
+        except (OSError, ValueError, TypeError):
+            return
+        if phase != self._phase:
+            self._phase, self._phase_base = phase, progress
+        detail = ""
+        if phase in ("warmup", "measure") and progress > self._phase_base:
+            detail = f"{progress - self._phase_base} batches"
+        elif phase == "load" and self.download_dir is not None:
+            grown = _tree_bytes(self.download_dir) - self._start_bytes
+            if grown > 0:
+                detail = f"{grown / 2**20:,.1f} MiB downloaded"
+        if (phase, detail) != self._last:
+            self._last = (phase, detail)
+            self.events.run_phase(self.run, phase, detail)
+
+
+@contextlib.contextmanager
+def token_file(wanted: bool) -> Iterator[Path | None]:
+    """HF_TOKEN as a file only the agent may read (mounted read-only), removed on exit; None
+    when the run cannot download or there is no token."""
+    token = os.environ.get(SECRET_ENV)
+    if not wanted or not token:
+        yield None
+        return
+    folder = Path(tempfile.mkdtemp(prefix="llem-secret-"))
+    try:
+        path = folder / "hf_token"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(token)
+        if os.getuid() == 0:  # the unprivileged agent reads it through the root group
+            os.chmod(folder, 0o750)
+            os.chmod(path, 0o640)
+        yield path
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def download_dir(hf_home: Path, model: str, model_dir: Path | None) -> Path | None:
+    """Where a hub model lands in the Hugging Face cache (None for a local model)."""
+    if model_dir is not None or "/" not in model:
+        return None
+    return hf_home / "hub" / ("models--" + model.replace("/", "--"))
+
+
+def run_one(self: StudyRunner, run: PlannedRun, remaining_s: float | None) -> RunOutcome:
+    """Launch ``run`` through its engine's launcher under its device locks and record how it ended."""
+    assert self._store is not None and self.study_dir is not None
+    config: ExperimentConfig = run.experiment.config
+    run_dir = self.study_dir / "runs" / run.run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    attempt = self._store.manifest.run(run.run_id).attempts + 1
+    _archive_attempt(run_dir, attempt - 1)
+    if os.getuid() == 0:
+        os.chmod(run_dir, 0o2775)  # the unprivileged agent writes here through the root group
+    gpus = assign_devices(config, list(self.options.gpu_indices))
+    uuids = tuple(self.options.gpu_uuids[g] for g in gpus if g in self.options.gpu_uuids)
+    model_dir = self._model_dirs.get(run.experiment.index)
+    adapter_dir = self._adapter_dirs.get(run.experiment.index)
+    # The token file lives exactly as long as this run: removed however the run ends (a lock
+    # refused, Ctrl-C while queued, a failed start).
+    with token_file(may_download(config, model_dir, adapter_dir)) as secret:
+        engine_cache = self.options.engine_cache if config.engine == "tensorrt" else None
+        launcher = self.launcher_for(config.engine)
+        spec = build_spec(
+            image=image_for(config.engine, self.options.images),
+            study_id=self.study_dir.name,
+            run_id=run.run_id,
+            run_dir=run_dir.resolve(),
+            hf_home=self.options.hf_home,
+            model_dir=model_dir,
+            gpu_indices=gpus,
+            host_uid=os.getuid(),
+            host_gid=os.getgid(),
+            host_pid=os.getpid(),
+            memory_limit=self.options.container_memory,
+            baseline_cache=self.options.baseline_cache,
+            adapter_dir=adapter_dir,
+            engine_cache=engine_cache,
+            engine=config.engine,
+            gpu_uuids=uuids,
+            prebuilt_engine=self._engine_dirs.get(run.experiment.index),
+            dataset_file=self._datasets.get(run.experiment.index),
+            token_file=secret,
+            pids_limit=self.options.pids_limit,
+        )
+
+        def seen(target: str) -> str | None:  # where the agent sees a mount: in its container, or on the host
+            mount = spec.mount_at(target)
+            return launcher.agent_path(mount) if mount is not None else None
+
+        request = RunRequest(
+            run_id=run.run_id,
+            study_name=self.plan.study.name,
+            cycle=run.cycle,
+            config_hash=run.experiment.config_hash,
+            config=config,
+            model_path=seen(CONTAINER_MODEL_DIR),
+            adapter_path=seen(CONTAINER_ADAPTER_DIR),
+            engine_cache_dir=seen(CONTAINER_ENGINE_CACHE),
+            engine_path=seen(CONTAINER_TRT_ENGINE_DIR),
+            dataset_path=seen(dataset_target(dataset))
+            if (dataset := self._datasets.get(run.experiment.index))
+            else None,
+            gpus=[str(g) for g in gpus],
+            gpu_uuids=list(uuids) if len(uuids) == len(gpus) else None,
+            baseline_cache_dir=seen(CONTAINER_BASELINE_DIR),
+            sample_interval_s=self.options.sample_interval_s,
+            runner="local" if launcher.kind == "local" else "docker",
+        )
+        write_atomic(run_dir / EXPERIMENT_FILE, request.model_dump_json(indent=2))
+        lock_dir = self.options.lock_dir
+        locks = DeviceLocks(lock_names(gpus) if lock_dir else [], lock_dir or Path("."))
+        if not locks.acquire(self.options.lock_wait_s, on_wait=self.events.waiting_for_devices):
+            raise EnvironmentProblem(
+                f"devices {locks.names} are locked by another study (lock files in {lock_dir}); "
+                "wait for it, or run without --no-wait to queue behind it"
+            )
+        with locks:
+            self._store.update_run(
+                run.run_id,
+                status="running",
+                started_at=utc_now(),
+                finished_at=None,
+                failure=None,
+                attempts=attempt,
+                devices=[f"gpu{g}" for g in gpus] or ["cpu"],
+                host=socket.gethostname(),
+            )
+            timeout = (
+                self.options.run_timeout_s if remaining_s is None else min(self.options.run_timeout_s, remaining_s)
+            )
+            watch = PhaseWatch(
+                run, run_dir / HEARTBEAT_FILE, download_dir(self.options.hf_home, config.model, model_dir), self.events
+            )
+            liveness = Liveness(run_dir / HEARTBEAT_FILE, self.options.stall_timeout_s, on_poll=watch.poll)
+            outcome = launcher.run(spec, max(timeout, 1.0), run_dir / CONTAINER_LOG, liveness)
+    result, failure = collect(run_dir, run.run_id, outcome)
+    entry = self._store.update_run(
+        run.run_id,
+        status="completed" if result is not None else "failed",
+        finished_at=utc_now(),
+        wall_s=round(outcome.duration_s, 3),
+        exit_code=outcome.exit_code,
+        failure=failure,
+    )
+    return RunOutcome(run=run, entry=entry, result=result)

@@ -1,0 +1,144 @@
+"""The Slurm executor on a real Slurm: Debian's slurm-wlm and munge, one node, started by
+tests/tools/ensure-slurm.sh (which `make test` runs). Jobs are real job arrays whose tasks
+run `llem worker`, which runs the study's runs through real containers."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator.container import LABEL_STUDY_DIR
+from orchestrator.errors import EXIT_OK
+from tests.conftest import REPO
+from tests.helpers import run_llem
+
+SLURM_BASE = os.environ.get("LLEM_SLURM_BASE", "/tmp/llem-slurm")
+SLOW = """
+name: cancelled
+model: {model}
+max_input_tokens: 32
+max_output_tokens: 64
+dataset: {{source: builtin, n_prompts: 200}}
+decoder: {{do_sample: false, min_new_tokens: 64}}
+warmup: {{n_warmup: 1}}
+sweep:
+  pytorch.batch_size: [1, 2]
+study_execution: {{n_cycles: 1, experiment_order: sequential}}
+"""
+
+
+@pytest.fixture(scope="session")
+def slurm() -> dict[str, str]:
+    """SLURM_CONF of the one-node Slurm, started if it is not up."""
+    done = subprocess.run(
+        ["bash", str(REPO / "tests" / "tools" / "ensure-slurm.sh")], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        pytest.fail(f"no Slurm ({done.stderr.strip()[-400:]}); `make test` starts one (tests/tools/ensure-slurm.sh)")
+    env = {"SLURM_CONF": f"{SLURM_BASE}/slurm.conf"}
+    os.environ.update(env)
+    return env
+
+
+def study_dir_of(results: Path) -> Path:
+    (found,) = results.iterdir()
+    return found
+
+
+def manifest(study_dir: Path) -> dict:
+    return json.loads((study_dir / "manifest.json").read_text())
+
+
+def no_attempt_has_a_result(study_dir: Path) -> bool:
+    return not list(study_dir.glob("runs/*/attempts/*/result.json"))
+
+
+def test_the_demo_study_as_a_two_task_array(tmp_path, slurm, tiny_model, docker_client):
+    results = tmp_path / "results"
+    done = run_llem(
+        "run", str(REPO / "examples" / "quickstart.yaml"), "--executor", "slurm", "--slurm-tasks", "2", "--wait",
+        "--results-dir", str(results), "--lock-dir", str(tmp_path / "locks"), env=slurm,
+    )  # fmt: skip
+    assert done.returncode == EXIT_OK, done.stderr + done.stdout
+    assert "local to each node" in done.stderr  # the study directory is under /tmp: warned
+    study_dir = study_dir_of(results)
+    doc = manifest(study_dir)
+    assert doc["status"] == "completed"
+    assert [r["status"] for r in doc["runs"]] == ["completed"] * 4
+    assert all(r["attempts"] == 1 and r["host"] for r in doc["runs"])
+    (submitted,) = [h for h in doc["history"] if h["status"] == "submitted"]
+    script = (study_dir / "slurm" / "job.sbatch").read_text()
+    assert "#SBATCH --array=0-1" in script and " worker " in script
+    logs = sorted((study_dir / "slurm").glob(f"{submitted['job']}_*.out"))
+    assert len(logs) == 2
+    ran = [int(m.group(1)) for log in logs for m in re.finditer(r"ran (\d+) runs", log.read_text())]
+    assert sum(ran) == 4  # every run by exactly one task
+    for run in doc["runs"]:
+        result = json.loads((study_dir / "runs" / run["run_id"] / "result.json").read_text())
+        assert result["run_id"] == run["run_id"] and result["output_tokens"] > 0
+    assert run_llem("results", str(study_dir)).returncode == EXIT_OK
+
+
+def test_a_cancelled_task_loses_nothing_and_resume_submits_what_is_left(tmp_path, slurm, tiny_model, docker_client):
+    study = tmp_path / "cancelled.yaml"
+    study.write_text(SLOW.format(model=tiny_model))
+    results = tmp_path / "results"
+    common = ["--executor", "slurm", "--slurm-tasks", "1", "--results-dir", str(results),
+              "--lock-dir", str(tmp_path / "locks")]  # fmt: skip
+    done = run_llem("run", str(study), *common, env=slurm)
+    assert done.returncode == EXIT_OK, done.stderr
+    job = re.search(r"Slurm job (\d+)", done.stderr)
+    assert job, done.stderr
+    study_dir = study_dir_of(results)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:  # cancel in the middle of the second run's measurement
+        runs = manifest(study_dir)["runs"]
+        assert "failed" not in {r["status"] for r in runs}, runs
+        beat = study_dir / "runs" / "e002-c1" / "heartbeat"
+        if runs[0]["status"] == "completed" and beat.exists() and '"measure"' in beat.read_text():
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"the second run never reached its measurement: {manifest(study_dir)['runs']}")
+    subprocess.run(["scancel", job.group(1)], check=True, env={**os.environ, **slurm})
+    for _ in range(120):
+        queue = subprocess.run(["squeue", "-h", "-j", job.group(1)], capture_output=True, text=True, check=False)
+        if not queue.stdout.strip():
+            break
+        time.sleep(1)
+    runs = {r["run_id"]: r for r in manifest(study_dir)["runs"]}
+    assert runs["e001-c1"]["status"] == "completed"
+    assert runs["e002-c1"]["status"] == "interrupted"  # the worker stopped its container and said so
+    left = [c.name for c in docker_client.containers.list(all=True, filters={"label": LABEL_STUDY_DIR})
+            if c.labels.get(LABEL_STUDY_DIR, "").startswith(str(tmp_path))]  # fmt: skip
+    assert left == []
+    first = (study_dir / "runs" / "e001-c1" / "result.json").read_bytes()
+
+    resumed = run_llem("run", str(study), *common, "--resume-dir", str(study_dir), "--wait", env=slurm)
+    assert resumed.returncode == EXIT_OK, resumed.stderr + resumed.stdout
+    doc = manifest(study_dir)
+    assert doc["status"] == "completed"
+    runs = {r["run_id"]: r for r in doc["runs"]}
+    assert runs["e001-c1"]["attempts"] == 1 and runs["e002-c1"]["attempts"] == 2
+    assert (study_dir / "runs" / "e001-c1" / "result.json").read_bytes() == first  # never run again
+    assert no_attempt_has_a_result(study_dir)  # the cancelled attempt never completed: nothing ran twice
+    assert json.loads((study_dir / "runs" / "e002-c1" / "result.json").read_text())["run_id"] == "e002-c1"
+    assert len([h for h in doc["history"] if h["status"] == "submitted"]) == 2
+
+
+def test_an_unknown_partition_is_one_line_and_the_study_can_be_submitted_again(tmp_path, slurm, tiny_model):
+    results = tmp_path / "results"
+    done = run_llem(
+        "run", str(REPO / "examples" / "quickstart.yaml"), "--executor", "slurm", "--slurm-partition", "nope",
+        "--results-dir", str(results), env=slurm,
+    )  # fmt: skip
+    assert done.returncode != 0
+    (line,) = done.stderr.strip().splitlines()[-1:]
+    assert "Slurm refused the job" in line and "--resume-dir" in line and "Traceback" not in done.stderr
+    assert all(r["status"] == "pending" for r in manifest(study_dir_of(results))["runs"])

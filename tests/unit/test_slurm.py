@@ -1,0 +1,95 @@
+"""The Slurm executor's parts that need no Slurm: the script, the storage warning, the errors,
+and workers sharing one study through claims (the real job arrays are in tests/docker)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from pathlib import Path
+
+from orchestrator.errors import EXIT_ENVIRONMENT, EXIT_OK
+from orchestrator.manifest import ManifestStore
+from orchestrator.plan import make_plan
+from orchestrator.slurm import SlurmOptions, script, shared_storage_warning
+from orchestrator.study import load_study
+from tests.helpers import run_llem
+from tests.unit.test_runner import FakeLauncher, make_runner
+
+
+def test_the_script_asks_for_what_the_study_needs(tmp_path, study_file):
+    plan = make_plan(load_study(study_file))
+    options = SlurmOptions(partition="gpu", account="green", time="02:00:00", tasks=3, gpus=2,
+                           sbatch_lines=["#SBATCH --constraint=h100", "--exclusive"])  # fmt: skip
+    text = script(tmp_path / "my study", plan, options, ["--image=pytorch=x:1", "--fail-fast"], pending=4)
+    assert text.startswith("#!/bin/bash\n")
+    for line in ("#SBATCH --array=0-2", "#SBATCH --partition=gpu", "#SBATCH --account=green",
+                 "#SBATCH --time=02:00:00", "#SBATCH --gres=gpu:2", "#SBATCH --constraint=h100",
+                 "#SBATCH --exclusive", f"#SBATCH --output={tmp_path}/my study/slurm/%A_%a.out"):  # fmt: skip
+        assert line in text.splitlines(), line
+    (command,) = [line for line in text.splitlines() if line.startswith("exec ")]
+    assert f"worker '{tmp_path}/my study'" in command  # quoted for the shell
+    assert '--gpus "${SLURM_JOB_GPUS}"' in command and '"slurm-${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"' in command
+    assert command.endswith("--image=pytorch=x:1 --fail-fast")
+
+
+def test_a_cpu_study_asks_for_no_gpus_and_at_most_one_task_per_pending_run(tmp_path, study_file):
+    plan = make_plan(load_study(study_file))
+    text = script(tmp_path, plan, SlurmOptions(gpus=0), [], pending=2)
+    assert "#SBATCH --array=0-1" in text and "--gres" not in text and "--gpus" not in text
+
+
+def test_node_local_storage_is_warned_about(tmp_path):
+    warning = shared_storage_warning(Path("/tmp/results"))
+    assert warning is not None and "local to each node" in warning
+    assert shared_storage_warning(Path("/dev/shm/x")) is not None
+
+
+def test_dry_run_prints_the_script_and_writes_nothing(tmp_path, study_file):
+    done = run_llem("run", str(study_file), "--executor", "slurm", "--dry-run", "--slurm-gpus", "0",
+                    "--results-dir", str(tmp_path / "results"))  # fmt: skip
+    assert done.returncode == EXIT_OK, done.stderr
+    assert "#SBATCH --array=0-3" in done.stdout and " worker " in done.stdout
+    assert not (tmp_path / "results").exists()
+
+
+def test_no_sbatch_is_one_line_and_the_study_stays_submittable(tmp_path, study_file):
+    done = run_llem("run", str(study_file), "--executor", "slurm", "--slurm-gpus", "0",
+                    "--results-dir", str(tmp_path / "results"), env={"PATH": str(tmp_path)})  # fmt: skip
+    assert done.returncode == EXIT_ENVIRONMENT
+    assert "sbatch not found" in done.stderr and "--resume-dir" in done.stderr and "Traceback" not in done.stderr
+    (study_dir,) = (tmp_path / "results").iterdir()
+    assert {e.status for e in ManifestStore.load(study_dir).runs} == {"pending"}
+
+
+def test_a_refused_submission_says_what_slurm_said(tmp_path, study_file):
+    fake = tmp_path / "bin" / "sbatch"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'sbatch: error: Batch job submission failed: Invalid account' >&2\nexit 1\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    path = f"{fake.parent}:{os.environ['PATH']}"
+    done = run_llem("run", str(study_file), "--executor", "slurm", "--slurm-gpus", "0",
+                    "--results-dir", str(tmp_path / "results"), env={"PATH": path})  # fmt: skip
+    assert done.returncode == EXIT_ENVIRONMENT
+    assert "Slurm refused the job: sbatch: error: Batch job submission failed: Invalid account" in done.stderr
+
+
+def test_two_workers_share_one_study_and_run_every_run_once(tmp_path, study_file):
+    first = make_runner(tmp_path, study_file, FakeLauncher())
+    first.preflight()
+    study_dir = first.prepare()
+    first.release()
+    launchers = [FakeLauncher(), FakeLauncher()]
+    workers = [make_runner(tmp_path, study_file, launcher) for launcher in launchers]
+    for worker in workers:
+        worker.attach(study_dir)
+    threads = [threading.Thread(target=w.execute, kwargs={"worker": f"w{i}"}) for i, w in enumerate(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    manifest = ManifestStore.load(study_dir)
+    assert manifest.status == "completed"
+    assert [e.attempts for e in manifest.runs] == [1, 1, 1, 1]
+    ran = sorted(s.labels["llem.run"] for launcher in launchers for s in launcher.specs)
+    assert ran == sorted(e.run_id for e in manifest.runs)  # each run by exactly one worker
