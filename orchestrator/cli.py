@@ -369,14 +369,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
         manifest = ManifestStore.load(study_dir)
     except (OSError, ValueError, UnicodeDecodeError):
         raise ConfigError(f"{study_dir}: no readable manifest.json; not a llem study directory") from None
-    if manifest.study_file is None:
-        raise ConfigError(f"{study_dir}: its manifest does not say which study file it was planned from")
-    study = load_study(Path(manifest.study_file), name_override=manifest.study_name)
+    # The study file it was planned from; on another host (a pod) that path may not exist: the
+    # copy in the study directory then (its relative model paths resolve against the study directory).
+    source = Path(manifest.study_file) if manifest.study_file else study_dir / "study.yaml"
+    if not source.exists():
+        source = study_dir / "study.yaml"
+    study = load_study(source, name_override=manifest.study_name)
     if study.design_hash != manifest.study_design_hash:
         raise ConfigError(
-            f"{manifest.study_file} changed since {study_dir} was planned (design hash "
+            f"{source} changed since {study_dir} was planned (design hash "
             f"{manifest.study_design_hash} -> {study.design_hash}); plan the study anew"
         )
+    if args.engine:  # this worker's image runs one engine (a Kubernetes pod)
+        engine = canonical_engine(args.engine)
+        study = dataclasses.replace(study, experiments=tuple(e for e in study.experiments if e.config.engine == engine))
     plan = make_plan(study, n_cycles=manifest.n_cycles, order=manifest.experiment_order)  # type: ignore[arg-type]
     if args.stale_after <= 0:
         raise ConfigError(f"--stale-after must be positive, got {args.stale_after}")
@@ -394,6 +400,50 @@ def cmd_worker(args: argparse.Namespace) -> int:
     completed = sum(1 for status in ran.values() if status == "completed")
     print(f"worker {name}: ran {len(ran)} runs, {completed} completed", flush=True)
     return EXIT_OK if completed == len(ran) else EXIT_RUNS_FAILED
+
+
+def cmd_k8s(args: argparse.Namespace) -> int:
+    """Plan the study into --results-dir (the pods' volume) and write one Indexed Job per engine."""
+    from orchestrator import k8s
+    from orchestrator.runner import RunnerOptions, StudyRunner
+
+    if args.pods is not None and args.pods < 1:
+        raise ConfigError(f"--pods must be at least 1, got {args.pods}")
+    study, plan = _load_plan(args)
+    user = load_user_config()
+    root = (Path(args.results_dir) if args.results_dir else user.results_dir).resolve()
+    mount = args.mount_path or str(root)
+    if not mount.startswith("/"):
+        raise ConfigError(f"--mount-path must be absolute, got {mount!r}")
+    images = resolve_images(study.images, args.image, user)
+    options = RunnerOptions(results_root=root, images=images, run_timeout_s=3600.0, gpu_indices=(), lock_dir=None,
+                            lock_wait_s=None, hf_home=user.hf_home)  # fmt: skip
+    runner = StudyRunner(plan, options, {}, events=_NoEvents())
+    runner.preflight(here=False)
+    runner.launcher = _PodLaunchers()
+    study_dir = runner.prepare(describe=False)
+    runner.release()
+    in_pod = Path(mount) / study_dir.relative_to(root)
+    opts = k8s.K8sOptions(
+        results_pvc=args.pvc, mount_path=mount, images=images, namespace=args.namespace,
+        model_cache_pvc=args.model_cache_pvc, hf_token_secret=args.hf_token_secret, pods=args.pods, gpus=not args.cpu,
+    )  # fmt: skip
+    for path in k8s.write(Path(args.out), k8s.jobs(in_pod, plan, opts, [])):
+        print(path)
+    _console(stderr=True).print(
+        f"study {study.name}: {len(plan.runs)} runs planned in {study_dir}; "
+        f"kubectl apply -f {args.out} runs them, llem results {study_dir} reads them"
+    )
+    return EXIT_OK
+
+
+class _PodLaunchers(dict[str, "Launcher"]):
+    """Every engine's runs execute in a pod, by the local runner of the worker there."""
+
+    def __missing__(self, engine: str) -> Launcher:
+        from orchestrator.local import LocalLauncher
+
+        return LocalLauncher(engine)
 
 
 class _WorkerLog:
@@ -532,6 +582,7 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     )
     worker.add_argument("dir", help="the study directory (written by llem run --executor slurm, or llem k8s)")
     worker.add_argument("--worker-id", metavar="ID", help="this worker's name in claims (default: host:pid)")
+    worker.add_argument("--engine", metavar="ENGINE", help="run only this engine's runs (a pod's image has one engine)")
     worker.add_argument(
         "--stale-after", type=float, default=DEFAULT_STALE_AFTER_S, metavar="S",
         help=f"a claim not refreshed for S seconds is a dead worker's, and its run is claimed again "
@@ -539,6 +590,25 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     )  # fmt: skip
     _host_options(worker)
     worker.set_defaults(func=cmd_worker)
+    k8s = sub.add_parser(
+        "k8s", help="plan a study onto shared storage and write the Kubernetes Indexed Jobs that run it"
+    )
+    k8s.add_argument("study", help="study or experiment YAML file")
+    k8s.add_argument("--out", required=True, metavar="DIR", help="where to write the Job manifests")
+    k8s.add_argument("--results-dir", metavar="DIR", help="where the study directory goes: the volume the pods mount")
+    k8s.add_argument("--pvc", required=True, metavar="NAME", help="PersistentVolumeClaim holding --results-dir")
+    k8s.add_argument(
+        "--mount-path", metavar="PATH", help="where pods mount it (default: --results-dir's absolute path)"
+    )
+    k8s.add_argument("--model-cache-pvc", metavar="NAME", help="PersistentVolumeClaim of a shared Hugging Face cache")
+    k8s.add_argument("--hf-token-secret", metavar="NAME", help="a Secret whose key HF_TOKEN the runs may download with")
+    k8s.add_argument("--namespace", metavar="NS", help="metadata.namespace of the Jobs")
+    k8s.add_argument("--pods", type=int, metavar="N", help="pods per engine; default: one per run, at most 8")
+    k8s.add_argument("--cpu", action="store_true", help="CPU pods: no nvidia.com/gpu limits")
+    k8s.add_argument("--image", action="append", default=[], metavar="ENGINE=IMAGE", help="image for an engine")
+    k8s.add_argument("--cycles", type=int, help="number of cycles (default: study_execution.n_cycles, else 3)")
+    k8s.add_argument("--order", choices=ORDERS, help="experiment order (default: study_execution, else shuffle)")
+    k8s.set_defaults(func=cmd_k8s, name=None, max_experiments=MAX_EXPERIMENTS, max_runs=MAX_RUNS, dry_run=False)
     results = sub.add_parser("results", help="statistics across cycles of a study, as a table (writes summary files)")
     results.add_argument("dir", nargs="?", help="study directory, or a results directory (newest study)")
     results.add_argument("--sort", metavar="KEY", help="sort by a metric (best first) or a swept parameter")

@@ -1,0 +1,86 @@
+"""`llem k8s`: Indexed Jobs validated offline against the Kubernetes API schemas (--strict)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from orchestrator.errors import EXIT_OK
+from orchestrator.manifest import ManifestStore
+from tests.helpers import run_llem
+
+MIXED = """
+name: mixed
+model: ./model
+experiments:
+  - engine: pytorch
+  - engine: vllm
+    vllm: {engine: {tensor_parallel_size: 2}}
+  - engine: vllm
+study_execution: {n_cycles: 2}
+"""
+
+
+@pytest.fixture
+def mixed(tmp_path: Path) -> Path:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    path = tmp_path / "mixed.yaml"
+    path.write_text(MIXED)
+    return path
+
+
+def jobs(out: Path) -> dict[str, dict]:
+    docs = {}
+    for path in sorted(out.glob("*.yaml")):
+        doc = yaml.safe_load(path.read_text())
+        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)  # raises when invalid
+        docs[doc["metadata"]["labels"]["llem.dev/engine"]] = doc
+    return docs
+
+
+def test_one_valid_indexed_job_per_engine_with_gpus_from_the_experiments(tmp_path, mixed):
+    done = run_llem("k8s", str(mixed), "--out", str(tmp_path / "k8s"), "--results-dir", str(tmp_path / "shared"),
+                    "--pvc", "llem-results", "--mount-path", "/shared", "--model-cache-pvc", "hf-cache",
+                    "--hf-token-secret", "hf", "--namespace", "energy",
+                    "--image", "vllm=registry.local/llem/vllm:1")  # fmt: skip
+    assert done.returncode == EXIT_OK, done.stderr
+    docs = jobs(tmp_path / "k8s")
+    assert set(docs) == {"pytorch", "vllm"}
+    (study_dir,) = (tmp_path / "shared").iterdir()
+    for engine, doc in docs.items():
+        spec = doc["spec"]
+        assert spec["completionMode"] == "Indexed" and doc["metadata"]["namespace"] == "energy"
+        pod = spec["template"]["spec"]
+        (container,) = pod["containers"]
+        command = container["command"]
+        assert command[:3] == ["llem", "worker", f"/shared/{study_dir.name}"]
+        assert command[command.index("--engine") + 1] == engine and "--no-lock" in command
+        security = container["securityContext"]
+        assert security["runAsNonRoot"] and not security["allowPrivilegeEscalation"]
+        assert security["capabilities"] == {"drop": ["ALL"]} and security["readOnlyRootFilesystem"]
+        assert pod["automountServiceAccountToken"] is False
+        claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+        assert claims == {"llem-results", "hf-cache"}
+        token = [e for e in container["env"] if e["name"] == "HF_TOKEN"]
+        assert token[0]["valueFrom"]["secretKeyRef"]["name"] == "hf"
+    assert docs["vllm"]["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.local/llem/vllm:1"
+    gpus = {e: d["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
+            for e, d in docs.items()}  # fmt: skip
+    assert gpus == {"pytorch": 1, "vllm": 2}  # tensor_parallel_size 2 needs two GPUs in one pod
+    manifest = ManifestStore.load(study_dir)
+    assert len(manifest.runs) == 6 and {e.status for e in manifest.runs} == {"pending"}
+
+
+def test_cpu_pods_ask_for_no_gpus_and_a_missing_pvc_flag_is_one_line(tmp_path, mixed):
+    done = run_llem("k8s", str(mixed), "--out", str(tmp_path / "k8s"), "--results-dir", str(tmp_path / "r"),
+                    "--pvc", "p", "--cpu", "--pods", "2")  # fmt: skip
+    assert done.returncode == EXIT_OK, done.stderr
+    for doc in jobs(tmp_path / "k8s").values():
+        assert "limits" not in doc["spec"]["template"]["spec"]["containers"][0]["resources"]
+        assert doc["spec"]["parallelism"] == 2
+    refused = run_llem("k8s", str(mixed), "--out", str(tmp_path / "k8s2"))
+    assert refused.returncode == 2 and "--pvc" in refused.stderr and "Traceback" not in refused.stderr
