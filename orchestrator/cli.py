@@ -416,6 +416,8 @@ def cmd_k8s(args: argparse.Namespace) -> int:
     if not mount.startswith("/"):
         raise ConfigError(f"--mount-path must be absolute, got {mount!r}")
     images = resolve_images(study.images, args.image, user)
+    given = {canonical_engine(item.partition("=")[0]) for item in args.image}
+    pod_images = {e: ref if e in given else k8s.worker_image(ref) for e, ref in images.items()}
     options = RunnerOptions(results_root=root, images=images, run_timeout_s=3600.0, gpu_indices=(), lock_dir=None,
                             lock_wait_s=None, hf_home=user.hf_home)  # fmt: skip
     runner = StudyRunner(plan, options, {}, events=_NoEvents())
@@ -425,7 +427,7 @@ def cmd_k8s(args: argparse.Namespace) -> int:
     runner.release()
     in_pod = Path(mount) / study_dir.relative_to(root)
     opts = k8s.K8sOptions(
-        results_pvc=args.pvc, mount_path=mount, images=images, namespace=args.namespace,
+        results_pvc=args.pvc, mount_path=mount, images=pod_images, namespace=args.namespace,
         model_cache_pvc=args.model_cache_pvc, hf_token_secret=args.hf_token_secret, pods=args.pods, gpus=not args.cpu,
     )  # fmt: skip
     for path in k8s.write(Path(args.out), k8s.jobs(in_pod, plan, opts, [])):
@@ -605,7 +607,10 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     k8s.add_argument("--namespace", metavar="NS", help="metadata.namespace of the Jobs")
     k8s.add_argument("--pods", type=int, metavar="N", help="pods per engine; default: one per run, at most 8")
     k8s.add_argument("--cpu", action="store_true", help="CPU pods: no nvidia.com/gpu limits")
-    k8s.add_argument("--image", action="append", default=[], metavar="ENGINE=IMAGE", help="image for an engine")
+    k8s.add_argument(
+        "--image", action="append", default=[], metavar="ENGINE=IMAGE",
+        help="the pods' image for an engine (default: the engine's worker image, <image>-worker: llem inside)",
+    )  # fmt: skip
     k8s.add_argument("--cycles", type=int, help="number of cycles (default: study_execution.n_cycles, else 3)")
     k8s.add_argument("--order", choices=ORDERS, help="experiment order (default: study_execution, else shuffle)")
     k8s.set_defaults(func=cmd_k8s, name=None, max_experiments=MAX_EXPERIMENTS, max_runs=MAX_RUNS, dry_run=False)

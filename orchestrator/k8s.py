@@ -37,6 +37,14 @@ class K8sOptions:
     gpus: bool = True  # nvidia.com/gpu limits from the experiments (False: CPU pods)
 
 
+def worker_image(ref: str) -> str:
+    """The worker image of an engine image (images/worker): ``.../llem/pytorch:V`` -> ``.../llem/pytorch-worker:V``."""
+    name, sep, tag = ref.rpartition(":")
+    if not sep or "/" in tag:  # no tag (a registry port is not one)
+        return ref + "-worker"
+    return f"{name}-worker:{tag}"
+
+
 def _name(text: str) -> str:
     """A DNS-1123 label from ``text``."""
     cleaned = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
