@@ -29,6 +29,7 @@ from orchestrator.errors import (
     EXIT_RUNS_FAILED,
     ConfigError,
     EnvironmentProblem,
+    Interrupted,
     LlemError,
 )
 from orchestrator.locks import DEFAULT_LOCK_DIR
@@ -40,6 +41,7 @@ from orchestrator.userconfig import UserConfig, load_user_config
 if TYPE_CHECKING:
     from orchestrator.launcher import DockerLauncher, Launcher
     from orchestrator.onerun import RunOutcome
+    from orchestrator.parallel import Slot
     from orchestrator.plan import PlannedRun
     from orchestrator.results import ExperimentSummary, StudySummary
     from orchestrator.runner import RunnerOptions, StudyRunner
@@ -243,7 +245,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     runner = StudyRunner(plan, options, launchers, events=_NoEvents())
     if args.executor == "slurm":
         return _submit_slurm(args, study, plan, runner, user)
+    slots = _slots(args, study, options)
     _prepare_host(runner, launchers, docker)
+    if len(slots) > 1:
+        return _run_parallel(args, study, plan, runner, slots)
     if args.resume or args.resume_dir:
         previous = Path(args.resume_dir) if args.resume_dir else newest_unfinished(options.results_root, study.name)
         study_dir = runner.resume(previous)
@@ -260,6 +265,62 @@ def cmd_run(args: argparse.Namespace) -> int:
     print_results(summary, out)
     failed = [o for o in outcomes if o.entry.status != "completed"]
     out.print(f"{len(outcomes) - len(failed)}/{len(outcomes)} runs completed; results in {study_dir}")
+    return EXIT_RUNS_FAILED if failed else EXIT_OK
+
+
+def _slots(args: argparse.Namespace, study: Study, options: RunnerOptions) -> list[Slot]:
+    """The parallel slots of this run (one: no parallelism)."""
+    from orchestrator.devices import devices_needed
+    from orchestrator.parallel import Slot, parse_parallel, plan_slots
+
+    wanted = args.parallel if args.parallel is not None else study.execution.max_parallel_runs
+    if wanted is None:
+        return [Slot(options.gpu_indices, ())]  # one at a time, in this process
+    need = max((devices_needed(e.config) for e in study.experiments), default=1)
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    return plan_slots(parse_parallel(wanted), options.gpu_indices, need, cores)
+
+
+def _run_parallel(args: argparse.Namespace, study: Study, plan: Plan, runner: StudyRunner, slots: list[Slot]) -> int:
+    """Run the study with one `llem worker` per slot on this host (orchestrator/parallel.py)."""
+    from orchestrator.display import print_results
+    from orchestrator.manifest import ManifestStore
+    from orchestrator.parallel import record_overlaps, run_workers
+    from orchestrator.results import summarise
+    from orchestrator.runner import newest_unfinished
+    from orchestrator.slurm import llem_command
+
+    out, err = _console(), _console(stderr=True)
+    if args.resume or args.resume_dir:
+        root = runner.options.results_root
+        study_dir = runner.resume(Path(args.resume_dir) if args.resume_dir else newest_unfinished(root, study.name))
+    else:
+        study_dir = runner.prepare()
+    runner.release()
+    where = "; ".join(slot.describe() for slot in slots)
+    err.print(f"study {study.name}: {len(plan.runs)} runs, {len(slots)} at a time ({where}) -> {study_dir}")
+    command = [llem_command(), "worker", str(study_dir), *_worker_flags(args)]
+    store = ManifestStore(study_dir, ManifestStore.load(study_dir))
+    try:
+        codes = run_workers(study_dir, slots, command, lambda done, n: err.print(f"{done}/{n} runs completed"))
+    except KeyboardInterrupt:
+        store.set_status("interrupted")
+        raise Interrupted(f"interrupted; completed results are kept in {study_dir} (--resume continues)") from None
+    for i, code in enumerate(codes):
+        if code not in (EXIT_OK, EXIT_RUNS_FAILED):
+            log = (study_dir / "workers" / f"slot{i}.log").read_text(errors="replace").strip().splitlines()
+            err.print(f"[red]worker slot{i} ({slots[i].describe()}) exited {code}[/]: {log[-1] if log else ''}")
+    overlapped = record_overlaps(study_dir)
+    manifest = store.refresh()
+    if manifest.status == "running":  # no worker got as far as concluding the study
+        store.set_status("completed" if all(e.status == "completed" for e in manifest.runs) else "failed")
+    summary = summarise(study_dir, runner.options.factors)
+    print_results(summary, out)
+    if overlapped:
+        err.print(f"{overlapped} runs overlapped another run's measurement (overlapped_with in manifest.json)")
+    failed = [e for e in summary.manifest.runs if e.status != "completed"]
+    out.print(f"{len(summary.manifest.runs) - len(failed)}/{len(summary.manifest.runs)} runs completed; "
+              f"results in {study_dir}")  # fmt: skip
     return EXIT_RUNS_FAILED if failed else EXIT_OK
 
 
@@ -356,6 +417,24 @@ def _submit_slurm(args: argparse.Namespace, study: Study, plan: Plan, runner: St
     return EXIT_RUNS_FAILED
 
 
+def _cpuset(spec: str | None) -> tuple[int, ...]:
+    """``--cpuset 0-3,8``: the cores, each one this process may use."""
+    if not spec:
+        return ()
+    cores: set[int] = set()
+    try:
+        for part in spec.split(","):
+            low, _, high = part.strip().partition("-")
+            cores.update(range(int(low), int(high or low) + 1))
+    except ValueError:
+        raise ConfigError(f"--cpuset expects cores such as 0-3,8, got {spec!r}") from None
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    if not cores or not cores <= allowed:
+        missing = sorted(cores - allowed)
+        raise ConfigError(f"--cpuset {spec}: cores {missing} are not available here (have {sorted(allowed)})")
+    return tuple(sorted(cores))
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     """One worker of a study run by many (a Slurm array task, a Kubernetes pod)."""
     import dataclasses
@@ -388,7 +467,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise ConfigError(f"--stale-after must be positive, got {args.stale_after}")
     args.results_dir = str(study_dir.parent)
     user = load_user_config()
-    options = dataclasses.replace(runner_options(args, study, user), claim_stale_s=args.stale_after)
+    options = dataclasses.replace(
+        runner_options(args, study, user), claim_stale_s=args.stale_after, cpuset=_cpuset(args.cpuset)
+    )
     launchers, docker = _launchers(study, args, user)
     name = args.worker_id or f"{socket.gethostname()}:{os.getpid()}"
     events = _WorkerLog(name)
@@ -561,6 +642,11 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
         "--executor", choices=("process", "slurm"), default="process",
         help="who runs the study: this process (default), or a Slurm job array of `llem worker` tasks",
     )  # fmt: skip
+    run.add_argument(
+        "--parallel", metavar="N|auto",
+        help="runs at once on this host, each on its own GPUs (on CPU: cores); auto: as many as the GPUs allow "
+        "(default: study_execution.max_parallel_runs, else 1)",
+    )  # fmt: skip
     run.add_argument("--wait", action="store_true", help="with --executor slurm: follow the job until it ends")
     run.add_argument(
         "--slurm-partition", metavar="NAME", help="sbatch --partition (default: user config slurm.partition)"
@@ -584,6 +670,7 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     )
     worker.add_argument("dir", help="the study directory (written by llem run --executor slurm, or llem k8s)")
     worker.add_argument("--worker-id", metavar="ID", help="this worker's name in claims (default: host:pid)")
+    worker.add_argument("--cpuset", metavar="LIST", help="CPU cores this worker's CPU runs are pinned to, e.g. 0-3,8")
     worker.add_argument("--engine", metavar="ENGINE", help="run only this engine's runs (a pod's image has one engine)")
     worker.add_argument(
         "--stale-after", type=float, default=DEFAULT_STALE_AFTER_S, metavar="S",

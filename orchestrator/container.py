@@ -77,6 +77,7 @@ class ContainerSpec:
     tmpfs: dict[str, str] | None = None
     shm_size: str | None = None
     ulimits: tuple[tuple[str, int, int], ...] = ()  # (name, soft, hard)
+    cpuset: tuple[int, ...] = ()  # CPU cores the run is pinned to (parallel runs on CPU); () = any
 
     def mount_at(self, target: str) -> Mount | None:
         """The mount whose container path is ``target``, if any."""
@@ -144,6 +145,7 @@ def build_spec(
     dataset_file: Path | None = None,
     token_file: Path | None = None,
     pids_limit: int | None = DEFAULT_PIDS_LIMIT,
+    cpuset: tuple[int, ...] = (),
 ) -> ContainerSpec:
     """The spec for one run.
 
@@ -199,6 +201,7 @@ def build_spec(
         tmpfs={"/tmp": "rw,nosuid,nodev,exec,size=4g"},
         shm_size="16g" if multiprocess else None,
         ulimits=ulimits if multiprocess else (),
+        cpuset=cpuset,
         container_environment=container_environment(gpu_indices),
         engine=engine,
         gpu_uuids=gpu_uuids,

@@ -143,6 +143,8 @@ def _run_kwargs(spec: ContainerSpec) -> dict[str, Any]:
     }
     if spec.pids_limit:
         kwargs["pids_limit"] = spec.pids_limit
+    if spec.cpuset:
+        kwargs["cpuset_cpus"] = ",".join(str(c) for c in spec.cpuset)
     if spec.memory_limit:
         kwargs["mem_limit"] = spec.memory_limit
         kwargs["memswap_limit"] = spec.memory_limit  # no swap: the limit is the limit

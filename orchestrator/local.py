@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import platform
 import signal
@@ -45,6 +46,13 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
     no run outlives the process that holds its device locks."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _prepare_child(cpuset: tuple[int, ...]) -> None:  # pragma: no cover - between fork and exec
+    """Die with llem, and stay on the run's CPU cores (parallel runs on CPU)."""
+    _die_with_parent()
+    if cpuset:
+        os.sched_setaffinity(0, cpuset)
 
 
 class LocalLauncher:
@@ -111,7 +119,7 @@ class LocalLauncher:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,  # Ctrl-C reaches llem, which stops the agent itself
-                    preexec_fn=_die_with_parent,  # noqa: PLW1509 - prctl only, no locks taken
+                    preexec_fn=functools.partial(_prepare_child, spec.cpuset),  # noqa: PLW1509 - no locks taken
                 )
             except OSError as exc:
                 raise EnvironmentProblem(f"cannot start the agent with {self.python}: {exc.strerror or exc}") from None

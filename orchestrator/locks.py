@@ -20,9 +20,10 @@ DEFAULT_LOCK_DIR = Path(os.environ.get("LLEM_LOCK_DIR", "/tmp/llem-locks"))
 CPU_LOCK = "cpu"
 
 
-def lock_names(gpu_indices: Sequence[int]) -> list[str]:
-    """Lock file stems for a run: one per GPU, or the single CPU lock for a CPU run."""
-    return [f"gpu{i}" for i in sorted(gpu_indices)] or [CPU_LOCK]
+def lock_names(gpu_indices: Sequence[int], cpuset: Sequence[int] = ()) -> list[str]:
+    """Lock file stems for a run: one per GPU; on CPU one per core it is pinned to (parallel
+    runs), else the single CPU lock."""
+    return [f"gpu{i}" for i in sorted(gpu_indices)] or [f"{CPU_LOCK}{c}" for c in sorted(cpuset)] or [CPU_LOCK]
 
 
 class DeviceLocks:

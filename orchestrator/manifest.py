@@ -51,6 +51,9 @@ class RunEntry(BaseModel):
     runner: Literal["docker", "local"] = "docker"
     devices: list[str] = Field(default_factory=list)
     host: str | None = Field(default=None, description="The host the run ran on (its last attempt).")
+    overlapped_with: list[str] = Field(
+        default_factory=list, description="Runs measured while this one was (parallel runs): they shared the host."
+    )
     started_at: str | None = None
     finished_at: str | None = None
     wall_s: float | None = None

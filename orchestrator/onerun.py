@@ -233,6 +233,7 @@ def run_one(self: StudyRunner, run: PlannedRun, remaining_s: float | None) -> Ru
             dataset_file=self._datasets.get(run.experiment.index),
             token_file=secret,
             pids_limit=self.options.pids_limit,
+            cpuset=() if gpus else self.options.cpuset,
         )
 
         def seen(target: str) -> str | None:  # where the agent sees a mount: in its container, or on the host
@@ -260,7 +261,8 @@ def run_one(self: StudyRunner, run: PlannedRun, remaining_s: float | None) -> Ru
         )
         write_atomic(run_dir / EXPERIMENT_FILE, request.model_dump_json(indent=2))
         lock_dir = self.options.lock_dir
-        locks = DeviceLocks(lock_names(gpus) if lock_dir else [], lock_dir or Path("."))
+        cpus = () if gpus else self.options.cpuset
+        locks = DeviceLocks(lock_names(gpus, cpus) if lock_dir else [], lock_dir or Path("."))
         if not locks.acquire(self.options.lock_wait_s, on_wait=self.events.waiting_for_devices):
             raise EnvironmentProblem(
                 f"devices {locks.names} are locked by another study (lock files in {lock_dir}); "
@@ -274,7 +276,7 @@ def run_one(self: StudyRunner, run: PlannedRun, remaining_s: float | None) -> Ru
                 finished_at=None,
                 failure=None,
                 attempts=attempt,
-                devices=[f"gpu{g}" for g in gpus] or ["cpu"],
+                devices=[f"gpu{g}" for g in gpus] or [f"cpu{c}" for c in cpus] or ["cpu"],
                 host=socket.gethostname(),
             )
             timeout = (

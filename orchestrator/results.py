@@ -125,7 +125,7 @@ DERIVED: tuple[Metric, ...] = (
 )
 ALL_METRICS: tuple[Metric, ...] = METRICS + DERIVED
 METRIC_BY_NAME = {m.name: m for m in ALL_METRICS}
-_METRICS_KEY = hashlib.sha256(",".join(m.name for m in METRICS).encode()).hexdigest()[:8]
+_METRICS_KEY = hashlib.sha256((",".join(m.name for m in METRICS) + ";window").encode()).hexdigest()[:8]
 # The metrics users rank configurations by; spread warnings are about these.
 KEY_METRICS = ("output_tokens_per_s", "j_per_output_token", "e2e_p50_s")
 
@@ -350,11 +350,39 @@ def _extract(result: dict[str, Any]) -> dict[str, Any]:
         value = metric.get(result)
         values[metric.name] = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
     energy = result.get("energy") or {}
+    timings = result.get("timings") or {}
+    start, length = timings.get("window_started_at"), timings.get("measure_s")
+    window = [start, start + length] if isinstance(start, (int, float)) and isinstance(length, (int, float)) else None
     return {
         "metrics": values,
         "flags": [f.get("code", "?") for f in energy.get("flags") or []],
         "unavailable_reason": energy.get("unavailable_reason"),
+        "window": window,
     }
+
+
+def measured_windows(study_dir: Path, manifest: Manifest) -> dict[str, tuple[float, float]]:
+    """When each completed run was measured (Unix times), from its result."""
+    out = {}
+    for entry in manifest.runs:
+        if entry.status == "completed":
+            data = run_data(study_dir / "runs" / entry.run_id)
+            if data is not None and data.get("window"):
+                out[entry.run_id] = (float(data["window"][0]), float(data["window"][1]))
+    return out
+
+
+def overlaps(windows: dict[str, tuple[float, float]]) -> dict[str, set[str]]:
+    """Runs whose measured windows overlapped another run's, and which."""
+    found: dict[str, set[str]] = {}
+    ordered = sorted(windows.items(), key=lambda item: item[1][0])
+    for i, (run_a, (_, end_a)) in enumerate(ordered):
+        for run_b, (start_b, _) in ordered[i + 1 :]:
+            if start_b >= end_a:
+                break
+            found.setdefault(run_a, set()).add(run_b)
+            found.setdefault(run_b, set()).add(run_a)
+    return found
 
 
 def run_data(run_dir: Path) -> dict[str, Any] | None:
@@ -494,7 +522,7 @@ def aggregate(study_dir: Path, current_factors: MeasurementFactors | None = None
         experiments=experiments,
         runs=records,
         factors=factors,
-        warnings=_ranking_warnings(experiments),
+        warnings=_overlap_warnings(study_dir, manifest) + _ranking_warnings(experiments),
         energy_unavailable="; ".join(sorted(unavailable)) or None,
         manifest_sha256=digest,
     )
@@ -513,6 +541,20 @@ def _experiment_warnings(e: ExperimentSummary) -> list[str]:
     for code, count in sorted(e.flags.items()):
         out.append(f"{count} run(s) flagged {code}")
     return out
+
+
+def _overlap_warnings(study_dir: Path, manifest: Manifest) -> list[str]:
+    """Runs measured at the same time (parallel runs) shared the host's power, memory bandwidth
+    and cooling: comparing them is not comparing configurations alone."""
+    found = overlaps(measured_windows(study_dir, manifest))
+    if not found:
+        return []
+    shown = ", ".join(f"{a} with {', '.join(sorted(b))}" for a, b in sorted(found.items())[:4])
+    more = " ..." if len(found) > 4 else ""
+    return [
+        f"{len(found)} runs were measured while other runs were ({shown}{more}): they shared this host's "
+        "power, memory bandwidth and cooling, so compare them with care (run with --parallel 1 to avoid it)"
+    ]
 
 
 def _ranking_warnings(experiments: Sequence[ExperimentSummary]) -> list[str]:

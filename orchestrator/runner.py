@@ -79,6 +79,7 @@ class RunnerOptions:
     factors: MeasurementFactors = field(default_factory=MeasurementFactors)
     engine_cache: Path | None = None  # TensorRT-LLM engine builds, mounted into tensorrt runs
     gpu_uuids: dict[int, str] = field(default_factory=dict)  # index -> UUID of every GPU the study may use
+    cpuset: tuple[int, ...] = ()  # CPU cores this process's CPU runs are pinned to (a parallel slot)
     claim_stale_s: float = DEFAULT_STALE_AFTER_S  # a worker's claim not refreshed for this long is a dead worker's
 
 
@@ -198,7 +199,7 @@ class StudyRunner:
             {
                 n
                 for e in self.plan.study.experiments
-                for n in lock_names(assign_devices(e.config, list(self.options.gpu_indices)))
+                for n in lock_names(assign_devices(e.config, list(self.options.gpu_indices)), self.options.cpuset)
             }
         )
         probe = DeviceLocks(names, lock_dir)

@@ -6,7 +6,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -38,6 +38,11 @@ class StudyExecution(BaseModel):
     max_consecutive_failures: int = Field(default=10, ge=0, description="Circuit breaker: 0 off, 1 fail fast.")
     circuit_breaker_cooldown_seconds: float = Field(default=60.0, ge=0.0)
     wall_clock_timeout_hours: float | None = Field(default=None, gt=0.0, description="None: no limit.")
+    max_parallel_runs: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
+        default=None,
+        description="Runs at once on this host, each on its own devices (GPUs; on CPU, cores). None: 1, since "
+        "energy runs own their devices; auto: as many as the GPUs allow. --parallel overrides it.",
+    )
 
 
 def _validate_runners(value: Any, path: Path) -> tuple[dict[str, str], dict[str, RunnerKind]]:

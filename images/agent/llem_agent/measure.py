@@ -99,7 +99,7 @@ def run_measurement(
     rapl = RaplMeter()
     rapl.start()
     meter.start()
-    window_start = time.perf_counter()
+    window_start, window_started_at = time.perf_counter(), time.time()
     for ready in prepared:
         begin = time.perf_counter() - window_start
         observation = engine.generate(ready)
@@ -132,7 +132,9 @@ def run_measurement(
         n_batches=len(measured),
         input_tokens=input_tokens,
         output_tokens=output_tokens,
-        timings=PhaseTimings(load_s=t_loaded - t0, warmup_s=t_warm - t_loaded, measure_s=window_s),
+        timings=PhaseTimings(
+            load_s=t_loaded - t0, warmup_s=t_warm - t_loaded, measure_s=window_s, window_started_at=window_started_at
+        ),
         warmup=warmed,
         model_parameters=n_params,
         flops_estimate=None if n_params is None else 2.0 * n_params * (input_tokens + output_tokens),

@@ -39,6 +39,11 @@ class PhaseTimings(_Frozen):
     load_s: float
     warmup_s: float
     measure_s: float
+    window_started_at: float | None = Field(
+        default=None,
+        description="Unix time the measurement window opened: with measure_s, when this run was measured "
+        "(runs measured in parallel are found by their overlapping windows).",
+    )
 
 
 class WarmupReport(_Frozen):

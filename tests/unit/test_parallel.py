@@ -1,0 +1,53 @@
+"""Parallel slots: disjoint devices, the overlap record, CPU pinning and its locks."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.cli import _cpuset
+from orchestrator.errors import ConfigError
+from orchestrator.locks import lock_names
+from orchestrator.parallel import Slot, parse_parallel, plan_slots
+from orchestrator.results import overlaps
+
+
+def test_gpu_slots_are_disjoint_and_sized_by_the_largest_run():
+    slots = plan_slots(None, [0, 1, 2, 3, 4, 5, 6, 7], need=2, cores=[0])
+    assert [s.gpus for s in slots] == [(0, 1), (2, 3), (4, 5), (6, 7)]
+    assert plan_slots(3, [0, 1, 2, 3, 4, 5, 6, 7], need=2, cores=[0])[2].gpus == (4, 5)
+    with pytest.raises(ConfigError, match="need 10 GPUs"):
+        plan_slots(5, [0, 1, 2, 3, 4, 5, 6, 7], need=2, cores=[0])
+
+
+def test_cpu_slots_split_the_cores_and_auto_means_one_on_cpu():
+    assert [s.cpus for s in plan_slots(2, [], need=1, cores=[0, 1, 2, 3, 4])] == [(0, 1), (2, 3)]
+    assert len(plan_slots(None, [], need=1, cores=[0, 1, 2, 3])) == 1
+    with pytest.raises(ConfigError, match="need a core each"):
+        plan_slots(3, [], need=1, cores=[0, 1])
+    assert Slot((), (2, 3)).flags() == ["--gpus=", "--cpuset=2,3"]
+
+
+def test_parallel_values():
+    assert parse_parallel("auto") is None and parse_parallel("4") == 4 and parse_parallel(2) == 2
+    for bad in ("0", "-1", "many"):
+        with pytest.raises(ConfigError):
+            parse_parallel(bad)
+
+
+def test_overlapping_windows_are_found_both_ways_and_touching_ones_are_not():
+    windows = {"a": (0.0, 10.0), "b": (5.0, 12.0), "c": (12.0, 20.0), "d": (30.0, 31.0), "e": (1.0, 2.0)}
+    assert overlaps(windows) == {"a": {"b", "e"}, "b": {"a"}, "e": {"a"}}
+
+
+def test_pinned_cpu_runs_lock_their_cores_and_gpu_runs_their_gpus():
+    assert lock_names((), (2, 3)) == ["cpu2", "cpu3"]
+    assert lock_names((1,), (2, 3)) == ["gpu1"]
+    assert lock_names(()) == ["cpu"]
+
+
+def test_cpuset_syntax():
+    assert _cpuset("0") == (0,)
+    with pytest.raises(ConfigError, match="expects cores"):
+        _cpuset("a-b")
+    with pytest.raises(ConfigError, match="not available"):
+        _cpuset("0-4096")
