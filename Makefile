@@ -139,12 +139,22 @@ test-unit: install ## Unit tests only (no Docker, no GPU, no browser)
 	$(VENV)/bin/pytest -m "not docker and not gpu and not browser" -q
 
 .PHONY: test
-test: install lint typecheck images tiny-model browser host-engine slurm-node ## Everything CI runs: lint, types, unit, browser and docker-tier tests
+test: install lint typecheck images tiny-model browser host-engine slurm-node registry ## Everything CI runs: lint, types, unit, browser and docker-tier tests
 	SLURM_CONF=$(SLURM_BASE)/slurm.conf $(VENV)/bin/pytest -q
 
 # The docker tier's Slurm tests run job arrays on a one-node Slurm (Debian's slurm-wlm and
 # munge, started as root without systemd). Test-only: llem never starts Slurm for its users.
 SLURM_BASE ?= /tmp/llem-slurm
+# The docker tier's pull tests push to and pull from a real registry (Debian's docker-registry
+# on 127.0.0.1:5000). Test-only: users pull llem's images from ghcr.io or their own registry.
+.PHONY: registry
+registry: docker-engine ## Install and start a local image registry on 127.0.0.1:5000 for the tests (idempotent)
+	@tests/tools/ensure-registry.sh
+
+.PHONY: pull
+pull: install ## Pull the images a study needs ahead of time: make pull STUDY=path/to/study.yaml
+	$(LLEM) pull $(STUDY)
+
 .PHONY: slurm-node
 slurm-node: ## Install and start a one-node Slurm for the tests (root; idempotent)
 	@LLEM_SLURM_BASE=$(SLURM_BASE) tests/tools/ensure-slurm.sh

@@ -183,6 +183,24 @@ def container_memory(flag: str | None) -> str | None:
     return f"{int(total * 0.9) // 2**20}m"
 
 
+class PullLines:
+    """Pull progress as a line every few seconds (terminals and Slurm logs alike)."""
+
+    def __init__(self, console: Console, every_s: float = 3.0) -> None:
+        self.console, self.every_s = console, every_s
+        self._last: dict[str, float] = {}
+
+    def __call__(self, image: str, done_bytes: int, total_bytes: int) -> None:
+        now = time.monotonic()
+        if image not in self._last:
+            self.console.print(f"pulling {image} (not on this host)")
+        elif now - self._last[image] < self.every_s:
+            return
+        self._last[image] = now
+        if total_bytes:
+            self.console.print(f"  {image}: {done_bytes / 2**20:,.0f} of {total_bytes / 2**20:,.0f} MiB")
+
+
 def _launchers(study: Study, args: argparse.Namespace, user: UserConfig) -> tuple[dict[str, Launcher], DockerLauncher]:
     """The launcher of each engine of ``study`` (runner precedence: 002), and the Docker one."""
     from orchestrator.launcher import DockerLauncher
@@ -192,7 +210,8 @@ def _launchers(study: Study, args: argparse.Namespace, user: UserConfig) -> tupl
     engines = {e.config.engine for e in study.experiments}
     choices = resolve_runners(engines, study=study.runners, cli=args.runner, user=user.runners())
     # Connects on first use: a study run entirely by the local runner needs no Docker.
-    docker = DockerLauncher(contract_cache=baseline_cache_dir().parent / "contracts")
+    on_pull = None if getattr(args, "no_pull", False) else PullLines(_console(stderr=True))
+    docker = DockerLauncher(contract_cache=baseline_cache_dir().parent / "contracts", on_pull=on_pull)
     launchers: dict[str, Launcher] = {
         engine: LocalLauncher(engine) if choice.kind == "local" else docker for engine, choice in choices.items()
     }
@@ -483,6 +502,32 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return EXIT_OK if completed == len(ran) else EXIT_RUNS_FAILED
 
 
+def cmd_pull(args: argparse.Namespace) -> int:
+    """Pull every image the study's docker-run engines use (also those already here: a tag may
+    have moved), check each speaks this llem's contract, and print its digest."""
+    from orchestrator.launcher import DockerLauncher
+
+    study, _ = _load_plan(args)
+    user = load_user_config()
+    images = resolve_images(study.images, args.image, user)
+    launchers, _docker = _launchers(study, args, user)
+    docker = DockerLauncher(contract_cache=baseline_cache_dir().parent / "contracts")
+    wanted = sorted({images[e] for e, launcher in launchers.items() if launcher.kind == "docker"})
+    out = _console()
+    progress = PullLines(_console(stderr=True))
+    problems = []
+    for image in wanted:
+        problem = docker.pull(image, progress) or docker.image_problem(image)
+        if problem:
+            problems.append(problem)
+            continue
+        digests = docker.describe([image])[1][image].get("repo_digests") or ["(no registry digest)"]
+        out.print(f"{image}: {', '.join(digests)}")
+    if problems:
+        raise EnvironmentProblem(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    return EXIT_OK
+
+
 def cmd_k8s(args: argparse.Namespace) -> int:
     """Plan the study into --results-dir (the pods' volume) and write one Indexed Job per engine."""
     from orchestrator import k8s
@@ -570,6 +615,9 @@ class _NoEvents:
 
 def _host_options(parser: argparse.ArgumentParser) -> None:
     """Options of where and how runs execute: ``llem run`` and ``llem worker`` share them."""
+    parser.add_argument(
+        "--no-pull", action="store_true", help="refuse an image that is not on this host instead of pulling it"
+    )
     parser.add_argument("--image", action="append", default=[], metavar="ENGINE=IMAGE", help="image for an engine")
     parser.add_argument(
         "--runner",
@@ -679,6 +727,12 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     )  # fmt: skip
     _host_options(worker)
     worker.set_defaults(func=cmd_worker)
+    pull = sub.add_parser("pull", help="pull the images a study needs (and check they speak this llem's contract)")
+    pull.add_argument("study", help="study or experiment YAML file")
+    pull.add_argument("--image", action="append", default=[], metavar="ENGINE=IMAGE", help="image for an engine")
+    pull.add_argument("--runner", choices=RUNNER_KINDS, help="as for llem run: engines run locally need no image")
+    pull.set_defaults(func=cmd_pull, name=None, max_experiments=MAX_EXPERIMENTS, max_runs=MAX_RUNS, dry_run=False,
+                      cycles=None, order=None)  # fmt: skip
     k8s = sub.add_parser(
         "k8s", help="plan a study onto shared storage and write the Kubernetes Indexed Jobs that run it"
     )

@@ -17,6 +17,7 @@ import docker
 import docker.errors
 import requests.exceptions
 from docker.models.containers import Container
+from docker.utils import parse_repository_tag
 
 from llem_agent.contract import CONTRACT_FINGERPRINT_PATH, contract_fingerprint, write_atomic
 from orchestrator import __version__
@@ -161,16 +162,28 @@ def _run_kwargs(spec: ContainerSpec) -> dict[str, Any]:
     return kwargs
 
 
+_LAYER_DONE = ("Pull complete", "Already exists", "Download complete")
+
+
+class PullProgress(Protocol):
+    def __call__(self, image: str, done_bytes: int, total_bytes: int) -> None: ...
+
+
 class DockerLauncher:
     """Runs agent containers with the Docker SDK: start, wait with a timeout, keep the log, remove."""
 
     kind = "docker"
 
     def __init__(
-        self, client_factory: Callable[[], docker.DockerClient] = _docker_client, contract_cache: Path | None = None
+        self,
+        client_factory: Callable[[], docker.DockerClient] = _docker_client,
+        contract_cache: Path | None = None,
+        on_pull: PullProgress | None = None,
     ) -> None:
+        """``on_pull``: pull a missing image, reporting progress there (None: refuse it)."""
         self._factory = client_factory
         self._client: docker.DockerClient | None = None
+        self._on_pull = on_pull
         # Reading an image's fingerprint means creating a container (~0.3 s); an image id names
         # its content, so the answer for an id never changes and is kept here, one file per id.
         self._contract_cache = contract_cache
@@ -193,16 +206,17 @@ class DockerLauncher:
                 raise EnvironmentProblem(problem)
 
     def image_problem(self, image: str) -> str | None:
-        """Why ``image`` cannot run llem's experiments, with the fix; None when it can."""
+        """Why ``image`` cannot run llem's experiments, with the fix; None when it can. A missing
+        image is pulled first when this launcher pulls."""
         try:
-            image_id = self.client.images.get(image).id
-        except docker.errors.ImageNotFound:
-            return (
-                f"image {image} not found; pull it (docker pull {image}) or build it "
-                "(`make images` builds the pytorch one, `docker compose build <engine>-agent` any)"
-            )
+            image_id = self._image_id(image)
         except docker.errors.DockerException as exc:
             return f"cannot inspect image {image}: {_first_line(exc)}"
+        if image_id is None:
+            return (
+                f"image {image} not found; pull it (llem pull, or docker pull {image}) or build it "
+                "(`make images` builds the pytorch one, `docker compose build <engine>-agent` any)"
+            )
         theirs, ours = self.image_contract(image, image_id), contract_fingerprint()
         if theirs is None:
             return f"image {image} has no llem contract fingerprint (not an llem {__version__} agent image); rebuild it"
@@ -210,6 +224,40 @@ class DockerLauncher:
             return (
                 f"image {image} speaks wire contract {theirs}, this llem {__version__} speaks {ours}; "
                 "rebuild it from this checkout (make images) or use the image of this llem version"
+            )
+        return None
+
+    def _image_id(self, image: str) -> str | None:
+        """The local image's id; a missing one is pulled first when this launcher pulls."""
+        try:
+            return str(self.client.images.get(image).id)
+        except docker.errors.ImageNotFound:
+            if self._on_pull is None:
+                return None
+        problem = self.pull(image, self._on_pull)
+        if problem is not None:
+            raise EnvironmentProblem(problem)
+        return str(self.client.images.get(image).id)
+
+    def pull(self, image: str, on_progress: PullProgress) -> str | None:
+        """Pull ``image`` from its registry, reporting bytes done of bytes to fetch; why not, or None."""
+        repository, tag = parse_repository_tag(image)
+        layers: dict[str, tuple[int, int]] = {}
+        try:
+            for event in self.client.api.pull(repository, tag=tag or "latest", stream=True, decode=True):
+                if "error" in event:
+                    return f"cannot pull {image}: {str(event['error']).splitlines()[0]}"
+                layer, detail = event.get("id"), event.get("progressDetail") or {}
+                if layer and detail.get("total"):
+                    layers[layer] = (int(detail.get("current", 0)), int(detail["total"]))
+                elif layer and event.get("status") in _LAYER_DONE:
+                    total = layers.get(layer, (0, 0))[1]
+                    layers[layer] = (total, total)
+                on_progress(image, sum(d for d, _ in layers.values()), sum(t for _, t in layers.values()))
+        except docker.errors.DockerException as exc:
+            return (
+                f"cannot pull {image}: {_first_line(exc)}; check the name and registry login "
+                "(docker login), or build it (make images)"
             )
         return None
 
