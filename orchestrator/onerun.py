@@ -8,7 +8,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -193,7 +193,9 @@ def download_dir(hf_home: Path, model: str, model_dir: Path | None) -> Path | No
     return hf_home / "hub" / ("models--" + model.replace("/", "--"))
 
 
-def run_one(self: StudyRunner, run: PlannedRun, remaining_s: float | None) -> RunOutcome:
+def run_one(
+    self: StudyRunner, run: PlannedRun, remaining_s: float | None, still_ours: Callable[[], bool] = lambda: True
+) -> RunOutcome:
     """Launch ``run`` through its engine's launcher under its device locks and record how it ended."""
     assert self._store is not None and self.study_dir is not None
     config: ExperimentConfig = run.experiment.config
@@ -288,6 +290,9 @@ def run_one(self: StudyRunner, run: PlannedRun, remaining_s: float | None) -> Ru
             liveness = Liveness(run_dir / HEARTBEAT_FILE, self.options.stall_timeout_s, on_poll=watch.poll)
             outcome = launcher.run(spec, max(timeout, 1.0), run_dir / CONTAINER_LOG, liveness)
     result, failure = collect(run_dir, run.run_id, outcome)
+    if not still_ours():  # judged dead (stale claim) and claimed by another worker: its record stands
+        entry = self._store.refresh().run(run.run_id)
+        return RunOutcome(run=run, entry=entry, result=None)
     entry = self._store.update_run(
         run.run_id,
         status="completed" if result is not None else "failed",

@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -420,7 +420,7 @@ class StudyRunner:
                 current = previous = run
                 self.events.run_started(run, position, len(todo))
                 with board.keep_alive(claim):
-                    outcome = self._run_one(run, clock.remaining_s())
+                    outcome = self._run_one(run, clock.remaining_s(), claim.held)
                 claim.release()
                 current = claim = None
                 self.events.run_finished(outcome)
@@ -513,5 +513,7 @@ class StudyRunner:
             self.events.pausing(seconds)
             time.sleep(seconds)
 
-    def _run_one(self, run: PlannedRun, remaining_s: float | None) -> RunOutcome:
-        return run_one(self, run, remaining_s)
+    def _run_one(
+        self, run: PlannedRun, remaining_s: float | None, still_ours: Callable[[], bool] = lambda: True
+    ) -> RunOutcome:
+        return run_one(self, run, remaining_s, still_ours)

@@ -8,13 +8,15 @@ import stat
 import threading
 from pathlib import Path
 
+from llem_agent.contract import RunRequest
 from orchestrator.errors import EXIT_ENVIRONMENT, EXIT_OK
+from orchestrator.launcher import ContainerOutcome
 from orchestrator.manifest import ManifestStore
 from orchestrator.plan import make_plan
 from orchestrator.slurm import SlurmOptions, script, shared_storage_warning
 from orchestrator.study import load_study
 from tests.helpers import run_llem
-from tests.unit.test_runner import FakeLauncher, make_runner
+from tests.unit.test_runner import FakeLauncher, make_runner, ok
 
 
 def test_the_script_asks_for_what_the_study_needs(tmp_path, study_file):
@@ -93,3 +95,19 @@ def test_two_workers_share_one_study_and_run_every_run_once(tmp_path, study_file
     assert [e.attempts for e in manifest.runs] == [1, 1, 1, 1]
     ran = sorted(s.labels["llem.run"] for launcher in launchers for s in launcher.specs)
     assert ran == sorted(e.run_id for e in manifest.runs)  # each run by exactly one worker
+
+
+def test_a_worker_judged_dead_does_not_record_the_run_it_lost(tmp_path, study_file):
+    def stolen(run_dir: Path, request: RunRequest) -> ContainerOutcome:
+        # Mid-run, another worker broke this claim as stale and took the run.
+        (run_dir.parent.parent / "claims" / request.run_id).write_text("other@elsewhere:1:abc\n")
+        return ok(run_dir, request)
+
+    runner = make_runner(tmp_path, study_file, FakeLauncher({"e001-c1": stolen}))
+    runner.preflight()
+    study_dir = runner.prepare()
+    runner.execute()
+    runs = {e.run_id: e for e in ManifestStore.load(study_dir).runs}
+    assert runs["e001-c1"].status == "running"  # the new owner's to finish, not this worker's
+    assert [e.status for r, e in runs.items() if r != "e001-c1"] == ["completed"] * 3
+    assert (study_dir / "claims" / "e001-c1").read_text().startswith("other@")  # never released by the loser
