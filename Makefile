@@ -160,8 +160,8 @@ slurm-node: ## Install and start a one-node Slurm for the tests (root; idempoten
 	@LLEM_SLURM_BASE=$(SLURM_BASE) tests/tools/ensure-slurm.sh
 
 .PHONY: bench
-bench: install images tiny-model ## Benchmarks (overhead vs optimum-benchmark, harness overhead); writes docs/benchmarks.md
-	$(VENV)/bin/python -m tests.bench.run --out docs/benchmarks.md
+bench: install images tiny-model slurm-node ## Benchmarks (overhead, harness, planning, claims, Slurm); writes docs/benchmarks.md
+	SLURM_CONF=$(SLURM_BASE)/slurm.conf $(VENV)/bin/python -m tests.bench.run --out docs/benchmarks.md
 
 # Offline install (a GPU node without network): every wheel llem and its agent need, not the
 # engines. WHEELHOUSE_PYTHON=3.12 fetches wheels for another Python than this one;
