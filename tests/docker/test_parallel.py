@@ -46,6 +46,9 @@ def test_the_demo_study_two_at_a_time_on_disjoint_cores(tmp_path, tiny_model, do
     assert overlapped >= 1  # two workers on a four-run study do run side by side
     shown = run_llem("results", str(study_dir))
     assert shown.returncode == EXIT_OK and "measured while other runs were" in shown.stdout
+    report = run_llem("report", str(study_dir))
+    assert report.returncode == EXIT_OK
+    assert "measured while other runs were" in (study_dir / "report.html").read_text()
     assert len(list((study_dir / "workers").glob("slot*.log"))) == 2
 
 
