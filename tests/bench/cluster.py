@@ -72,25 +72,11 @@ def claim_rates(tmp: Path, repetitions: int, workers: int = 4) -> dict[str, list
     return rates
 
 
-SLURM_STUDY = """name: bench-slurm
-model: {model}
-engine: pytorch
-max_input_tokens: 32
-max_output_tokens: 32
-dataset: {{source: builtin, n_prompts: 40}}
-decoder: {{do_sample: false, min_new_tokens: 32}}
-warmup: {{n_warmup: 4}}
-sweep:
-  pytorch.batch_size: [1, 4]
-study_execution: {{n_cycles: 2, experiment_order: interleave}}
-"""
-
-
-def slurm_overhead(tmp: Path, model: Path, repetitions: int) -> dict[str, list[float]]:
-    """Wall time of one 4-run study in-process and as a one-task Slurm array (--wait), alternating."""
+def slurm_overhead(tmp: Path, study_text: str, repetitions: int) -> dict[str, list[float]]:
+    """Wall time of one study (``study_text``) in-process and as a one-task Slurm array (--wait), alternating."""
     llem = str(Path(sys.executable).parent / "llem")
     study = tmp / "slurm.yaml"
-    study.write_text(SLURM_STUDY.format(model=model))
+    study.write_text(study_text)
     walls: dict[str, list[float]] = {"in-process": [], "slurm": []}
     for rep in range(repetitions):
         for name, extra in (("in-process", []), ("slurm", ["--executor", "slurm", "--slurm-tasks", "1", "--wait"])):

@@ -107,6 +107,7 @@ def planning(tmp: Path, repetitions: int) -> dict[int, list[float]]:
 
 
 RESULTS_RUNS = 1_000
+SLURM_RUNS = 4
 SAMPLER_SECONDS = 10.0
 
 
@@ -323,7 +324,7 @@ def render(
         "",
         "## What a Slurm job array adds",
         "",
-        "Wall time of one 4-run study (2 batch sizes x 2 cycles, the workload above, one run at a time) run",
+        f"Wall time of one {SLURM_RUNS}-run study (the workload above, {SLURM_RUNS} cycles, one run at a time) run",
         "in-process and as a one-task Slurm job array (`--executor slurm --slurm-tasks 1 --wait`: plan, sbatch,",
         "the task's `llem worker`, following the manifest every 2 s), alternating, on the one-node Slurm of",
         "`make slurm-node` (Debian's slurm-wlm 22.05).",
@@ -332,8 +333,8 @@ def render(
         "|---|---:|---|",
         *(f"| {name} | {median(v):.2f} s | {_join(v)} |" for name, v in slurm.items()),
         "",
-        f"- Extra wall time per run: **{(median(slurm['slurm']) - median(slurm['in-process'])) / 4:+.2f} s** "
-        "(difference of medians over 4 runs; on a busy cluster the queue wait comes on top).",
+        f"- Extra wall time per run: **{(median(slurm['slurm']) - median(slurm['in-process'])) / SLURM_RUNS:+.2f} s** "
+        f"(difference of medians over {SLURM_RUNS} runs; on a busy cluster the queue wait comes on top).",
         "",
         "## Image sizes",
         "",
@@ -396,7 +397,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         claims = claim_rates(Path(tmp), min(args.repetitions, 3))
     with tempfile.TemporaryDirectory() as tmp:
-        slurm = slurm_overhead(Path(tmp), model, min(args.repetitions, 3))
+        four_runs = STUDY.format(model=model).replace("n_cycles: 1", f"n_cycles: {SLURM_RUNS}")
+        slurm = slurm_overhead(Path(tmp), four_runs, min(args.repetitions, 3))
     text = render(
         overhead=overhead, shared=shared, ob=ob, harness_data=harness_data, plan_times=plan_times,
         results_times=results_times, sizes=image_sizes(), sampler=sampler_cost(args.repetitions),
