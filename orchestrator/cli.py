@@ -29,7 +29,6 @@ from orchestrator.errors import (
     EXIT_RUNS_FAILED,
     ConfigError,
     EnvironmentProblem,
-    Interrupted,
     LlemError,
 )
 from orchestrator.locks import DEFAULT_LOCK_DIR
@@ -40,16 +39,9 @@ from orchestrator.userconfig import UserConfig, load_user_config
 
 if TYPE_CHECKING:
     from orchestrator.launcher import DockerLauncher, Launcher
-    from orchestrator.onerun import RunOutcome
-    from orchestrator.parallel import Slot
-    from orchestrator.plan import PlannedRun
     from orchestrator.results import ExperimentSummary, StudySummary
     from orchestrator.runner import RunnerOptions, StudyRunner
-    from orchestrator.slurm import SlurmOptions
 
-# Defaults of the host options a Slurm worker is given only when they differ (see _host_options).
-_HOST_DEFAULTS: dict[str, object] = {"run_timeout": 3600.0, "stall_timeout": 600.0, "sample_interval": 0.1,
-                                     "pids_limit": DEFAULT_PIDS_LIMIT, "lock_dir": str(DEFAULT_LOCK_DIR)}  # fmt: skip
 # One option, one meaning, in every command that touches study directories.
 RESULTS_DIR_HELP = "where study directories are (default: the user config's output.results_dir, else ./results)"
 ORDERS: tuple[ExperimentOrder, ...] = ("sequential", "interleave", "shuffle", "reverse", "latin_square")
@@ -236,6 +228,7 @@ def _prepare_host(runner: StudyRunner, launchers: dict[str, Launcher], docker: D
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from orchestrator.cli_cluster import _print_slurm_script, _run_parallel, _slots, _submit_slurm
     from orchestrator.display import ProgressDisplay, print_results
     from orchestrator.results import aggregate
     from orchestrator.runner import StudyRunner, newest_unfinished
@@ -285,320 +278,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     failed = [o for o in outcomes if o.entry.status != "completed"]
     out.print(f"{len(outcomes) - len(failed)}/{len(outcomes)} runs completed; results in {study_dir}")
     return EXIT_RUNS_FAILED if failed else EXIT_OK
-
-
-def _slots(args: argparse.Namespace, study: Study, options: RunnerOptions) -> list[Slot]:
-    """The parallel slots of this run (one: no parallelism)."""
-    from orchestrator.devices import devices_needed
-    from orchestrator.parallel import Slot, parse_parallel, plan_slots
-
-    wanted = args.parallel if args.parallel is not None else study.execution.max_parallel_runs
-    if wanted is None:
-        return [Slot(options.gpu_indices, ())]  # one at a time, in this process
-    need = max((devices_needed(e.config) for e in study.experiments), default=1)
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
-    return plan_slots(parse_parallel(wanted), options.gpu_indices, need, cores)
-
-
-def _run_parallel(args: argparse.Namespace, study: Study, plan: Plan, runner: StudyRunner, slots: list[Slot]) -> int:
-    """Run the study with one `llem worker` per slot on this host (orchestrator/parallel.py)."""
-    from orchestrator.display import print_results
-    from orchestrator.manifest import ManifestStore
-    from orchestrator.parallel import record_overlaps, run_workers
-    from orchestrator.results import summarise
-    from orchestrator.runner import newest_unfinished
-    from orchestrator.slurm import llem_command
-
-    out, err = _console(), _console(stderr=True)
-    if args.resume or args.resume_dir:
-        root = runner.options.results_root
-        study_dir = runner.resume(Path(args.resume_dir) if args.resume_dir else newest_unfinished(root, study.name))
-    else:
-        study_dir = runner.prepare()
-    runner.release()
-    where = "; ".join(slot.describe() for slot in slots)
-    err.print(f"study {study.name}: {len(plan.runs)} runs, {len(slots)} at a time ({where}) -> {study_dir}")
-    command = [llem_command(), "worker", str(study_dir), *_worker_flags(args)]
-    store = ManifestStore(study_dir, ManifestStore.load(study_dir))
-    try:
-        codes = run_workers(study_dir, slots, command, lambda done, n: err.print(f"{done}/{n} runs completed"))
-    except KeyboardInterrupt:
-        store.set_status("interrupted")
-        raise Interrupted(f"interrupted; completed results are kept in {study_dir} (--resume continues)") from None
-    for i, code in enumerate(codes):
-        if code not in (EXIT_OK, EXIT_RUNS_FAILED):
-            log = (study_dir / "workers" / f"slot{i}.log").read_text(errors="replace").strip().splitlines()
-            err.print(f"[red]worker slot{i} ({slots[i].describe()}) exited {code}[/]: {log[-1] if log else ''}")
-    overlapped = record_overlaps(study_dir)
-    manifest = store.refresh()
-    if manifest.status == "running":  # no worker got as far as concluding the study
-        store.set_status("completed" if all(e.status == "completed" for e in manifest.runs) else "failed")
-    summary = summarise(study_dir, runner.options.factors)
-    print_results(summary, out)
-    if overlapped:
-        err.print(f"{overlapped} runs overlapped another run's measurement (overlapped_with in manifest.json)")
-    failed = [e for e in summary.manifest.runs if e.status != "completed"]
-    out.print(f"{len(summary.manifest.runs) - len(failed)}/{len(summary.manifest.runs)} runs completed; "
-              f"results in {study_dir}")  # fmt: skip
-    return EXIT_RUNS_FAILED if failed else EXIT_OK
-
-
-def _slurm_options(args: argparse.Namespace, user: UserConfig | None) -> SlurmOptions:
-    from orchestrator.slurm import SlurmOptions
-
-    def pick(flag: str | None, key: str) -> str | None:
-        return flag or (user.value(f"slurm.{key}") if user else None)
-
-    if args.slurm_tasks is not None and args.slurm_tasks < 1:
-        raise ConfigError(f"--slurm-tasks must be at least 1, got {args.slurm_tasks}")
-    if args.slurm_gpus is not None and args.slurm_gpus < 0:
-        raise ConfigError(f"--slurm-gpus must be 0 or more, got {args.slurm_gpus}")
-    return SlurmOptions(
-        partition=pick(args.slurm_partition, "partition"),
-        account=pick(args.slurm_account, "account"),
-        time=pick(args.slurm_time, "time"),
-        tasks=args.slurm_tasks,
-        gpus=args.slurm_gpus,
-        sbatch_lines=[*(user.value("slurm.sbatch_lines") if user else []), *args.sbatch_line],
-    )
-
-
-def _worker_flags(args: argparse.Namespace) -> list[str]:
-    """The host options of this invocation that the workers must run with too."""
-    flags = [f"--image={image}" for image in args.image]
-    for name in ("runner", "run_timeout", "stall_timeout", "sample_interval", "container_memory", "pids_limit",
-                 "lock_dir", "timeout"):  # fmt: skip
-        value = getattr(args, name)
-        if value is not None and value != _HOST_DEFAULTS.get(name):
-            flags.append(f"--{name.replace('_', '-')}={value}")
-    flags += [
-        f"--{name.replace('_', '-')}" for name in ("no_lock", "fail_fast", "no_circuit_breaker") if getattr(args, name)
-    ]
-    return flags
-
-
-def _print_slurm_script(args: argparse.Namespace, study: Study, plan: Plan, out: Console) -> int:
-    from orchestrator.slurm import script
-
-    user = load_user_config()
-    root = Path(args.results_dir) if args.results_dir else user.results_dir
-    where = root.resolve() / f"{study.name}_<timestamp>"
-    out.print(script(where, plan, _slurm_options(args, user), _worker_flags(args), len(plan.runs)), markup=False)
-    return EXIT_OK
-
-
-def _submit_slurm(args: argparse.Namespace, study: Study, plan: Plan, runner: StudyRunner, user: UserConfig) -> int:
-    """Plan here, write the study directory and an sbatch script into it, submit, maybe follow."""
-    from orchestrator import slurm
-    from orchestrator.display import print_results
-    from orchestrator.manifest import CLAIMABLE, ManifestStore
-    from orchestrator.results import aggregate
-    from orchestrator.runner import newest_unfinished
-
-    err, out = _console(stderr=True), _console()
-    options = _slurm_options(args, user)
-    runner.preflight(here=False)
-    if args.resume or args.resume_dir:
-        previous = (
-            Path(args.resume_dir) if args.resume_dir else newest_unfinished(runner.options.results_root, study.name)
-        )
-        study_dir = runner.resume(previous)
-    else:
-        study_dir = runner.prepare(describe=False)
-    runner.release()
-    warning = slurm.shared_storage_warning(study_dir)
-    if warning:
-        err.print(f"[yellow]warning[/] {warning}")
-    store = ManifestStore(study_dir, ManifestStore.load(study_dir))
-    pending = sum(1 for e in store.manifest.runs if e.status in CLAIMABLE)
-    if pending == 0:
-        out.print(f"nothing left to run in {study_dir}")
-        return EXIT_OK
-    path = slurm.write_script(study_dir, slurm.script(study_dir.resolve(), plan, options, _worker_flags(args), pending))
-    try:
-        job = slurm.submit(path)
-    except EnvironmentProblem as exc:
-        raise EnvironmentProblem(
-            f"{exc}; the study is planned in {study_dir} (--resume-dir {study_dir} --executor slurm submits it again)"
-        ) from None
-    store.note(status="submitted", executor="slurm", job=job, script=str(path))
-    err.print(f"study {study.name}: {pending} runs submitted as Slurm job {job} ({path}) -> {study_dir}")
-    if not args.wait:
-        out.print(f"follow it: squeue -j {job}; llem results {study_dir}")
-        return EXIT_OK
-    status, left = slurm.follow(study_dir, job, lambda done, total: err.print(f"{done}/{total} runs completed"))
-    print_results(aggregate(study_dir, runner.options.factors), out)
-    if status == "completed":
-        out.print(f"job {job}: every run completed; results in {study_dir}")
-        return EXIT_OK
-    out.print(f"job {job} ended {status} with {left} runs not completed; "
-              f"--resume-dir {study_dir} --executor slurm submits them")  # fmt: skip
-    return EXIT_RUNS_FAILED
-
-
-def _cpuset(spec: str | None) -> tuple[int, ...]:
-    """``--cpuset 0-3,8``: the cores, each one this process may use."""
-    if not spec:
-        return ()
-    cores: set[int] = set()
-    try:
-        for part in spec.split(","):
-            low, _, high = part.strip().partition("-")
-            cores.update(range(int(low), int(high or low) + 1))
-    except ValueError:
-        raise ConfigError(f"--cpuset expects cores such as 0-3,8, got {spec!r}") from None
-    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
-    if not cores or not cores <= allowed:
-        missing = sorted(cores - allowed)
-        raise ConfigError(f"--cpuset {spec}: cores {missing} are not available here (have {sorted(allowed)})")
-    return tuple(sorted(cores))
-
-
-def cmd_worker(args: argparse.Namespace) -> int:
-    """One worker of a study run by many (a Slurm array task, a Kubernetes pod)."""
-    import dataclasses
-    import socket
-
-    from orchestrator.manifest import ManifestStore
-    from orchestrator.runner import StudyRunner
-
-    study_dir = Path(args.dir)
-    try:
-        manifest = ManifestStore.load(study_dir)
-    except (OSError, ValueError, UnicodeDecodeError):
-        raise ConfigError(f"{study_dir}: no readable manifest.json; not a llem study directory") from None
-    # The study file it was planned from; on another host (a pod) that path may not exist: the
-    # copy in the study directory then (its relative model paths resolve against the study directory).
-    source = Path(manifest.study_file) if manifest.study_file else study_dir / "study.yaml"
-    if not source.exists():
-        source = study_dir / "study.yaml"
-    study = load_study(source, name_override=manifest.study_name)
-    if study.design_hash != manifest.study_design_hash:
-        raise ConfigError(
-            f"{source} changed since {study_dir} was planned (design hash "
-            f"{manifest.study_design_hash} -> {study.design_hash}); plan the study anew"
-        )
-    if args.engine:  # this worker's image runs one engine (a Kubernetes pod)
-        engine = canonical_engine(args.engine)
-        study = dataclasses.replace(study, experiments=tuple(e for e in study.experiments if e.config.engine == engine))
-    plan = make_plan(study, n_cycles=manifest.n_cycles, order=manifest.experiment_order)  # type: ignore[arg-type]
-    if args.stale_after <= 0:
-        raise ConfigError(f"--stale-after must be positive, got {args.stale_after}")
-    args.results_dir = str(study_dir.parent)
-    user = load_user_config()
-    options = dataclasses.replace(
-        runner_options(args, study, user), claim_stale_s=args.stale_after, cpuset=_cpuset(args.cpuset)
-    )
-    launchers, docker = _launchers(study, args, user)
-    name = args.worker_id or f"{socket.gethostname()}:{os.getpid()}"
-    events = _WorkerLog(name)
-    runner = StudyRunner(plan, options, launchers, events=events)
-    _prepare_host(runner, launchers, docker)
-    runner.attach(study_dir)
-    runner.execute(worker=name)
-    ran = events.finished
-    completed = sum(1 for status in ran.values() if status == "completed")
-    print(f"worker {name}: ran {len(ran)} runs, {completed} completed", flush=True)
-    return EXIT_OK if completed == len(ran) else EXIT_RUNS_FAILED
-
-
-def cmd_pull(args: argparse.Namespace) -> int:
-    """Pull every image the study's docker-run engines use (also those already here: a tag may
-    have moved), check each speaks this llem's contract, and print its digest."""
-    from orchestrator.launcher import DockerLauncher
-
-    study, _ = _load_plan(args)
-    user = load_user_config()
-    images = resolve_images(study.images, args.image, user)
-    launchers, _docker = _launchers(study, args, user)
-    docker = DockerLauncher(contract_cache=baseline_cache_dir().parent / "contracts")
-    wanted = sorted({images[e] for e, launcher in launchers.items() if launcher.kind == "docker"})
-    out = _console()
-    progress = PullLines(_console(stderr=True))
-    problems = []
-    for image in wanted:
-        problem = docker.pull(image, progress) or docker.image_problem(image)
-        if problem:
-            problems.append(problem)
-            continue
-        digests = docker.describe([image])[1][image].get("repo_digests") or ["(no registry digest)"]
-        out.print(f"{image}: {', '.join(digests)}")
-    if problems:
-        raise EnvironmentProblem(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
-    return EXIT_OK
-
-
-def cmd_k8s(args: argparse.Namespace) -> int:
-    """Plan the study into --results-dir (the pods' volume) and write one Indexed Job per engine."""
-    from orchestrator import k8s
-    from orchestrator.runner import RunnerOptions, StudyRunner
-
-    if args.pods is not None and args.pods < 1:
-        raise ConfigError(f"--pods must be at least 1, got {args.pods}")
-    study, plan = _load_plan(args)
-    user = load_user_config()
-    root = (Path(args.results_dir) if args.results_dir else user.results_dir).resolve()
-    mount = args.mount_path or str(root)
-    if not mount.startswith("/"):
-        raise ConfigError(f"--mount-path must be absolute, got {mount!r}")
-    images = resolve_images(study.images, args.image, user)
-    given = {canonical_engine(item.partition("=")[0]) for item in args.image}
-    pod_images = {e: ref if e in given else k8s.worker_image(ref) for e, ref in images.items()}
-    options = RunnerOptions(results_root=root, images=images, run_timeout_s=3600.0, gpu_indices=(), lock_dir=None,
-                            lock_wait_s=None, hf_home=user.hf_home)  # fmt: skip
-    runner = StudyRunner(plan, options, {}, events=_NoEvents())
-    runner.preflight(here=False)
-    runner.launcher = _PodLaunchers()
-    study_dir = runner.prepare(describe=False)
-    runner.release()
-    in_pod = Path(mount) / study_dir.relative_to(root)
-    opts = k8s.K8sOptions(
-        results_pvc=args.pvc, mount_path=mount, images=pod_images, namespace=args.namespace,
-        model_cache_pvc=args.model_cache_pvc, hf_token_secret=args.hf_token_secret, pods=args.pods, gpus=not args.cpu,
-    )  # fmt: skip
-    for path in k8s.write(Path(args.out), k8s.jobs(in_pod, plan, opts, [])):
-        print(path)
-    _console(stderr=True).print(
-        f"study {study.name}: {len(plan.runs)} runs planned in {study_dir}; "
-        f"kubectl apply -f {args.out} runs them, llem results {study_dir} reads them"
-    )
-    return EXIT_OK
-
-
-class _PodLaunchers(dict[str, "Launcher"]):
-    """Every engine's runs execute in a pod, by the local runner of the worker there."""
-
-    def __missing__(self, engine: str) -> Launcher:
-        from orchestrator.local import LocalLauncher
-
-        return LocalLauncher(engine)
-
-
-class _WorkerLog:
-    """A worker's progress as plain lines (its output is a Slurm or pod log, not a terminal)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.finished: dict[str, str] = {}
-
-    def _say(self, text: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {self.name}: {text}", flush=True)
-
-    def run_started(self, run: PlannedRun, position: int, total: int) -> None:
-        self._say(f"{run.run_id} started")
-
-    def run_finished(self, outcome: RunOutcome) -> None:
-        self.finished[outcome.run.run_id] = outcome.entry.status
-        failure = f" ({outcome.entry.failure.message})" if outcome.entry.failure else ""
-        self._say(f"{outcome.run.run_id} {outcome.entry.status}{failure}")
-
-    def waiting_for_devices(self, names: list[str]) -> None:
-        self._say(f"waiting for {', '.join(names)}")
-
-    def pausing(self, seconds: float) -> None:
-        self._say(f"pausing {seconds:g} s")
-
-    def run_phase(self, run: PlannedRun, phase: str, detail: str) -> None: ...
 
 
 class _NoEvents:
@@ -661,6 +340,8 @@ def _host_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list of every option
+    from orchestrator.cli_cluster import cmd_k8s, cmd_pull, cmd_worker
+
     parser = argparse.ArgumentParser(
         prog="llem", description="Measure energy, throughput and latency of LLM inference."
     )

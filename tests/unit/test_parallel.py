@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.cli import _cpuset
+from orchestrator.cli_cluster import parse_cpuset
 from orchestrator.errors import ConfigError
 from orchestrator.locks import lock_names
 from orchestrator.parallel import Slot, parse_parallel, plan_slots
@@ -46,8 +46,8 @@ def test_pinned_cpu_runs_lock_their_cores_and_gpu_runs_their_gpus():
 
 
 def test_cpuset_syntax():
-    assert _cpuset("0") == (0,)
+    assert parse_cpuset("0") == (0,)
     with pytest.raises(ConfigError, match="expects cores"):
-        _cpuset("a-b")
+        parse_cpuset("a-b")
     with pytest.raises(ConfigError, match="not available"):
-        _cpuset("0-4096")
+        parse_cpuset("0-4096")
