@@ -142,7 +142,7 @@ def record_overlaps(study_dir: Path) -> int:
     """Write into each run's manifest entry the runs whose measured windows overlapped its own;
     the number of runs that overlapped another."""
     store = ManifestStore(study_dir, ManifestStore.load(study_dir))
-    found = overlaps(measured_windows(study_dir, store.manifest))
+    found = overlaps(measured_windows(study_dir, store.manifest), {e.run_id: e.host for e in store.manifest.runs})
     for run_id, others in found.items():
         store.update_run(run_id, overlapped_with=sorted(others))
     return len(found)

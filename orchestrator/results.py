@@ -372,14 +372,20 @@ def measured_windows(study_dir: Path, manifest: Manifest) -> dict[str, tuple[flo
     return out
 
 
-def overlaps(windows: dict[str, tuple[float, float]]) -> dict[str, set[str]]:
-    """Runs whose measured windows overlapped another run's, and which."""
+def overlaps(
+    windows: dict[str, tuple[float, float]], hosts: dict[str, str | None] | None = None
+) -> dict[str, set[str]]:
+    """Runs whose measured windows overlapped another run's on the same host, and which (runs on
+    other nodes of a cluster share nothing that is measured)."""
     found: dict[str, set[str]] = {}
     ordered = sorted(windows.items(), key=lambda item: item[1][0])
+    host = (hosts or {}).get
     for i, (run_a, (_, end_a)) in enumerate(ordered):
         for run_b, (start_b, _) in ordered[i + 1 :]:
             if start_b >= end_a:
                 break
+            if host(run_a) != host(run_b):
+                continue
             found.setdefault(run_a, set()).add(run_b)
             found.setdefault(run_b, set()).add(run_a)
     return found
@@ -546,7 +552,7 @@ def _experiment_warnings(e: ExperimentSummary) -> list[str]:
 def _overlap_warnings(study_dir: Path, manifest: Manifest) -> list[str]:
     """Runs measured at the same time (parallel runs) shared the host's power, memory bandwidth
     and cooling: comparing them is not comparing configurations alone."""
-    found = overlaps(measured_windows(study_dir, manifest))
+    found = overlaps(measured_windows(study_dir, manifest), {e.run_id: e.host for e in manifest.runs})
     if not found:
         return []
     shown = ", ".join(f"{a} with {', '.join(sorted(b))}" for a, b in sorted(found.items())[:4])

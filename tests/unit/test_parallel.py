@@ -37,6 +37,8 @@ def test_parallel_values():
 def test_overlapping_windows_are_found_both_ways_and_touching_ones_are_not():
     windows = {"a": (0.0, 10.0), "b": (5.0, 12.0), "c": (12.0, 20.0), "d": (30.0, 31.0), "e": (1.0, 2.0)}
     assert overlaps(windows) == {"a": {"b", "e"}, "b": {"a"}, "e": {"a"}}
+    on_nodes = {"a": "node1", "b": "node2", "c": "node1", "d": "node1", "e": "node1"}
+    assert overlaps(windows, on_nodes) == {"a": {"e"}, "e": {"a"}}  # other nodes share nothing measured
 
 
 def test_pinned_cpu_runs_lock_their_cores_and_gpu_runs_their_gpus():
