@@ -204,22 +204,23 @@ def _launchers(study: Study, args: argparse.Namespace, user: UserConfig) -> tupl
     # Connects on first use: a study run entirely by the local runner needs no Docker.
     on_pull = None if getattr(args, "no_pull", False) else PullLines(_console(stderr=True))
     docker = DockerLauncher(contract_cache=baseline_cache_dir().parent / "contracts", on_pull=on_pull)
-    launchers: dict[str, Launcher] = {
-        engine: LocalLauncher(engine) if choice.kind == "local" else docker for engine, choice in choices.items()
-    }
-    for engine, choice in sorted(choices.items()):
-        if choice.kind == "local":
-            _console(stderr=True).print(
-                f"{engine}: local runner ({choice.source}); the agent runs as a process on this host"
-            )
-    return launchers, docker
+    return {
+        engine: LocalLauncher(engine, chosen_by=choice.source) if choice.kind == "local" else docker
+        for engine, choice in choices.items()
+    }, docker
 
 
 def _prepare_host(runner: StudyRunner, launchers: dict[str, Launcher], docker: DockerLauncher) -> None:
     """Checks, leftovers of dead llem processes removed, shared caches made: before any run here."""
+    from orchestrator.local import LocalLauncher
     from orchestrator.reaper import reap_orphans
 
     runner.preflight()
+    for engine, launcher in sorted(launchers.items()):
+        if isinstance(launcher, LocalLauncher):
+            _console(stderr=True).print(
+                f"{engine}: local runner ({launcher.chosen_by}); the agent runs as a process on this host"
+            )
     if any(launcher is docker for launcher in launchers.values()):
         for name in reap_orphans(docker):
             _console(stderr=True).print(f"removed orphan container {name} (its llem process is gone)")

@@ -246,7 +246,7 @@ class DockerLauncher:
         try:
             for event in self.client.api.pull(repository, tag=tag or "latest", stream=True, decode=True):
                 if "error" in event:
-                    return f"cannot pull {image}: {str(event['error']).splitlines()[0]}"
+                    raise docker.errors.DockerException(str(event["error"]))
                 layer, detail = event.get("id"), event.get("progressDetail") or {}
                 if layer and detail.get("total"):
                     layers[layer] = (int(detail.get("current", 0)), int(detail["total"]))
@@ -254,12 +254,16 @@ class DockerLauncher:
                     total = layers.get(layer, (0, 0))[1]
                     layers[layer] = (total, total)
                 on_progress(image, sum(d for d, _ in layers.values()), sum(t for _, t in layers.values()))
+        except docker.errors.APIError as exc:
+            why = _api_error(exc)
         except docker.errors.DockerException as exc:
-            return (
-                f"cannot pull {image}: {_first_line(exc)}; check the name and registry login "
-                "(docker login), or build it (make images)"
-            )
-        return None
+            why = _first_line(exc)
+        else:
+            return None
+        return (
+            f"image {image} is not on this host and cannot be pulled ({why}); check its name and the "
+            "registry login (docker login), or build it (`make images` builds the pytorch one)"
+        )
 
     def image_contract(self, image: str, image_id: str | None = None) -> str | None:
         """The fingerprint stored in the image at build time, read without starting it

@@ -60,9 +60,11 @@ class LocalLauncher:
 
     kind = "local"
 
-    def __init__(self, engine: str, python: str = sys.executable) -> None:
+    def __init__(self, engine: str, python: str = sys.executable, chosen_by: str = "") -> None:
+        """``chosen_by``: which setting made this engine run locally (said to the user)."""
         self.engine = engine
         self.python = python
+        self.chosen_by = chosen_by
 
     def agent_path(self, mount: Mount) -> str:
         """A process sees the host's own directories."""

@@ -84,7 +84,7 @@ def test_an_image_no_registry_has_is_one_line_and_no_study_directory(tmp_path, r
                     "--results-dir", str(tmp_path / "results"))  # fmt: skip
     assert done.returncode == EXIT_ENVIRONMENT
     (line,) = [x for x in done.stderr.strip().splitlines() if x.startswith("llem: error")]
-    assert f"cannot pull {ref}" in line
+    assert f"image {ref} is not on this host and cannot be pulled" in line
     assert not (tmp_path / "results").exists()
     no_pull = run_llem("run", str(REPO / "examples" / "quickstart.yaml"), "--image", f"pytorch={ref}", "--no-pull",
                        "--results-dir", str(tmp_path / "results"))  # fmt: skip

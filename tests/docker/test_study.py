@@ -158,12 +158,19 @@ def test_a_missing_prompt_file_is_refused_before_any_container(tmp_path, tiny_mo
 
 def test_missing_image_is_one_line_and_creates_no_results(tmp_path, tiny_model, docker_client):
     study = write_study(tmp_path, tiny_model)
-    proc = run_llem(*llem_args(tmp_path, study), "--image", "pytorch=llem/does-not-exist:0")
+    proc = run_llem(*llem_args(tmp_path, study), "--image", "pytorch=llem/does-not-exist:0", "--no-pull")
     assert proc.returncode == EXIT_ENVIRONMENT
     assert proc.stderr.strip().splitlines() == [
-        "llem: error: image llem/does-not-exist:0 not found; pull it (docker pull llem/does-not-exist:0) or build "
-        "it (`make images` builds the pytorch one, `docker compose build <engine>-agent` any)"
+        "llem: error: image llem/does-not-exist:0 not found; pull it (llem pull, or docker pull "
+        "llem/does-not-exist:0) or build it (`make images` builds the pytorch one, `docker compose build "
+        "<engine>-agent` any)"
     ]
+    assert not (tmp_path / "results").exists()
+    pulled = run_llem(*llem_args(tmp_path, study), "--image", "pytorch=llem/does-not-exist:0")  # no registry has it
+    assert pulled.returncode == EXIT_ENVIRONMENT
+    (error,) = [line for line in pulled.stderr.strip().splitlines() if line.startswith("llem: error")]
+    assert error.startswith("llem: error: image llem/does-not-exist:0 is not on this host and cannot be pulled (")
+    assert "make images" in error and "Traceback" not in pulled.stderr
     assert not (tmp_path / "results").exists()
 
 
