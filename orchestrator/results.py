@@ -464,6 +464,7 @@ def aggregate(study_dir: Path, current_factors: MeasurementFactors | None = None
     swept = varying_keys([params[i] for i in indices])
     records: list[RunRecord] = []
     unavailable: set[str] = set()
+    windows: dict[str, tuple[float, float]] = {}  # when each completed run was measured
     for entry in manifest.runs:
         metrics: dict[str, float | None] = {m.name: None for m in ALL_METRICS}
         flags: list[str] = []
@@ -473,6 +474,8 @@ def aggregate(study_dir: Path, current_factors: MeasurementFactors | None = None
         if entry.status == "completed":
             data = run_data(study_dir / "runs" / entry.run_id)
             if data is not None:
+                if data.get("window"):
+                    windows[entry.run_id] = (float(data["window"][0]), float(data["window"][1]))
                 metrics = _run_metrics(data["metrics"], factors)
                 flags = data["flags"]
                 reason = data["unavailable_reason"]
@@ -528,7 +531,7 @@ def aggregate(study_dir: Path, current_factors: MeasurementFactors | None = None
         experiments=experiments,
         runs=records,
         factors=factors,
-        warnings=_overlap_warnings(study_dir, manifest) + _ranking_warnings(experiments),
+        warnings=_overlap_warnings(windows, manifest) + _ranking_warnings(experiments),
         energy_unavailable="; ".join(sorted(unavailable)) or None,
         manifest_sha256=digest,
     )
@@ -549,10 +552,10 @@ def _experiment_warnings(e: ExperimentSummary) -> list[str]:
     return out
 
 
-def _overlap_warnings(study_dir: Path, manifest: Manifest) -> list[str]:
+def _overlap_warnings(windows: dict[str, tuple[float, float]], manifest: Manifest) -> list[str]:
     """Runs measured at the same time (parallel runs) shared the host's power, memory bandwidth
     and cooling: comparing them is not comparing configurations alone."""
-    found = overlaps(measured_windows(study_dir, manifest), {e.run_id: e.host for e in manifest.runs})
+    found = overlaps(windows, {e.run_id: e.host for e in manifest.runs})
     if not found:
         return []
     shown = ", ".join(f"{a} with {', '.join(sorted(b))}" for a, b in sorted(found.items())[:4])
