@@ -237,6 +237,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         )
     if args.engine:  # this worker's image runs one engine (a Kubernetes pod)
         engine = canonical_engine(args.engine)
+        if engine not in {e.config.engine for e in study.experiments}:
+            raise ConfigError(f"--engine {args.engine}: the study has no {engine} experiment")
         study = dataclasses.replace(study, experiments=tuple(e for e in study.experiments if e.config.engine == engine))
     plan = make_plan(study, n_cycles=manifest.n_cycles, order=manifest.experiment_order)  # type: ignore[arg-type]
     if args.stale_after <= 0:

@@ -20,7 +20,7 @@ from pathlib import Path
 from orchestrator import __version__
 from orchestrator.devices import devices_needed
 from orchestrator.errors import ConfigError, EnvironmentProblem
-from orchestrator.manifest import CLAIMABLE, ManifestStore
+from orchestrator.manifest import ManifestStore
 from orchestrator.plan import Plan
 
 SLURM_DIR = "slurm"
@@ -198,7 +198,7 @@ def follow(
             # A task may finish the manifest just as the job leaves the queue: look once more.
             gone_since = gone_since or time.monotonic()
             if time.monotonic() - gone_since > poll_s * 2:
-                left = sum(1 for e in manifest.runs if e.status in CLAIMABLE or e.status != "completed")
+                left = sum(1 for e in manifest.runs if e.status != "completed")
                 return "incomplete", left
         time.sleep(poll_s)
 

@@ -111,3 +111,16 @@ def test_a_worker_judged_dead_does_not_record_the_run_it_lost(tmp_path, study_fi
     assert runs["e001-c1"].status == "running"  # the new owner's to finish, not this worker's
     assert [e.status for r, e in runs.items() if r != "e001-c1"] == ["completed"] * 3
     assert (study_dir / "claims" / "e001-c1").read_text().startswith("other@")  # never released by the loser
+
+
+def test_llem_worker_on_bad_input_is_one_line(tmp_path, study_file):
+    done = run_llem("worker", str(tmp_path))
+    assert done.returncode == 2 and "not a llem study directory" in done.stderr and "Traceback" not in done.stderr
+    runner = make_runner(tmp_path, study_file, FakeLauncher())
+    runner.preflight()
+    study_dir = runner.prepare()
+    runner.release()
+    wrong = run_llem("worker", str(study_dir), "--engine", "vllm")
+    assert wrong.returncode == 2 and "has no vllm experiment" in wrong.stderr
+    stale = run_llem("worker", str(study_dir), "--stale-after", "0")
+    assert stale.returncode == 2 and "--stale-after must be positive" in stale.stderr
