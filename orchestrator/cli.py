@@ -241,7 +241,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("--wait goes with --executor slurm")
     study, plan = _load_plan(args)
     if args.dry_run and args.executor == "slurm":
-        return _print_slurm_script(args, study, plan, out)
+        return _print_slurm_script(args, study, plan)
     if args.dry_run:
         from orchestrator.dryrun import print_json, print_text
 

@@ -10,8 +10,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rich.console import Console
-
 from llem_agent.contract import canonical_engine
 from orchestrator.cli import (
     PullLines,
@@ -128,19 +126,19 @@ def _worker_flags(args: argparse.Namespace) -> list[str]:
         value = getattr(args, name)
         if value is not None and value != _HOST_DEFAULTS.get(name):
             flags.append(f"--{name.replace('_', '-')}={value}")
-    flags += [
-        f"--{name.replace('_', '-')}" for name in ("no_lock", "fail_fast", "no_circuit_breaker") if getattr(args, name)
-    ]
+    switches = ("no_lock", "fail_fast", "no_circuit_breaker", "no_pull")
+    flags += [f"--{name.replace('_', '-')}" for name in switches if getattr(args, name)]
     return flags
 
 
-def _print_slurm_script(args: argparse.Namespace, study: Study, plan: Plan, out: Console) -> int:
+def _print_slurm_script(args: argparse.Namespace, study: Study, plan: Plan) -> int:
     from orchestrator.slurm import script
 
     user = load_user_config()
     root = Path(args.results_dir) if args.results_dir else user.results_dir
     where = root.resolve() / f"{study.name}_<timestamp>"
-    out.print(script(where, plan, _slurm_options(args, user), _worker_flags(args), len(plan.runs)), markup=False)
+    # Plain print: the script must come out exactly, never wrapped or styled.
+    print(script(where, plan, _slurm_options(args, user), _worker_flags(args), len(plan.runs)))
     return EXIT_OK
 
 
@@ -272,7 +270,6 @@ def cmd_pull(args: argparse.Namespace) -> int:
     launchers, _docker = _launchers(study, args, user)
     docker = DockerLauncher(contract_cache=baseline_cache_dir().parent / "contracts")
     wanted = sorted({images[e] for e, launcher in launchers.items() if launcher.kind == "docker"})
-    out = _console()
     progress = PullLines(_console(stderr=True))
     problems = []
     for image in wanted:
@@ -281,7 +278,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
             problems.append(problem)
             continue
         digests = docker.describe([image])[1][image].get("repo_digests") or ["(no registry digest)"]
-        out.print(f"{image}: {', '.join(digests)}")
+        print(f"{image}: {', '.join(digests)}")  # plain: digests are copied, never wrapped
     if problems:
         raise EnvironmentProblem(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
     return EXIT_OK

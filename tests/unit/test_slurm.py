@@ -49,9 +49,13 @@ def test_node_local_storage_is_warned_about(tmp_path):
 
 def test_dry_run_prints_the_script_and_writes_nothing(tmp_path, study_file):
     done = run_llem("run", str(study_file), "--executor", "slurm", "--dry-run", "--slurm-gpus", "0",
-                    "--results-dir", str(tmp_path / "results"))  # fmt: skip
+                    "--results-dir", str(tmp_path / "results"), "--no-pull", "--fail-fast", "--run-timeout", "60",
+                    "--image", "pytorch=registry.example/llem/pytorch:1")  # fmt: skip
     assert done.returncode == EXIT_OK, done.stderr
     assert "#SBATCH --array=0-3" in done.stdout and " worker " in done.stdout
+    (command,) = [line for line in done.stdout.splitlines() if line.startswith("exec ")]
+    for flag in ("--no-pull", "--fail-fast", "--run-timeout=60.0", "--image=pytorch=registry.example/llem/pytorch:1"):
+        assert flag in command.split(), flag  # the workers run with this invocation's host options
     assert not (tmp_path / "results").exists()
 
 
