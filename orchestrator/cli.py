@@ -228,11 +228,21 @@ def _prepare_host(runner: StudyRunner, launchers: dict[str, Launcher], docker: D
     ensure_shared_dirs([options.hf_home, options.baseline_cache, options.engine_cache])
 
 
+def open_study(args: argparse.Namespace, runner: StudyRunner, describe: bool = True) -> Path:
+    """The study directory this invocation runs: resumed (--resume, --resume-dir) or new."""
+    from orchestrator.runner import newest_unfinished
+
+    if args.resume or args.resume_dir:
+        root, name = runner.options.results_root, runner.plan.study.name
+        return runner.resume(Path(args.resume_dir) if args.resume_dir else newest_unfinished(root, name))
+    return runner.prepare(describe=describe)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from orchestrator.cli_cluster import _print_slurm_script, _run_parallel, _slots, _submit_slurm
     from orchestrator.display import ProgressDisplay, print_results
     from orchestrator.results import aggregate
-    from orchestrator.runner import StudyRunner, newest_unfinished
+    from orchestrator.runner import StudyRunner
 
     out, err = _console(), _console(stderr=True)
     if args.json and not args.dry_run:
@@ -262,14 +272,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     _prepare_host(runner, launchers, docker)
     if len(slots) > 1:
         return _run_parallel(args, study, plan, runner, slots)
+    study_dir = open_study(args, runner)
     if args.resume or args.resume_dir:
-        previous = Path(args.resume_dir) if args.resume_dir else newest_unfinished(options.results_root, study.name)
-        study_dir = runner.resume(previous)
         done = runner.completed_count()
         err.print(f"resuming study {study.name} in {study_dir}: {done} of {len(plan.runs)} runs completed, "
                   f"{len(plan.runs) - done} to run")  # fmt: skip
     else:
-        study_dir = runner.prepare()
         err.print(f"study {study.name}: {len(plan.runs)} runs -> {study_dir}")
     with ProgressDisplay(plan, err, done=runner.completed_count()) as display:
         runner.events = display

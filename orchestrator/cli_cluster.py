@@ -14,17 +14,17 @@ from llem_agent.contract import canonical_engine
 from orchestrator.cli import (
     PullLines,
     _console,
+    _host_options,
     _launchers,
     _load_plan,
     _NoEvents,
     _prepare_host,
     baseline_cache_dir,
+    open_study,
     resolve_images,
     runner_options,
 )
-from orchestrator.container import DEFAULT_PIDS_LIMIT
 from orchestrator.errors import EXIT_OK, EXIT_RUNS_FAILED, ConfigError, EnvironmentProblem, Interrupted
-from orchestrator.locks import DEFAULT_LOCK_DIR
 from orchestrator.plan import Plan, make_plan
 from orchestrator.study import Study, load_study
 from orchestrator.userconfig import UserConfig, load_user_config
@@ -36,10 +36,6 @@ if TYPE_CHECKING:
     from orchestrator.plan import PlannedRun
     from orchestrator.runner import RunnerOptions, StudyRunner
     from orchestrator.slurm import SlurmOptions
-
-# Defaults of the host options a Slurm worker is given only when they differ (see _host_options).
-_HOST_DEFAULTS: dict[str, object] = {"run_timeout": 3600.0, "stall_timeout": 600.0, "sample_interval": 0.1,
-                                     "pids_limit": DEFAULT_PIDS_LIMIT, "lock_dir": str(DEFAULT_LOCK_DIR)}  # fmt: skip
 
 
 def _slots(args: argparse.Namespace, study: Study, options: RunnerOptions) -> list[Slot]:
@@ -61,15 +57,10 @@ def _run_parallel(args: argparse.Namespace, study: Study, plan: Plan, runner: St
     from orchestrator.manifest import ManifestStore
     from orchestrator.parallel import record_overlaps, run_workers
     from orchestrator.results import summarise
-    from orchestrator.runner import newest_unfinished
     from orchestrator.slurm import llem_command
 
     out, err = _console(), _console(stderr=True)
-    if args.resume or args.resume_dir:
-        root = runner.options.results_root
-        study_dir = runner.resume(Path(args.resume_dir) if args.resume_dir else newest_unfinished(root, study.name))
-    else:
-        study_dir = runner.prepare()
+    study_dir = open_study(args, runner)
     runner.release()
     where = "; ".join(slot.describe() for slot in slots)
     err.print(f"study {study.name}: {len(plan.runs)} runs, {len(slots)} at a time ({where}) -> {study_dir}")
@@ -120,11 +111,13 @@ def _slurm_options(args: argparse.Namespace, user: UserConfig | None) -> SlurmOp
 
 def _worker_flags(args: argparse.Namespace) -> list[str]:
     """The host options of this invocation that the workers must run with too."""
+    defaults = argparse.ArgumentParser()
+    _host_options(defaults)  # only what differs from the workers' own defaults is passed on
     flags = [f"--image={image}" for image in args.image]
     for name in ("runner", "run_timeout", "stall_timeout", "sample_interval", "container_memory", "pids_limit",
                  "lock_dir", "timeout"):  # fmt: skip
         value = getattr(args, name)
-        if value is not None and value != _HOST_DEFAULTS.get(name):
+        if value is not None and value != defaults.get_default(name):
             flags.append(f"--{name.replace('_', '-')}={value}")
     switches = ("no_lock", "fail_fast", "no_circuit_breaker", "no_pull")
     flags += [f"--{name.replace('_', '-')}" for name in switches if getattr(args, name)]
@@ -148,18 +141,11 @@ def _submit_slurm(args: argparse.Namespace, study: Study, plan: Plan, runner: St
     from orchestrator.display import print_results
     from orchestrator.manifest import CLAIMABLE, ManifestStore
     from orchestrator.results import aggregate
-    from orchestrator.runner import newest_unfinished
 
     err, out = _console(stderr=True), _console()
     options = _slurm_options(args, user)
     runner.preflight(here=False)
-    if args.resume or args.resume_dir:
-        previous = (
-            Path(args.resume_dir) if args.resume_dir else newest_unfinished(runner.options.results_root, study.name)
-        )
-        study_dir = runner.resume(previous)
-    else:
-        study_dir = runner.prepare(describe=False)
+    study_dir = open_study(args, runner, describe=False)  # host.json: not this host's launchers
     runner.release()
     warning = slurm.shared_storage_warning(study_dir)
     if warning:

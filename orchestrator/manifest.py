@@ -18,9 +18,8 @@ MANIFEST_FILE = "manifest.json"
 MANIFEST_SCHEMA_VERSION = "1"
 RunStatus = Literal["pending", "running", "completed", "failed", "interrupted", "skipped"]
 StudyStatus = Literal["running", "completed", "failed", "interrupted", "circuit_open", "timed_out"]
-# Runs --resume runs again (it makes failed and skipped ones pending); a completed run never is.
-RESUMABLE: frozenset[str] = frozenset({"pending", "running", "failed", "interrupted", "skipped"})
-# Runs a worker may claim: not started, stopped early, or "running" under a dead worker's claim.
+# Runs a worker may claim: not started, stopped early, or "running" under a dead worker's claim
+# (--resume makes failed and skipped runs pending again; a completed run never runs again).
 CLAIMABLE: frozenset[str] = frozenset({"pending", "running", "interrupted"})
 
 
@@ -129,27 +128,29 @@ class ManifestStore:
         return self.manifest
 
     def update_run(self, run_id: str, **changes: object) -> RunEntry:
-        with self._locked():
-            self._reload()
-            entry = self.manifest.run(run_id)
+        with self._rewrite() as manifest:
+            entry = manifest.run(run_id)
             for key, value in changes.items():
                 setattr(entry, key, value)
-            self.save()
         return entry
 
     def set_status(self, status: StudyStatus) -> None:
         """Set the study's status; every earlier status stays in ``history``."""
-        with self._locked():
-            self._reload()
-            self.manifest.status = status
-            self.manifest.history.append({"status": status, "at": utc_now()})
-            self.save()
+        with self._rewrite() as manifest:
+            manifest.status = status
+            manifest.history.append({"status": status, "at": utc_now()})
 
     def note(self, **fields: str) -> None:
         """Add an event to the study's ``history`` (a Slurm submission, say)."""
+        with self._rewrite() as manifest:
+            manifest.history.append({**fields, "at": utc_now()})
+
+    @contextlib.contextmanager
+    def _rewrite(self) -> Iterator[Manifest]:
+        """Read the manifest as the other workers left it, change it, write it: under the lock."""
         with self._locked():
             self._reload()
-            self.manifest.history.append({**fields, "at": utc_now()})
+            yield self.manifest
             self.save()
 
     def _reload(self) -> None:

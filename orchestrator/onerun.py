@@ -206,6 +206,7 @@ def run_one(
     if os.getuid() == 0:
         os.chmod(run_dir, 0o2775)  # the unprivileged agent writes here through the root group
     gpus = assign_devices(config, list(self.options.gpu_indices))
+    cpus = () if gpus else self.options.cpuset  # a parallel slot's cores pin CPU runs only
     uuids = tuple(self.options.gpu_uuids[g] for g in gpus if g in self.options.gpu_uuids)
     model_dir = self._model_dirs.get(run.experiment.index)
     adapter_dir = self._adapter_dirs.get(run.experiment.index)
@@ -235,7 +236,7 @@ def run_one(
             dataset_file=self._datasets.get(run.experiment.index),
             token_file=secret,
             pids_limit=self.options.pids_limit,
-            cpuset=() if gpus else self.options.cpuset,
+            cpuset=cpus,
         )
 
         def seen(target: str) -> str | None:  # where the agent sees a mount: in its container, or on the host
@@ -263,7 +264,6 @@ def run_one(
         )
         write_atomic(run_dir / EXPERIMENT_FILE, request.model_dump_json(indent=2))
         lock_dir = self.options.lock_dir
-        cpus = () if gpus else self.options.cpuset
         locks = DeviceLocks(lock_names(gpus, cpus) if lock_dir else [], lock_dir or Path("."))
         if not locks.acquire(self.options.lock_wait_s, on_wait=self.events.waiting_for_devices):
             raise EnvironmentProblem(

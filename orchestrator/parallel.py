@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.errors import ConfigError
-from orchestrator.manifest import CLAIMABLE, ManifestStore
+from orchestrator.manifest import ManifestStore
 from orchestrator.results import measured_windows, overlaps
 
 WORKERS_DIR = "workers"
@@ -146,7 +146,3 @@ def record_overlaps(study_dir: Path) -> int:
     for run_id, others in found.items():
         store.update_run(run_id, overlapped_with=sorted(others))
     return len(found)
-
-
-def unfinished(study_dir: Path) -> int:
-    return sum(1 for e in ManifestStore.load(study_dir).runs if e.status in CLAIMABLE)
