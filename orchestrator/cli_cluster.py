@@ -19,7 +19,6 @@ from orchestrator.cli import (
     _load_plan,
     _NoEvents,
     _prepare_host,
-    baseline_cache_dir,
     open_study,
     resolve_images,
     runner_options,
@@ -248,13 +247,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_pull(args: argparse.Namespace) -> int:
     """Pull every image the study's docker-run engines use (also those already here: a tag may
     have moved), check each speaks this llem's contract, and print its digest."""
-    from orchestrator.launcher import DockerLauncher
 
     study, _ = _load_plan(args)
     user = load_user_config()
     images = resolve_images(study.images, args.image, user)
-    launchers, _docker = _launchers(study, args, user)
-    docker = DockerLauncher(contract_cache=baseline_cache_dir().parent / "contracts")
+    launchers, docker = _launchers(study, args, user)
     wanted = sorted({images[e] for e, launcher in launchers.items() if launcher.kind == "docker"})
     progress = PullLines(_console(stderr=True))
     problems = []
@@ -288,9 +285,8 @@ def cmd_k8s(args: argparse.Namespace) -> int:
     pod_images = {e: ref if e in given else k8s.worker_image(ref) for e, ref in images.items()}
     options = RunnerOptions(results_root=root, images=images, run_timeout_s=3600.0, gpu_indices=(), lock_dir=None,
                             lock_wait_s=None, hf_home=user.hf_home)  # fmt: skip
-    runner = StudyRunner(plan, options, {}, events=_NoEvents())
+    runner = StudyRunner(plan, options, _PodLaunchers(), events=_NoEvents())
     runner.preflight(here=False)
-    runner.launcher = _PodLaunchers()
     study_dir = runner.prepare(describe=False)
     runner.release()
     in_pod = Path(mount) / study_dir.relative_to(root)

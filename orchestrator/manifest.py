@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -128,11 +128,16 @@ class ManifestStore:
         return self.manifest
 
     def update_run(self, run_id: str, **changes: object) -> RunEntry:
+        self.update_runs({run_id: changes})
+        return self.manifest.run(run_id)
+
+    def update_runs(self, changes: dict[str, dict[str, object]]) -> None:
+        """Change several runs in one read-modify-write (one lock, one write for them all)."""
         with self._rewrite() as manifest:
-            entry = manifest.run(run_id)
-            for key, value in changes.items():
-                setattr(entry, key, value)
-        return entry
+            for run_id, fields in changes.items():
+                entry = manifest.run(run_id)
+                for key, value in fields.items():
+                    setattr(entry, key, value)
 
     def set_status(self, status: StudyStatus) -> None:
         """Set the study's status; every earlier status stays in ``history``."""
@@ -168,6 +173,27 @@ class ManifestStore:
     @staticmethod
     def load(study_dir: Path) -> Manifest:
         return Manifest.model_validate_json((study_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
+
+
+class ProgressWatch:
+    """Follows a manifest other processes write (workers, Slurm tasks): says (completed, total)
+    whenever it changes."""
+
+    def __init__(self, study_dir: Path, on_progress: Callable[[int, int], None]) -> None:
+        self.study_dir, self.on_progress = study_dir, on_progress
+        self._last: tuple[int, int] | None = None
+
+    def poll(self) -> Manifest | None:
+        """The manifest now (None while it cannot be read), reporting progress if it moved."""
+        try:
+            manifest = ManifestStore.load(self.study_dir)
+        except (OSError, ValueError):
+            return None
+        now = (sum(1 for e in manifest.runs if e.status == "completed"), len(manifest.runs))
+        if now != self._last:
+            self._last = now
+            self.on_progress(*now)
+        return manifest
 
 
 def study_dirs(root: Path, pattern: str = "*") -> Iterator[tuple[Manifest, Path]]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.errors import ConfigError
-from orchestrator.manifest import ManifestStore
+from orchestrator.manifest import ManifestStore, ProgressWatch
 from orchestrator.results import measured_windows, overlaps
 
 WORKERS_DIR = "workers"
@@ -101,27 +101,15 @@ def run_workers(
                         argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
                     )
                 )
-        last: tuple[int, int] | None = None
+        watch = ProgressWatch(study_dir, on_progress)
         while any(p.poll() is None for p in procs):
-            last = _progress(study_dir, last, on_progress)
+            watch.poll()
             time.sleep(poll_s)
-        _progress(study_dir, last, on_progress)
+        watch.poll()
     except KeyboardInterrupt:
         _stop(procs)
         raise
     return [p.returncode for p in procs]
-
-
-def _progress(
-    study_dir: Path, last: tuple[int, int] | None, on_progress: Callable[[int, int], None]
-) -> tuple[int, int] | None:
-    with contextlib.suppress(OSError, ValueError):
-        runs = ManifestStore.load(study_dir).runs
-        now = (sum(1 for e in runs if e.status == "completed"), len(runs))
-        if now != last:
-            on_progress(*now)
-        return now
-    return last
 
 
 def _stop(procs: Sequence[subprocess.Popen[bytes]]) -> None:
@@ -143,6 +131,5 @@ def record_overlaps(study_dir: Path) -> int:
     the number of runs that overlapped another."""
     store = ManifestStore(study_dir, ManifestStore.load(study_dir))
     found = overlaps(measured_windows(study_dir, store.manifest), {e.run_id: e.host for e in store.manifest.runs})
-    for run_id, others in found.items():
-        store.update_run(run_id, overlapped_with=sorted(others))
+    store.update_runs({run_id: {"overlapped_with": sorted(others)} for run_id, others in found.items()})
     return len(found)

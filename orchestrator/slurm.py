@@ -20,7 +20,7 @@ from pathlib import Path
 from orchestrator import __version__
 from orchestrator.devices import devices_needed
 from orchestrator.errors import ConfigError, EnvironmentProblem
-from orchestrator.manifest import ManifestStore
+from orchestrator.manifest import ProgressWatch
 from orchestrator.plan import Plan
 
 SLURM_DIR = "slurm"
@@ -184,21 +184,19 @@ def follow(
     Returns the study's status (``incomplete`` when the job ended with runs left) and the
     number of runs not completed.
     """
-    last: tuple[int, int] | None = None
+    watch = ProgressWatch(study_dir, on_progress)
     gone_since: float | None = None
     while True:
-        manifest = ManifestStore.load(study_dir)
-        done = sum(1 for e in manifest.runs if e.status == "completed")
-        if (done, len(manifest.runs)) != last:
-            last = (done, len(manifest.runs))
-            on_progress(done, len(manifest.runs))
+        manifest = watch.poll()
+        if manifest is None:
+            raise EnvironmentProblem(f"cannot read {study_dir}/manifest.json while following job {job_id}")
+        left = sum(1 for e in manifest.runs if e.status != "completed")
         if manifest.status in FINAL:
-            return manifest.status, len(manifest.runs) - done
+            return manifest.status, left
         if not job_alive(job_id):
             # A task may finish the manifest just as the job leaves the queue: look once more.
             gone_since = gone_since or time.monotonic()
             if time.monotonic() - gone_since > poll_s * 2:
-                left = sum(1 for e in manifest.runs if e.status != "completed")
                 return "incomplete", left
         time.sleep(poll_s)
 
