@@ -1,6 +1,8 @@
 """Bad input through the real console script: one line, a distinct exit code, nothing written."""
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -8,7 +10,7 @@ import yaml
 
 from orchestrator.errors import EXIT_CONFIG, EXIT_ENVIRONMENT
 from tests.conftest import REPO
-from tests.helpers import run_llem
+from tests.helpers import llem_executable, run_llem
 
 
 def assert_one_line_error(proc, code: int, fragment: str) -> None:
@@ -252,3 +254,54 @@ def test_doctor_reports_a_broken_user_config(tmp_path: Path):
     proc = run_llem("doctor", "--json", env={"LLEM_CONFIG": str(config)})
     assert proc.returncode == EXIT_ENVIRONMENT
     assert json.loads(proc.stdout)["checks"][0]["status"] == "fail"
+
+
+def _big_grid(tmp_path: Path) -> Path:
+    """A 3,000-experiment study: its dry-run JSON is megabytes, far beyond a pipe's buffer."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    axis = list(range(1, 11))
+    study = {
+        "name": "big",
+        "model": "./model",
+        "sweep": {
+            "random_seed": axis,
+            "dataset.n_prompts": axis,
+            "pytorch.batch_size": axis,
+            "warmup.n_warmup": [1, 2, 3],
+        },
+    }
+    path = tmp_path / "big.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def test_everything_printed_reaches_a_pipe_before_llem_exits(study_file: Path):
+    """The console script skips interpreter teardown (os._exit): what is still buffered for
+    stdout (a small document is all buffer) must be flushed first, or a script reading llem's
+    output gets nothing."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # a pipe is block-buffered
+    proc = subprocess.run(
+        [llem_executable(), "run", str(study_file), "--dry-run", "--json"],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)["experiments"]) == 2
+
+
+def test_a_reader_that_stops_early_is_not_an_internal_error(tmp_path: Path):
+    """`llem run big.yaml --dry-run --json | head -c 10`: the pipe closes under llem."""
+    proc = subprocess.Popen(
+        [llem_executable(), "run", str(_big_grid(tmp_path)), "--dry-run", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.read(10) == b'{"study_na'
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 1, err
+    assert err == "", err
