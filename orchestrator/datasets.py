@@ -4,13 +4,14 @@ The agent reads the file where the host mounted it (read-only); a relative path 
 to the study file. Everything the agent would refuse is found out here, reading the file in
 bounded pieces: a file that is not .jsonl (``/etc/passwd``), too large, with a line longer
 than ``MAX_PROMPT_LINE_BYTES`` (never read whole), a line that is not a prompt, or fewer
-prompts than ``n_prompts``.
+prompts than ``n_prompts``. The built-in set is counted too.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+from importlib import resources
 from pathlib import Path
 
 from llem_agent.contract import (
@@ -29,7 +30,15 @@ MAX_DATASET_BYTES = 1 << 30  # 1 GiB of prompts
 def resolve_dataset(config: ExperimentConfig, base_dir: Path) -> Path | None:
     """The host path of the experiment's .jsonl prompt file, checked; None for a named set."""
     source = config.dataset.source
-    if source in BUILTIN_PROMPT_SETS or source in HUB_PROMPT_SETS:
+    if source in BUILTIN_PROMPT_SETS:
+        available = _builtin_count(source)
+        if config.dataset.n_prompts > available:
+            raise ConfigError(
+                f"the {source} prompt set has {available} prompts but dataset.n_prompts is "
+                f"{config.dataset.n_prompts}; use a .jsonl file of your own for more"
+            )
+        return None
+    if source in HUB_PROMPT_SETS:  # counted where the hub is reachable: in the agent
         return None
     path = Path(source).expanduser()
     path = path if path.is_absolute() else base_dir / path
@@ -48,6 +57,13 @@ def resolve_dataset(config: ExperimentConfig, base_dir: Path) -> Path | None:
             f"dataset file {path} has {count} prompts but dataset.n_prompts is {config.dataset.n_prompts}"
         )
     return path.resolve()
+
+
+@functools.cache
+def _builtin_count(source: str) -> int:
+    """Prompts in a set shipped with the agent package (the host installs the same package)."""
+    text = resources.files("llem_agent.data").joinpath(BUILTIN_PROMPT_SETS[source]).read_text("utf-8")
+    return sum(1 for line in text.splitlines() if line.strip())
 
 
 @functools.lru_cache(maxsize=32)

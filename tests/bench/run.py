@@ -49,15 +49,47 @@ def sh(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(args), check=True, capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]
 
 
+# Where the overhead goes, from the clocks both sides share (one host): llem's start and end,
+# Docker's create/start/die events for the run's container, and the agent's measured window.
+PARTS = {
+    "host_before_s": "llem start to container created (interpreter, imports, YAML, plan, locks, study directory)",
+    "container_start_s": "container created to started (Docker, runc)",
+    "agent_before_load_s": "container started to the agent's load phase (interpreter, imports, reading the request)",
+    "agent_after_measure_s": "end of the measured window to the container's exit (result written, process exit)",
+    "host_after_s": "container exited to llem's exit (log, removal, collection, study summary and parquet files)",
+}
+
+
+def _container_events(since: float, until: float, study_dir: Path) -> dict[str, float]:
+    """create/start/die times of the run container of ``study_dir`` (Docker's own clock, this host's)."""
+    out = sh(
+        DOCKER, "events", "--since", f"{since:.3f}", "--until", f"{until:.3f}", "--filter", "type=container",
+        "--filter", f"label=llem.study_dir={study_dir}", "--format", "{{.Action}} {{.TimeNano}}",
+    ).stdout  # fmt: skip
+    return {action: int(nanos) / 1e9 for action, nanos in (line.split() for line in out.splitlines())}
+
+
 def llem_once(study: Path, results: Path, image: str) -> dict[str, float]:
-    start = time.perf_counter()
+    start, started_at = time.perf_counter(), time.time()
     llem = str(Path(sys.executable).parent / "llem")
     sh(llem, "run", str(study), "--results-dir", str(results), "--image", f"pytorch={image}")
     wall = time.perf_counter() - start
+    ended_at = started_at + wall
     study_dir = max(results.iterdir(), key=lambda p: p.stat().st_mtime)
     timings = json.loads((study_dir / "runs" / "e001-c1" / "result.json").read_text())["timings"]
     phases = timings["load_s"] + timings["warmup_s"] + timings["measure_s"]
-    return {"wall_s": wall, "phases_s": phases, "overhead_s": wall - phases}
+    events = _container_events(started_at - 1, ended_at + 1, study_dir)
+    window = timings["window_started_at"]
+    return {
+        "wall_s": wall,
+        "phases_s": phases,
+        "overhead_s": wall - phases,
+        "host_before_s": events["create"] - started_at,
+        "container_start_s": events["start"] - events["create"],
+        "agent_before_load_s": window - timings["warmup_s"] - timings["load_s"] - events["start"],
+        "agent_after_measure_s": events["die"] - (window + timings["measure_s"]),
+        "host_after_s": ended_at - events["die"],
+    }
 
 
 def ob_once(model: Path) -> float:
@@ -248,6 +280,16 @@ def render(
         f"- Target: at most half optimum-benchmark's wall time (same image): llem overhead / optimum-benchmark "
         f"wall = **{med_shared / med_ob:.2f}** ({'met' if med_shared <= 0.5 * med_ob else 'NOT met'}); "
         f"whole llem wall / optimum-benchmark wall = {med_shared_wall / med_ob:.2f}.",
+        "",
+        "Where llem's overhead went (own image; medians; the parts add up to the overhead within the",
+        "gaps between the agent's phases):",
+        "",
+        "| part | median | all runs (s) |",
+        "|---|---:|---|",
+        *(
+            f"| {label} | {median([o[key] for o in overhead]):.2f} s | {_join([o[key] for o in overhead])} |"
+            for key, label in PARTS.items()
+        ),
         "",
         "## Harness overhead",
         "",

@@ -44,6 +44,12 @@ def test_what_the_agent_would_refuse_is_refused_before_any_container(tmp_path, n
         resolve_dataset(cfg(name, n), tmp_path)
 
 
+def test_more_prompts_than_the_builtin_set_has_is_refused_before_any_container(tmp_path: Path):
+    assert resolve_dataset(cfg("builtin", 200), tmp_path) is None  # the set has 200
+    with pytest.raises(ConfigError, match=r"the builtin prompt set has 200 prompts but dataset\.n_prompts is 201"):
+        resolve_dataset(cfg("builtin", 201), tmp_path)
+
+
 def test_a_huge_single_line_is_refused_without_reading_it_whole(tmp_path: Path):
     path = tmp_path / "huge.jsonl"
     with path.open("w") as handle:  # 50 MB on one line: it took 200 s inside the container before
