@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -13,7 +14,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, NoReturn
@@ -142,8 +143,31 @@ def runner_options(args: argparse.Namespace, study: Study, user: UserConfig) -> 
     )
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Python's cycle collector off while a study is expanded, planned or printed.
+
+    Those steps allocate hundreds of thousands of objects that all stay alive (configs, runs,
+    their JSON), and each allocation burst triggers collections that walk every one of them for
+    nothing: a 100,000-experiment dry run spent 40% of its time there (17.5-19.5 s vs 10.1-12.7
+    s with the collector off, same peak memory). Reference counting still frees what is dropped.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _load_plan(args: argparse.Namespace) -> tuple[Study, Plan]:
     """The study and its plan, within the size limits (a dry run also checks its models and prompt files)."""
+    with _gc_paused():
+        return _load_plan_unpaused(args)
+
+
+def _load_plan_unpaused(args: argparse.Namespace) -> tuple[Study, Plan]:
     for flag, value in (("--max-experiments", args.max_experiments), ("--max-runs", args.max_runs)):
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
@@ -160,9 +184,12 @@ def _load_plan(args: argparse.Namespace) -> tuple[Study, Plan]:
         from orchestrator.datasets import resolve_dataset
         from orchestrator.models import resolve_model_dir
 
-        for exp in study.experiments:
-            resolve_model_dir(exp.config.model, study.path.parent)
-            resolve_dataset(exp.config, study.path.parent)
+        distinct = {
+            (e.config.model, e.config.dataset.source, e.config.dataset.n_prompts): e.config for e in study.experiments
+        }
+        for config in distinct.values():  # once per model and prompt source, not per experiment
+            resolve_model_dir(config.model, study.path.parent)
+            resolve_dataset(config, study.path.parent)
     return study, plan
 
 
@@ -258,10 +285,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         from orchestrator.dryrun import print_json, print_text
 
-        if args.json:
-            print_json(plan)
-        else:
-            print_text(plan, out)
+        with _gc_paused():
+            if args.json:
+                print_json(plan)
+            else:
+                print_text(plan, out)
         return EXIT_OK
     user = load_user_config()
     options = runner_options(args, study, user)
