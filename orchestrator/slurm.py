@@ -20,7 +20,7 @@ from pathlib import Path
 from orchestrator import __version__
 from orchestrator.devices import devices_needed
 from orchestrator.errors import ConfigError, EnvironmentProblem
-from orchestrator.manifest import ProgressWatch
+from orchestrator.manifest import CLAIMABLE, ProgressWatch
 from orchestrator.plan import Plan
 
 SLURM_DIR = "slurm"
@@ -179,10 +179,14 @@ def job_alive(job_id: str) -> bool:
 def follow(
     study_dir: Path, job_id: str, on_progress: Callable[[int, int], None], poll_s: float = 2.0
 ) -> tuple[str, int]:
-    """Wait for the job: until the study's status is final, or the job has left the queue.
+    """Wait for the job: until the study's status is final with no run left to any task, or
+    the job has left the queue.
 
-    Returns the study's status (``incomplete`` when the job ended with runs left) and the
-    number of runs not completed.
+    A final status alone is not the end: one task whose circuit breaker or wall clock stopped it
+    records that while the other tasks still run the study's remaining runs.
+
+    Returns the study's status (``incomplete`` when the job ended with runs left and no final
+    status) and the number of runs not completed.
     """
     watch = ProgressWatch(study_dir, on_progress)
     gone_since: float | None = None
@@ -191,13 +195,14 @@ def follow(
         if manifest is None:
             raise EnvironmentProblem(f"cannot read {study_dir}/manifest.json while following job {job_id}")
         left = sum(1 for e in manifest.runs if e.status != "completed")
-        if manifest.status in FINAL:
+        final = manifest.status in FINAL
+        if final and not any(e.status in CLAIMABLE for e in manifest.runs):
             return manifest.status, left
         if not job_alive(job_id):
             # A task may finish the manifest just as the job leaves the queue: look once more.
             gone_since = gone_since or time.monotonic()
             if time.monotonic() - gone_since > poll_s * 2:
-                return "incomplete", left
+                return (manifest.status if final else "incomplete"), left
         time.sleep(poll_s)
 
 

@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 from llem_agent.contract import RunRequest
+from orchestrator import slurm
 from orchestrator.errors import EXIT_ENVIRONMENT, EXIT_OK
 from orchestrator.launcher import ContainerOutcome
 from orchestrator.manifest import ManifestStore
@@ -128,3 +129,41 @@ def test_llem_worker_on_bad_input_is_one_line(tmp_path, study_file):
     assert wrong.returncode == 2 and "has no vllm experiment" in wrong.stderr
     stale = run_llem("worker", str(study_dir), "--stale-after", "0")
     assert stale.returncode == 2 and "--stale-after must be positive" in stale.stderr
+
+
+def test_wait_follows_the_job_past_one_task_stopping_on_its_own(tmp_path, study_file, monkeypatch):
+    """Task A's circuit breaker records circuit_open while task B still runs what is left:
+    `--wait` must follow B to the end, not report the study over at A's word."""
+    runner = make_runner(tmp_path, study_file, FakeLauncher())
+    runner.preflight()
+    study_dir = runner.prepare()
+    runner.release()
+    store = ManifestStore(study_dir, ManifestStore.load(study_dir))
+    first, *rest = [e.run_id for e in store.manifest.runs]
+    store.update_run(first, status="failed")
+    store.set_status("circuit_open")  # task A stopped; the other runs are pending for task B
+    polls: list[str] = []
+
+    def task_b_alive(job_id: str) -> bool:
+        polls.append(job_id)
+        if len(polls) == 2:  # task B finishes the rest and concludes the study
+            store.update_runs({run_id: {"status": "completed"} for run_id in rest})
+            store.set_status("failed")
+        return len(polls) < 3
+
+    monkeypatch.setattr(slurm, "job_alive", task_b_alive)
+    seen: list[tuple[int, int]] = []
+    assert slurm.follow(study_dir, "42", lambda done, total: seen.append((done, total)), poll_s=0.01) == ("failed", 1)
+    assert seen[-1] == (3, 4)
+
+
+def test_wait_reports_a_stopped_study_once_the_job_has_left_the_queue(tmp_path, study_file, monkeypatch):
+    runner = make_runner(tmp_path, study_file, FakeLauncher())
+    runner.preflight()
+    study_dir = runner.prepare()
+    runner.release()
+    ManifestStore(study_dir, ManifestStore.load(study_dir)).set_status(
+        "circuit_open"
+    )  # every task stopped with runs pending
+    monkeypatch.setattr(slurm, "job_alive", lambda job_id: False)
+    assert slurm.follow(study_dir, "42", lambda done, total: None, poll_s=0.01) == ("circuit_open", 4)
