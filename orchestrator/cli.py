@@ -26,6 +26,7 @@ from orchestrator import __version__
 from orchestrator.claims import DEFAULT_STALE_AFTER_S
 from orchestrator.container import DEFAULT_PIDS_LIMIT
 from orchestrator.errors import (
+    EXIT_BROKEN_PIPE,
     EXIT_ENVIRONMENT,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
@@ -161,13 +162,9 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+@_gc_paused()
 def _load_plan(args: argparse.Namespace) -> tuple[Study, Plan]:
     """The study and its plan, within the size limits (a dry run also checks its models and prompt files)."""
-    with _gc_paused():
-        return _load_plan_unpaused(args)
-
-
-def _load_plan_unpaused(args: argparse.Namespace) -> tuple[Study, Plan]:
     for flag, value in (("--max-experiments", args.max_experiments), ("--max-runs", args.max_runs)):
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
@@ -700,10 +697,6 @@ class _InterruptHandler:
             os.write(2, b"llem: forced exit; the next `llem run` removes leftover containers\n")
             os._exit(EXIT_INTERRUPTED)
         raise KeyboardInterrupt
-
-
-# What rich's console exits with when the reader of its output goes away; the same here.
-EXIT_BROKEN_PIPE = 1
 
 
 def _quiet_stdout() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 EXIT_OK = 0
 EXIT_RUNS_FAILED = 1
+EXIT_BROKEN_PIPE = 1  # the reader of llem's output left (`| head`); rich's console exits so too
 EXIT_CONFIG = 2
 EXIT_ENVIRONMENT = 3
 EXIT_INTERNAL = 70
