@@ -7,6 +7,12 @@ run), the heartbeat, the stall and run timeouts, signals and kill. It cannot giv
 read-only root, a network namespace or a memory limit: the result and host.json record
 ``runner: local`` so nobody mistakes one for the other. The host still never imports an engine:
 whether it imports here is asked of a child interpreter.
+
+The agent starts in its run directory, not in llem's: whatever the environment or the command
+names relative to a working directory (a relative ``PYTHONPATH`` such as ``make gpu-check``'s
+``images/agent``, ``PATH`` entries, the interpreter, a mount's source) is made absolute against
+llem's own directory first, and the preflight probe runs the same way (the same environment, a
+directory of its own), so a probe that passes means the agent will import.
 """
 
 from __future__ import annotations
@@ -16,9 +22,11 @@ import ctypes
 import functools
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -39,6 +47,15 @@ ENGINE_IMPORTS = {
 _SIGNAL_BASE = 128
 _GRACE_S = 10.0
 _PR_SET_PDEATHSIG = 1
+# Variables holding a list of directories, each resolved against the working directory (an
+# empty entry means the working directory itself, for Python and for the shell alike).
+PATH_LISTS = ("PYTHONPATH", "PATH", "LD_LIBRARY_PATH")
+# Variables holding one path that a relative value would place under the run directory.
+PATH_VALUES = (
+    "PYTHONHOME", "PYTHONUSERBASE", "PYTHONPYCACHEPREFIX", "VIRTUAL_ENV", "HF_HOME", "HF_HUB_CACHE",
+    "HF_TOKEN_PATH", "TRANSFORMERS_CACHE", "XDG_CACHE_HOME", "TORCH_HOME", "TORCHINDUCTOR_CACHE_DIR",
+    "TRITON_CACHE_DIR", "CUDA_HOME", "TMPDIR", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE",
+)  # fmt: skip
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -67,34 +84,51 @@ class LocalLauncher:
         self.chosen_by = chosen_by
 
     def agent_path(self, mount: Mount) -> str:
-        """A process sees the host's own directories."""
-        return str(mount.source)
+        """A process sees the host's own directories (absolute: it does not start in llem's)."""
+        return os.path.join(os.getcwd(), mount.source)
+
+    def interpreter(self) -> str:
+        """The agent's Python as an absolute path: a relative one (or a bare name found through a
+        relative ``PATH`` entry) would be looked up from the run directory."""
+        python = self.python
+        if os.sep not in python:
+            python = shutil.which(python) or python
+        return os.path.join(os.getcwd(), python)
 
     def check(self, images: Iterable[str]) -> None:
-        """The engine must import in this interpreter's environment (asked of a child process)."""
-        probe = subprocess.run(
-            [self.python, "-c", f"import {ENGINE_IMPORTS[self.engine]}"],
-            capture_output=True,
-            text=True,
-            check=False,
-            env=os.environ | {"CUDA_VISIBLE_DEVICES": ""},
-        )
+        """The engine must import in the agent's environment, asked of a child process started the
+        way the agent is: the same interpreter and environment, in a directory that is not llem's."""
+        python = self.interpreter()
+        with tempfile.TemporaryDirectory(prefix="llem-probe-") as elsewhere:
+            try:
+                probe = subprocess.run(
+                    [python, "-c", f"import {ENGINE_IMPORTS[self.engine]}"],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                    cwd=elsewhere,
+                    env=host_environment() | {"CUDA_VISIBLE_DEVICES": ""},
+                )
+            except OSError as exc:
+                raise EnvironmentProblem(
+                    f"runner local for {self.engine}: cannot start {python}: {exc.strerror or exc}"
+                ) from None
         if probe.returncode != 0:
             lines = (probe.stderr or probe.stdout).strip().splitlines()
             why = lines[-1] if lines else f"exit {probe.returncode}"
             raise EnvironmentProblem(
-                f"runner local for {self.engine}: the engine does not import with {self.python} ({why}); "
+                f"runner local for {self.engine}: the engine does not import with {python} ({why}); "
                 f"install it there, or run {self.engine} with the docker runner"
             )
 
     def describe(self, images: Iterable[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         """What host.json records instead of a Docker engine: the interpreter the agent runs in."""
-        return {"runner": "local", "python": platform.python_version(), "executable": self.python}, {}
+        return {"runner": "local", "python": platform.python_version(), "executable": self.interpreter()}, {}
 
     def environment(self, spec: ContainerSpec) -> dict[str, str]:
-        """The host's environment, the spec's (paths translated to the host's), the run's GPUs."""
-        env = dict(os.environ)
-        env.pop(SECRET_ENV, None)  # as in a container: the token file, and only where a download can happen
+        """The host's environment (its relative paths made absolute), the spec's (paths translated
+        to the host's), the run's GPUs."""
+        env = host_environment()
         for key, value in spec.environment.items():
             env[key] = _translate(value, spec.mounts)
         # By UUID: indices differ between CUDA's and NVML's numbering, UUIDs never do.
@@ -108,7 +142,7 @@ class LocalLauncher:
         self, spec: ContainerSpec, timeout_s: float, log_path: Path, liveness: Liveness | None = None
     ) -> ContainerOutcome:
         """Run the agent to its exit, ``timeout_s``, or a stale heartbeat; it never outlives this call."""
-        command = [self.python, "-m", "llem_agent", *(_translate(arg, spec.mounts) for arg in spec.command)]
+        command = [self.interpreter(), "-m", "llem_agent", *(_translate(arg, spec.mounts) for arg in spec.command)]
         run_dir = spec.mount_at(CONTAINER_RUN_DIR)
         start, started_at = time.monotonic(), time.time()
         with log_path.open("wb") as log:
@@ -161,9 +195,25 @@ def _kill(process: subprocess.Popen[bytes], grace_s: float) -> None:
             continue
 
 
+def host_environment() -> dict[str, str]:
+    """This process's environment as a child started in another directory must see it: every
+    path in ``PATH_LISTS`` and ``PATH_VALUES`` absolute against llem's working directory, and no
+    Hugging Face token (as in a container: a token file, and only where a download can happen)."""
+    env = dict(os.environ)
+    base = os.getcwd()
+    env.pop(SECRET_ENV, None)
+    for key in PATH_LISTS:
+        if env.get(key):
+            env[key] = os.pathsep.join(os.path.join(base, entry) for entry in env[key].split(os.pathsep))
+    for key in PATH_VALUES:
+        if env.get(key):
+            env[key] = os.path.join(base, env[key])
+    return env
+
+
 def _translate(value: str, mounts: Iterable[Mount]) -> str:
-    """A container path (a mount's target, or below it) as the host path it is mounted from."""
+    """A container path (a mount's target, or below it) as the host path it is mounted from (absolute)."""
     for mount in sorted(mounts, key=lambda m: len(m.target), reverse=True):
         if value == mount.target or value.startswith(mount.target + "/"):
-            return str(mount.source) + value[len(mount.target) :]
+            return os.path.join(os.getcwd(), mount.source) + value[len(mount.target) :]
     return value

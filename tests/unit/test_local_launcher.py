@@ -10,15 +10,18 @@ import signal
 import stat
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
 import pytest
 
+from orchestrator import local
 from orchestrator.container import build_spec
 from orchestrator.errors import EnvironmentProblem
 from orchestrator.launcher import Liveness
 from orchestrator.local import LocalLauncher
+from tests.conftest import REPO
 
 # Stands in for `python -m llem_agent EXPERIMENT`: records what it was given, then acts out
 # FAKE_AGENT (ok | hang | crash | sigterm-aware | spawn).
@@ -182,3 +185,108 @@ def test_an_engine_that_does_not_import_is_refused_with_one_line(tmp_path):
         LocalLauncher("pytorch", python=str(broken)).check(["unused"])
     message = str(caught.value)
     assert "\n" not in message and "No module named torch" in message and "docker runner" in message
+
+
+# --- the agent starts in its run directory, not in llem's (issue 19, item 8) ---------------
+
+
+def test_relative_paths_in_the_environment_are_made_absolute_against_llems_directory(tmp_path, monkeypatch):
+    """`make gpu-check` sets PYTHONPATH=images/agent: from the run directory it names nothing."""
+    home = tmp_path / "llem-home"
+    home.mkdir()
+    monkeypatch.chdir(home)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["images/agent", "/opt/site", ""]))
+    monkeypatch.setenv("PATH", os.pathsep.join(["bin", "/usr/bin"]))
+    monkeypatch.setenv("XDG_CACHE_HOME", "cache")
+    monkeypatch.setenv("LLEM_UNRELATED", "not/a/path/of/ours")
+    spec = build_spec(
+        image="unused", study_id="s", run_id="e001-c1", run_dir=Path("study/runs/e001-c1"), hf_home=Path("hf"),
+        model_dir=None, gpu_indices=(), host_uid=1000, host_gid=1000, host_pid=os.getpid(),
+    )  # fmt: skip
+    env = LocalLauncher("pytorch").environment(spec)
+    # An empty entry means the working directory, so it becomes llem's.
+    assert env["PYTHONPATH"] == os.pathsep.join([f"{home}/images/agent", "/opt/site", f"{home}/"])
+    assert env["PATH"] == os.pathsep.join([f"{home}/bin", "/usr/bin"])
+    assert env["XDG_CACHE_HOME"] == f"{home}/cache"
+    assert env["HF_HOME"] == f"{home}/hf"  # the spec's own relative mount source
+    assert env["LLEM_UNRELATED"] == "not/a/path/of/ours"  # only variables known to hold paths
+
+
+def test_a_relative_interpreter_is_the_one_in_llems_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bin").mkdir()
+    python = tmp_path / "bin" / "python-for-agent"
+    python.write_text(f"#!{sys.executable}\n")
+    python.chmod(0o755)
+    assert LocalLauncher("pytorch", python="bin/python-for-agent").interpreter() == f"{tmp_path}/bin/python-for-agent"
+    monkeypatch.setenv("PATH", "bin")  # a bare name found through a relative PATH entry
+    assert LocalLauncher("pytorch", python="python-for-agent").interpreter() == f"{tmp_path}/bin/python-for-agent"
+
+
+def without_site(tmp_path: Path) -> str:
+    """An interpreter that sees llem_agent only through PYTHONPATH (no site: llem's editable
+    install in .venv is not on its path), as on a GPU host where llem is not installed."""
+    wrapper = tmp_path / "python-no-site"
+    wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} -S "$@"\n')
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
+def agent_pythonpath() -> str:
+    """images/agent relative to the repository (as `make gpu-check` sets it), then the
+    libraries the agent imports (absolute)."""
+    libraries = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    return os.pathsep.join(["images/agent", *sorted(libraries)])
+
+
+def test_the_real_agent_starts_from_its_run_directory_with_a_relative_pythonpath(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("PYTHONPATH", agent_pythonpath())
+    spec = spec_for(tmp_path)
+    run_dir = tmp_path / "study" / "runs" / "e001-c1"
+    env = LocalLauncher("pytorch").environment(spec)
+    started = subprocess.run(
+        [without_site(tmp_path), "-m", "llem_agent", "--help"], cwd=run_dir, env=env,
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr[-2000:]
+    assert started.stdout.startswith("usage: llem-agent")
+
+
+def test_the_launcher_starts_the_real_agent_from_its_run_directory(tmp_path, monkeypatch):
+    """Through LocalLauncher.run: the agent module is found and runs (no experiment file here,
+    so it reports that in error.json; before the fix the log said No module named llem_agent)."""
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("PYTHONPATH", agent_pythonpath())
+    spec = spec_for(tmp_path)
+    run_dir = tmp_path / "study" / "runs" / "e001-c1"
+    outcome = LocalLauncher("pytorch", python=without_site(tmp_path)).run(spec, 60, tmp_path / "agent.log")
+    log = (tmp_path / "agent.log").read_text()
+    assert "No module named" not in log, log[-2000:]
+    assert outcome.exit_code == 1 and (run_dir / "error.json").exists(), log[-2000:]
+
+
+def test_the_probe_runs_where_the_agent_runs_not_in_llems_directory(tmp_path, monkeypatch):
+    """A module importable only from llem's own directory passes a probe started there, then
+    the agent (started in its run directory) cannot import it: the probe must refuse it."""
+    home = tmp_path / "llem-home"
+    home.mkdir()
+    (home / "engine_only_here.py").write_text("")
+    monkeypatch.chdir(home)
+    monkeypatch.setitem(local.ENGINE_IMPORTS, "pytorch", "engine_only_here")
+    with pytest.raises(EnvironmentProblem, match="No module named 'engine_only_here'") as caught:
+        LocalLauncher("pytorch").check(["unused"])
+    assert "\n" not in str(caught.value)
+
+
+def test_the_probe_sees_the_agents_environment(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("PYTHONPATH", agent_pythonpath())
+    monkeypatch.setitem(local.ENGINE_IMPORTS, "pytorch", "llem_agent.contract")
+    LocalLauncher("pytorch", python=without_site(tmp_path)).check(["unused"])  # found through images/agent
+
+
+def test_an_interpreter_that_is_not_there_is_one_line(tmp_path):
+    with pytest.raises(EnvironmentProblem, match="cannot start") as caught:
+        LocalLauncher("pytorch", python=str(tmp_path / "no-python")).check(["unused"])
+    assert "\n" not in str(caught.value)
