@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
+import math
 import os
 import socket
 import tarfile
@@ -46,11 +48,25 @@ class Liveness:
     on_poll: Callable[[], None] | None = None  # called about every poll_s while the agent runs
 
     def stale(self, started_at: float) -> bool:
+        """No beat for ``stall_timeout_s``, or for the agent's own ``patience_s`` where it said
+        a measured batch takes longer (three times warm-up's slowest batch)."""
         try:
             last = self.heartbeat.stat().st_mtime
         except FileNotFoundError:
             last = started_at  # not started beating yet: count from the container's start
-        return time.time() - last > self.stall_timeout_s
+        silent = time.time() - last
+        if silent <= self.stall_timeout_s:
+            return False
+        return silent > max(self.stall_timeout_s, _patience_s(self.heartbeat))
+
+
+def _patience_s(heartbeat: Path) -> float:
+    """The ``patience_s`` the agent wrote into its heartbeat (0 where none, or unreadable)."""
+    try:
+        value = json.loads(heartbeat.read_text(encoding="utf-8")).get("patience_s", 0)
+    except (OSError, ValueError, AttributeError):
+        return 0.0
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else 0.0
 
 
 def supervise(

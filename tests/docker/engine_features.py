@@ -29,6 +29,8 @@ def run(extra: dict, adapter_source: str | None = None, prompts: list[str] = PRO
         "effective": engine.effective(),
         "output_tokens": observation.output_tokens,
         "times": [len(t) for t in observation.token_times_s],
+        "untimed_reason": observation.untimed_reason,
+        "untimed_end_s": observation.untimed_end_s,
         "ids": ids.tolist(),
         "model_class": type(engine._model).__name__,
     }

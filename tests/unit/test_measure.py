@@ -28,6 +28,12 @@ class DummyEngine:
     def synchronize(self):
         pass
 
+    def prefix_cache(self):
+        return False
+
+    def reset_prefix_cache(self):
+        return False
+
     def effective(self):
         return {"device": "cpu", "batch_size": self.batch_size()}
 

@@ -1,8 +1,11 @@
 """Liveness for the host: a ``heartbeat`` file in the run directory that the agent keeps fresh.
 
-While the agent loads (downloads, engine builds: long and silent), a background thread
-beats. Once it measures, only real progress beats (each finished batch), so a hung agent
-goes stale and the host can kill it, while a slow download never does.
+While the agent loads (downloads, engine builds: long and silent) and warms up (a first batch
+that compiles or captures graphs, the thermal floor's deliberate idle), a background thread
+beats. Once it measures, only real progress beats (each finished batch), so a hung agent goes
+stale and the host can kill it, while a slow download never does. A measured batch may take
+as long as warm-up's slowest did, and longer than the host's stall timeout: the agent says so
+(``patience_s``: three times warm-up's slowest batch) and the host waits that long.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-_BACKGROUND_PHASES = frozenset({"read", "baseline", "load"})
+_BACKGROUND_PHASES = frozenset({"read", "baseline", "load", "warmup"})
+PATIENCE_FACTOR = 3.0
 
 
 class Heartbeat:
@@ -23,6 +27,7 @@ class Heartbeat:
         self.interval_s = interval_s
         self._phase = "read"
         self._progress = 0
+        self._patience_s = 0.0
         self._last = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="llem-heartbeat", daemon=True)
@@ -46,6 +51,11 @@ class Heartbeat:
         self._phase = name
         self._write()
 
+    def expect(self, batch_s: float) -> None:
+        """Measured batches may each take about ``batch_s`` (warm-up's slowest)."""
+        self._patience_s = PATIENCE_FACTOR * batch_s
+        self._write()
+
     def progress(self) -> None:
         """One unit of work done (a batch); writes at most once per interval to stay cheap."""
         self._progress += 1
@@ -56,7 +66,10 @@ class Heartbeat:
         # No fsync: liveness needs freshness, not durability, and this may run in the window.
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         try:
-            tmp.write_text(json.dumps({"phase": self._phase, "progress": self._progress, "at": time.time()}))
+            beat = {"phase": self._phase, "progress": self._progress, "at": time.time()}
+            if self._patience_s:
+                beat["patience_s"] = round(self._patience_s, 3)
+            tmp.write_text(json.dumps(beat))
             os.replace(tmp, self.path)
         except OSError:
             return

@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                     on_phase,
                     base_dir=path.parent,
                     on_progress=heartbeat.progress,
+                    on_patience=heartbeat.expect,
                     visible_gpus=visible_gpu_uuids,
                 )
         finally:

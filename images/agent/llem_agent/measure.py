@@ -9,11 +9,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 from llem_agent import environment
-from llem_agent.contract import ExperimentResult, Memory, PhaseTimings, RunRequest
+from llem_agent.contract import ExperimentConfig, ExperimentResult, Memory, PhaseTimings, RunRequest, WarmupReport
 from llem_agent.energy import EnergyMeter, WindowWork
 from llem_agent.engines.base import Engine, RunDirs
-from llem_agent.metrics import BatchObservation, latency, request_records, throughput
-from llem_agent.prompts import load_prompts
+from llem_agent.metrics import (
+    BatchObservation,
+    latency,
+    prefix_cache_flags,
+    prefix_cache_report,
+    request_records,
+    throughput,
+    untimed_reasons,
+)
+from llem_agent.prompts import PromptSets, load_prompt_sets
 from llem_agent.rapl import RaplMeter
 from llem_agent.warmup import run_warmup
 
@@ -51,6 +59,39 @@ def batches(prompts: list[str], size: int) -> list[list[str]]:
     return [prompts[i : i + size] for i in range(0, len(prompts), size)]
 
 
+def _warm_up(
+    engine: Engine,
+    sets: PromptSets,
+    config: ExperimentConfig,
+    *,
+    meter: EnergyMeter,
+    on_progress: Callable[[], None],
+    on_patience: Callable[[float], None],
+    sleep: Callable[[float], None],
+) -> tuple[WarmupReport, bool | None, bool | None]:
+    """Warm-up on its own prompts, then an empty prefix cache for a cold window.
+
+    Returns the report, whether the engine keeps a prefix cache, and whether it was emptied
+    (None: not attempted). The thermal-floor pause doubles as the loaded-idle measurement
+    (model resident, no work)."""
+    warmed = run_warmup(
+        engine,
+        sets.warmup,
+        config.warmup,
+        on_progress=on_progress,
+        sleep=lambda s: meter.loaded_idle(s, sleep),
+        prompt_source=sets.warmup_source,
+    )
+    if warmed.slowest_batch_s:
+        on_patience(warmed.slowest_batch_s)  # a measured batch may take as long: not a hang
+    keeps_cache = engine.prefix_cache()
+    # A cold window starts from an empty cache: warm-up shared no prompt with it, and whatever
+    # warm-up (or a prefix the dataset's prompts share) left behind is dropped where it can be.
+    warm = config.warmup.prefix_cache == "warm"
+    reset = engine.reset_prefix_cache() if keeps_cache is not False and not warm else None
+    return warmed, keeps_cache, reset
+
+
 def run_measurement(
     request: RunRequest,
     engine_factory: Callable[[str], Engine],
@@ -59,6 +100,7 @@ def run_measurement(
     *,
     base_dir: Path | None = None,
     on_progress: Callable[[], None] = lambda: None,
+    on_patience: Callable[[float], None] = lambda batch_s: None,
     sleep: Callable[[float], None] = time.sleep,
     visible_gpus: Callable[[], list[str]] = lambda: [],
 ) -> ExperimentResult:
@@ -74,7 +116,9 @@ def run_measurement(
     meter.measure_baseline(config.baseline, Path(request.baseline_cache_dir) if request.baseline_cache_dir else None)
     on_phase("load")
     t0 = time.perf_counter()
-    prompts = load_prompts(config.dataset, config.random_seed, base_dir, request.dataset_path)
+    warm_cache = config.warmup.prefix_cache == "warm"
+    sets = load_prompt_sets(config.dataset, config.random_seed, base_dir, request.dataset_path, warm_cache=warm_cache)
+    prompts = sets.measured
     engine = engine_factory(config.engine)  # imports the engine's stack: part of load time
     adapter = request.adapter_path or (config.lora.adapter_id if config.lora else None)
     dirs = RunDirs(engine_cache=request.engine_cache_dir, prebuilt_engine=request.engine_path)
@@ -84,15 +128,13 @@ def run_measurement(
     t_loaded = time.perf_counter()
 
     on_phase("warmup")
-    size = engine.batch_size()
-    # The thermal-floor pause doubles as the loaded-idle measurement (model resident, no work).
-    warmed = run_warmup(
-        engine, prompts, config.warmup, on_progress=on_progress, sleep=lambda s: meter.loaded_idle(s, sleep)
+    warmed, keeps_cache, reset = _warm_up(
+        engine, sets, config, meter=meter, on_progress=on_progress, on_patience=on_patience, sleep=sleep
     )
     t_warm = time.perf_counter()
 
     on_phase("measure")
-    measured = batches(prompts, size)
+    measured = batches(prompts, engine.batch_size())
     prepared = [engine.prepare(batch) for batch in measured]  # tokenizing is not what we measure
     observations: list[BatchObservation] = []
     spans: list[tuple[float, float, float]] = []
@@ -115,8 +157,19 @@ def run_measurement(
     input_tokens = sum(r.input_tokens for r in records)
     energy = meter.stop(WindowWork(output_tokens, input_tokens, len(records), spans))
     cpu_j = rapl.stop()
+    cache = prefix_cache_report(
+        records,
+        warm=warm_cache,
+        warmup_prompts=sets.warmup_source if warmed.batches else None,
+        engine_cache=keeps_cache,
+        reset=reset,
+    )
     energy = energy.model_copy(
-        update={"cpu_energy_j": cpu_j, "cpu_energy_note": None if cpu_j is not None else rapl.reason}
+        update={
+            "cpu_energy_j": cpu_j,
+            "cpu_energy_note": None if cpu_j is not None else rapl.reason,
+            "flags": [*energy.flags, *prefix_cache_flags(cache, len(records))],
+        }
     )
 
     on_phase("report")
@@ -139,7 +192,7 @@ def run_measurement(
         model_parameters=n_params,
         flops_estimate=None if n_params is None else 2.0 * n_params * (input_tokens + output_tokens),
         throughput=throughput(records, window_s),
-        latency=latency(records),
+        latency=latency(records, untimed_reasons(observations)),
         energy=energy,
         memory=Memory(
             peak_device_mb=engine.peak_device_memory_mb(),
@@ -156,4 +209,5 @@ def run_measurement(
             }
         ),
         requests=records,
+        prefix_cache=cache,
     )

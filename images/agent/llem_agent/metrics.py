@@ -8,7 +8,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llem_agent.contract import Distribution, Latency, RequestRecord, Throughput
+from llem_agent.contract import (
+    Distribution,
+    Latency,
+    PrefixCacheReport,
+    RequestRecord,
+    Throughput,
+    ValidityFlag,
+)
 
 
 @dataclass(frozen=True)
@@ -20,9 +27,18 @@ class BatchObservation:
     token_times_s: list[list[float]]
     # False: each request's times are only [first token, last token] (the engine exposes no more).
     complete: bool = True
-    # Set where the engine returned no request metrics for some requests: those have no token
-    # times ([]), no TTFT, and end when the generate call returned (seconds since batch start).
+    # Set where the engine returned no token times for some requests (no request metrics, or
+    # beam search, which times no token): those have no token times ([]), no TTFT, and end when
+    # the generate call returned (seconds since batch start).
     untimed_end_s: float | None = None
+    # Why those requests are untimed, said in the result (default: no request metrics).
+    untimed_reason: str | None = None
+    # Prompt tokens each request was served from a prefix / KV-block cache (None: not reported).
+    cached_tokens: list[int | None] | None = None
+
+
+NO_REQUEST_METRICS = "the engine returned no request metrics for them"
+BEAM_SEARCH_UNTIMED = "beam search reports no per-token times (only when the batch returned)"
 
 
 def distribution(values: Sequence[float]) -> Distribution:
@@ -50,7 +66,9 @@ def request_records(batches: Sequence[BatchObservation]) -> list[RequestRecord]:
     """
     records: list[RequestRecord] = []
     for batch in batches:
-        for inp, out, times in zip(batch.input_tokens, batch.output_tokens, batch.token_times_s, strict=True):
+        cached = batch.cached_tokens if batch.cached_tokens is not None else [None] * len(batch.input_tokens)
+        rows = zip(batch.input_tokens, batch.output_tokens, batch.token_times_s, cached, strict=True)
+        for inp, out, times, hit in rows:
             untimed = not times and out > 0 and batch.untimed_end_s is not None
             expected = out if batch.complete else min(out, 2)
             if len(times) != expected and not untimed:
@@ -65,13 +83,29 @@ def request_records(batches: Sequence[BatchObservation]) -> list[RequestRecord]:
                     e2e_latency_s=end,
                     token_times_s=[round(t, 6) for t in times],
                     token_times_complete=batch.complete and not untimed,
+                    cached_prompt_tokens=hit,
                 )
             )
     return records
 
 
-def latency(records: Sequence[RequestRecord]) -> Latency:
-    """Distributions of TTFT, inter-token latency (gaps between consecutive tokens) and e2e."""
+def untimed_reasons(batches: Sequence[BatchObservation]) -> list[str]:
+    """Why requests of these batches have no token times, each reason once, in order seen."""
+    reasons: list[str] = []
+    for batch in batches:
+        reason = batch.untimed_reason or NO_REQUEST_METRICS
+        untimed = any(not t and n > 0 for t, n in zip(batch.token_times_s, batch.output_tokens, strict=True))
+        if untimed and batch.untimed_end_s is not None and reason not in reasons:
+            reasons.append(reason)
+    return reasons
+
+
+def latency(records: Sequence[RequestRecord], reasons: Sequence[str] = ()) -> Latency:
+    """Distributions of TTFT, inter-token latency (gaps between consecutive tokens) and e2e.
+
+    ``reasons``: why some requests are untimed (:func:`untimed_reasons`); default, no request
+    metrics. An untimed request adds nothing to TTFT or inter-token latency: never a made-up
+    value (a batch-end stamp would make TTFT equal e2e and every gap 0)."""
     itl: list[float] = []
     kinds = set()
     for rec in records:
@@ -90,8 +124,9 @@ def latency(records: Sequence[RequestRecord]) -> Latency:
         inter_token_source=source,  # type: ignore[arg-type]
         ttft_missing_reason=None
         if not untimed
-        else f"the engine returned no request metrics for {untimed} of {len(records)} requests: their TTFT and "
-        "inter-token latency are missing, and their end-to-end latency is when the generate call returned",
+        else f"{untimed} of {len(records)} requests have no token times ({'; '.join(reasons or [NO_REQUEST_METRICS])})"
+        ": their TTFT and inter-token latency are missing, and their end-to-end latency is when the generate call "
+        "returned",
     )
 
 
@@ -106,3 +141,49 @@ def throughput(records: Sequence[RequestRecord], window_s: float) -> Throughput:
         total_tokens_per_s=total / window_s,
         requests_per_s=len(records) / window_s,
     )
+
+
+def prefix_cache_report(
+    records: Sequence[RequestRecord],
+    *,
+    warm: bool,
+    warmup_prompts: str | None,
+    engine_cache: bool | None,
+    reset: bool | None,
+) -> PrefixCacheReport:
+    """How much of the measured requests' prompts a prefix cache served (None where unreported)."""
+    reported = [r.cached_prompt_tokens for r in records if r.cached_prompt_tokens is not None]
+    known = len(reported) == len(records) and bool(records)
+    return PrefixCacheReport(
+        mode="warm" if warm else "cold",
+        warmup_prompts=warmup_prompts,  # type: ignore[arg-type]
+        engine_cache=engine_cache,
+        reset_after_warmup=reset,
+        prompt_tokens=sum(r.input_tokens for r in records),
+        cached_prompt_tokens=sum(reported) if known else None,
+        requests_with_cached_tokens=sum(1 for n in reported if n > 0) if known else None,
+    )
+
+
+def prefix_cache_flags(report: PrefixCacheReport, n_requests: int) -> list[ValidityFlag]:
+    """``prefix_cache_hit`` when a cold window was served from a cache anyway (a dataset whose
+    prompts share a prefix, or an engine that could not be emptied); ``prefix_cache_warm``
+    labels a warm cache asked for on purpose. Either way the prefill was not all computed."""
+    hits = report.cached_prompt_tokens
+    if report.mode == "warm":
+        seen = f"{hits} of {report.prompt_tokens} prompt tokens" if hits is not None else "an unreported share"
+        return [
+            ValidityFlag(
+                code="prefix_cache_warm",
+                message=f"warm prefix cache on purpose (warmup.prefix_cache: warm): {seen} served from the cache",
+            )
+        ]
+    if not hits:
+        return []
+    return [
+        ValidityFlag(
+            code="prefix_cache_hit",
+            message=f"{report.requests_with_cached_tokens} of {n_requests} measured requests were served {hits} of "
+            f"{report.prompt_tokens} prompt tokens from the prefix cache: their prefill was not computed",
+        )
+    ]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 from llem_agent.contract import (
     BUILTIN_PROMPT_SETS,
@@ -61,6 +63,55 @@ def _read_file(path: Path) -> list[str]:
     return _read_jsonl(lines, str(path))
 
 
+WarmupSource = Literal["held_out", "marked", "measured"]
+
+
+@dataclass(frozen=True)
+class PromptSets:
+    """The measured prompts and the pool warm-up draws from.
+
+    ``warmup_source`` says how the pool was made: ``held_out`` (the source's prompts after the
+    measured ones), ``marked`` (the source has no prompt to spare: the measured prompts, each
+    behind a distinct warm-up marker, so no warm-up prompt shares a first token block with a
+    measured one and a prefix cache cannot serve the window from warm-up), or ``measured``
+    (``warmup.prefix_cache: warm``: the measured prompts themselves, on purpose).
+    """
+
+    measured: list[str]
+    warmup: list[str]
+    warmup_source: WarmupSource
+
+
+def warmup_marker(index: int) -> str:
+    """The text put before the ``index``-th marked warm-up prompt: distinct per prompt, and
+    distinct from every measured prompt's start."""
+    return f"[llem warm-up {index}] "
+
+
+def load_prompt_sets(
+    dataset: DatasetConfig,
+    seed: int,
+    base_dir: Path | None = None,
+    mounted: str | None = None,
+    *,
+    warm_cache: bool = False,
+) -> PromptSets:
+    """The measured prompts (:func:`load_prompts`) and warm-up's pool, disjoint from them.
+
+    Built-in sets and ``.jsonl`` files split alike: the first ``n_prompts`` of the source are
+    measured, the prompts after them are warm-up's; a source with none left over warms up on
+    marked copies of the measured prompts. ``warm_cache``: warm up on the measured prompts.
+    """
+    everything = _read_source(dataset, base_dir, mounted)
+    measured = _measured(everything, dataset, seed)
+    if warm_cache:
+        return PromptSets(measured, list(measured), "measured")
+    held = everything[dataset.n_prompts :]
+    if held:
+        return PromptSets(measured, held, "held_out")
+    return PromptSets(measured, [warmup_marker(i) + p for i, p in enumerate(measured)], "marked")
+
+
 def load_prompts(
     dataset: DatasetConfig, seed: int, base_dir: Path | None = None, mounted: str | None = None
 ) -> list[str]:
@@ -72,6 +123,24 @@ def load_prompts(
     ``interleaved`` keeps the source order, ``grouped`` sorts by length so batches hold
     prompts of similar size, ``shuffled`` permutes with ``seed``.
     """
+    return _measured(_read_source(dataset, base_dir, mounted), dataset, seed)
+
+
+def _measured(everything: list[str], dataset: DatasetConfig, seed: int) -> list[str]:
+    if len(everything) < dataset.n_prompts:
+        raise DatasetError(
+            f"dataset '{dataset.source}' has {len(everything)} prompts but n_prompts is {dataset.n_prompts}"
+        )
+    prompts = everything[: dataset.n_prompts]
+    if dataset.order == "grouped":
+        prompts = sorted(prompts, key=len)
+    elif dataset.order == "shuffled":
+        random.Random(seed).shuffle(prompts)
+    return prompts
+
+
+def _read_source(dataset: DatasetConfig, base_dir: Path | None, mounted: str | None) -> list[str]:
+    """Every prompt of ``dataset.source``, in source order."""
     source = dataset.source
     if source in BUILTIN_PROMPT_SETS:
         text = resources.files("llem_agent.data").joinpath(BUILTIN_PROMPT_SETS[source]).read_text("utf-8")
@@ -88,11 +157,4 @@ def load_prompts(
         if not path.is_file():
             raise DatasetError(f"dataset file not found: {path}")
         prompts = _read_file(path)
-    if len(prompts) < dataset.n_prompts:
-        raise DatasetError(f"dataset '{source}' has {len(prompts)} prompts but n_prompts is {dataset.n_prompts}")
-    prompts = prompts[: dataset.n_prompts]
-    if dataset.order == "grouped":
-        prompts = sorted(prompts, key=len)
-    elif dataset.order == "shuffled":
-        random.Random(seed).shuffle(prompts)
     return prompts

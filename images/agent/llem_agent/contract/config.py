@@ -106,7 +106,15 @@ class WarmupConfig(Section):
     n_warmup: int = Field(
         default=5, ge=0, description="Warmup prompts, as full-length batches drawn like the measured ones."
     )
-    thermal_floor_seconds: float = Field(default=60.0, ge=30.0, description="Wait after warmup; minimum 30 s.")
+    thermal_floor_seconds: float = Field(
+        default=60.0, ge=30.0, le=600.0, description="Wait after warmup, 30-600 s (003: minimum 30 s)."
+    )
+    prefix_cache: Literal["cold", "warm"] | None = Field(
+        default=None,
+        description="None or cold: warm up on prompts disjoint from the measured ones and empty the engine's "
+        "prefix cache after warm-up, so no measured prefill is served from it; warm: warm up on the measured "
+        "prompts and keep the cache (measures serving repeated prompts; labelled prefix_cache_warm).",
+    )
     convergence_detection: bool = False
     cv_threshold: float = Field(default=0.05, gt=0.0, lt=1.0)
     max_prompts: int = Field(default=20, ge=1)

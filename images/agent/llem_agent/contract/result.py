@@ -56,6 +56,13 @@ class WarmupReport(_Frozen):
     final_cv: float | None = None
     thermal_floor_s: float = 0.0
     thermal_floor_note: str | None = None
+    prompt_source: Literal["held_out", "marked", "measured"] | None = Field(
+        default=None,
+        description="Where warm-up's prompts came from: held_out (the source's prompts after the measured ones), "
+        "marked (copies of the measured prompts behind a distinct marker: the source had none to spare), "
+        "measured (the measured prompts themselves: warmup.prefix_cache: warm).",
+    )
+    slowest_batch_s: float | None = Field(default=None, description="The slowest warm-up batch, seconds.")
 
 
 class RequestRecord(_Frozen):
@@ -71,6 +78,11 @@ class RequestRecord(_Frozen):
     )
     token_times_complete: bool = Field(
         default=True, description="False where the engine exposes only first and last token times (vLLM)."
+    )
+    cached_prompt_tokens: int | None = Field(
+        default=None,
+        description="Prompt tokens the engine served from its prefix / KV-block cache instead of computing "
+        "them (None: the engine does not report it).",
     )
 
 
@@ -97,8 +109,37 @@ class ValidityFlag(_Frozen):
         "temperature_drift",
         "counter_trace_disagree",
         "stale_baseline",
+        "prefix_cache_hit",
+        "prefix_cache_warm",
     ]
     message: str
+
+
+class PrefixCacheReport(_Frozen):
+    """What a prefix / KV-block cache did to the measured window (vLLM's prefix caching and
+    TensorRT-LLM's block reuse serve a repeated prompt prefix without computing its prefill)."""
+
+    mode: Literal["cold", "warm"] = Field(
+        description="cold: warm-up shared no prompt with the window and the cache was emptied where the engine "
+        "allows; warm: the study asked for a warm cache (warmup.prefix_cache: warm)."
+    )
+    warmup_prompts: Literal["held_out", "marked", "measured"] | None = Field(
+        default=None, description="Where warm-up's prompts came from (see warmup.prompt_source)."
+    )
+    engine_cache: bool | None = Field(
+        default=None,
+        description="Whether the engine keeps a prefix cache across requests (None: unknown).",
+    )
+    reset_after_warmup: bool | None = Field(
+        default=None,
+        description="True: emptied after warm-up; False: the engine could not be asked to; None: not attempted "
+        "(no cache, or a warm cache on purpose).",
+    )
+    prompt_tokens: int = Field(description="Prompt tokens of the measured requests.")
+    cached_prompt_tokens: int | None = Field(
+        default=None, description="Of those, served from the cache (None: the engine does not report it)."
+    )
+    requests_with_cached_tokens: int | None = None
 
 
 BaselineSource = Literal["measured", "cache", "cache_validated", "remeasured_after_drift"]
@@ -275,6 +316,7 @@ class ExperimentResult(_Frozen):
     memory: Memory
     environment: AgentEnvironment
     requests: list[RequestRecord]
+    prefix_cache: PrefixCacheReport | None = None
 
 
 class RunError(_Frozen):

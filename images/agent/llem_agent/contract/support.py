@@ -60,6 +60,7 @@ _UNIVERSAL = frozenset(
         "warmup.max_prompts",
         "warmup.window_size",
         "warmup.min_prompts",
+        "warmup.prefix_cache",
         "energy_sampler",
         "gpu_telemetry",
         "baseline.enabled",

@@ -42,6 +42,14 @@ class Engine(Protocol):
     def synchronize(self) -> None:
         """Wait until all queued device work has finished."""
 
+    def prefix_cache(self) -> bool | None:
+        """Whether the engine keeps a prefix / KV-block cache from one request to the next
+        (vLLM's prefix caching, TensorRT-LLM's block reuse); None when it cannot tell."""
+
+    def reset_prefix_cache(self) -> bool:
+        """Empty that cache (after warm-up, so no measured prefill is served from it); False
+        where the engine offers no way to, or refused."""
+
     def effective(self) -> dict[str, str | int | float | bool | None]:
         """The engine defaults this run resolved (dtype, batch size, device...)."""
 

@@ -21,7 +21,7 @@ from transformers.generation.streamers import BaseStreamer
 from llem_agent.contract import AgentEnvironment, ExperimentConfig
 from llem_agent.engines.args import pytorch_compile_kwargs, pytorch_generate_kwargs, pytorch_load_kwargs
 from llem_agent.engines.base import RunDirs
-from llem_agent.metrics import BatchObservation
+from llem_agent.metrics import BEAM_SEARCH_UNTIMED, BatchObservation
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -161,20 +161,39 @@ class PyTorchEngine:
         end = time.perf_counter()
         generated = out[:, enc["input_ids"].shape[1] :]
         lengths = generated_lengths(generated, self._eos)
-        # Beam search has no per-step stream (transformers refuses a streamer with beams): each
-        # token's time is unknown, so the batch's tokens are stamped at its end.
-        steps = [end - start] * generated.shape[1] if beams else [t - start for t in clock.times]
+        inputs = [int(n) for n in enc["attention_mask"].sum(dim=1).tolist()]
+        if beams:
+            # Beam search has no per-step stream (transformers refuses a streamer with beams): no
+            # token's time is known, so none is reported (TTFT and inter-token latency missing,
+            # said in the result); every request ended when the batch returned.
+            return BatchObservation(
+                input_tokens=inputs,
+                output_tokens=lengths,
+                token_times_s=[[] for _ in lengths],
+                complete=False,
+                untimed_end_s=end - start,
+                untimed_reason=BEAM_SEARCH_UNTIMED,
+                cached_tokens=[0] * len(lengths),
+            )
+        steps = [t - start for t in clock.times]
         if len(steps) != generated.shape[1]:
             raise RuntimeError(f"streamer saw {len(steps)} steps for {generated.shape[1]} generated tokens")
         return BatchObservation(
-            input_tokens=[int(n) for n in enc["attention_mask"].sum(dim=1).tolist()],
+            input_tokens=inputs,
             output_tokens=lengths,
             token_times_s=[steps[:n] for n in lengths],
+            cached_tokens=[0] * len(lengths),  # generate() keeps no KV cache from one call to the next
         )
 
     def synchronize(self) -> None:
         if self._device == "cuda":
             torch.cuda.synchronize()
+
+    def prefix_cache(self) -> bool:
+        return False  # each generate() call starts from an empty KV cache
+
+    def reset_prefix_cache(self) -> bool:
+        return False
 
     def effective(self) -> dict[str, str | int | float | bool | None]:
         out: dict[str, str | int | float | bool | None] = {

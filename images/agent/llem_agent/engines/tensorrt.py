@@ -147,6 +147,7 @@ class TensorRTEngine:
         outputs = self._llm.generate(batch, self._sampling, use_tqdm=False)
         end = time.perf_counter() - start
         inputs, outs, times = [], [], []
+        cached: list[int | None] = []
         for prompt, out in zip(batch, outputs, strict=True):
             n = sum(len(c.token_ids) for c in out.outputs)
             perf = getattr(out.outputs[0], "request_perf_metrics", None)
@@ -159,12 +160,27 @@ class TensorRTEngine:
                 times.append([])
             inputs.append(len(prompt))
             outs.append(n)
+            cached.append(_cached_tokens(out, perf, len(prompt)))
         return BatchObservation(
-            input_tokens=inputs, output_tokens=outs, token_times_s=times, complete=False, untimed_end_s=end
+            input_tokens=inputs,
+            output_tokens=outs,
+            token_times_s=times,
+            complete=False,
+            untimed_end_s=end,
+            cached_tokens=cached,
         )
 
     def synchronize(self) -> None:
         """``LLM.generate`` returns once every request has finished."""
+
+    def prefix_cache(self) -> bool | None:
+        """KV-block reuse (``kv_cache_config.enable_block_reuse``, on by TensorRT-LLM's default)."""
+        kv = self._config.tensorrt.kv_cache if self._config and self._config.tensorrt else None
+        reuse = getattr(kv, "enable_block_reuse", None)
+        return True if reuse is None else bool(reuse)
+
+    def reset_prefix_cache(self) -> bool:
+        return False  # the LLM API offers no reset: disjoint warm-up prompts are what keeps it cold
 
     def effective(self) -> dict[str, str | int | float | bool | None]:
         section = self._config.tensorrt if self._config else None
@@ -202,3 +218,16 @@ class TensorRTEngine:
 def _seconds(value: Any) -> float:
     """TensorRT-LLM timing deltas are datetime.timedelta or float seconds, by version."""
     return float(value.total_seconds()) if hasattr(value, "total_seconds") else float(value)
+
+
+def _cached_tokens(out: Any, perf: Any, prompt_tokens: int) -> int | None:
+    """Prompt tokens TensorRT-LLM reused from its KV blocks: the output's ``cached_tokens`` where
+    this version has it, else reused blocks x tokens per block (capped at the prompt)."""
+    direct = getattr(out, "cached_tokens", None)
+    if isinstance(direct, int):
+        return direct
+    reused = getattr(getattr(perf, "kv_cache_metrics", None), "num_reused_blocks", None)
+    per_block = getattr(getattr(perf, "kv_cache_metrics", None), "tokens_per_block", None)
+    if isinstance(reused, int) and isinstance(per_block, int):
+        return min(prompt_tokens, reused * per_block)
+    return 0 if reused == 0 else None

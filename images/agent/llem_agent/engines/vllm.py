@@ -22,7 +22,7 @@ from llem_agent.engines.args import (
     vllm_sampling_kwargs,
 )
 from llem_agent.engines.base import RunDirs
-from llem_agent.metrics import BatchObservation
+from llem_agent.metrics import BEAM_SEARCH_UNTIMED, BatchObservation
 from llem_agent.modelfiles import count_parameters, local_model_dir
 
 DEFAULT_MAX_NUM_SEQS = 256
@@ -83,15 +83,18 @@ class VLLMEngine:
             outs = [
                 len(o.sequences[0].tokens) - len(p["prompt_token_ids"]) for o, p in zip(outputs, batch, strict=True)
             ]
-            return BatchObservation(
+            return BatchObservation(  # beam search reports no token times: none is made up
                 input_tokens=[len(p["prompt_token_ids"]) for p in batch],
                 output_tokens=outs,
-                token_times_s=[[end] * min(n, 2) for n in outs],  # beam search reports no token times
+                token_times_s=[[] for _ in outs],
                 complete=False,
+                untimed_end_s=end,
+                untimed_reason=BEAM_SEARCH_UNTIMED,
             )
         outputs = self._llm.generate(batch, self._sampling, lora_request=self._lora, use_tqdm=False)
         end = time.perf_counter() - start
         inputs, outs, times = [], [], []
+        cached: list[int | None] = []
         for out in outputs:
             n = sum(len(c.token_ids) for c in out.outputs)
             m = out.metrics
@@ -103,16 +106,33 @@ class VLLMEngine:
                 times.append([])
             inputs.append(len(out.prompt_token_ids))
             outs.append(n)
+            hits = getattr(out, "num_cached_tokens", None)  # prompt tokens served by the prefix cache
+            cached.append(int(hits) if isinstance(hits, int) else None)
         return BatchObservation(
-            input_tokens=inputs, output_tokens=outs, token_times_s=times, complete=False, untimed_end_s=end
+            input_tokens=inputs,
+            output_tokens=outs,
+            token_times_s=times,
+            complete=False,
+            untimed_end_s=end,
+            cached_tokens=cached,
         )
 
     def synchronize(self) -> None:
         """``LLM.generate`` returns once every request has finished on the device."""
 
+    def prefix_cache(self) -> bool | None:
+        config = self._llm.llm_engine.vllm_config if self._llm is not None else None
+        return None if config is None else bool(config.cache_config.enable_prefix_caching)
+
+    def reset_prefix_cache(self) -> bool:
+        """``LLM.reset_prefix_cache()``: False when vLLM refuses (blocks still in use)."""
+        return bool(self._llm.reset_prefix_cache())
+
     def effective(self) -> dict[str, str | int | float | bool | None]:
         config = self._llm.llm_engine.vllm_config if self._llm is not None else None
         out: dict[str, str | int | float | bool | None] = {"device": _device(), "batch_size": self.batch_size()}
+        if self._beam is not None:
+            out["beam_width"] = int(self._beam.beam_width)
         if config is not None:
             out["dtype"] = str(config.model_config.dtype).removeprefix("torch.")
             out["max_model_len"] = int(config.model_config.max_model_len)
