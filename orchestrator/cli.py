@@ -69,22 +69,10 @@ def resolve_images(study_images: dict[str, str], overrides: Sequence[str], user:
 
 
 def _gpus(spec: str | None) -> tuple[tuple[int, ...], dict[int, str]]:
-    """The GPU indices the study may use (``--gpus``, else every one NVML sees) and their UUIDs."""
-    from orchestrator.devices import discover_gpus, refuse_mig
+    """The GPU indices the study may use (``--gpus``, else every one this process was given) and their UUIDs."""
+    from orchestrator.devices import allowed_gpus
 
-    found = {g.index: g for g in discover_gpus()}
-    if spec is None:
-        wanted = tuple(found)
-    else:
-        try:
-            wanted = tuple(int(x) for x in spec.split(",") if x.strip())
-        except ValueError:
-            raise ConfigError(f"--gpus expects comma-separated indices such as 0,1, got {spec!r}") from None
-        missing = sorted(set(wanted) - set(found))
-        if missing:
-            raise ConfigError(f"--gpus names GPUs {missing} that NVML does not see (visible: {sorted(found)})")
-    refuse_mig([found[i] for i in wanted])
-    return wanted, {i: found[i].uuid for i in wanted}
+    return allowed_gpus(spec)
 
 
 def ensure_shared_dirs(paths: Sequence[Path | None]) -> None:
@@ -341,7 +329,11 @@ def _host_options(parser: argparse.ArgumentParser) -> None:
         help="where every engine's runs execute: docker (one container per run) or local (a host process); "
         "LLEM_RUNNER_<ENGINE> and the user config's runners: win over it, it wins over the study's runners:",
     )
-    parser.add_argument("--gpus", help="GPU indices the study may use, e.g. 0,1 (default: all NVML sees)")
+    parser.add_argument(
+        "--gpus",
+        help="GPUs the study may use, by NVML index or UUID, e.g. 0,1 or GPU-5c1e... (default: every GPU "
+        "this process was given: CUDA_VISIBLE_DEVICES, else all NVML sees)",
+    )
     parser.add_argument("--run-timeout", type=float, default=3600.0, metavar="S", help="per-run timeout in seconds")
     parser.add_argument(
         "--stall-timeout",
