@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import stat
 import subprocess
@@ -227,7 +228,7 @@ def without_site(tmp_path: Path) -> str:
     """An interpreter that sees llem_agent only through PYTHONPATH (no site: llem's editable
     install in .venv is not on its path), as on a GPU host where llem is not installed."""
     wrapper = tmp_path / "python-no-site"
-    wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} -S "$@"\n')
+    wrapper.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -S "$@"\n')
     wrapper.chmod(0o755)
     return str(wrapper)
 
