@@ -1,62 +1,313 @@
-"""``make gpu-check``: prove llem's numbers on an NVIDIA GPU in one command.
+"""``make gpu-check``: prove llem's numbers on an NVIDIA GPU in one command of a few minutes.
 
 On a host with a GPU, torch (CUDA), transformers and nvidia-ml-py, and neither Docker nor a
-network: build a random-initialised Llama-style model of about 1.1B parameters (tokenizer
-trained locally), run a validation study through the local runner (bfloat16; batch 1, 8 and
-32; 3 cycles), measure the harness against a bare generate loop on the same model, and write
-``docs/gpu-validation.md``: each target with what was measured. With Docker and the NVIDIA
-runtime it also runs the same study through the docker runner. One real NVML trace is kept as
-a replay fixture for the unit tests. Without a GPU it exits 3 with one line.
+network: build a random-initialised Llama-style model of about 1.0B parameters (TinyLlama's
+shape, tokenizer trained locally), time its decode steps (the probe), run a validation study
+through the local runner (bfloat16; batch 1, 8 and 32), measure the harness against a bare
+generate loop on the same model, and write the document: each target with what was measured.
+Every stage is a child interpreter (the host never imports an engine), and after each the
+document is rewritten with what is known so far and which stages did not run; the study's
+manifest and results, the harness rows, one real NVML trace (a replay fixture for the unit
+tests) and the children's logs land in ``--out`` as they are made, so a run cut short at any
+moment keeps what it did. The model and scratch go to ``--work`` (a temp dir by default).
+Without a GPU it exits 3 with one line; ``--dry-run`` prints the plan and its estimate anywhere.
 
-The analysis (``analyse``) is a pure function of the study directory, unit-tested on
-synthetic studies; nothing here imports torch (the agent runs in child processes).
+Why the default plan looks as it does (it must fit a GPU lent for one command of 10 minutes):
+- The mandated idle dominates: every run pays the thermal floor (30 s, the schema's minimum,
+  which doubles as the loaded-idle measurement) whatever the model, so the plan has few runs:
+  one cycle of the three batch sizes (``--cycles`` adds more where a site has the time).
+- ``baseline: {strategy: cached}`` with a fresh cache in ``--work``: the first run measures
+  idle power, the others reuse it (their rows say ``cache``); ``--fresh-baseline`` measures each.
+- Windows are sized, not guessed: the probe times the agent's own engine on the real model at
+  each batch size, and each experiment gets whole batches enough for a window of ``--window-s``
+  (12 s) or more, so the batch-1 window is >= 10 s with 20% to spare for a slower agent.
+  Output tokens rise above ``--tokens-out`` only when 200 built-in prompts could not fill a
+  window at some batch size (a fast GPU): the same for every batch size, so J/token compares.
+- The harness runs 3 ABBA pairs of two batches each (median of 3 survives one outlier).
+- The model stays at ~1.0B: a decode step of a model this size is launch-bound on an H100, so
+  a smaller one would not be faster, only less realistic; it builds on the GPU in seconds and
+  loads from the page cache in a few more.
+
+The estimate is a cost model with its constants below (seconds, one H100/H200); the document
+records each stage's estimate next to what it took, so the first real run calibrates them.
+``analyse`` is a pure function of the study directory, unit-tested on synthetic studies.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import itertools
 import json
+import math
 import os
 import platform
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass, field
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import Any, NoReturn
 
-from llem_agent.contract import RAW_TRACE_ENV, RAW_TRACE_FILE, ExperimentResult
+from llem_agent.contract import RAW_TRACE_ENV, RAW_TRACE_FILE, ExperimentResult, write_atomic
 from orchestrator import __version__
-from orchestrator.errors import EXIT_ENVIRONMENT, EXIT_OK, EXIT_RUNS_FAILED
+from orchestrator.devices import Gpu, nvml_gpus
+from orchestrator.errors import (
+    EXIT_CONFIG,
+    EXIT_ENVIRONMENT,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_RUNS_FAILED,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 COUNTER_TRACE_TARGET = 0.02
 HARNESS_TARGET = 0.99
 MIN_WINDOW_S = 10.0
-BATCH_SIZES = (1, 8, 32)
+BUILTIN_PROMPTS = 200  # llem_agent/data/builtin_prompts.jsonl
+MAX_POSITIONS = 2048  # the model's max_position_embeddings (llem_agent.tiny_model)
+TIME_LIMIT_S = 360.0  # what the default plan must fit on one H100/H200
 
-STUDY = """\
-# Written by make gpu-check (orchestrator/gpucheck.py).
+# The cost model (seconds on one H100/H200). Per child: interpreter, torch + transformers
+# imports (~5 s), CUDA context, then its work.
+BUILD_S = 30.0  # tokenizer training, 1.0B initialised on the GPU, 2 GB of safetensors written
+PROBE_S = 20.0  # model loaded on the GPU, two generates of 32 tokens per batch size
+STUDY_START_S = 10.0  # llem: study, plan, preflight (the engine must import: a child), host facts
+BASELINE_S = 10.0  # idle baseline (duration_seconds; the schema allows 5-120), once when cached
+RUN_START_S = 15.0  # per run: the agent's interpreter, imports, CUDA context, model load
+THERMAL_FLOOR_S = 30.0  # per run, after warm-up: the schema's minimum (loaded idle is sampled in it)
+RUN_END_S = 3.0  # per run: result, telemetry sidecar and raw trace written, the agent exits
+HARNESS_START_S = 20.0  # the harness child: imports and model load
+HARNESS_BATCHES = 2  # batches per harness pass; each pass also runs one warm-up batch
+# Decode steps assumed until the probe measures them: launch-bound, barely growing with batch.
+ASSUMED_STEP_S = 0.020
+ASSUMED_STEP_PER_SEQUENCE_S = 0.000125
+STAGES = ("build", "probe", "study", "harness", "docker")
+_PR_SET_PDEATHSIG = 1
+
+
+class GpuCheckError(Exception):
+    """A stage could not do its work: one line for the user and the document."""
+
+
+# --- sizing: windows from measured decode steps (pure) ------------------------------------
+
+
+@dataclass(frozen=True)
+class Step:
+    """One batch size's generation speed: time to the first token, then per decode step."""
+
+    prefill_s: float
+    step_s: float
+
+    def batch_s(self, tokens_out: int) -> float:
+        """Seconds one batch of ``tokens_out`` new tokens takes: prefill, then tokens_out - 1 steps."""
+        return self.prefill_s + (tokens_out - 1) * self.step_s
+
+
+def assumed_step(batch: int) -> Step:
+    """The cost model's decode step for ``batch`` (prefill as long as one step)."""
+    step_s = ASSUMED_STEP_S + ASSUMED_STEP_PER_SEQUENCE_S * batch
+    return Step(step_s, step_s)
+
+
+@dataclass(frozen=True)
+class Window:
+    """One experiment's measured work: ``n_batches`` whole batches of ``batch`` prompts."""
+
+    batch: int
+    n_batches: int
+    batch_s: float
+
+    @property
+    def n_prompts(self) -> int:
+        return self.batch * self.n_batches
+
+    @property
+    def window_s(self) -> float:
+        return self.n_batches * self.batch_s
+
+
+def choose_tokens_out(steps: dict[int, Step], tokens_out: int, window_s: float, tokens_in: int) -> int:
+    """The fewest output tokens, at least ``tokens_out``, with which every batch size fills
+    ``window_s`` from the built-in prompts: batch b has BUILTIN_PROMPTS // b whole batches."""
+    need = tokens_out
+    for batch, step in steps.items():
+        most = BUILTIN_PROMPTS // batch
+        if most < 1:
+            raise GpuCheckError(f"batch size {batch} needs more than the {BUILTIN_PROMPTS} built-in prompts")
+        need = max(need, math.ceil((window_s / most - step.prefill_s) / step.step_s) + 1)
+    if tokens_in + need > MAX_POSITIONS:
+        raise GpuCheckError(
+            f"a {window_s:.0f} s window needs {need} output tokens per request, more than the model's "
+            f"{MAX_POSITIONS} positions allow with {tokens_in} in: lower --window-s or the largest batch size"
+        )
+    return need
+
+
+def size_windows(steps: dict[int, Step], tokens_out: int, window_s: float) -> list[Window]:
+    """Each batch size's whole batches for a window of at least ``window_s``."""
+    return [
+        Window(b, max(1, math.ceil(window_s / s.batch_s(tokens_out))), s.batch_s(tokens_out))
+        for b, s in sorted(steps.items())
+    ]
+
+
+# --- the plan and its estimate (pure) ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the flags ask for: the study's shape, the harness, the idle periods."""
+
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    cycles: int = 1
+    tokens_in: int = 128
+    tokens_out: int = 128
+    window_s: float = 12.0
+    harness_pairs: int = 3
+    harness_batch: int = 8
+    thermal_floor_s: float = THERMAL_FLOOR_S
+    baseline_s: float = BASELINE_S
+    fresh_baseline: bool = False
+    docker: bool = False
+
+    @property
+    def probed_sizes(self) -> tuple[int, ...]:
+        extra = (self.harness_batch,) if self.harness_pairs else ()
+        return tuple(sorted({*self.batch_sizes, *extra}))
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """The plan made concrete from decode steps (assumed, or measured by the probe)."""
+
+    tokens_out: int
+    windows: list[Window]
+    harness: Window | None
+    measured: bool
+
+
+def size_plan(plan: Plan, steps: dict[int, Step], *, measured: bool) -> Sizing:
+    """Output tokens and whole batches per experiment, and the harness's passes."""
+    study_steps = {b: steps[b] for b in plan.batch_sizes}
+    tokens_out = choose_tokens_out(study_steps, plan.tokens_out, plan.window_s, plan.tokens_in)
+    harness = None
+    if plan.harness_pairs:
+        harness = Window(plan.harness_batch, HARNESS_BATCHES, steps[plan.harness_batch].batch_s(tokens_out))
+    return Sizing(tokens_out, size_windows(study_steps, tokens_out, plan.window_s), harness, measured)
+
+
+@dataclass(frozen=True)
+class Cost:
+    stage: str
+    seconds: float
+    detail: str
+
+
+def run_cost_s(plan: Plan, w: Window) -> float:
+    """One run: agent start and load, one warm-up batch, the thermal floor, the window, the end."""
+    return RUN_START_S + w.batch_s + plan.thermal_floor_s + w.window_s + RUN_END_S
+
+
+def study_cost_s(plan: Plan, sizing: Sizing) -> float:
+    runs = len(sizing.windows) * plan.cycles
+    baselines = runs if plan.fresh_baseline else 1
+    return STUDY_START_S + baselines * plan.baseline_s + plan.cycles * sum(run_cost_s(plan, w) for w in sizing.windows)
+
+
+def estimate(plan: Plan, sizing: Sizing, *, build: bool = True) -> list[Cost]:
+    """Seconds per stage, from the cost model's constants and the sizing."""
+    runs = len(sizing.windows) * plan.cycles
+    costs = [
+        Cost("build", BUILD_S if build else 0.0, "random-initialised Llama ~1.0B, built on the GPU"
+             if build else "model already in --work"),
+        Cost("probe", PROBE_S, f"decode steps at batch {', '.join(map(str, plan.probed_sizes))}"),
+        Cost("study", study_cost_s(plan, sizing),
+             f"llem start {STUDY_START_S:.0f} + idle baseline {plan.baseline_s:.0f} x "
+             f"{runs if plan.fresh_baseline else 1} + {runs} runs (agent start + load {RUN_START_S:.0f}, "
+             f"warm-up batch, thermal floor {plan.thermal_floor_s:.0f}, window, end {RUN_END_S:.0f})"),
+    ]  # fmt: skip
+    for w in sizing.windows:
+        costs.append(
+            Cost("", run_cost_s(plan, w) * plan.cycles,
+                 f"  b{w.batch}: {w.n_batches} x {w.batch} prompts x {sizing.tokens_out} tokens; warm-up "
+                 f"{w.batch_s:.1f} + window {w.window_s:.1f} s; x {plan.cycles} cycle(s)")
+        )  # fmt: skip
+    if sizing.harness is not None:
+        h, passes = sizing.harness, 2 * plan.harness_pairs + 1
+        costs.append(
+            Cost("harness", HARNESS_START_S + passes * (h.batch_s + h.window_s),
+                 f"start + load {HARNESS_START_S:.0f} + {passes} passes x (warm-up {h.batch_s:.1f} + window "
+                 f"{h.window_s:.1f}): {plan.harness_pairs} ABBA pairs at batch {h.batch}")
+        )  # fmt: skip
+    if plan.docker:
+        costs.append(Cost("docker", study_cost_s(plan, sizing), "the study again through the docker runner"))
+    return costs
+
+
+def total_s(costs: list[Cost]) -> float:
+    return sum(c.seconds for c in costs if c.stage)
+
+
+def format_estimate(plan: Plan, sizing: Sizing, costs: list[Cost]) -> str:
+    """The plan and its estimate, as printed before anything starts (and again, for what is
+    left, once the probe has measured the decode steps)."""
+    steps = (
+        "measured by the probe, for what is left"
+        if sizing.measured
+        else "assumed for an H100/H200 until the probe measures them"
+    )
+    lines = [
+        f"plan: batch sizes {', '.join(map(str, plan.batch_sizes))}; {plan.cycles} cycle(s); {plan.tokens_in} "
+        f"tokens in, {sizing.tokens_out} out; windows of >= {plan.window_s:.0f} s; baseline "
+        f"{'fresh' if plan.fresh_baseline else 'cached'}; harness {plan.harness_pairs} pair(s)",
+        f"estimate, decode steps {steps}:",
+        *(f"  {c.stage:<8} {c.seconds:6.1f} s  {c.detail}" for c in costs),
+        f"  {'total':<8} {total_s(costs):6.1f} s",
+    ]
+    return "\n".join(lines)
+
+
+def study_text(plan: Plan, sizing: Sizing, model: Path) -> str:
+    """The validation study: each batch size with its sized prompts and one warm-up batch."""
+    groups = "\n".join(
+        f"    - {{pytorch.batch_size: {w.batch}, dataset.n_prompts: {w.n_prompts}, warmup.n_warmup: {w.batch}}}"
+        for w in sizing.windows
+    )
+    strategy = "fresh" if plan.fresh_baseline else "cached"
+    return f"""\
+# Written by make gpu-check (orchestrator/gpucheck.py): windows sized to >= {plan.window_s:g} s.
 name: gpu-check
-model: {model}
+model: {json.dumps(str(model))}
 engine: pytorch
 dtype: bfloat16
 random_seed: 42
-max_input_tokens: {tokens_in}
-max_output_tokens: {tokens_out}
-decoder: {{do_sample: false, min_new_tokens: {tokens_out}}}   # a fixed amount of work per request
-dataset: {{source: builtin, n_prompts: {n_prompts}}}
-warmup: {{thermal_floor_seconds: 30}}
-baseline: {{strategy: fresh, duration_seconds: 10}}
+max_input_tokens: {plan.tokens_in}
+max_output_tokens: {sizing.tokens_out}
+decoder: {{do_sample: false, min_new_tokens: {sizing.tokens_out}}}   # a fixed amount of work per request
+dataset: {{source: builtin, n_prompts: 1}}
+warmup: {{thermal_floor_seconds: {plan.thermal_floor_s:g}}}
+baseline: {{strategy: {strategy}, duration_seconds: {plan.baseline_s:g}}}
 gpu_telemetry: true
 sweep:
   batch:
 {groups}
-study_execution: {{n_cycles: {cycles}, experiment_order: interleave, config_gap_seconds: 0}}
+study_execution: {{n_cycles: {plan.cycles}, experiment_order: interleave, config_gap_seconds: 0}}
 """
+
+
+# --- the analysis (pure) ------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -75,6 +326,9 @@ class Validation:
     runs: list[dict[str, Any]] = field(default_factory=list)
     by_batch: dict[int, float] = field(default_factory=dict)
     harness_ratio: float | None = None
+    harness_rows: list[dict[str, float]] = field(default_factory=list)
+    driver: str | None = None
+    parameters: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -99,13 +353,37 @@ def _telemetry_rows(path: Path) -> int | None:
     return int(pq.read_metadata(path).num_rows)
 
 
-def analyse(study_dir: Path, harness_rows: list[dict[str, float]] | None = None) -> Validation:
-    """Every target of the validation, from a finished study directory (and the harness pairs)."""
-    v = Validation()
+def analyse(study_dir: Path | None, harness_rows: list[dict[str, float]] | None = None) -> Validation:
+    """Every target of the validation, from a study directory (finished or not; None: no study)
+    and the harness pairs so far."""
+    v = Validation(harness_rows=list(harness_rows or []))
+    if study_dir is None or not (study_dir / "manifest.json").exists():
+        v.targets.append(Target("runs completed", "every run of the study", "study not run", False))
+    else:
+        _analyse_study(v, study_dir)
+    if harness_rows:
+        ratios = [row["agent_tokens_per_s"] / row["bare_tokens_per_s"] for row in harness_rows]
+        v.harness_ratio = statistics.median(ratios)
+        v.targets.append(
+            Target(
+                "harness ratio (agent / bare generate loop)",
+                f">= {HARNESS_TARGET}",
+                f"median {v.harness_ratio:.3f} of {len(ratios)} pairs",
+                v.harness_ratio >= HARNESS_TARGET,
+            )
+        )
+    return v
+
+
+def _analyse_study(v: Validation, study_dir: Path) -> None:
     manifest = json.loads((study_dir / "manifest.json").read_text(encoding="utf-8"))
     results = _load_results(study_dir)
     total = len(manifest["runs"])
     v.targets.append(Target("runs completed", f"all {total}", f"{len(results)}", len(results) == total and total > 0))
+    if results:
+        first = results[0][1]
+        v.driver = first.environment.gpus[0].driver_version if first.environment.gpus else None
+        v.parameters = first.model_parameters
     per_batch: dict[int, list[float]] = {}
     worst_gap = 0.0
     over_limit, ttft_bad, short, flagged, sidecars = [], [], [], [], []
@@ -148,6 +426,7 @@ def analyse(study_dir: Path, harness_rows: list[dict[str, float]] | None = None)
                 "tok_s": r.throughput.output_tokens_per_s,
                 "mean_w": e.mean_power_w,
                 "idle_before_w": baseline.total_power_w if baseline else None,
+                "baseline_source": baseline.source if baseline else None,
                 "idle_after_w": baseline.loaded_total_power_w if baseline else None,
                 "adjusted_with": baseline.adjusted_with if baseline else None,
                 "capped": e.power_capped_fraction,
@@ -158,7 +437,7 @@ def analyse(study_dir: Path, harness_rows: list[dict[str, float]] | None = None)
             }
         )
     v.by_batch = {b: statistics.fmean(x) for b, x in sorted(per_batch.items())}
-    found = "none" if worst_gap == float("inf") else f"worst {worst_gap:.2%}"
+    found = "none" if worst_gap == float("inf") or not results else f"worst {worst_gap:.2%}"
     ok_gap = bool(results) and worst_gap <= COUNTER_TRACE_TARGET
     v.targets.append(
         Target("counter vs integrated trace", f"within {COUNTER_TRACE_TARGET:.0%} on every run", found, ok_gap)
@@ -172,18 +451,6 @@ def analyse(study_dir: Path, harness_rows: list[dict[str, float]] | None = None)
     v.targets.append(Target("measured window", f">= {MIN_WINDOW_S:.0f} s", _failures(short), not short))
     v.targets.append(Target("validity flags", "none on a healthy run", "; ".join(flagged) or "none", not flagged))
     v.targets.append(Target("telemetry sidecar", ">= 1 row per second per GPU", _failures(sidecars), not sidecars))
-    if harness_rows:
-        ratios = [row["agent_tokens_per_s"] / row["bare_tokens_per_s"] for row in harness_rows]
-        v.harness_ratio = statistics.median(ratios)
-        v.targets.append(
-            Target(
-                "harness ratio (agent / bare generate loop)",
-                f">= {HARNESS_TARGET}",
-                f"median {v.harness_ratio:.3f} of {len(ratios)} pairs",
-                v.harness_ratio >= HARNESS_TARGET,
-            )
-        )
-    return v
 
 
 def _failures(run_ids: list[str]) -> str:
@@ -198,19 +465,72 @@ def _fmt(value: object, spec: str = ".1f") -> str:
     return str(value)
 
 
-def render(v: Validation, facts: dict[str, Any], docker_note: str) -> str:
-    """docs/gpu-validation.md."""
+# --- the document -------------------------------------------------------------------------
+
+
+@dataclass
+class StageRecord:
+    """One stage as the document shows it."""
+
+    name: str
+    status: str = "not run"  # not run | running | done | failed: ... | skipped: ... | interrupted
+    estimate_s: float | None = None
+    took_s: float | None = None
+    note: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "done" or self.status.startswith("skipped")
+
+
+def render(v: Validation, facts: dict[str, Any], stages: list[StageRecord], sizing: Sizing | None = None) -> str:
+    """The validation document: stages, plan, targets, runs, harness pairs."""
+    unfinished = [s for s in stages if not s.finished]
+    if not unfinished:
+        status = f"**Status: complete** in {facts['wall_s']:.0f} s."
+    else:
+        running = "running when this was written (cut short here if nothing follows)"
+        said = "; ".join(f"{s.name} {running if s.status == 'running' else s.status}" for s in unfinished)
+        status = f"**Status: incomplete**: {said} (after {facts['wall_s']:.0f} s)."
+    met = sum(t.ok for t in v.targets)
+    result = (
+        f"**Result: {'all targets met' if v.ok else 'NOT all targets met'}.**"
+        if not unfinished
+        else f"**Result so far: {met} of {len(v.targets)} targets met.**"
+    )
     lines = [
         "# GPU validation",
         "",
-        f"Written by `make gpu-check` ({facts['command']}) on {facts['date']}, llem {__version__}.",
+        f"Written by `{facts['command']}` on {facts['date']}, llem {__version__} ({facts.get('llem_from') or '?'}).",
         f"GPU: {facts['gpus']}; driver {facts.get('driver') or '?'}, CUDA {facts.get('cuda') or '?'}; "
-        f"torch {facts.get('torch') or '?'}; host {facts['host']}. Wall time {facts['wall_s']:.0f} s.",
+        f"torch {facts.get('torch') or '?'}; host {facts['host']}.",
         f"Model: random-initialised Llama-style, {facts.get('parameters') or '?'} parameters, bfloat16; "
         f"{facts['tokens_in']} tokens in, {facts['tokens_out']} out (min_new_tokens = max); batch sizes "
-        f"{', '.join(map(str, BATCH_SIZES))}; {facts['cycles']} cycles; local runner.",
+        f"{facts['batch_sizes']}; {facts['cycles']} cycle(s); local runner; idle baseline {facts['baseline']}.",
+        *([f"**Warning:** {facts['warning']}"] if facts.get("warning") else []),
         "",
-        f"**Result: {'all targets met' if v.ok else 'NOT all targets met'}.**",
+        status,
+        "",
+        result,
+        "",
+        "## Stages",
+        "",
+        "| stage | status | estimate s | took s | note |",
+        "|---|---|---|---|---|",
+        *(f"| {s.name} | {s.status} | {_fmt(s.estimate_s, '.0f')} | {_fmt(s.took_s, '.0f')} | {s.note} |"
+          for s in stages),
+    ]  # fmt: skip
+    if sizing is not None:
+        source = "measured by the probe" if sizing.measured else "assumed"
+        lines += ["", f"## Plan (decode steps {source})", "", "| batch | batches | prompts | tokens out | batch s | "
+                  "planned window s |", "|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            f"| {w.batch} | {w.n_batches} | {w.n_prompts} | {sizing.tokens_out} | {w.batch_s:.2f} | {w.window_s:.1f} |"
+            for w in sizing.windows
+        ]
+    lines += [
+        "",
+        "## Targets",
         "",
         "| target | asked | seen | |",
         "|---|---|---|---|",
@@ -219,188 +539,587 @@ def render(v: Validation, facts: dict[str, Any], docker_note: str) -> str:
         "## Runs",
         "",
         "| run | batch | window s | counter J | trace J | gap | limit x window J | J/out tok | out tok/s | "
-        "mean W | idle before load W | idle after load W | adjusted with | power-capped | TTFT p50 s | "
+        "mean W | idle before load W | baseline | idle after load W | adjusted with | power-capped | TTFT p50 s | "
         "e2e p50 s | flags | telemetry rows |",
-        "|" + "---|" * 18,
+        "|" + "---|" * 19,
     ]
     for r in v.runs:
         lines.append(
             f"| {r['run']} | {r['batch']} | {_fmt(r['window_s'])} | {_fmt(r['energy_j'])} | {_fmt(r['trace_j'])} | "
             f"{_fmt(r['gap'], '.2%')} | {_fmt(r['limit_j'], '.0f')} | {_fmt(r['j_per_token'], '.4f')} | "
             f"{_fmt(r['tok_s'], '.0f')} | {_fmt(r['mean_w'])} | {_fmt(r['idle_before_w'])} | "
-            f"{_fmt(r['idle_after_w'])} | {_fmt(r['adjusted_with'])} | {_fmt(r['capped'], '.0%')} | "
-            f"{_fmt(r['ttft_p50_s'], '.3f')} | {_fmt(r['e2e_p50_s'], '.3f')} | {', '.join(r['flags']) or '–'} | "
-            f"{_fmt(r['telemetry_rows'])} |"
+            f"{_fmt(r['baseline_source'])} | {_fmt(r['idle_after_w'])} | {_fmt(r['adjusted_with'])} | "
+            f"{_fmt(r['capped'], '.0%')} | {_fmt(r['ttft_p50_s'], '.3f')} | {_fmt(r['e2e_p50_s'], '.3f')} | "
+            f"{', '.join(r['flags']) or '–'} | {_fmt(r['telemetry_rows'])} |"
         )
-    lines += ["", "## Docker runner", "", docker_note, ""]
-    return "\n".join(lines)
+    if v.harness_rows:
+        lines += [
+            "",
+            "## Harness pairs",
+            "",
+            "| pair | agent out tok/s | bare out tok/s | ratio |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {i} | {row['agent_tokens_per_s']:.1f} | {row['bare_tokens_per_s']:.1f} | "
+            f"{row['agent_tokens_per_s'] / row['bare_tokens_per_s']:.3f} |"
+            for i, row in enumerate(v.harness_rows, 1)
+        ]
+    return "\n".join([*lines, ""])
 
 
-# --- the run -----------------------------------------------------------------------------
+# --- where things go ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the check writes: the document, the replay fixture, and the evidence (the study
+    file, llem's results, the harness rows, plan.json, the children's logs)."""
+
+    doc: Path
+    fixtures: Path
+    evidence: Path
+
+    @classmethod
+    def inside(cls, out: Path) -> Layout:
+        """``--out DIR``: everything under DIR (what the device tool brings back)."""
+        return cls(out / "gpu-validation.md", out / "nvml", out)
+
+    @classmethod
+    def repository(cls, checkout: Path) -> Layout:
+        """``make gpu-check``: the checkout's docs/ and tests/fixtures/, evidence in gpu-check-work/."""
+        return cls(checkout / "docs" / "gpu-validation.md", checkout / "tests" / "fixtures" / "nvml",
+                   checkout / "gpu-check-work")  # fmt: skip
+
+    @property
+    def results(self) -> Path:
+        return self.evidence / "results"
+
+    @property
+    def rows(self) -> Path:
+        return self.evidence / "harness-rows.jsonl"
+
+    def log(self, stage: str) -> Path:
+        (self.evidence / "logs").mkdir(parents=True, exist_ok=True)
+        return self.evidence / "logs" / f"{stage}.log"
+
+
+def checkout() -> Path | None:
+    """The llem checkout this runs from (the harness script lives there), if any."""
+    for root in (REPO, Path.cwd()):
+        if (root / "tests" / "bench" / "harness.py").exists():
+            return root.resolve()
+    return None
+
+
+def slug(gpu_name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in gpu_name.lower()).strip("-")
+
+
+def keep_fixture(study_dir: Path, fixtures: Path, gpu_name: str) -> Path | None:
+    """One real trace (the second experiment's, batch 8 by default) becomes ``fixtures/<gpu>.json``."""
+    traces = sorted(study_dir.glob(f"runs/*/{RAW_TRACE_FILE}"))
+    if not traces:
+        return None
+    chosen = next((t for t in traces if t.parent.name.startswith("e002")), traces[0])
+    data = json.loads(chosen.read_text(encoding="utf-8"))
+    data["source"] = f"make gpu-check, {gpu_name}, run {chosen.parent.name}"
+    fixtures.mkdir(parents=True, exist_ok=True)
+    out = fixtures / f"{slug(gpu_name)}.json"
+    write_atomic(out, json.dumps(data, indent=1))
+    return out
+
+
+def read_rows(path: Path) -> list[dict[str, float]]:
+    """The harness pairs written so far (a torn last line from a killed harness is left out)."""
+    rows: list[dict[str, float]] = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(ValueError):
+                rows.append(json.loads(line))
+    return rows
+
+
+# --- the stages' real work: child interpreters --------------------------------------------
+
+PROBE_CODE = """\
+import json, sys
+import torch
+if not torch.cuda.is_available():
+    sys.exit(f"CUDA is not available to torch {torch.__version__}")
+from llem_agent.contract import ExperimentConfig
+from llem_agent.engines.pytorch import PyTorchEngine
+from llem_agent.prompts import load_prompts
+model, tokens_in, sizes, k = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), 32
+config = ExperimentConfig.model_validate({"model": model, "dtype": "bfloat16", "max_input_tokens": tokens_in,
+    "max_output_tokens": k, "decoder": {"do_sample": False, "min_new_tokens": k},
+    "dataset": {"source": "builtin", "n_prompts": max(sizes)}})
+engine = PyTorchEngine()
+engine.load(config, model)
+prompts = load_prompts(config.dataset, config.random_seed)
+steps = {}
+for b in sizes:
+    batch = engine.prepare(prompts[:b])
+    engine.generate(batch)  # the first call of a shape pays for kernels and allocations
+    times = engine.generate(batch).token_times_s[0]
+    steps[b] = {"prefill_s": times[0], "step_s": (times[-1] - times[0]) / (len(times) - 1)}
+print(json.dumps({"torch": torch.__version__, "cuda": torch.version.cuda, "device": torch.cuda.get_device_name(0),
+                  "steps": steps}))
+"""
+BUILD_CODE = """\
+import sys, torch
+if not torch.cuda.is_available():
+    sys.exit(f"CUDA is not available to torch {torch.__version__}")
+from llem_agent.tiny_model import main
+main([sys.argv[1], "--arch", "llama", "--size", "1b"])
+"""
+
+
+@dataclass(frozen=True)
+class HarnessJob:
+    """tests/bench/harness.py on the model: ``pairs`` ABBA pairs of ``window``'s batches."""
+
+    script: Path
+    model: Path
+    window: Window
+    tokens: int
+    pairs: int
+
+
+@dataclass(frozen=True)
+class Probe:
+    torch: str
+    cuda: str
+    device: str
+    steps: dict[int, Step]
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: a child gets SIGKILL when the check dies, however it dies, so nothing it started
+    (llem, and through llem the agent) goes on measuring after it."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class Children:
+    """Each stage's work in a child interpreter, its output in the stage's log. ``tick`` is
+    called every couple of seconds while a child runs (the document follows the evidence)."""
+
+    def __init__(self, env: dict[str, str], tick_s: float = 2.0) -> None:
+        self.env, self.tick_s = env, tick_s
+
+    def _run(self, args: list[str], log: Path, tick: Callable[[], None] = lambda: None, what: str = "") -> int:
+        with log.open("ab") as out:
+            process = subprocess.Popen(
+                [sys.executable, *args], env=self.env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - no locks taken; nothing outlives the check
+            )  # fmt: skip
+            try:
+                while True:
+                    try:
+                        code = process.wait(timeout=self.tick_s)
+                        break
+                    except subprocess.TimeoutExpired:
+                        tick()
+            finally:
+                if process.poll() is None:  # interrupted: llem stops its run and marks it, then we go
+                    process.send_signal(signal.SIGTERM)
+                    try:
+                        process.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        process.kill()
+        tick()
+        if code != 0 and what:
+            raise GpuCheckError(f"{what} exited {code}: {_last_line(log)}")
+        return code
+
+    def build(self, model_dir: Path, log: Path) -> None:
+        self._run(["-c", BUILD_CODE, str(model_dir)], log, what="the model build")
+
+    def probe(self, model_dir: Path, sizes: tuple[int, ...], tokens_in: int, log: Path) -> Probe:
+        self._run(["-c", PROBE_CODE, str(model_dir), str(tokens_in), json.dumps(list(sizes))], log, what="the probe")
+        data = json.loads(_last_line(log))
+        steps = {int(b): Step(float(s["prefill_s"]), float(s["step_s"])) for b, s in data["steps"].items()}
+        return Probe(str(data["torch"]), str(data["cuda"]), str(data["device"]), steps)
+
+    def study(self, study: Path, results: Path, runner: str, gpu: int, log: Path, tick: Callable[[], None]) -> int:  # noqa: PLR0917
+        """``llem run`` in a child; its exit code (llem's own one-line errors are in the log)."""
+        argv = ["-m", "orchestrator", "run", str(study), "--runner", runner, "--results-dir", str(results)]
+        return self._run([*argv, "--gpus", str(gpu)], log, tick)
+
+    def harness(self, job: HarnessJob, rows: Path, log: Path, tick: Callable[[], None]) -> None:
+        args = [str(job.script), str(job.model), str(job.pairs), "--batch", str(job.window.batch),
+                "--tokens", str(job.tokens), "--prompts", str(job.window.n_prompts), "--dtype", "bfloat16",
+                "--rows", str(rows)]  # fmt: skip
+        self._run(args, log, tick, what="the harness")
+
+
+def _last_line(log: Path) -> str:
+    lines = log.read_text(encoding="utf-8", errors="replace").strip().splitlines() if log.exists() else []
+    return lines[-1] if lines else "no output"
+
+
+def child_env(gpu: Gpu, work: Path) -> dict[str, str]:
+    """The children's environment: llem and its dependencies on an ABSOLUTE PYTHONPATH (the agent
+    starts in its run directory), no hub, the first GPU, a baseline cache of this check's own."""
+    import llem_agent.contract as contract
+
+    given = [str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    ours = [str(Path(__file__).resolve().parents[1]), str(Path(contract.__file__ or ".").resolve().parents[2])]
+    env = dict(os.environ) | {
+        "PYTHONPATH": os.pathsep.join(dict.fromkeys([*given, *ours])),
+        "PYTHONUNBUFFERED": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "LLEM_BASELINE_CACHE": str(work / "baseline-cache"),
+        RAW_TRACE_ENV: "1",
+    }
+    return (env | {"CUDA_VISIBLE_DEVICES": gpu.uuid}) if gpu.uuid else env
+
+
+def provenance() -> tuple[str, str | None]:
+    """Where llem was imported from, and a warning when the checkout here holds other code
+    (a stale llem wheel in front of the working tree on PYTHONPATH)."""
+    here = Path(__file__).resolve().parents[1]
+    tree = Path.cwd().resolve()
+    if here == tree or not (tree / "orchestrator").is_dir():
+        return str(here), None
+    for package in ("orchestrator", "images/agent/llem_agent"):
+        installed = here / Path(package).name
+        for source in sorted((tree / package).rglob("*.py")):
+            copy = installed / source.relative_to(tree / package)
+            if not copy.exists() or copy.read_bytes() != source.read_bytes():
+                return str(here), f"llem in {here} differs from this checkout ({source.relative_to(tree)}): " \
+                    "rebuild it (make device-wheels) or put the checkout first on PYTHONPATH"  # fmt: skip
+    return str(here), None
+
+
+# --- the check ----------------------------------------------------------------------------
+
+
+class Check:
+    """The stages in order; the document is rewritten after each, and while the study and the
+    harness run whenever their evidence changed."""
+
+    def __init__(self, plan: Plan, layout: Layout, gpus: list[Gpu], work: Path, run: Children) -> None:
+        self.plan, self.layout, self.gpus, self.work, self.run = plan, layout, gpus, work, run
+        self.model = work / "llama-1b"
+        self.facts: dict[str, Any] = {}
+        self.stages = {name: StageRecord(name) for name in STAGES}
+        self.sizing: Sizing | None = None
+        self.probe: Probe | None = None
+        self.study_dir: Path | None = None
+        self.started = time.monotonic()
+        self._stage_wall = 0.0
+        self._seen: tuple[int, ...] = ()
+        self._done_runs = -1
+
+    def set_estimate(self, costs: list[Cost]) -> None:
+        for cost in (c for c in costs if c.stage):
+            self.stages[cost.stage].estimate_s, self.stages[cost.stage].note = cost.seconds, cost.detail
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[StageRecord]:
+        """One stage: 'running' in the document while it runs, then what became of it. A
+        GpuCheckError ends the stage, not the check."""
+        record, started = self.stages[name], time.monotonic()
+        record.status, self._stage_wall = "running", time.time()
+        _say(f"{name} (estimate {_fmt(record.estimate_s, '.0f')} s): {record.note}")
+        self.write()
+        try:
+            yield record
+            record.status = "done"
+        except GpuCheckError as exc:
+            record.status = f"failed: {exc}"
+            _say(f"{name} failed: {exc}")
+        except KeyboardInterrupt:
+            record.status = "interrupted"
+            raise
+        except Exception as exc:
+            record.status = f"failed: internal error {type(exc).__name__}: {exc}"
+            raise
+        finally:
+            record.took_s = time.monotonic() - started
+            self.write()
+
+    def build(self) -> None:
+        with self.stage("build") as record:
+            if (self.model / "config.json").exists():
+                record.note = f"reused {self.model}"
+                return
+            part = self.work / "llama-1b.part"
+            shutil.rmtree(part, ignore_errors=True)
+            self.run.build(part, self.layout.log("build"))
+            part.rename(self.model)  # only a finished model is ever reused
+
+    def measure_steps(self) -> None:
+        """The probe, then the plan sized from what it measured (and the estimate redone)."""
+        with self.stage("probe") as record:
+            probe = self.run.probe(self.model, self.plan.probed_sizes, self.plan.tokens_in, self.layout.log("probe"))
+            self.probe, self.sizing = probe, size_plan(self.plan, probe.steps, measured=True)
+            left = [c for c in estimate(self.plan, self.sizing) if c.stage not in ("build", "probe")]
+            self.set_estimate(left)
+            record.note = ", ".join(f"b{b}: {s.step_s * 1000:.1f} ms/step" for b, s in sorted(probe.steps.items()))
+            print(format_estimate(self.plan, self.sizing, left), flush=True)
+            plan = {"plan": asdict(self.plan), "probe": asdict(probe), "sizing": asdict(self.sizing),
+                    "estimate": [asdict(c) for c in left]}  # fmt: skip
+            write_atomic(self.layout.evidence / "plan.json", json.dumps(plan, indent=1))
+
+    def study(self, sizing: Sizing) -> Path:
+        study_file = self.layout.evidence / "gpu-check.yaml"
+        write_atomic(study_file, study_text(self.plan, sizing, self.model))
+        with self.stage("study"):
+            log = self.layout.log("study")
+            code = self.run.study(study_file, self.layout.results, "local", self.gpus[0].index, log, self.refresh)
+            if code not in (EXIT_OK, EXIT_RUNS_FAILED) or self.find_study() is None:
+                raise GpuCheckError(f"llem exited {code}: {_last_line(log)}")
+        return study_file
+
+    def harness(self, sizing: Sizing, root: Path | None) -> None:
+        record = self.stages["harness"]
+        if sizing.harness is None:
+            record.status = "skipped: --harness-pairs 0"
+        elif root is None:
+            record.status = "skipped: tests/bench/harness.py not found (run it from a llem checkout)"
+        else:
+            with self.stage("harness"):
+                self.layout.rows.unlink(missing_ok=True)  # an earlier check's pairs are not this one's
+                script, log = root / "tests" / "bench" / "harness.py", self.layout.log("harness")
+                job = HarnessJob(script, self.model, sizing.harness, sizing.tokens_out, self.plan.harness_pairs)
+                self.run.harness(job, self.layout.rows, log, self.refresh)
+
+    def docker(self, study_file: Path) -> None:
+        """The same study through the docker runner, where Docker and the NVIDIA runtime are here."""
+        record = self.stages["docker"]
+        if not self.plan.docker:
+            record.status = "skipped: not asked (--docker)"
+            return
+        from orchestrator.doctor import nvidia_support
+        from orchestrator.launcher import DockerLauncher
+
+        try:
+            info = DockerLauncher().client.info()
+        except Exception as exc:  # any failure means: no usable Docker here
+            record.status = f"skipped: no Docker engine here ({(str(exc) or type(exc).__name__).splitlines()[0]})"
+            return
+        if nvidia_support(info) is None:
+            record.status = "skipped: Docker has no NVIDIA runtime or CDI spec"
+            return
+        with self.stage("docker"):
+            results, log = self.layout.evidence / "results-docker", self.layout.log("docker")
+            code = self.run.study(study_file, results, "docker", self.gpus[0].index, log, lambda: None)
+            record.note = f"llem exited {code}; results in {results}"
+
+    def find_study(self) -> Path | None:
+        """The study directory llem made in the study stage (the newest, not an earlier check's)."""
+        if self.study_dir is None and self.layout.results.is_dir():
+            made = [p for p in self.layout.results.iterdir() if (p / "manifest.json").exists()]
+            fresh = [p for p in made if p.stat().st_mtime >= self._stage_wall - 2]
+            self.study_dir = max(fresh, key=lambda p: p.stat().st_mtime) if fresh else None
+        return self.study_dir
+
+    def refresh(self) -> None:
+        """Rewrite the document when the manifest or the harness rows changed."""
+        study = self.find_study()
+        paths = [*([study / "manifest.json"] if study else []), self.layout.rows]
+        seen = tuple(p.stat().st_mtime_ns for p in paths if p.exists())
+        if seen != self._seen:
+            self._seen = seen
+            try:
+                self.write()
+            except Exception:  # a bug in the document must not stop the measurement; the final write says it
+                self.layout.log("refresh").write_text(traceback.format_exc(), encoding="utf-8")
+
+    def write(self) -> Validation:
+        """The document, and the replay fixture once a run left a trace."""
+        v = analyse(self.study_dir, read_rows(self.layout.rows))
+        facts = self.facts | {
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "wall_s": time.monotonic() - self.started,
+            "tokens_out": self.sizing.tokens_out if self.sizing else self.plan.tokens_out,
+            "driver": v.driver,
+            "parameters": f"{v.parameters / 1e9:.2f}B" if v.parameters else None,
+        }
+        if self.probe is not None:
+            facts |= {"torch": self.probe.torch, "cuda": self.probe.cuda}
+        self.layout.doc.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.layout.doc, render(v, facts, list(self.stages.values()), self.sizing))
+        if self.study_dir is not None:
+            keep_fixture(self.study_dir, self.layout.fixtures, self.gpus[0].name)
+            if len(v.runs) != self._done_runs:
+                self._done_runs = len(v.runs)
+                _say(f"study: {len(v.runs)} run(s) completed so far; {self.layout.doc} rewritten")
+        return v
+
+    def execute(self, root: Path | None) -> int:
+        """Every stage that can run; the exit code says whether every target was met."""
+        try:
+            self.build()
+            if self.stages["build"].status == "done":
+                self.measure_steps()
+            if self.sizing is not None:
+                study_file = self.study(self.sizing)
+                self.harness(self.sizing, root)
+                self.docker(study_file)
+        except KeyboardInterrupt:
+            self.write()
+            return _fail(f"interrupted; what was done is in {self.layout.evidence}", EXIT_INTERRUPTED)
+        except Exception:  # a bug: the traceback goes to the logs, the user gets one line
+            crash = self.layout.log("crash")
+            crash.write_text(traceback.format_exc(), encoding="utf-8")
+            self.write()
+            return _fail(f"internal error (a bug); traceback in {crash}", EXIT_INTERNAL)
+        v = self.write()
+        for t in v.targets:
+            _say(f"{'ok  ' if t.ok else 'FAIL'} {t.name}: {t.seen} (target: {t.target})")
+        _say(f"written {self.layout.doc}; evidence in {self.layout.evidence}")
+        complete = all(s.finished for s in self.stages.values())
+        return EXIT_OK if v.ok and complete else EXIT_RUNS_FAILED
 
 
 def _say(message: str) -> None:
     print(f"gpu-check: {message}", flush=True)
 
 
-def _child(python: str, code: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([python, "-c", code], capture_output=True, text=True, check=False)
+def _fail(message: str, code: int) -> int:
+    print(f"gpu-check: {message}", file=sys.stderr)
+    return code
 
 
-def write_study(
-    work: Path, model: Path, *, cycles: int, batches_per_window: int, tokens_in: int, tokens_out: int
-) -> Path:
-    """The validation study: each batch size with enough prompts for ``batches_per_window`` batches."""
-    groups = "\n".join(
-        f"    - {{pytorch.batch_size: {b}, dataset.n_prompts: {min(200, b * batches_per_window)}, "
-        f"warmup.n_warmup: {max(2, b)}}}"
-        for b in BATCH_SIZES
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, not argparse's usage block
+        print(f"gpu-check: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    d = Plan()
+    p = _Parser(prog="python -m orchestrator.gpucheck", description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--dry-run", action="store_true", help="print the plan and its estimate, start nothing")
+    p.add_argument(
+        "--out", type=Path, help="write everything here (default: docs/ and tests/fixtures/ of the checkout)"
     )
-    path = work / "gpu-check.yaml"
-    path.write_text(
-        STUDY.format(
-            model=model, tokens_in=tokens_in, tokens_out=tokens_out, n_prompts=32, groups=groups, cycles=cycles
-        ),
-        encoding="utf-8",
-    )
-    return path
+    p.add_argument("--work", type=Path, help="model and scratch (default: a temp dir, removed at the end)")
+    p.add_argument("--batch-sizes", default=",".join(map(str, d.batch_sizes)), help="default %(default)s")
+    p.add_argument("--cycles", type=int, default=d.cycles, help="default %(default)s")
+    p.add_argument("--tokens-in", type=int, default=d.tokens_in, help="default %(default)s")
+    p.add_argument("--tokens-out", type=int, default=d.tokens_out, help="at least; raised when a window needs it")
+    p.add_argument("--window-s", type=float, default=d.window_s, help="planned window per run (default %(default)s)")
+    p.add_argument("--harness-pairs", type=int, default=d.harness_pairs, help="ABBA pairs, 0: no harness")
+    p.add_argument("--harness-batch", type=int, default=d.harness_batch, help="default %(default)s")
+    p.add_argument("--thermal-floor-s", type=float, default=d.thermal_floor_s, help="per run, >= 30")
+    p.add_argument("--baseline-s", type=float, default=d.baseline_s, help="idle baseline, 5-120 s")
+    p.add_argument("--fresh-baseline", action="store_true", help="measure idle power before every run")
+    p.add_argument("--docker", action="store_true", help="also run the study through the docker runner")
+    return p.parse_args(argv)
 
 
-def _newest(results: Path) -> Path:
-    return max((p for p in results.iterdir() if (p / "manifest.json").exists()), key=lambda p: p.stat().st_mtime)
-
-
-def _keep_fixture(study_dir: Path, fixtures: Path, gpu_name: str) -> Path | None:
-    """One real trace (a batch-8 run's) becomes tests/fixtures/nvml/<gpu>.json."""
-    traces = sorted(study_dir.glob(f"runs/*/{RAW_TRACE_FILE}"))
-    if not traces:
-        return None
-    chosen = next((t for t in traces if "e002" in t.parent.name), traces[0])
-    data = json.loads(chosen.read_text(encoding="utf-8"))
-    data["source"] = f"make gpu-check, {gpu_name}, run {chosen.parent.name}"
-    fixtures.mkdir(parents=True, exist_ok=True)
-    slug = "".join(c if c.isalnum() else "-" for c in gpu_name.lower()).strip("-")
-    out = fixtures / f"{slug}.json"
-    out.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    return out
-
-
-def _docker_run(study: Path, work: Path) -> str:
-    """The same study through the docker runner, where Docker and the NVIDIA runtime are here."""
-    from orchestrator.doctor import nvidia_support
-    from orchestrator.launcher import DockerLauncher
-
+def plan_from(args: argparse.Namespace) -> Plan:
+    """The plan the flags ask for, or a one-line GpuCheckError."""
     try:
-        info = DockerLauncher().client.info()
-    except Exception as exc:  # any failure means: no usable Docker here
-        return f"Not run: no Docker engine here ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})."
-    if nvidia_support(info) is None:
-        return "Not run: Docker is here but has no NVIDIA runtime or CDI spec."
-    from orchestrator.cli import main as llem
-
-    code = llem(["run", str(study), "--runner", "docker", "--results-dir", str(work / "results-docker")])
-    if code not in (EXIT_OK, EXIT_RUNS_FAILED):
-        return f"Run through the docker runner: llem exited {code} (see above)."
-    v = analyse(_newest(work / "results-docker"))
-    return "Run through the docker runner: " + "; ".join(
-        f"{t.name}: {t.seen} ({'ok' if t.ok else 'FAIL'})" for t in v.targets
-    )
-
-
-def _harness(python: str, model: Path, pairs: int, tokens: int) -> list[dict[str, float]] | None:
-    """Agent vs bare generate loop on the same loaded model, ABBA pairs (tests/bench/harness.py)."""
-    _say("harness overhead: agent vs bare generate loop on the same model (ABBA pairs)")
-    harness = subprocess.run(
-        [python, str(REPO / "tests" / "bench" / "harness.py"), str(model), str(pairs), "--batch", "8",
-         "--tokens", str(tokens), "--prompts", "64", "--dtype", "bfloat16"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if harness.returncode != 0:
-        _say(f"harness failed: {(harness.stderr.strip().splitlines() or ['?'])[-1]}")
-        return None
-    rows: list[dict[str, float]] = json.loads(harness.stdout.strip().splitlines()[-1])["rows"]
-    return rows
+        sizes = tuple(int(x) for x in args.batch_sizes.split(","))
+    except ValueError:
+        raise GpuCheckError(f"--batch-sizes expects sizes such as 1,8,32, got {args.batch_sizes!r}") from None
+    checks = [
+        (bool(sizes) and len(set(sizes)) == len(sizes) and all(1 <= b <= BUILTIN_PROMPTS for b in sizes),
+         f"--batch-sizes: distinct sizes from 1 to {BUILTIN_PROMPTS}"),
+        (args.cycles >= 1, "--cycles must be at least 1"),
+        (args.tokens_in >= 1, "--tokens-in must be at least 1"),
+        (args.tokens_out >= 2, "--tokens-out must be at least 2"),
+        (args.window_s >= MIN_WINDOW_S, f"--window-s must be at least {MIN_WINDOW_S:.0f} (the target)"),
+        (args.harness_pairs >= 0, "--harness-pairs must be 0 or more"),
+        (1 <= args.harness_batch <= BUILTIN_PROMPTS // HARNESS_BATCHES,
+         f"--harness-batch must be 1 to {BUILTIN_PROMPTS // HARNESS_BATCHES}"),
+        (args.thermal_floor_s >= THERMAL_FLOOR_S, f"--thermal-floor-s must be at least {THERMAL_FLOOR_S:.0f}"),
+        (5 <= args.baseline_s <= 120, "--baseline-s must be 5 to 120"),
+    ]  # fmt: skip
+    for ok, message in checks:
+        if not ok:
+            raise GpuCheckError(message)
+    return Plan(sizes, args.cycles, args.tokens_in, args.tokens_out, args.window_s, args.harness_pairs,
+                args.harness_batch, args.thermal_floor_s, args.baseline_s, args.fresh_baseline,
+                args.docker)  # fmt: skip
 
 
-def _facts(study_dir: Path, gpus: list[Any], torch_version: str, cuda: str, args: argparse.Namespace) -> dict[str, Any]:
-    first = next((r for _, r in _load_results(study_dir)), None)
-    return {
-        "command": "make gpu-check",
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "gpus": ", ".join(f"{g.index}: {g.name}" for g in gpus),
-        "driver": first.environment.gpus[0].driver_version if first and first.environment.gpus else None,
-        "cuda": cuda,
-        "torch": torch_version,
-        "host": f"{platform.node()} ({platform.platform()})",
-        "parameters": f"{first.model_parameters / 1e9:.2f}B" if first and first.model_parameters else None,
-        "tokens_in": args.tokens_in,
-        "tokens_out": args.tokens_out,
-        "cycles": args.cycles,
-    }
+def assumed_sizing(plan: Plan) -> Sizing:
+    """The plan sized with the cost model's decode steps (what --dry-run and the first estimate show)."""
+    return size_plan(plan, {b: assumed_step(b) for b in plan.probed_sizes}, measured=False)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m orchestrator.gpucheck", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "gpu-validation.md")
-    parser.add_argument("--work", type=Path, default=Path("gpu-check-work"), help="model, study and results")
-    parser.add_argument("--fixtures", type=Path, default=REPO / "tests" / "fixtures" / "nvml")
-    parser.add_argument("--cycles", type=int, default=3)
-    parser.add_argument("--batches", type=int, default=4, help="batches per measured window")
-    parser.add_argument("--tokens-in", type=int, default=128)
-    parser.add_argument("--tokens-out", type=int, default=192)
-    parser.add_argument("--harness-pairs", type=int, default=5)
-    args = parser.parse_args(argv)
-    started = time.monotonic()
+def dry_run(plan: Plan, layout: Layout | None) -> int:
+    """Print the plan and its estimate with assumed decode steps; the study goes through llem's loader."""
+    from orchestrator.study import load_study
 
-    from orchestrator.devices import nvml_gpus
+    sizing = assumed_sizing(plan)
+    print(format_estimate(plan, sizing, estimate(plan, sizing)))
+    with tempfile.TemporaryDirectory(prefix="llem-gpu-check-") as tmp:
+        path = Path(tmp) / "gpu-check.yaml"
+        path.write_text(study_text(plan, sizing, Path(tmp) / "llama-1b"), encoding="utf-8")
+        study = load_study(path)
+    n = len(study.experiments)
+    print(f"study: {n} experiments x {plan.cycles} cycle(s) = {n * plan.cycles} runs (checked by llem's loader)")
+    where = f"into {layout.evidence} (document {layout.doc})" if layout else "nowhere: no --out and no checkout here"
+    print(f"writes {where}; nothing was started (--dry-run)")
+    return EXIT_OK
 
-    gpus, why = nvml_gpus()
-    if not gpus:
-        print(f"gpu-check: no NVIDIA GPU here ({why}); run it on a GPU machine", file=sys.stderr)
-        return EXIT_ENVIRONMENT
-    if any(g.mig for g in gpus):
-        print("gpu-check: a GPU is in MIG mode; llem measures whole GPUs (disable MIG first)", file=sys.stderr)
-        return EXIT_ENVIRONMENT
-    python = sys.executable
-    probe = _child(python, "import torch, transformers; assert torch.cuda.is_available(), 'CUDA not available'; "
-                           "print(torch.__version__, torch.version.cuda)")  # fmt: skip
-    if probe.returncode != 0:
-        last = (probe.stderr.strip().splitlines() or ["?"])[-1]
-        print(f"gpu-check: torch with CUDA and transformers must import with {python} ({last})", file=sys.stderr)
-        return EXIT_ENVIRONMENT
-    torch_version, cuda = probe.stdout.split()
-    work = args.work.resolve()
+
+def main(
+    argv: list[str] | None = None,
+    gpus: Callable[[], tuple[list[Gpu], str | None]] = nvml_gpus,
+    children: Callable[[dict[str, str]], Children] = Children,
+) -> int:
+    """``python -m orchestrator.gpucheck``; the GPU list and the children are seams for the tests."""
+    args = _parse(argv)
+    root = checkout()
+    layout = Layout.inside(args.out.resolve()) if args.out else Layout.repository(root) if root else None
+    try:
+        plan = plan_from(args)
+        assumed = assumed_sizing(plan)  # a plan that cannot be sized is refused before anything starts
+        if args.work and args.out and args.work.resolve().is_relative_to(args.out.resolve()):
+            raise GpuCheckError("--work must be outside --out (the model is 2 GB; --out is what comes back)")
+        if args.dry_run:
+            return dry_run(plan, layout)
+    except GpuCheckError as exc:
+        return _fail(f"error: {exc}", EXIT_CONFIG)
+    found, why = gpus()
+    if not found:
+        return _fail(f"no NVIDIA GPU here ({why}); run it on a GPU machine", EXIT_ENVIRONMENT)
+    if any(g.mig for g in found):
+        return _fail("a GPU is in MIG mode; llem measures whole GPUs (disable MIG first)", EXIT_ENVIRONMENT)
+    if layout is None:
+        return _fail("error: --out DIR is needed outside a llem checkout", EXIT_CONFIG)
+    work = args.work.resolve() if args.work else Path(tempfile.mkdtemp(prefix="llem-gpu-check-"))
+    layout.evidence.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
-    model = work / "llama-1b"
-    if not (model / "config.json").exists():
-        _say(f"building a random-initialised ~1.1B Llama in {model}")
-        subprocess.run(
-            [python, "-m", "llem_agent.tiny_model", str(model), "--arch", "llama", "--size", "1b"], check=True
-        )
-    study = write_study(
-        work, model, cycles=args.cycles, batches_per_window=args.batches, tokens_in=args.tokens_in,
-        tokens_out=args.tokens_out,
-    )  # fmt: skip
-    _say(f"validation study {study} through the local runner")
-    from orchestrator.cli import main as llem
+    check = Check(plan, layout, found, work, children(child_env(found[0], work)))
+    llem_from, warning = provenance()
+    check.facts = {
+        "command": " ".join(["python -m orchestrator.gpucheck", *(sys.argv[1:] if argv is None else argv)]),
+        "gpus": ", ".join(f"{g.index}: {g.name}" for g in found),
+        "host": f"{platform.node()} ({platform.platform()})",
+        "llem_from": llem_from,
+        "warning": warning,
+        "tokens_in": plan.tokens_in,
+        "batch_sizes": ", ".join(map(str, plan.batch_sizes)),
+        "cycles": plan.cycles,
+        "baseline": "measured before every run" if plan.fresh_baseline else "measured once, cached for the others",
+    }
+    costs = estimate(plan, assumed, build=not (check.model / "config.json").exists())
+    check.set_estimate(costs)
+    print(format_estimate(plan, assumed, costs), flush=True)
+    if warning:
+        _say(f"warning: {warning}")
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the check like Ctrl-C
+    try:
+        return check.execute(root)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
 
-    os.environ[RAW_TRACE_ENV] = "1"
-    code = llem(["run", str(study), "--runner", "local", "--results-dir", str(work / "results")])
-    if code not in (EXIT_OK, EXIT_RUNS_FAILED):
-        print(f"gpu-check: the validation study did not run (llem exited {code})", file=sys.stderr)
-        return code
-    study_dir = _newest(work / "results")
-    rows = _harness(python, model, args.harness_pairs, args.tokens_in)
-    v = analyse(study_dir, rows)
-    docker_note = _docker_run(study, work)
-    facts = _facts(study_dir, gpus, torch_version, cuda, args) | {"wall_s": time.monotonic() - started}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(v, facts, docker_note), encoding="utf-8")
-    fixture = _keep_fixture(study_dir, args.fixtures, gpus[0].name)
-    for t in v.targets:
-        _say(f"{'ok  ' if t.ok else 'FAIL'} {t.name}: {t.seen} (target: {t.target})")
-    _say(f"written {args.out}" + (f" and the replay fixture {fixture}" if fixture else ""))
-    return EXIT_OK if v.ok else EXIT_RUNS_FAILED
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -3,12 +3,15 @@
 Both run the same batches (40 built-in prompts, batch 4, 32 tokens in, exactly 32 out) in
 the same process on the same model, alternating which goes first (ABBA), so machine noise
 and warm caches hit both alike.
-Prints one JSON object: the output tokens/s of each side for every repetition.
+Prints one JSON object: the output tokens/s of each side for every repetition; with
+``--rows FILE`` each pair is also appended to FILE (one JSON line) as soon as it is measured,
+so a harness cut short keeps the pairs it finished (make gpu-check reads them).
 """
 
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -42,7 +45,14 @@ class LoadedOnce:
 
 
 def main(
-    model: str, repetitions: int, *, batch: int = 4, tokens: int = 32, n_prompts: int = 40, dtype: str | None = None
+    model: str,
+    repetitions: int,
+    *,
+    batch: int = 4,
+    tokens: int = 32,
+    n_prompts: int = 40,
+    dtype: str | None = None,
+    rows_file: Path | None = None,
 ) -> None:
     config = ExperimentConfig.model_validate(
         {
@@ -102,6 +112,9 @@ def main(
         else:
             b, a = bare(), agent()
         rows.append({"agent_tokens_per_s": a, "bare_tokens_per_s": b})
+        if rows_file is not None:
+            with rows_file.open("a", encoding="utf-8") as out:
+                out.write(json.dumps(rows[-1]) + "\n")
     print(json.dumps({"torch_threads": torch.get_num_threads(), "rows": rows}))
 
 
@@ -113,5 +126,14 @@ if __name__ == "__main__":
     parser.add_argument("--tokens", type=int, default=32, help="input and output tokens per request")
     parser.add_argument("--prompts", type=int, default=40)
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"))
+    parser.add_argument("--rows", type=Path, help="append each pair to this file as it is measured (JSON lines)")
     args = parser.parse_args()
-    main(args.model, args.repetitions, batch=args.batch, tokens=args.tokens, n_prompts=args.prompts, dtype=args.dtype)
+    main(
+        args.model,
+        args.repetitions,
+        batch=args.batch,
+        tokens=args.tokens,
+        n_prompts=args.prompts,
+        dtype=args.dtype,
+        rows_file=args.rows,
+    )
