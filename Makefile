@@ -200,16 +200,40 @@ wheelhouse: ## Write every wheel llem needs into WHEELHOUSE (pip install --no-in
 	@for name in $(WHEELHOUSE_EXCLUDE); do rm -f $(WHEELHOUSE)/$$(echo $$name | tr - _)-[0-9]*.whl; done
 	@ls $(WHEELHOUSE) | wc -l | xargs -I{} echo "{} wheels in $(WHEELHOUSE) ($$(du -sh $(WHEELHOUSE) | cut -f1))"
 
-# make gpu-check runs on a GPU host whose Python has torch (CUDA) and transformers. llem's own
-# small dependencies come from WHEELHOUSE when they are missing: no network, no Docker needed.
-GPU_PYTHON ?= $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
+# A GPU machine lent for one command (no network, no Docker) has Python 3.12 with torch, transformers,
+# nvidia-ml-py, pyarrow, scipy, rich, pyyaml, filelock and numpy: device-wheels writes just the wheels
+# it lacks, for Python $(DEVICE_PYTHON) on manylinux x86_64, at the versions .venv runs (pydantic and
+# pydantic-core must match exactly), plus llem's own (orchestrator and llem_agent). A few MB to carry.
+DEVICE_WHEELS   ?= device-wheels
+DEVICE_PYTHON   ?= 3.12
+DEVICE_PACKAGES ?= pydantic pydantic-core annotated-types typing-inspection typing-extensions \
+	docker requests urllib3 charset-normalizer idna certifi platformdirs
+
+.PHONY: device-wheels
+device-wheels: install ## Write the wheels a bare GPU node lacks (llem, pydantic, the docker SDK, ...) into DEVICE_WHEELS
+	@rm -rf $(DEVICE_WHEELS) && mkdir -p $(DEVICE_WHEELS)
+	$(VENV)/bin/pip wheel --quiet --disable-pip-version-check --no-deps --wheel-dir $(DEVICE_WHEELS) .
+	$(VENV)/bin/pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+		--python-version $(DEVICE_PYTHON) --platform manylinux_2_17_x86_64 --dest $(DEVICE_WHEELS) \
+		$$($(VENV)/bin/python -c "import importlib.metadata as m, sys; \
+			print(' '.join(f'{n}=={m.version(n)}' for n in sys.argv[1:]))" $(DEVICE_PACKAGES))
+	@ls $(DEVICE_WHEELS) | wc -l | xargs -I{} echo "{} wheels in $(DEVICE_WHEELS) ($$(du -sh $(DEVICE_WHEELS) | cut -f1))"
+
+# make gpu-check runs on a GPU host whose Python has torch (CUDA) and transformers, from a checkout
+# (which comes first on PYTHONPATH, absolute: the agent starts in its run directory). llem's small
+# dependencies come from DEVICE_WHEELS (installed into GPU_CHECK_DEPS) or WHEELHOUSE when missing.
+GPU_PYTHON     ?= $(if $(wildcard $(VENV)/bin/python),$(VENV)/bin/python,python3)
+GPU_CHECK_DEPS ?= /tmp/llem-device-deps
+GPU_CHECK_ARGS ?=
+GPU_CHECK_PATH := $(abspath .):$(abspath images/agent):$(abspath $(GPU_CHECK_DEPS))
 
 .PHONY: gpu-check
-gpu-check: ## GPU host: validate llem's energy numbers in one command (writes docs/gpu-validation.md)
-	@PYTHONPATH=images/agent $(GPU_PYTHON) -c "import orchestrator.cli, orchestrator.runner, llem_agent.energy" \
-		2>/dev/null || $(GPU_PYTHON) -m pip install --quiet --disable-pip-version-check --no-index \
-		--find-links $(WHEELHOUSE) llem
-	@PYTHONPATH=images/agent $(GPU_PYTHON) -m orchestrator.gpucheck
+gpu-check: ## GPU host: validate llem's numbers in about 6 minutes (docs/gpu-validation.md; GPU_CHECK_ARGS="--out DIR")
+	@PYTHONPATH=$(GPU_CHECK_PATH) $(GPU_PYTHON) -c "import orchestrator.cli, orchestrator.runner, llem_agent.energy" \
+		2>/dev/null || { [ -d $(DEVICE_WHEELS) ] \
+		&& $(GPU_PYTHON) -m pip install --quiet --no-index --no-deps --target $(GPU_CHECK_DEPS) $(DEVICE_WHEELS)/*.whl; } \
+		|| $(GPU_PYTHON) -m pip install --quiet --disable-pip-version-check --no-index --find-links $(WHEELHOUSE) llem
+	PYTHONPATH=$(GPU_CHECK_PATH) $(GPU_PYTHON) -m orchestrator.gpucheck $(GPU_CHECK_ARGS)
 
 .PHONY: clean
 clean: ## Remove the venv, caches and build extras (results/ is kept)

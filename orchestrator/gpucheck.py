@@ -759,13 +759,16 @@ def _last_line(log: Path) -> str:
     return lines[-1] if lines else "no output"
 
 
+def _agent_package() -> Path:
+    """Where llem_agent was imported from (seen through its contract: the one part the host imports)."""
+    return Path(sys.modules[ExperimentResult.__module__].__file__ or ".").resolve().parents[1]
+
+
 def child_env(gpu: Gpu, work: Path) -> dict[str, str]:
     """The children's environment: llem and its dependencies on an ABSOLUTE PYTHONPATH (the agent
     starts in its run directory), no hub, the first GPU, a baseline cache of this check's own."""
-    import llem_agent.contract as contract
-
     given = [str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    ours = [str(Path(__file__).resolve().parents[1]), str(Path(contract.__file__ or ".").resolve().parents[2])]
+    ours = [str(Path(__file__).resolve().parents[1]), str(_agent_package().parent)]
     env = dict(os.environ) | {
         "PYTHONPATH": os.pathsep.join(dict.fromkeys([*given, *ours])),
         "PYTHONUNBUFFERED": "1",
@@ -778,20 +781,24 @@ def child_env(gpu: Gpu, work: Path) -> dict[str, str]:
 
 
 def provenance() -> tuple[str, str | None]:
-    """Where llem was imported from, and a warning when the checkout here holds other code
-    (a stale llem wheel in front of the working tree on PYTHONPATH)."""
-    here = Path(__file__).resolve().parents[1]
+    """Where llem's two packages were imported from, and a warning when the checkout here holds
+    other code than they do (a stale llem wheel in front of the working tree on PYTHONPATH:
+    ``python -m`` takes orchestrator from the current directory, llem_agent from PYTHONPATH)."""
     tree = Path.cwd().resolve()
-    if here == tree or not (tree / "orchestrator").is_dir():
-        return str(here), None
-    for package in ("orchestrator", "images/agent/llem_agent"):
-        installed = here / Path(package).name
-        for source in sorted((tree / package).rglob("*.py")):
-            copy = installed / source.relative_to(tree / package)
-            if not copy.exists() or copy.read_bytes() != source.read_bytes():
-                return str(here), f"llem in {here} differs from this checkout ({source.relative_to(tree)}): " \
-                    "rebuild it (make device-wheels) or put the checkout first on PYTHONPATH"  # fmt: skip
-    return str(here), None
+    imported = {"orchestrator": Path(__file__).resolve().parent, "images/agent/llem_agent": _agent_package()}
+    where = ", ".join(dict.fromkeys(str(path.parent) for path in imported.values()))
+    for package, installed in imported.items():
+        source = tree / package
+        if not source.is_dir() or installed == source.resolve():
+            continue
+        for path in sorted(source.rglob("*.py")):
+            copy = installed / path.relative_to(source)
+            if not copy.exists() or copy.read_bytes() != path.read_bytes():
+                return where, (
+                    f"llem in {installed.parent} differs from this checkout ({path.relative_to(tree)}): "
+                    "rebuild the wheels (make device-wheels) or put the checkout first on PYTHONPATH"
+                )
+    return where, None
 
 
 # --- the check ----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from orchestrator.gpucheck import (
     child_env,
     estimate,
     main,
+    provenance,
     read_rows,
     study_text,
     total_s,
@@ -316,6 +317,20 @@ def test_a_child_that_fails_is_one_line_with_its_last_words(tmp_path):
     with pytest.raises(GpuCheckError, match=r"^the probe exited 4: CUDA is not available$"):
         children._run(["-c", code], log, lambda: ticks.append(1), what="the probe")
     assert len(ticks) >= 3  # followed while it ran, and once at its end
+
+
+def test_a_checkout_holding_other_code_than_the_llem_imported_is_said(tmp_path, monkeypatch):
+    """Run from a checkout while llem comes from elsewhere (a wheel): the same code is fine, an
+    edit since the wheel was built is a warning in the document."""
+    tree = tmp_path / "checkout"
+    (tree / "orchestrator").mkdir(parents=True)
+    shutil.copy(REPO / "orchestrator" / "gpucheck.py", tree / "orchestrator" / "gpucheck.py")
+    monkeypatch.chdir(tree)
+    where, warning = provenance()
+    assert warning is None and where.startswith(str(REPO))
+    (tree / "orchestrator" / "gpucheck.py").write_text("# edited after the wheel was built\n")
+    warning = provenance()[1]
+    assert warning is not None and f"llem in {REPO} differs from this checkout (orchestrator/gpucheck.py)" in warning
 
 
 def test_harness_rows_survive_a_torn_last_line(tmp_path):
