@@ -154,3 +154,58 @@ def test_compose_runs_the_vllm_cpu_service(tmp_path: Path, tiny_llama: Path, vll
     (run_dir,) = results.iterdir()
     result = json.loads((run_dir / "result.json").read_text())
     assert result["engine"] == "vllm" and result["output_tokens"] > 0
+
+
+def test_no_measured_prefill_is_served_from_vllms_prefix_cache(tmp_path: Path, tiny_llama: Path, vllm_image):
+    """Prefix caching on (vLLM V1's default, set here explicitly): a cold window has no cached
+    prompt token, whether warm-up drew held-out prompts or marked copies (a source with none to
+    spare); a warm cache asked for on purpose is served and labelled. Before the fix warm-up ran
+    the measured prompts themselves and every measured prefill hit the cache (128 of 162 tokens)."""
+    words = "the quick brown fox jumps over a lazy dog while seven bright stars watch".split()
+
+    def prompt(i: int) -> str:  # 300 words: truncated to 192 tokens, more than one cache block
+        return f"Prompt {i}: " + " ".join(words[(i + k) % len(words)] for k in range(300))
+
+    (tmp_path / "long.jsonl").write_text("".join(json.dumps({"prompt": prompt(i)}) + "\n" for i in range(12)))
+    (tmp_path / "exact.jsonl").write_text("".join(json.dumps({"prompt": prompt(i)}) + "\n" for i in range(8)))
+    study = tmp_path / "prefix.yaml"
+    study.write_text(
+        f"""name: prefix-cache
+model: {tiny_llama}
+engine: vllm
+max_input_tokens: 192
+max_output_tokens: 4
+dataset: {{source: long.jsonl, n_prompts: 8}}
+decoder: {{do_sample: false}}
+warmup: {{n_warmup: 8}}
+vllm: {{engine: {{max_num_seqs: 4, max_model_len: 256, gpu_memory_utilization: 0.2, enforce_eager: true,
+                 enable_prefix_caching: true}}}}
+experiments:
+  - {{}}
+  - dataset: {{source: exact.jsonl, n_prompts: 8}}
+  - warmup: {{n_warmup: 8, prefix_cache: warm}}
+study_execution: {{n_cycles: 1, experiment_order: sequential}}
+"""
+    )
+    done = run_llem("run", str(study), "--image", f"vllm={vllm_image}", "--results-dir", str(tmp_path / "r"),
+                    timeout=900)  # fmt: skip
+    (study_dir,) = (tmp_path / "r").iterdir()
+    logs = "".join(p.read_text()[-1500:] for p in study_dir.glob("runs/*/container.log"))
+    assert done.returncode == 0, done.stderr[-2000:] + logs
+    results = results_of(study_dir)
+    for run_id, source in (("e001-c1", "held_out"), ("e002-c1", "marked")):
+        cold = results[run_id]
+        assert cold["effective"]["enable_prefix_caching"] is True
+        assert cold["warmup"]["prompt_source"] == source
+        assert [r["cached_prompt_tokens"] for r in cold["requests"]] == [0] * 8, run_id
+        assert cold["prefix_cache"]["mode"] == "cold" and cold["prefix_cache"]["reset_after_warmup"] is True
+        assert cold["prefix_cache"]["cached_prompt_tokens"] == 0
+        assert not [f for f in cold["energy"]["flags"] if f["code"].startswith("prefix_cache")]
+    warm = results["e003-c1"]
+    assert warm["warmup"]["prompt_source"] == "measured" and warm["prefix_cache"]["mode"] == "warm"
+    hits = [r["cached_prompt_tokens"] for r in warm["requests"]]
+    assert all(0 < n < r["input_tokens"] for n, r in zip(hits, warm["requests"], strict=True)), hits
+    assert warm["prefix_cache"]["cached_prompt_tokens"] == sum(hits)
+    assert [f["code"] for f in warm["energy"]["flags"]] == ["prefix_cache_warm"]
+    table = run_llem("results", str(study_dir))
+    assert table.returncode == 0 and "prefix_cache_warm" in table.stdout
