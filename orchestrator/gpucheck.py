@@ -89,6 +89,7 @@ THERMAL_FLOOR_S = 30.0  # per run, after warm-up: the schema's minimum (loaded i
 RUN_END_S = 3.0  # per run: result, telemetry sidecar and raw trace written, the agent exits
 HARNESS_START_S = 20.0  # the harness child: imports and model load
 HARNESS_BATCHES = 2  # batches per harness pass; each pass also runs one warm-up batch
+HARNESS_IDLE_S = 1.0  # per agent pass: its thermal floor's loaded idle, 300 NVML reads back to back
 # Decode steps assumed until the probe measures them: launch-bound, barely growing with batch.
 ASSUMED_STEP_S = 0.020
 ASSUMED_STEP_PER_SEQUENCE_S = 0.000125
@@ -245,11 +246,12 @@ def estimate(plan: Plan, sizing: Sizing, *, build: bool = True) -> list[Cost]:
                  f"{w.batch_s:.1f} + window {w.window_s:.1f} s; x {plan.cycles} cycle(s)")
         )  # fmt: skip
     if sizing.harness is not None:
-        h, passes = sizing.harness, 2 * plan.harness_pairs + 1
+        h, passes, agent = sizing.harness, 2 * plan.harness_pairs + 1, plan.harness_pairs + 1
         costs.append(
-            Cost("harness", HARNESS_START_S + passes * (h.batch_s + h.window_s),
+            Cost("harness", HARNESS_START_S + passes * (h.batch_s + h.window_s) + agent * HARNESS_IDLE_S,
                  f"start + load {HARNESS_START_S:.0f} + {passes} passes x (warm-up {h.batch_s:.1f} + window "
-                 f"{h.window_s:.1f}): {plan.harness_pairs} ABBA pairs at batch {h.batch}")
+                 f"{h.window_s:.1f}) + {agent} x {HARNESS_IDLE_S:.0f} idle sampling: {plan.harness_pairs} ABBA "
+                 f"pairs at batch {h.batch}")
         )  # fmt: skip
     if plan.docker:
         costs.append(Cost("docker", study_cost_s(plan, sizing), "the study again through the docker runner"))
