@@ -4,26 +4,36 @@ that failed before its fix. Numbers are worked out by hand in the comments."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from pydantic import ValidationError
 
 from llem_agent.contract import (
     DatasetConfig,
+    EnergyReport,
     ExperimentConfig,
     ExperimentResult,
     RunRequest,
     WarmupConfig,
     config_hash,
 )
-from llem_agent.energy import EnergyMeter
+from llem_agent.energy import EnergyMeter, NvmlBackend, PowerReading, Sampler, WindowWork, energy_report
 from llem_agent.heartbeat import Heartbeat
 from llem_agent.measure import run_measurement
 from llem_agent.metrics import BEAM_SEARCH_UNTIMED, BatchObservation, latency, request_records, untimed_reasons
 from llem_agent.prompts import load_prompt_sets
+from llem_agent.telemetry import (
+    TEMPERATURE_SLOPE_C_PER_S,
+    Sample,
+    WindowFacts,
+    temperature_slope_c_per_s,
+    validity_flags,
+)
 from orchestrator.launcher import Liveness
 from tests.unit.test_measure import DummyEngine, no_nvml
 
@@ -198,3 +208,295 @@ def test_a_batch_slower_than_the_stall_timeout_is_waited_for(tmp_path: Path):
     older = time.time() - 121
     os.utime(path, (older, older))
     assert liveness.stale(started_at=older)
+
+
+# --- 2. prefill / decode energy only where it is a measurement ---------------------------
+
+
+def flat_trace(watts: float, seconds: float, step: float = 0.1, start: float = 0.0) -> list[Sample]:
+    return [Sample(start + i * step, 0, watts, 60.0) for i in range(round(seconds / step) + 1)]
+
+
+def split_of(work: WindowWork, readings: list[PowerReading] | None = None) -> EnergyReport:
+    return energy_report(
+        ["H100"], flat_trace(500.0, 10.0), start_mj=[0], end_mj=[5_000_000], window=(0.0, 10.0), interval_s=0.1,
+        work=work, readings=readings,
+    )  # fmt: skip
+
+
+def test_the_split_is_reported_for_static_batches_with_prefills_the_trace_resolves():
+    # Two static batches whose prefills last 1 s each at 500 W: 2 x 500 J prefill, 8 x 500 J decode.
+    r = split_of(WindowWork(10, 10, 2, [(0.0, 1.0, 5.0), (5.0, 6.0, 10.0)]))
+    assert (r.prefill_energy_j, r.decode_energy_j) == pytest.approx((1000.0, 4000.0))
+    assert r.prefill_decode_note is not None and r.prefill_decode_note.startswith("power trace")
+
+
+@pytest.mark.parametrize(
+    ("work", "readings", "why"),
+    [
+        # vLLM / TensorRT-LLM: "prefill" would end at the first request's first token.
+        (WindowWork(10, 10, 2, [(0.0, 1.0, 5.0), (5.0, 6.0, 10.0)], static_batches=False), None, "continuous"),
+        # A 30 ms prefill against 100 ms samples is interpolation.
+        (WindowWork(10, 10, 2, [(0.0, 0.03, 5.0), (5.0, 6.0, 10.0)]), None, "fewer than 5 samples"),
+        # One-second averages cannot resolve a prefill at all.
+        (WindowWork(10, 10, 2, [(0.0, 1.0, 5.0), (5.0, 6.0, 10.0)]), [PowerReading("average_1s")], "averages"),
+    ],
+)
+def test_the_split_is_null_with_a_reason_where_it_would_be_interpolation(work, readings, why):
+    r = split_of(work, readings)
+    assert r.prefill_energy_j is None and r.decode_energy_j is None  # was: a number
+    assert r.prefill_decode_note is not None and why in r.prefill_decode_note
+    assert r.energy_j == pytest.approx(5000.0)  # the window's energy itself is untouched
+
+
+# --- 3. which power reading the trace integrates -----------------------------------------
+
+
+def averaged_step_trace(idle_w: float, load_w: float, seconds: float) -> list[Sample]:
+    """What nvmlDeviceGetPowerUsage reads on Hopper every 0.1 s: the mean over the last second
+    of a GPU at ``idle_w`` until t=0 and at ``load_w`` from t=0 to ``seconds``."""
+    samples = []
+    for i in range(-20, round(seconds * 10) + 1):
+        t = i / 10
+        loaded = min(max(t, 0.0), 1.0)  # the share of [t-1, t] under load
+        samples.append(Sample(t, 0, idle_w + (load_w - idle_w) * loaded, 60.0))
+    return samples
+
+
+def test_one_second_averages_are_moved_back_half_a_second_before_integrating():
+    # 100 W idle, 600 W over a 12 s window: 7200 J on the counter. Read as-is, the lagging average
+    # loses half a second of (600 - 100) W: 350 J over [0, 1] + 6600 J = 6950 J (-3.5%, over the
+    # 2% target). Moved back 0.5 s, only the ramp's corner is lost: 237.5 J over [0, 0.5],
+    # 6600 J over [0.5, 11.5], 300 J held flat over the last half second = 7137.5 J (-0.9%).
+    work = WindowWork(100, 100, 1, [(0.0, 1.0, 12.0)])
+    samples = averaged_step_trace(100.0, 600.0, 12.0)
+    common = {"start_mj": [0], "end_mj": [7_200_000], "window": (0.0, 12.0), "interval_s": 0.1, "work": work}
+    as_read = energy_report(["H100"], samples, **common)  # type: ignore[arg-type]
+    assert as_read.trace_energy_j == pytest.approx(6950.0)
+    corrected = energy_report(["H100"], samples, readings=[PowerReading("average_1s")], **common)  # type: ignore[arg-type]
+    assert corrected.trace_energy_j == pytest.approx(7137.5)
+    (device,) = corrected.devices
+    assert (device.power_reading, device.trace_shift_s) == ("average_1s", 0.5)
+    assert corrected.energy_j == pytest.approx(7200.0)
+
+
+def test_a_superchip_counter_covering_the_module_is_not_compared_with_a_gpu_only_trace():
+    # GH200: the counter also holds the Grace CPU (8000 J), the GPU-only trace 5000 J: 37% apart,
+    # which is not a disagreement. Where both are module-wide they are compared as ever.
+    common = {"start_mj": [0], "end_mj": [8_000_000], "window": (0.0, 10.0), "interval_s": 0.1,
+              "work": WindowWork(10, 10, 1, [(0.0, 1.0, 10.0)])}  # fmt: skip
+    split = energy_report(["NVIDIA GH200 480GB"], flat_trace(500.0, 10.0),
+                          readings=[PowerReading(counter_scope="module", trace_scope="gpu")], **common)  # type: ignore[arg-type]  # fmt: skip
+    assert "counter_trace_disagree" not in {f.code for f in split.flags}
+    assert (split.devices[0].counter_scope, split.devices[0].trace_scope) == ("module", "gpu")
+    same = energy_report(["NVIDIA GH200 480GB"], flat_trace(500.0, 10.0),
+                         readings=[PowerReading(counter_scope="module", trace_scope="module")], **common)  # type: ignore[arg-type]  # fmt: skip
+    assert "counter_trace_disagree" in {f.code for f in same.flags}
+
+
+class NVMLError(Exception):
+    pass
+
+
+def fake_nvml(*, instant: bool, arch: int, c2c: bool = False, module_field: bool = False) -> SimpleNamespace:
+    """The slice of pynvml the backend asks at open and per read; ``calls`` records the order."""
+    calls: list[str] = []
+
+    def field_values(handle: object, fields: list[object]) -> list[SimpleNamespace]:
+        calls.append("power")
+        (field,) = fields
+        ok = module_field if isinstance(field, tuple) else instant
+        return [SimpleNamespace(nvmlReturn=0 if ok else 3, value=SimpleNamespace(uiVal=412_000))]
+
+    def record(name: str, value: object):
+        def call(*args: object) -> object:
+            calls.append(name)
+            return value
+
+        return call
+
+    def c2c_info(handle: object) -> SimpleNamespace:
+        if not c2c:
+            raise NVMLError("Not Supported")
+        return SimpleNamespace(isC2cEnabled=1)
+
+    return SimpleNamespace(
+        calls=calls, NVMLError=NVMLError, NVML_TEMPERATURE_GPU=0, NVML_CLOCK_SM=1, NVML_FI_DEV_POWER_INSTANT=186,
+        NVML_POWER_SCOPE_MODULE=1, NVML_DEVICE_ARCH_AMPERE=7,
+        nvmlDeviceGetFieldValues=field_values, nvmlDeviceGetArchitecture=lambda h: arch,
+        nvmlDeviceGetC2cModeInfoV=c2c_info, nvmlDeviceGetPowerUsage=record("power", 398_000),
+        nvmlDeviceGetMemoryInfo=record("memory", SimpleNamespace(used=2**30, total=80 * 2**30)),
+        nvmlDeviceGetTemperature=record("temperature", 61), nvmlDeviceGetUtilizationRates=record(
+            "utilisation", SimpleNamespace(gpu=97)), nvmlDeviceGetClockInfo=record("clock", 1980),
+        nvmlDeviceGetCurrentClocksEventReasons=record("reasons", 0),
+    )  # fmt: skip
+
+
+def backend(nvml: SimpleNamespace, name: str) -> NvmlBackend:
+    b = NvmlBackend()
+    b._nvml, b._handles, b._names = nvml, [object()], [name]
+    b._readings = [b._reading_of(b._handles[0], name)]
+    return b
+
+
+@pytest.mark.parametrize(
+    ("name", "instant", "arch", "kind"),
+    [
+        ("NVIDIA H100 80GB HBM3", True, 9, "instant"),  # the instantaneous field where the driver has it
+        ("NVIDIA H100 80GB HBM3", False, 9, "average_1s"),  # Hopper's power usage is a 1 s average
+        ("NVIDIA L4", False, 8, "average_1s"),  # Ada
+        ("NVIDIA A100-SXM4-80GB", False, 7, "instant"),  # GA100 reads instantly
+        ("Tesla V100-SXM2-32GB", False, 5, "instant"),
+    ],
+)
+def test_each_device_says_which_power_reading_it_gives(name, instant, arch, kind):
+    b = backend(fake_nvml(instant=instant, arch=arch), name)
+    (reading,) = b.power_readings()
+    assert reading.kind == kind and reading.counter_scope == "gpu"
+    assert b.read_power(0) == pytest.approx(412.0 if instant else 398.0)
+
+
+def test_a_superchip_is_detected_and_read_at_module_scope_where_the_driver_can():
+    b = backend(fake_nvml(instant=True, arch=9, c2c=True, module_field=True), "NVIDIA GH200 480GB")
+    assert b.power_readings() == [PowerReading("instant", counter_scope="module", trace_scope="module")]
+    gpu_only = backend(fake_nvml(instant=True, arch=9, c2c=True, module_field=False), "NVIDIA GH200 480GB")
+    assert gpu_only.power_readings() == [PowerReading("instant", counter_scope="module", trace_scope="gpu")]
+
+
+# --- 5. each device's power is read first and stamped on its own ---------------------------
+
+
+def test_power_is_read_before_the_other_fields():
+    nvml = fake_nvml(instant=True, arch=9)
+    b = backend(nvml, "NVIDIA H100 80GB HBM3")
+    nvml.calls.clear()
+    b.read(0)
+    assert nvml.calls[0] == "power" and len(nvml.calls) == 6  # was: power last, after five slower fields
+
+
+class SlowDevices:
+    """Two devices on a fake clock: each NVML call takes 10 ms (behind the GIL, one at a time)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.full_reads = 0
+
+    def clock(self) -> float:
+        return self.now
+
+    def device_names(self) -> list[str]:
+        return ["H100", "H100"]
+
+    def read_power(self, index: int) -> float:
+        self.now += 0.01
+        return 300.0
+
+    def read(self, index: int) -> Sample:
+        self.full_reads += 1
+        power = self.read_power(index)
+        self.now += 0.05  # five more fields
+        return Sample(0.0, index, power, 60.0)
+
+
+def test_each_device_is_stamped_at_its_own_power_read_and_slow_fields_come_once_a_second():
+    devices = SlowDevices()
+    sampler = Sampler(devices, interval_s=0.1, clock=devices.clock)  # type: ignore[arg-type]
+    sampler.sample_once(full=True)
+    first, second = sampler.samples
+    # Device 1's power was read after device 0's full read (10 + 50 ms): was stamped with device 0's time.
+    assert (first.time_s, second.time_s) == pytest.approx((0.0, 0.06))
+    for _ in range(19):
+        sampler.sample_once()
+    assert devices.full_reads == 2 + 2  # sweeps 0 and 10 of 20 (the first forced), two devices each
+    assert sum(s.temperature_c is not None for s in sampler.samples) == 4 and len(sampler.samples) == 40
+
+
+# --- 4. the window opens and closes on a step of the counter -----------------------------
+
+
+class SteppedCounter:
+    """A 300 W device whose energy counter moves every 50 ms, on a clock that only sleep moves."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+    def device_names(self) -> list[str]:
+        return ["H100"]
+
+    def device_uuids(self) -> list[str]:
+        return ["GPU-0"]
+
+    def total_energy_mj(self, index: int) -> int:
+        return int(math.floor(self.now / 0.05 + 1e-9) * 0.05 * 300.0 * 1000)
+
+    def read(self, index: int) -> Sample:
+        return Sample(0.0, index, 300.0, 60.0)
+
+    def facts(self) -> list[object]:
+        return []
+
+    def close(self) -> None: ...
+
+
+def test_counter_reads_are_taken_on_its_steps_and_the_step_is_reported():
+    device = SteppedCounter(now=1.013)
+    meter = EnergyMeter(lambda: device, interval_s=0.1, clock=device.clock).open()  # type: ignore[arg-type, return-value]
+    meter.sleep = device.sleep
+    meter.start()  # steps at 1.050 and 1.100: the window opens at 1.100
+    device.now = 1.337  # the work ends between two steps
+    r = meter.stop(WindowWork(10, 10, 1, [(0.0, 0.05, 0.2)]))  # closes on the step at 1.350
+    # 0.25 s x 300 W = 75 J, the counter's delta exactly. Unaligned, 1.013-1.337 s read 1.0-1.3 s
+    # of energy (90 J) over 0.324 s: 278 W instead of 300 W.
+    assert r.energy_j == pytest.approx(75.0)
+    assert r.mean_power_w == pytest.approx(300.0, rel=0.02)
+    assert r.counter_step_s == pytest.approx(0.05, abs=0.002) and r.counter_aligned is True
+    assert r.energy_uncertainty_j == pytest.approx(2 * 0.001 * r.mean_power_w + 0.002)
+
+
+def test_a_counter_that_never_moves_is_read_unaligned_within_a_bounded_wait():
+    device = SteppedCounter(now=5.0)
+    device.total_energy_mj = lambda index: 1_000  # type: ignore[method-assign]
+    meter = EnergyMeter(lambda: device, interval_s=0.1, clock=device.clock).open()  # type: ignore[arg-type, return-value]
+    meter.sleep = device.sleep
+    meter.start()
+    assert device.now == pytest.approx(5.25, abs=0.002)  # one bounded wait of 0.25 s, not forever
+    device.now += 10.0
+    r = meter.stop(WindowWork(10, 10, 1, [(0.0, 0.05, 0.2)]))
+    assert r.counter_aligned is False and r.counter_step_s is None
+
+
+# --- 7. temperature_drift judges the window's end, not a warm-up ramp ----------------------
+
+
+def temperatures(curve, seconds: int = 20) -> list[Sample]:
+    """Whole-degree readings once a second, as NVML gives them."""
+    return [Sample(float(t), 0, 600.0, float(round(curve(t)))) for t in range(seconds + 1)]
+
+
+def test_a_real_warm_up_ramp_is_not_drift():
+    # After the thermal floor's cooling: a fast rise of 20 C (tau 5 s) as the die takes load, then the
+    # heat sink's slow climb of 25 C (tau 40 s). Over the second half it still rises 6.6 C (the old
+    # rule, > 5 C, fired), but at the end it climbs 0.45 C/s: a normal ramp.
+    def ramp(t: float) -> float:
+        return 38 + 20 * (1 - math.exp(-t / 5)) + 25 * (1 - math.exp(-t / 40))
+
+    slope = temperature_slope_c_per_s(temperatures(ramp))
+    assert 0.3 < slope < TEMPERATURE_SLOPE_C_PER_S
+    facts = WindowFacts(20.0, 0.1, None, None, True, 0.1, 0, slope)
+    assert "temperature_drift" not in {f.code for f in validity_flags(facts)}
+
+
+@pytest.mark.parametrize("rate", [1.5, -1.5])
+def test_a_temperature_still_moving_fast_at_the_end_is_drift(rate):
+    # Cooling that does not keep up (or a fan stepping up): 1.5 C/s to the very end.
+    slope = temperature_slope_c_per_s(temperatures(lambda t: 50 + rate * t))
+    assert slope == pytest.approx(rate, abs=0.1)
+    facts = WindowFacts(20.0, 0.1, None, None, True, 0.1, 0, slope)
+    (flag,) = [f for f in validity_flags(facts) if f.code == "temperature_drift"]
+    assert f"{rate:+.2f} C/s" in flag.message.replace("+1.50", "+1.50")

@@ -155,7 +155,8 @@ def run_measurement(
     records = request_records(observations)
     output_tokens = sum(r.output_tokens for r in records)
     input_tokens = sum(r.input_tokens for r in records)
-    energy = meter.stop(WindowWork(output_tokens, input_tokens, len(records), spans))
+    static = all(o.static for o in observations)
+    energy = meter.stop(WindowWork(output_tokens, input_tokens, len(records), spans, static_batches=static))
     cpu_j = rapl.stop()
     cache = prefix_cache_report(
         records,

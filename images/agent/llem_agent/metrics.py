@@ -35,6 +35,9 @@ class BatchObservation:
     untimed_reason: str | None = None
     # Prompt tokens each request was served from a prefix / KV-block cache (None: not reported).
     cached_tokens: list[int | None] | None = None
+    # The batch's requests were all prefilled before its first token (static batching); False
+    # where the engine schedules continuously and prefills interleave with decode steps.
+    static: bool = True
 
 
 NO_REQUEST_METRICS = "the engine returned no request metrics for them"

@@ -18,7 +18,13 @@ from llem_agent.contract import ValidityFlag
 SHORT_WINDOW_S = 5.0
 GAP_FACTOR = 2.0
 DISAGREEMENT = 0.05
-TEMPERATURE_DRIFT_C = 5.0
+# A window whose temperature still moves this fast at its end is not on a normal warm-up ramp
+# (whose slope has fallen to a few tenths of a degree per second after ~10 s of load): cooling
+# that does not keep up, or clocks stepping down. 1 C/s also stays clear of the noise of whole-
+# degree readings once a second.
+TEMPERATURE_SLOPE_C_PER_S = 1.0
+# ... judged over the window's last third, and at least this long.
+TEMPERATURE_TAIL_MIN_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -84,7 +90,7 @@ class WindowFacts:
     counter_monotonic: bool
     max_gap_s: float
     throttle_events: int
-    temperature_drift_c: float
+    temperature_slope_c_per_s: float
     power_capped_fraction: float = 0.0
     baseline_age_s: float | None = None
     baseline_ttl_s: float | None = None
@@ -112,12 +118,12 @@ def validity_flags(facts: WindowFacts) -> list[ValidityFlag]:
                 f"(reasons {THERMAL_OR_HW_SLOWDOWN:#x})",
             )
         )
-    if facts.temperature_drift_c > TEMPERATURE_DRIFT_C:
+    if abs(facts.temperature_slope_c_per_s) > TEMPERATURE_SLOPE_C_PER_S:
         flags.append(
             ValidityFlag(
                 code="temperature_drift",
-                message=f"temperature still moved {facts.temperature_drift_c:.1f} C over the second half of the "
-                "window (not at a plateau)",
+                message=f"temperature still moving {facts.temperature_slope_c_per_s:+.2f} C/s over the window's "
+                f"last third (more than {TEMPERATURE_SLOPE_C_PER_S} C/s: not at a plateau)",
             )
         )
     if facts.counter_j and facts.trace_j is not None:
@@ -157,19 +163,28 @@ def power_capped_fraction(samples: Sequence[Sample]) -> float:
     return sum(1 for reasons in known if reasons & SW_POWER_CAP) / len(known) if known else 0.0
 
 
-def temperature_drift_c(samples: Sequence[Sample]) -> float:
-    """How far the temperature moved over the second half of the window.
+def temperature_slope_c_per_s(samples: Sequence[Sample]) -> float:
+    """How fast the temperature still moved at the window's end: the least-squares slope over
+    its last third (at least ``TEMPERATURE_TAIL_MIN_S``), C/s; 0 with fewer than three readings.
 
-    A GPU warms as load starts (and the thermal-floor pause lets it cool first): that ramp is
-    physics, not a fault. What makes energy figures hard to compare is a window whose
-    temperature never settled, so only the second half is judged.
+    The thermal floor lets a GPU cool before each window, so every window opens on a warm-up
+    ramp: a fast rise as the die takes load, then a slow climb toward a plateau. That is
+    physics, not a fault, and a total rise says nothing about whether it settled. What makes a
+    window's energy hard to compare is a temperature still climbing (or falling) steeply as the
+    window ends: the slope there is what is judged, not the span.
     """
     timed = sorted((s.time_s, s.temperature_c) for s in samples if s.temperature_c is not None)
-    if not timed:
+    if len(timed) < 3:
         return 0.0
-    middle = (timed[0][0] + timed[-1][0]) / 2
-    temps = [t for when, t in timed if when >= middle]
-    return max(temps) - min(temps)
+    first, last = timed[0][0], timed[-1][0]
+    cut = last - max((last - first) / 3, TEMPERATURE_TAIL_MIN_S)
+    tail = [(t, c) for t, c in timed if t >= cut]
+    if len(tail) < 3:
+        return 0.0
+    mean_t = sum(t for t, _ in tail) / len(tail)
+    mean_c = sum(c for _, c in tail) / len(tail)
+    spread = sum((t - mean_t) ** 2 for t, _ in tail)
+    return sum((t - mean_t) * (c - mean_c) for t, c in tail) / spread if spread > 0 else 0.0
 
 
 def _mean(values: Sequence[float | None]) -> float | None:

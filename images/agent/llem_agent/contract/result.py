@@ -96,6 +96,24 @@ class DeviceEnergy(_Frozen):
     trace_energy_j: float | None = None
     mean_power_w: float | None = None
     peak_power_w: float | None = None
+    power_reading: Literal["instant", "average_1s"] | None = Field(
+        default=None,
+        description="Which power reading the trace holds: instant (NVML's instantaneous field), or average_1s "
+        "(nvmlDeviceGetPowerUsage, a one-second average on Ampere except GA100 and newer).",
+    )
+    trace_shift_s: float = Field(
+        default=0.0,
+        description="How far the samples were moved back before integrating: 0.5 s for one-second averages "
+        "(centred half a second before they are read), which corrects the trace instead of widening the "
+        "counter-trace comparison.",
+    )
+    counter_scope: Literal["gpu", "module"] = Field(
+        default="gpu", description="module: a Grace Hopper / Blackwell superchip's counter covers GPU + CPU + memory."
+    )
+    trace_scope: Literal["gpu", "module"] = Field(
+        default="gpu",
+        description="What the power trace covers; the counter and trace are compared only where the scopes match.",
+    )
 
 
 class ValidityFlag(_Frozen):
@@ -204,9 +222,15 @@ class EnergyReport(_Frozen):
     mean_power_w: float | None = None
     peak_power_w: float | None = None
     prefill_energy_j: float | None = Field(
-        default=None, description="Trace energy while batches awaited their first token."
+        default=None,
+        description="Trace energy while batches awaited their first token, where that is a measurement "
+        "(static batches, instantaneous readings, prefills of at least 5 samples); else None, and "
+        "prefill_decode_note says why.",
     )
     decode_energy_j: float | None = Field(default=None, description="Trace energy after the first token of each batch.")
+    prefill_decode_note: str | None = Field(
+        default=None, description="How prefill and decode energy were obtained, or why they are not reported."
+    )
     sample_interval_s: float | None = None
     n_samples: int = 0
     power_capped_fraction: float | None = Field(
@@ -220,6 +244,19 @@ class EnergyReport(_Frozen):
         default=None, description="energy_j minus the idle baseline power over the window."
     )
     baseline_note: str | None = None
+    counter_step_s: float | None = Field(
+        default=None, description="How often the energy counter moved, seen as the window opened (None: unseen)."
+    )
+    counter_aligned: bool | None = Field(
+        default=None,
+        description="Both counter reads were taken on a step of the counter (the window opens and closes on "
+        "one); False where a counter did not move within 0.25 s. None without counters.",
+    )
+    energy_uncertainty_j: float | None = Field(
+        default=None,
+        description="What the counter's steps leave uncertain in energy_j: two polls (1 ms) of mean power where "
+        "aligned, else two steps; plus the counter's 1 mJ resolution at each end.",
+    )
     cpu_energy_j: float | None = Field(default=None, description="CPU packages over the window, from RAPL.")
     cpu_energy_note: str | None = None
     external: ExternalEnergyReport | None = Field(

@@ -168,6 +168,7 @@ class TensorRTEngine:
             complete=False,
             untimed_end_s=end,
             cached_tokens=cached,
+            static=False,  # continuous batching
         )
 
     def synchronize(self) -> None:

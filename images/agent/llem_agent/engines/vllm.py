@@ -90,6 +90,7 @@ class VLLMEngine:
                 complete=False,
                 untimed_end_s=end,
                 untimed_reason=BEAM_SEARCH_UNTIMED,
+                static=False,
             )
         outputs = self._llm.generate(batch, self._sampling, lora_request=self._lora, use_tqdm=False)
         end = time.perf_counter() - start
@@ -115,6 +116,7 @@ class VLLMEngine:
             complete=False,
             untimed_end_s=end,
             cached_tokens=cached,
+            static=False,  # continuous batching
         )
 
     def synchronize(self) -> None:
