@@ -192,7 +192,8 @@ def build_spec(
         environment=environment,
         passthrough_env=PASSTHROUGH_ENV,
         mounts=tuple(mounts),
-        gpu_ids=tuple(str(i) for i in gpu_indices),
+        # By UUID where known: in a cgroup-constrained job NVML's index 0 is not the host's (Docker's) 0.
+        gpu_ids=gpu_uuids if len(gpu_uuids) == len(gpu_indices) else tuple(str(i) for i in gpu_indices),
         network_disabled=model_dir is not None,
         user=user,
         group_add=group_add,

@@ -92,8 +92,8 @@ def script(study_dir: Path, plan: Plan, options: SlurmOptions, worker_flags: Seq
         "--worker-id",
         "slurm-${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}",
     ]
-    if gpus:
-        worker += ["--gpus", "${SLURM_JOB_GPUS}"]  # the GPUs Slurm gave this task (NVML indices)
+    # No --gpus: the worker keeps to the GPUs Slurm gave its task (CUDA_VISIBLE_DEVICES), right
+    # whether or not a cgroup renumbers them; $SLURM_JOB_GPUS are the node's numbers.
     command = " ".join(_quote(part) for part in [*worker, *worker_flags])
     lines = [
         "#!/bin/bash",

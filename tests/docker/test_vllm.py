@@ -161,7 +161,22 @@ def test_no_measured_prefill_is_served_from_vllms_prefix_cache(tmp_path: Path, t
     prompt token, whether warm-up drew held-out prompts or marked copies (a source with none to
     spare); a warm cache asked for on purpose is served and labelled. Before the fix warm-up ran
     the measured prompts themselves and every measured prefill hit the cache (128 of 162 tokens)."""
-    words = "the quick brown fox jumps over a lazy dog while seven bright stars watch".split()
+    words = [
+        "the",
+        "quick",
+        "brown",
+        "fox",
+        "jumps",
+        "over",
+        "a",
+        "lazy",
+        "dog",
+        "while",
+        "seven",
+        "bright",
+        "stars",
+        "watch",
+    ]
 
     def prompt(i: int) -> str:  # 300 words: truncated to 192 tokens, more than one cache block
         return f"Prompt {i}: " + " ".join(words[(i + k) % len(words)] for k in range(300))

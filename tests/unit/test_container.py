@@ -57,6 +57,19 @@ def test_gpus_are_named_one_by_one_never_all():
     assert "device_requests" not in _run_kwargs(spec())
 
 
+def test_gpus_are_requested_by_uuid_where_the_host_knows_them():
+    # Inside a cgroup-constrained Slurm job NVML numbers the job's GPUs from 0, Docker the host's:
+    # an index would hand the container another job's GPU, a UUID never does.
+    uuids = ("GPU-5c1e0000-0000-0000-0000-000000000002", "GPU-8f2a0000-0000-0000-0000-000000000005")
+    s = build_spec(
+        image="llem/pytorch:test", study_id="s", run_id="e001-c1", run_dir=Path("/r/s/runs/e001-c1"),
+        hf_home=Path("/hf"), model_dir=None, gpu_indices=(0, 1), gpu_uuids=uuids, host_uid=1000, host_gid=1000,
+        host_pid=42,
+    )  # fmt: skip
+    (request,) = _run_kwargs(s)["device_requests"]
+    assert request.device_ids == list(uuids)
+
+
 def test_hf_token_is_a_read_only_file_and_never_in_the_environment(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
     local = spec(model_dir=Path("/models/tiny"))  # no download can happen: no token at all

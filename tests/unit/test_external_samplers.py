@@ -124,15 +124,15 @@ def test_auto_prefers_zeus_only_with_a_gpu(fake_zeus: dict[str, Any], monkeypatc
     import importlib.util
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "zeus" else None)
-    assert isinstance(make_sampler("auto", 1), ZeusSampler)
-    assert make_sampler("auto", 0) is None
-    assert make_sampler("nvml", 1) is None
+    assert isinstance(make_sampler("auto", [0]), ZeusSampler)
+    assert make_sampler("auto", []) is None
+    assert make_sampler("nvml", [0]) is None
 
 
 def test_a_missing_extra_says_which(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setitem(sys.modules, "zeus", None)
     monkeypatch.setitem(sys.modules, "codecarbon", None)
     with pytest.raises(SamplerUnavailable, match=r"llem-agent\[zeus\]"):
-        ZeusSampler(1)
+        ZeusSampler([0])
     with pytest.raises(SamplerUnavailable, match=r"llem-agent\[codecarbon\]"):
         CodeCarbonSampler()

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
+import types
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,6 +25,8 @@ from llem_agent.contract import (
     config_hash,
 )
 from llem_agent.energy import EnergyMeter, NvmlBackend, PowerReading, Sampler, WindowWork, energy_report
+from llem_agent.engines.tensorrt import MPI_LOOPBACK_ENV, TensorRTEngine
+from llem_agent.external import ZeusSampler
 from llem_agent.heartbeat import Heartbeat
 from llem_agent.measure import run_measurement
 from llem_agent.metrics import BEAM_SEARCH_UNTIMED, BatchObservation, latency, request_records, untimed_reasons
@@ -500,3 +504,67 @@ def test_a_temperature_still_moving_fast_at_the_end_is_drift(rate):
     facts = WindowFacts(20.0, 0.1, None, None, True, 0.1, 0, slope)
     (flag,) = [f for f in validity_flags(facts) if f.code == "temperature_drift"]
     assert f"{rate:+.2f} C/s" in flag.message.replace("+1.50", "+1.50")
+
+
+# --- 9. Zeus is given NVML indices, whatever CUDA_VISIBLE_DEVICES holds --------------------
+
+
+def test_zeus_gets_the_runs_gpus_as_integers_where_llem_hands_them_over_by_uuid(monkeypatch: pytest.MonkeyPatch):
+    seen: dict[str, object] = {}
+
+    class ZeusMonitor:
+        """Zeus 0.16's parse of the variable (zeus/device/gpu/nvidia.py, NVIDIAGPUs._init_gpus)."""
+
+        def __init__(self, gpu_indices: list[int]) -> None:
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            seen["visible"] = [int(idx) for idx in visible.split(",")] if visible is not None else None
+            seen["gpu_indices"] = gpu_indices
+
+    zeus = types.ModuleType("zeus")
+    monitor = types.ModuleType("zeus.monitor")
+    monitor.ZeusMonitor = ZeusMonitor  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "zeus", zeus)
+    monkeypatch.setitem(sys.modules, "zeus.monitor", monitor)
+    uuids = "GPU-5c1e0000-0000-0000-0000-000000000002,GPU-8f2a0000-0000-0000-0000-000000000005"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", uuids)  # as the local runner sets it
+    ZeusSampler([2, 5])  # was: ValueError (int('GPU-5c1e...')) at start
+    assert seen == {"visible": [2, 5], "gpu_indices": [0, 1]}
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == uuids  # the engine still sees what llem gave it
+
+
+def test_the_meter_hands_zeus_the_nvml_indices_of_the_runs_gpus():
+    class TwoOfEight(SteppedCounter):
+        def nvml_indices(self) -> list[int]:
+            return [3, 6]
+
+        def device_names(self) -> list[str]:
+            return ["H100", "H100"]
+
+    given: list[list[int]] = []
+    EnergyMeter(lambda: TwoOfEight(0.0), external_factory=given.append).open()  # type: ignore[arg-type, return-value, func-returns-value]
+    assert given == [[3, 6]]
+
+
+# --- 12. TensorRT-LLM's MPI keeps to loopback -------------------------------------------
+
+
+def test_mpi_is_told_to_keep_to_loopback_before_tensorrt_llm_is_imported(monkeypatch: pytest.MonkeyPatch):
+    class Stop(Exception):
+        pass
+
+    def sampling_params(**kwargs: object) -> object:
+        raise Stop  # far enough: the environment was read when the module was imported
+
+    fake = types.ModuleType("tensorrt_llm")
+    fake.SamplingParams = sampling_params  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "tensorrt_llm", fake)
+    for key in MPI_LOOPBACK_ENV:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("OMPI_MCA_oob_tcp_if_include", "ib0")  # a site's own choice stays
+    config = ExperimentConfig.model_validate({"model": "m", "engine": "tensorrt"})
+    with pytest.raises(Stop):
+        TensorRTEngine().load(config, "m")
+    seen = {key: os.environ.get(key) for key in MPI_LOOPBACK_ENV}
+    assert seen == {"OMPI_MCA_btl_tcp_if_include": "lo", "OMPI_MCA_oob_tcp_if_include": "ib0"}
+    dockerfile = (Path(__file__).parents[2] / "images" / "tensorrt" / "Dockerfile").read_text()
+    assert "OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo" in dockerfile

@@ -275,7 +275,7 @@ def test_zeus_windows_do_not_synchronise(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setitem(sys.modules, "zeus.monitor", SimpleNamespace(ZeusMonitor=Monitor))
     from llem_agent.external import ZeusSampler
 
-    sampler = ZeusSampler(1)
+    sampler = ZeusSampler([0])
     sampler.start()
     sampler.stop()
     assert calls == [("begin", {"sync_execution": False}), ("end", {"sync_execution": False})]

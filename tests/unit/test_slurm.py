@@ -32,7 +32,9 @@ def test_the_script_asks_for_what_the_study_needs(tmp_path, study_file):
         assert line in text.splitlines(), line
     (command,) = [line for line in text.splitlines() if line.startswith("exec ")]
     assert f"worker '{tmp_path}/my study'" in command  # quoted for the shell
-    assert '--gpus "${SLURM_JOB_GPUS}"' in command and '"slurm-${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"' in command
+    # No --gpus $SLURM_JOB_GPUS (the node's numbers, wrong under a cgroup): the worker keeps to
+    # CUDA_VISIBLE_DEVICES, which Slurm sets for the task.
+    assert "--gpus" not in command and '"slurm-${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"' in command
     assert command.endswith("--image=pytorch=x:1 --fail-fast")
 
 

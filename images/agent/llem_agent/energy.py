@@ -137,6 +137,7 @@ class NvmlBackend:
         self._names: list[str] = []
         self._only = only
         self._readings: list[PowerReading] = []
+        self._indices: list[int] = []
 
     def open(self) -> NvmlBackend:
         if self._only is not None and not self._only:
@@ -148,11 +149,12 @@ class NvmlBackend:
         try:
             pynvml.nvmlInit()
             count = pynvml.nvmlDeviceGetCount()
-            handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+            numbered = [(i, pynvml.nvmlDeviceGetHandleByIndex(i)) for i in range(count)]
             if self._only is not None:
                 wanted = set(self._only)
-                handles = [h for h in handles if str(pynvml.nvmlDeviceGetUUID(h)) in wanted]
-            self._handles = handles
+                numbered = [(i, h) for i, h in numbered if str(pynvml.nvmlDeviceGetUUID(h)) in wanted]
+            self._indices = [i for i, _ in numbered]
+            self._handles = [h for _, h in numbered]
             self._names = [str(pynvml.nvmlDeviceGetName(h)) for h in self._handles]
         except pynvml.NVMLError as exc:
             raise NvmlUnavailable(f"NVML unavailable: {exc}") from exc
@@ -191,6 +193,10 @@ class NvmlBackend:
 
     def power_readings(self) -> list[PowerReading]:
         return list(self._readings)
+
+    def nvml_indices(self) -> list[int]:
+        """The run's GPUs as NVML numbers them in this process (what Zeus is given)."""
+        return list(self._indices)
 
     def device_names(self) -> list[str]:
         return list(self._names)
@@ -298,6 +304,12 @@ def _averages_power_usage(nvml: Any, handle: object, name: str) -> bool:
     return arch >= ampere and not ga100
 
 
+def _nvml_indices(backend: EnergyBackend) -> list[int]:
+    """The backend's devices as NVML numbers them in this process (a fake: 0..n-1)."""
+    indices = getattr(backend, "nvml_indices", None)
+    return list(indices()) if indices is not None else list(range(len(backend.device_names())))
+
+
 def _power_readings(backend: EnergyBackend) -> list[PowerReading]:
     """The backend's readings (a fake without the method: instantaneous, GPU scope)."""
     readings = getattr(backend, "power_readings", None)
@@ -374,7 +386,7 @@ class EnergyMeter:
         backend_factory: Callable[[], EnergyBackend],
         interval_s: float = DEFAULT_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
-        external_factory: Callable[[int], ExternalSampler | None] | None = None,
+        external_factory: Callable[[list[int]], ExternalSampler | None] | None = None,
     ) -> None:
         self._factory = backend_factory
         self._external_factory = external_factory
@@ -405,8 +417,8 @@ class EnergyMeter:
         except NvmlUnavailable as exc:
             self._reason = str(exc)
         if self._external_factory is not None:  # before the model loads: a missing extra fails fast
-            n_gpus = len(self._backend.device_names()) if self._backend is not None else 0
-            self._external = self._external_factory(n_gpus)
+            indices = _nvml_indices(self._backend) if self._backend is not None else []
+            self._external = self._external_factory(indices)
         return self
 
     def close(self) -> None:

@@ -16,7 +16,10 @@ CodeCarbon). Import errors say which extra to install.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -44,11 +47,35 @@ class ExternalSampler(Protocol):
     def stop(self) -> ExternalEnergy: ...
 
 
+@contextlib.contextmanager
+def _cuda_devices_as_indices(nvml_indices: list[int]) -> Iterator[None]:
+    """``CUDA_VISIBLE_DEVICES`` as the NVML indices of the run's GPUs while Zeus enumerates them.
+
+    Zeus 0.16 reads the variable as integers (``int(idx)`` for each entry) when it builds its
+    GPU list, but llem hands a run its GPUs by UUID (the local runner, Slurm, Kubernetes): a
+    UUID there fails Zeus at start. NVML indices name the same devices; the variable is put
+    back at once, so the engine still sees the UUIDs."""
+    key = "CUDA_VISIBLE_DEVICES"
+    before = os.environ.get(key)
+    if nvml_indices:
+        os.environ[key] = ",".join(str(i) for i in nvml_indices)
+    else:
+        os.environ.pop(key, None)  # Zeus refuses an empty value: none set means "what NVML sees"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
 class ZeusSampler:
     name = "zeus"
     polls_gpu = False
 
-    def __init__(self, n_gpus: int) -> None:
+    def __init__(self, nvml_indices: list[int]) -> None:
+        """``nvml_indices``: the run's GPUs as NVML numbers them in this process."""
         try:
             import zeus
             from zeus.monitor import ZeusMonitor
@@ -57,7 +84,8 @@ class ZeusSampler:
                 "energy_sampler: zeus needs the zeus extra (pip install 'llem-agent[zeus]')"
             ) from None
         self._version = getattr(zeus, "__version__", None)
-        self._monitor: Any = ZeusMonitor(gpu_indices=list(range(n_gpus)))
+        with _cuda_devices_as_indices(nvml_indices):
+            self._monitor: Any = ZeusMonitor(gpu_indices=list(range(len(nvml_indices))))
 
     def start(self) -> None:
         # sync_execution=False: Zeus's default synchronises CUDA, which creates a context on every
@@ -107,12 +135,13 @@ class CodeCarbonSampler:
         return ExternalEnergy(energy_j=total, parts_j=parts, version=self._version, note="GPU + CPU + RAM (CodeCarbon)")
 
 
-def make_sampler(choice: str | None, n_gpus: int) -> ExternalSampler | None:
-    """The external sampler for ``energy_sampler``; None means llem's NVML meter alone."""
+def make_sampler(choice: str | None, nvml_indices: list[int]) -> ExternalSampler | None:
+    """The external sampler for ``energy_sampler``; None means llem's NVML meter alone.
+    ``nvml_indices``: the run's GPUs as NVML numbers them here ([] on a CPU run)."""
     if choice == "zeus":
-        return ZeusSampler(n_gpus)
+        return ZeusSampler(nvml_indices)
     if choice == "codecarbon":
         return CodeCarbonSampler()
-    if choice == "auto" and n_gpus > 0 and importlib.util.find_spec("zeus") is not None:
-        return ZeusSampler(n_gpus)
+    if choice == "auto" and nvml_indices and importlib.util.find_spec("zeus") is not None:
+        return ZeusSampler(nvml_indices)
     return None

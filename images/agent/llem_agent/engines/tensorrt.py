@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -24,6 +25,11 @@ from llem_agent.engines.args import tensorrt_llm_kwargs, tensorrt_sampling_kwarg
 from llem_agent.engines.base import RunDirs
 from llem_agent.metrics import BatchObservation
 from llem_agent.modelfiles import count_parameters, local_model_dir
+
+# TensorRT-LLM starts MPI workers (tensor / pipeline parallelism, and its executor): with no
+# network but loopback (llem's containers run with network none), Open MPI must keep to lo.
+# Set before tensorrt_llm is imported (MPI reads them at init); never over the user's own.
+MPI_LOOPBACK_ENV = {"OMPI_MCA_btl_tcp_if_include": "lo", "OMPI_MCA_oob_tcp_if_include": "lo"}
 
 _BUILD_KEYS = ("max_batch_size", "tensor_parallel_size", "pipeline_parallel_size", "max_input_len", "max_seq_len",
                "max_num_tokens", "dtype", "quant_config", "fast_build")  # fmt: skip
@@ -100,6 +106,8 @@ class TensorRTEngine:
         adapter_source: str | None = None,
         dirs: RunDirs | None = None,
     ) -> None:
+        for key, value in MPI_LOOPBACK_ENV.items():
+            os.environ.setdefault(key, value)
         from tensorrt_llm import SamplingParams
 
         dirs = dirs or RunDirs()
