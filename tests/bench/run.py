@@ -5,7 +5,8 @@
    with the wall time of optimum-benchmark doing the same work (same tiny model, batch 4,
    32 tokens in, 32 out, 40 prompts) in a container of the same image.
 2. Harness overhead: agent tokens/s over a bare ``model.generate`` loop, same container
-   (see harness.py).
+   (see harness.py); and the vLLM agent over a bare ``LLM.generate`` loop on vLLM's CPU build
+   (see vllm_harness.py).
 
 Medians and ratios only: these machines are noisy, so every comparison is made in one run.
 """
@@ -31,6 +32,9 @@ REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "tests" / "bench"
 IMAGE = f"llem/pytorch:{__version__}"
 OB_IMAGE = f"llem/bench-optimum-benchmark:{__version__}"
+VLLM_IMAGE = f"llem/vllm-cpu:{__version__}"
+# vLLM's harness workload: 160 prompts, batches of 4 (max_num_seqs), 64 tokens in, exactly 64 out.
+VLLM_HARNESS_ARGS = ("--prompts", "160", "--tokens", "64", "--batch", "4")
 DOCKER = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"
 STUDY = """name: bench-overhead
 model: {model}
@@ -108,6 +112,21 @@ def harness(model: Path, repetitions: int) -> dict[str, object]:
         "-v", f"{model}:/model:ro", "-v", f"{BENCH}:/bench:ro", IMAGE, "/bench/harness.py", "/model", str(repetitions),
     ).stdout  # fmt: skip
     data: dict[str, object] = json.loads(out.strip().splitlines()[-1])
+    return data
+
+
+def vllm_harness(model: Path, repetitions: int) -> dict[str, object]:
+    """The vLLM agent against a bare ``LLM.generate`` loop in the vLLM CPU image. vLLM's engine
+    core runs in the agent's process here (VLLM_ENABLE_V1_MULTIPROCESSING=0), on both sides
+    alike: on two cores its busy-polling core process, main process and worker otherwise fight
+    for the CPU and the pairs scatter by +-30%, which says nothing about the harness."""
+    out = sh(
+        DOCKER, "run", "--rm", "--network", "none", "--shm-size", "16g", "-e", "HOME=/tmp",
+        "-e", "VLLM_ENABLE_V1_MULTIPROCESSING=0", "--entrypoint", "/opt/llem/bin/python",
+        "-v", f"{model}:/model:ro", "-v", f"{BENCH}:/bench:ro", VLLM_IMAGE, "/bench/vllm_harness.py", "/model",
+        str(repetitions), *VLLM_HARNESS_ARGS,
+    ).stdout  # fmt: skip
+    data: dict[str, object] = json.loads(next(line for line in reversed(out.splitlines()) if line.startswith("{")))
     return data
 
 
@@ -229,6 +248,7 @@ def render(
     shared: list[dict[str, float]],
     ob: list[float],
     harness_data: dict[str, object],
+    vllm_data: dict[str, object],
     plan_times: dict[int, list[float]],
     results_times: dict[str, list[float]],
     sizes: list[tuple[str, int, int, int]],
@@ -308,6 +328,7 @@ def render(
         f"- Target >= 0.98: median ratio **{median(ratios):.3f}** ({'met' if median(ratios) >= 0.98 else 'NOT met'}); "
         f"ratio of the medians {ratio_of_medians:.3f}.",
         "",
+        *_vllm_harness_lines(vllm_data),
         "## Planning a large grid",
         "",
         "`llem run big.yaml --dry-run --json > /dev/null`, whole process (interpreter start, imports, YAML,",
@@ -398,6 +419,35 @@ def render(
     return "\n".join(lines)
 
 
+def _vllm_harness_lines(data: dict[str, object]) -> list[str]:
+    rows = data["rows"]
+    assert isinstance(rows, list)
+    ratios = [r["agent_tokens_per_s"] / r["bare_tokens_per_s"] for r in rows]
+    of_medians = median([r["agent_tokens_per_s"] for r in rows]) / median([r["bare_tokens_per_s"] for r in rows])
+    return [
+        "### vLLM",
+        "",
+        f"The vLLM agent's output tokens/s divided by a bare `LLM.generate` loop's, in `{VLLM_IMAGE}` (vLLM's CPU",
+        f"build, vllm {data['vllm']}) on the tiny random Llama of `make tiny-model`: the same loaded `vllm.LLM`, the",
+        "same pre-tokenized batches (160 prompts, `max_num_seqs` 4, 64 tokens in, exactly 64 out, greedy) and",
+        "`SamplingParams`, one process, alternating which side goes first. Each side warms up on the same",
+        "held-out prompts and empties the prefix cache before its window, as the agent does. vLLM's engine core",
+        "runs in-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`) on both sides: on two cores its separate",
+        "busy-polling process scattered the pairs by +-30%.",
+        "",
+        "| repetition | agent tok/s | bare tok/s | ratio |",
+        "|---:|---:|---:|---:|",
+        *(
+            f"| {i} | {r['agent_tokens_per_s']:.1f} | {r['bare_tokens_per_s']:.1f} | {ratio:.3f} |"
+            for i, (r, ratio) in enumerate(zip(rows, ratios, strict=True), start=1)
+        ),
+        "",
+        f"- Target >= 0.98: median ratio **{median(ratios):.3f}** ({'met' if median(ratios) >= 0.98 else 'NOT met'}); "
+        f"ratio of the medians {of_medians:.3f}.",
+        "",
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.run")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
@@ -405,7 +455,9 @@ def main() -> int:
     parser.add_argument(
         "--harness-repetitions", type=int, default=21, help="agent / bare-loop pairs (each window is ~0.2 s: many)"
     )
+    parser.add_argument("--vllm-repetitions", type=int, default=21, help="vLLM agent / bare-loop pairs")
     parser.add_argument("--model", type=Path, default=REPO / "examples" / "models" / "tiny-gpt2")
+    parser.add_argument("--llama", type=Path, default=REPO / "examples" / "models" / "tiny-llama")
     args = parser.parse_args()
     model = args.model.resolve()
     # llem as `pip install` leaves it: its modules byte-compiled. The editable install of a
@@ -441,6 +493,8 @@ def main() -> int:
             )
     print("harness overhead", flush=True)
     harness_data = harness(model, args.harness_repetitions)
+    print("vLLM harness overhead", flush=True)
+    vllm_data = vllm_harness(args.llama.resolve(), args.vllm_repetitions)
     print("planning", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         plan_times = planning(Path(tmp), args.repetitions)
@@ -454,7 +508,7 @@ def main() -> int:
         four_runs = STUDY.format(model=model).replace("n_cycles: 1", f"n_cycles: {SLURM_RUNS}")
         slurm = slurm_overhead(Path(tmp), four_runs, min(args.repetitions, 3))
     text = render(
-        overhead=overhead, shared=shared, ob=ob, harness_data=harness_data, plan_times=plan_times,
+        overhead=overhead, shared=shared, ob=ob, harness_data=harness_data, vllm_data=vllm_data, plan_times=plan_times,
         results_times=results_times, sizes=image_sizes(), sampler=sampler_cost(args.repetitions),
         claims=claims, slurm=slurm, command="make bench",
     )  # fmt: skip
