@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -91,7 +92,11 @@ def collect(run_dir: Path, run_id: str, outcome: ContainerOutcome) -> tuple[Expe
         try:
             error = RunError.model_validate_json(error_path.read_text(encoding="utf-8"))
             kind = _ERROR_KINDS.get(error.type, "agent_error")
-            return None, RunFailure(kind=kind, type=error.type, message=f"{error.phase}: {error.message}")
+            message = f"{error.phase}: {error.message}"
+            if "root cause" in error.message.lower():  # vLLM: "Engine core initialization failed. See root cause above"
+                cause = root_cause(run_dir / CONTAINER_LOG, error.message)
+                message += f" (root cause: {cause})" if cause else ""
+            return None, RunFailure(kind=kind, type=error.type, message=message)
         except (ValidationError, ValueError):
             pass
     if outcome.exit_code in (137, 143):
@@ -99,6 +104,30 @@ def collect(run_dir: Path, run_id: str, outcome: ContainerOutcome) -> tuple[Expe
             kind="killed", message=f"the container was killed from outside (exit {outcome.exit_code})"
         )
     return None, RunFailure(kind="no_result", message=f"container exited {outcome.exit_code} without {RESULT_FILE}")
+
+
+# An exception line as a process prints it, behind a logger's prefix or not:
+# "(EngineCore pid=24) ERROR 12-01 19:55:09 [core.py:1510] ValueError: Available memory ..."
+_EXCEPTION_LINE = re.compile(r"(?:^|\] |\s)(?P<line>(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception): \S.*)$")
+ROOT_CAUSE_CHARS = 300
+_LOG_TAIL_BYTES = 1 << 20
+
+
+def root_cause(log: Path, said: str) -> str | None:
+    """The last exception another process of the engine printed before the agent failed with
+    ``said`` (which only points at it): vLLM's engine core prints its own error to the log."""
+    try:
+        with log.open("rb") as handle:
+            handle.seek(max(0, log.stat().st_size - _LOG_TAIL_BYTES))
+            lines = handle.read().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    for text in reversed(lines):
+        match = _EXCEPTION_LINE.search(text.rstrip())
+        if match and said not in match["line"] and "root cause" not in match["line"].lower():
+            line = match["line"]
+            return line if len(line) <= ROOT_CAUSE_CHARS else line[: ROOT_CAUSE_CHARS - 3] + "..."
+    return None
 
 
 def may_download(config: ExperimentConfig, model_dir: Path | None, adapter_dir: Path | None) -> bool:

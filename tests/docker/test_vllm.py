@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -224,3 +225,45 @@ study_execution: {{n_cycles: 1, experiment_order: sequential}}
     assert [f["code"] for f in warm["energy"]["flags"]] == ["prefix_cache_warm"]
     table = run_llem("results", str(study_dir))
     assert table.returncode == 0 and "prefix_cache_warm" in table.stdout
+
+
+def test_a_default_vllm_study_runs_with_most_of_the_hosts_memory_taken(tmp_path: Path, tiny_llama: Path, vllm_image):
+    """vLLM's CPU backend reserves gpu_memory_utilization (0.92 by default) of the node's memory
+    at start and refuses when less is free: a default study failed at load once the page cache of
+    an image build filled the host. llem now sizes the KV cache from the study when it is silent."""
+    total = next(int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                 if line.startswith("MemTotal:"))  # fmt: skip
+    hog_bytes = int(total * 0.6)  # more than 8% of the node in use: the default 0.92 cannot be reserved
+    hog = subprocess.Popen(
+        [sys.executable, "-c", "import mmap, sys\nn = int(sys.argv[1])\nm = mmap.mmap(-1, n)\n"
+         "for i in range(0, n, 4096): m[i] = 1\nprint('held', flush=True)\nsys.stdin.read()", str(hog_bytes)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert hog.stdout is not None and hog.stdout.readline().strip() == "held"
+        study = tmp_path / "busy.yaml"
+        study.write_text(
+            f"""name: vllm-busy-host
+model: {tiny_llama}
+engine: vllm
+max_input_tokens: 32
+max_output_tokens: 8
+dataset: {{source: builtin, n_prompts: 4}}
+decoder: {{do_sample: false}}
+warmup: {{n_warmup: 4}}
+vllm: {{engine: {{max_num_seqs: 4, max_model_len: 256, enforce_eager: true}}}}
+study_execution: {{n_cycles: 1}}
+"""
+        )
+        done = run_llem("run", str(study), "--image", f"vllm={vllm_image}", "--results-dir", str(tmp_path / "r"),
+                        timeout=600)  # fmt: skip
+    finally:
+        hog.kill()
+        hog.wait()
+    (study_dir,) = (tmp_path / "r").iterdir()
+    logs = "".join(p.read_text()[-1500:] for p in study_dir.glob("runs/*/container.log"))
+    assert done.returncode == 0, done.stderr[-2000:] + logs
+    (result,) = results_of(study_dir).values()
+    # 2 x 2 layers x 1 KV head x 64 x 4 bytes a token, max(4 x 40, 256) tokens x 1.25: the 64 MiB floor.
+    assert result["effective"]["kv_cache_memory_bytes"] == 64 << 20
+    assert result["effective"]["kv_cache_sized_by"] == "llem"

@@ -20,11 +20,13 @@ from llem_agent.contract import (
     EnergyReport,
     ExperimentConfig,
     ExperimentResult,
+    RunError,
     RunRequest,
     WarmupConfig,
     config_hash,
 )
 from llem_agent.energy import EnergyMeter, NvmlBackend, PowerReading, Sampler, WindowWork, energy_report
+from llem_agent.engines.args import vllm_cpu_kv_cache_bytes
 from llem_agent.engines.tensorrt import MPI_LOOPBACK_ENV, TensorRTEngine
 from llem_agent.external import ZeusSampler
 from llem_agent.heartbeat import Heartbeat
@@ -38,7 +40,8 @@ from llem_agent.telemetry import (
     temperature_slope_c_per_s,
     validity_flags,
 )
-from orchestrator.launcher import Liveness
+from orchestrator.launcher import ContainerOutcome, Liveness
+from orchestrator.onerun import collect
 from tests.unit.test_measure import DummyEngine, no_nvml
 
 # --- 6. beam search invents no latencies -------------------------------------------------
@@ -568,3 +571,52 @@ def test_mpi_is_told_to_keep_to_loopback_before_tensorrt_llm_is_imported(monkeyp
     assert seen == {"OMPI_MCA_btl_tcp_if_include": "lo", "OMPI_MCA_oob_tcp_if_include": "ib0"}
     dockerfile = (Path(__file__).parents[2] / "images" / "tensorrt" / "Dockerfile").read_text()
     assert "OMPI_MCA_btl_tcp_if_include=lo OMPI_MCA_oob_tcp_if_include=lo" in dockerfile
+
+
+# --- issue 23, 12-13: a default vLLM run on a busy host; the engine's root cause said ------
+
+
+TINY_LLAMA = {"num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 64,
+              "hidden_size": 128, "max_position_embeddings": 2048, "dtype": "float32"}  # fmt: skip
+LLAMA_8B = {"num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "hidden_size": 4096,
+            "max_position_embeddings": 8192, "dtype": "bfloat16"}  # fmt: skip
+
+
+def test_vllms_cpu_kv_cache_is_sized_from_the_study_when_it_is_silent():
+    small = ExperimentConfig.model_validate(
+        {"model": "m", "engine": "vllm", "max_input_tokens": 32, "max_output_tokens": 12,
+         "vllm": {"engine": {"max_num_seqs": 4, "max_model_len": 256}}}
+    )  # fmt: skip
+    # 2 x 2 layers x 1 KV head x 64 x 4 bytes = 1 KiB a token; max(4 x 44, 256) tokens x 1.25 = 320 KiB:
+    # the 64 MiB floor.
+    assert vllm_cpu_kv_cache_bytes(small, TINY_LLAMA) == 64 << 20
+    default = ExperimentConfig.model_validate({"model": "m", "engine": "vllm", "dtype": "bfloat16"})
+    # 2 x 32 x 8 x 128 x 2 bytes = 128 KiB a token; 256 requests x (256 + 256) tokens x 1.25 = 20 GiB.
+    assert vllm_cpu_kv_cache_bytes(default, LLAMA_8B) == 256 * 512 * 131072 * 5 // 4
+    told = ExperimentConfig.model_validate(
+        {"model": "m", "engine": "vllm", "vllm": {"engine": {"gpu_memory_utilization": 0.3}}}
+    )
+    assert vllm_cpu_kv_cache_bytes(told, LLAMA_8B) is None  # the study said how much: untouched
+    assert vllm_cpu_kv_cache_bytes(default, {"model_type": "mystery"}) is None  # unknown shape: vLLM's default
+
+
+def test_an_engine_error_that_points_at_its_root_cause_carries_it(tmp_path: Path):
+    run_dir = tmp_path / "e001-c1"
+    run_dir.mkdir()
+    said = "Engine core initialization failed. See root cause above. Failed core proc(s): {}"
+    (run_dir / "container.log").write_text(
+        "(EngineCore pid=24) ERROR 12-01 19:55:09 [core.py:1510] Traceback (most recent call last):\n"
+        "(EngineCore pid=24) ERROR 12-01 19:55:09 [core.py:1510] ValueError: Available memory on node 0 "
+        "(19.31/21.19 GiB) on startup is less than desired CPU memory utilization (0.92, 19.49 GiB).\n"
+        "(EngineCore pid=24) INFO 12-01 19:55:09 [core.py:1520] shutting down\n"
+        f"RuntimeError: {said}\n[llem-agent 19:55:10] failed in phase load: RuntimeError: {said}\n"
+    )
+    error = RunError(run_id="e001-c1", type="RuntimeError", message=said, phase="load", traceback="")
+    (run_dir / "error.json").write_text(error.model_dump_json())
+    _, failure = collect(run_dir, "e001-c1", ContainerOutcome(1, False, False, 3.0))
+    assert failure is not None
+    assert failure.message == (
+        f"load: {said} (root cause: ValueError: Available memory on node 0 (19.31/21.19 GiB) on startup is less "
+        "than desired CPU memory utilization (0.92, 19.49 GiB).)"
+    )
+    assert "\n" not in failure.message

@@ -109,6 +109,45 @@ def vllm_engine_kwargs(config: ExperimentConfig, model_source: str) -> dict[str,
     return out
 
 
+# vLLM's CPU backend reserves gpu_memory_utilization (0.92 by default) of the node's memory at
+# start and refuses when less is free: a default run's fate would hang on the host's page cache.
+# Where the study is silent, llem sizes the KV cache from the study instead, with this margin.
+CPU_KV_MARGIN = 1.25
+CPU_KV_FLOOR_BYTES = 64 << 20
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+def vllm_cpu_kv_cache_bytes(config: ExperimentConfig, model_config: dict[str, Any]) -> int | None:
+    """``kv_cache_memory_bytes`` for vLLM's CPU backend when the study sets neither it nor
+    ``gpu_memory_utilization``: the KV cache that ``max_num_seqs`` requests of the study's
+    length need (at least one ``max_model_len`` sequence, as vLLM requires), x1.25, at least
+    64 MiB. ``model_config``: the model's config.json. None where either is set or the model's
+    shape is unknown (vLLM's default then applies)."""
+    engine = config.vllm.engine if config.vllm else None
+    if engine is not None and (engine.gpu_memory_utilization is not None or engine.kv_cache_memory_bytes is not None):
+        return None
+
+    def first(*keys: str) -> int | None:
+        values = [model_config.get(k) for k in keys]
+        return next((int(v) for v in values if isinstance(v, int) and not isinstance(v, bool) and v > 0), None)
+
+    layers = first("num_hidden_layers", "n_layer")
+    heads = first("num_attention_heads", "n_head")
+    kv_heads = first("num_key_value_heads") or heads
+    hidden = first("hidden_size", "n_embd")
+    head_dim = first("head_dim") or (hidden // heads if hidden and heads else None)
+    positions = first("max_position_embeddings", "n_positions")
+    max_len = (engine.max_model_len if engine else None) or positions
+    if not (layers and kv_heads and head_dim and max_len):
+        return None
+    dtype = config.dtype or str(model_config.get("dtype") or model_config.get("torch_dtype") or "float32")
+    per_token = 2 * layers * kv_heads * head_dim * _DTYPE_BYTES.get(dtype, 4)  # keys and values
+    per_request = min(max_len, (config.max_input_tokens or max_len) + (config.max_output_tokens or max_len))
+    seqs = (engine.max_num_seqs if engine else None) or 256  # vLLM's default max_num_seqs
+    tokens = max(seqs * per_request, max_len)
+    return max(CPU_KV_FLOOR_BYTES, int(tokens * per_token * CPU_KV_MARGIN))
+
+
 def _sampling(config: ExperimentConfig, greedy: dict[str, Any], no_top_k: int, section: Any) -> dict[str, Any]:
     """SamplingParams keywords shared by vLLM and TensorRT-LLM: the universal decoder, each
     engine's way of saying "greedy" and "no top-k", then the engine's own ``sampling`` section."""

@@ -10,13 +10,16 @@ expose the time of every token, so inter-token latency is each request's mean ga
 
 from __future__ import annotations
 
+import json
 import platform
 import time
+from pathlib import Path
 from typing import Any
 
 from llem_agent.contract import AgentEnvironment, ExperimentConfig
 from llem_agent.engines.args import (
     vllm_beam_search_kwargs,
+    vllm_cpu_kv_cache_bytes,
     vllm_engine_kwargs,
     vllm_lora_request,
     vllm_sampling_kwargs,
@@ -38,6 +41,7 @@ class VLLMEngine:
         self._tokenizer: Any = None
         self._source = ""
         self._kwargs: dict[str, Any] = {}
+        self._kv_sized = False
 
     def load(
         self,
@@ -50,6 +54,13 @@ class VLLMEngine:
 
         self._config, self._source = config, model_source
         self._kwargs = vllm_engine_kwargs(config, model_source)
+        if _device() == "cpu":  # the CPU backend reserves memory by share of the node: size it from the study
+            directory = local_model_dir(model_source)
+            shape = _model_config(directory) if directory else None
+            sized = vllm_cpu_kv_cache_bytes(config, shape) if shape else None
+            if sized is not None:
+                self._kwargs["kv_cache_memory_bytes"] = sized
+                self._kv_sized = True
         self._llm = LLM(**self._kwargs)
         self._sampling = SamplingParams(**vllm_sampling_kwargs(config))
         beam = vllm_beam_search_kwargs(config)
@@ -142,6 +153,10 @@ class VLLMEngine:
             out["tensor_parallel_size"] = int(config.parallel_config.tensor_parallel_size)
             out["enable_prefix_caching"] = bool(config.cache_config.enable_prefix_caching)
             out["kv_cache_dtype"] = str(config.cache_config.cache_dtype)
+            kv_bytes = getattr(config.cache_config, "kv_cache_memory_bytes", None)
+            if kv_bytes is not None:
+                out["kv_cache_memory_bytes"] = int(kv_bytes)
+                out["kv_cache_sized_by"] = "llem" if self._kv_sized else "study"
         return out
 
     def n_parameters(self) -> int | None:
@@ -168,6 +183,15 @@ class VLLMEngine:
             else [],
             cuda_runtime=torch.version.cuda,
         )
+
+
+def _model_config(directory: Path) -> dict[str, Any] | None:
+    """A local model's config.json, or None where it cannot be read."""
+    try:
+        data = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _device() -> str:
