@@ -118,10 +118,19 @@ demo: install images tiny-model ## Run the demo study (examples/quickstart.yaml)
 study: install images tiny-model ## Run a study: make study STUDY=path/to/study.yaml (the examples' tiny model is made first)
 	$(LLEM) run $(STUDY)
 
+# Besides the Python, make lint audits the GitHub workflows (zizmor, offline, with the auditor
+# persona's audits too; GitHub's workflow schema, bundled in check-jsonschema) and every
+# Dockerfile (hadolint with .hadolint.yaml). All run offline and fail on any finding.
+LINT_WORKFLOWS   ?= $(wildcard .github/workflows/*.yml)
+LINT_DOCKERFILES ?= $(wildcard images/*/Dockerfile tests/*/Dockerfile*)
+
 .PHONY: lint
-lint: install ## ruff lint + format check
+lint: install ## ruff lint + format check; zizmor and the workflow schema on .github/workflows; hadolint on the Dockerfiles
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/zizmor --offline --strict-collection --persona auditor --no-progress --color never $(LINT_WORKFLOWS)
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows $(LINT_WORKFLOWS)
+	$(VENV)/bin/hadolint --config .hadolint.yaml --no-color $(LINT_DOCKERFILES)
 
 .PHONY: typecheck
 typecheck: install ## mypy --strict on the host package and the agent
