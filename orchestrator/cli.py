@@ -503,9 +503,10 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
 
 
 def _console(stderr: bool = False) -> Console:
-    # Pipes and CI logs get a wide, fixed width instead of rich's 80-column fallback.
-    stream = sys.stderr if stderr else sys.stdout
-    return Console(stderr=stderr, width=None if stream.isatty() else 150)
+    # Pipes and CI logs get a wide, fixed width instead of rich's 80-column fallback, and lines
+    # that are never wrapped: a long path or error stays on one line for copy and grep.
+    tty = (sys.stderr if stderr else sys.stdout).isatty()
+    return Console(stderr=stderr, width=None if tty else 150, soft_wrap=not tty)
 
 
 def study_dir_arg(arg: str | None, user: UserConfig, results_dir: str | None = None) -> Path:

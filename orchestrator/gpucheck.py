@@ -148,6 +148,9 @@ def choose_tokens_out(steps: dict[int, Step], tokens_out: int, window_s: float, 
         if most < 1:
             raise GpuCheckError(f"batch size {batch} needs more than the {BUILTIN_PROMPTS} built-in prompts")
         need = max(need, math.ceil((window_s / most - step.prefill_s) / step.step_s) + 1)
+        # The same arithmetic as size_windows, so rounding can never ask for one batch more.
+        while math.ceil(window_s / step.batch_s(need)) > most:
+            need += 1
     if tokens_in + need > MAX_POSITIONS:
         raise GpuCheckError(
             f"a {window_s:.0f} s window needs {need} output tokens per request, more than the model's "

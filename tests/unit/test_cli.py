@@ -305,3 +305,13 @@ def test_a_reader_that_stops_early_is_not_an_internal_error(tmp_path: Path):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 1, err
     assert err == "", err
+
+
+def test_a_long_line_is_never_wrapped_when_stderr_is_not_a_terminal(capsys: pytest.CaptureFixture[str]):
+    """A long path or error on a pipe or in a CI log stays on one line (copy, grep)."""
+    from orchestrator.cli import _console
+
+    path = "/results/" + "d" * 90 + "/" + "e" * 90 + "/runs/e001-c1/container.log"
+    _console(stderr=True).print(f"  ✗ e001-c1  load: engine failed, see {path}")
+    (line,) = capsys.readouterr().err.splitlines()  # was: wrapped at column 150 onto a second line
+    assert line.endswith(path)
