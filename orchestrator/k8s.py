@@ -8,6 +8,7 @@ claimable again. A pod is the run's container, so the worker runs the agent in-p
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,10 +20,19 @@ import yaml
 from orchestrator import __version__
 from orchestrator.container import NONROOT
 from orchestrator.devices import devices_needed
+from orchestrator.errors import ConfigError
 from orchestrator.plan import Plan
 
 LABEL_PREFIX = "llem.dev"
 HF_MOUNT = "/llem/hf"
+# Paths the pod mounts itself: the results volume may not land on (or above) one of them.
+POD_MOUNTS = ("/tmp", "/dev/shm", HF_MOUNT)
+# A finished Job (and its pods' logs) is kept this long, then Kubernetes removes it.
+TTL_AFTER_FINISHED_S = 7 * 24 * 3600
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+DNS_SUBDOMAIN = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+# Kubernetes resource quantities: 4, 500m, 16Gi, 1.5G, ...
+QUANTITY = re.compile(r"[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?")
 
 
 @dataclass(frozen=True)
@@ -35,6 +45,27 @@ class K8sOptions:
     hf_token_secret: str | None = None  # a Secret with key HF_TOKEN
     pods: int | None = None  # parallelism per engine; default: one per run, at most 8
     gpus: bool = True  # nvidia.com/gpu limits from the experiments (False: CPU pods)
+    cpus: str = "4"  # CPU and memory requests = limits: Guaranteed QoS, never evicted first
+    memory: str = "16Gi"
+    deadline_s: int | None = None  # activeDeadlineSeconds: the study's wall-clock limit
+
+    def __post_init__(self) -> None:
+        """Names and paths a cluster would reject or misread, refused in one line each."""
+        if self.namespace is not None and not DNS_LABEL.fullmatch(self.namespace):
+            raise ConfigError(f"--namespace {self.namespace!r}: not a DNS label (lower-case a-z, 0-9, '-', <= 63)")
+        for flag, name in (("--pvc", self.results_pvc), ("--model-cache-pvc", self.model_cache_pvc),
+                           ("--hf-token-secret", self.hf_token_secret)):  # fmt: skip
+            if name is not None and not DNS_SUBDOMAIN.fullmatch(name):
+                raise ConfigError(f"{flag} {name!r}: not a Kubernetes object name (lower-case a-z, 0-9, '-', '.')")
+        path = self.mount_path.rstrip("/") or "/"
+        if not path.startswith("/"):
+            raise ConfigError(f"--mount-path must be absolute, got {self.mount_path!r}")
+        for taken in POD_MOUNTS:
+            if path == taken or taken.startswith(path + "/") or path == "/":  # below one is a nested mount: fine
+                raise ConfigError(f"--mount-path {self.mount_path}: the pod mounts {taken} itself; choose another path")
+        for flag, value in (("--cpus", self.cpus), ("--memory", self.memory)):
+            if not QUANTITY.fullmatch(value) or float(re.sub(r"[A-Za-z]+$", "", value)) <= 0:
+                raise ConfigError(f"{flag} {value!r}: not a positive Kubernetes quantity (e.g. 4, 500m, 16Gi)")
 
 
 def worker_image(ref: str) -> str:
@@ -49,6 +80,19 @@ def _name(text: str) -> str:
     """A DNS-1123 label from ``text``."""
     cleaned = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
     return cleaned[:50].strip("-") or "study"
+
+
+def job_name(study_dir: Path, engine: str) -> str:
+    """``llem-<study>-<engine>`` within 63 characters, unique per study directory: a long study
+    name is cut, never its timestamp, and a cut name carries a hash of the directory's name, so
+    a replan of the same study never overwrites the Job of an earlier one."""
+    full = f"llem-{re.sub(r'[^a-z0-9-]+', '-', study_dir.name.lower()).strip('-')}-{engine}"
+    if len(full) <= 63:
+        return full
+    stem, _, stamp = study_dir.name.rpartition("_")
+    digest = hashlib.sha256(study_dir.name.encode()).hexdigest()[:6]
+    tail = f"-{digest}-{_name(stamp)}-{engine}"
+    return f"llem-{_name(stem)[: 63 - len('llem-') - len(tail)].strip('-')}{tail}"
 
 
 def jobs(study_dir: Path, plan: Plan, options: K8sOptions, worker_flags: Sequence[str]) -> list[dict[str, Any]]:
@@ -69,7 +113,7 @@ def _job(
     study_dir: Path, plan: Plan, options: K8sOptions, engine: str, size: tuple[int, int], *, flags: Sequence[str]
 ) -> dict[str, Any]:
     gpus, pods = size
-    name = f"llem-{_name(study_dir.name)}-{engine}"[:63].rstrip("-")
+    name = job_name(study_dir, engine)
     labels = {f"{LABEL_PREFIX}/study": _name(plan.study.name), f"{LABEL_PREFIX}/engine": engine}
     command = ["llem", "worker", str(study_dir), "--runner", "local", "--no-lock", "--engine", engine,
                "--worker-id", "$(POD_NAME)", *flags]  # fmt: skip
@@ -93,9 +137,12 @@ def _job(
         mounts.append({"name": "hf", "mountPath": HF_MOUNT})
         env.append({"name": "HF_HOME", "value": HF_MOUNT})
     if options.hf_token_secret:  # the worker hands it to the agent as a file, only for runs that may download
-        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
-            "name": options.hf_token_secret, "key": "HF_TOKEN", "optional": True}}})  # fmt: skip
-    resources: dict[str, Any] = {"limits": {"nvidia.com/gpu": gpus}} if gpus else {}
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {  # a typo fails the pod, never no token
+            "name": options.hf_token_secret, "key": "HF_TOKEN", "optional": False}}})  # fmt: skip
+    # Requests = limits (Guaranteed QoS): measured pods are the last evicted and get whole cores.
+    sized = {"cpu": options.cpus, "memory": options.memory}
+    limits: dict[str, Any] = sized | ({"nvidia.com/gpu": gpus} if gpus else {})
+    resources: dict[str, Any] = {"requests": dict(sized), "limits": limits}
     container = {
         "name": "worker",
         "image": options.images[engine],
@@ -123,13 +170,24 @@ def _job(
             "completions": pods,
             "parallelism": pods,
             "backoffLimit": pods,  # a failed pod's run is claimed again by the next one
+            "ttlSecondsAfterFinished": TTL_AFTER_FINISHED_S,
+            # A worker exits 1 when a run it measured failed (the manifest says which): that is the
+            # study's outcome, not the pod's, and must never count toward backoffLimit (which, once
+            # exceeded, kills healthy pods mid-measurement). A refused config or environment (exit
+            # 2 or 3) fails every pod alike: fail the Job at once. Evictions and preemptions retry.
+            "podFailurePolicy": {"rules": [
+                {"action": "Ignore", "onExitCodes": {"containerName": "worker", "operator": "In", "values": [1]}},
+                {"action": "FailJob", "onExitCodes": {"containerName": "worker", "operator": "In", "values": [2, 3]}},
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            ]},
             "template": {
                 "metadata": {"labels": dict(labels)},
                 "spec": {
                     "restartPolicy": "Never",
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
-                    "securityContext": {"fsGroup": 0, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "securityContext": {"fsGroup": 0, "fsGroupChangePolicy": "OnRootMismatch",
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
                     "containers": [container],
                     "volumes": volumes,
                 },
@@ -138,6 +196,8 @@ def _job(
     }  # fmt: skip
     if options.namespace:
         job["metadata"]["namespace"] = options.namespace
+    if options.deadline_s:
+        job["spec"]["activeDeadlineSeconds"] = options.deadline_s
     return job
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
 import yaml
 
-from orchestrator.errors import EXIT_OK
+from orchestrator.errors import EXIT_OK, ConfigError
+from orchestrator.k8s import DNS_LABEL, K8sOptions, job_name
 from orchestrator.manifest import ManifestStore
 from tests.helpers import run_llem
 
@@ -80,7 +82,62 @@ def test_cpu_pods_ask_for_no_gpus_and_a_missing_pvc_flag_is_one_line(tmp_path, m
                     "--pvc", "p", "--cpu", "--pods", "2")  # fmt: skip
     assert done.returncode == EXIT_OK, done.stderr
     for doc in jobs(tmp_path / "k8s").values():
-        assert "limits" not in doc["spec"]["template"]["spec"]["containers"][0]["resources"]
+        assert "nvidia.com/gpu" not in doc["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
         assert doc["spec"]["parallelism"] == 2
     refused = run_llem("k8s", str(mixed), "--out", str(tmp_path / "k8s2"))
     assert refused.returncode == 2 and "--pvc" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def options(**overrides: object) -> K8sOptions:
+    return K8sOptions(**({"results_pvc": "results", "mount_path": "/shared", "images": {"pytorch": "x:1"}} | overrides))  # type: ignore[arg-type]
+
+
+def test_a_long_study_name_keeps_its_timestamp_and_a_replan_never_reuses_a_job_name():
+    name = "a-very-long-study-name-that-goes-on-and-on-for-quite-a-while"  # 60 characters
+    first, second = (Path(f"/shared/{name}_{stamp}") for stamp in ("20261201T101500Z", "20261201T111500Z"))
+    a, b = job_name(first, "pytorch"), job_name(second, "pytorch")
+    assert a != b  # was: both cut to the same 63 characters, so the second apply replaced the first Job
+    assert a.endswith("-20261201t101500z-pytorch") and len(a) <= 63 and DNS_LABEL.fullmatch(a)
+    assert job_name(Path("/shared/short_20261201T101500Z"), "vllm") == "llem-short-20261201t101500z-vllm"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "said"),
+    [
+        ({"namespace": "Energy_Lab"}, "--namespace 'Energy_Lab': not a DNS label"),
+        ({"results_pvc": "my pvc"}, "--pvc 'my pvc': not a Kubernetes object name"),
+        ({"hf_token_secret": "HF"}, "--hf-token-secret 'HF'"),
+        ({"mount_path": "/tmp"}, "the pod mounts /tmp itself"),
+        ({"mount_path": "/dev"}, "the pod mounts /dev/shm itself"),
+        ({"mount_path": "/"}, "the pod mounts /tmp itself"),
+        ({"mount_path": "shared"}, "must be absolute"),
+        ({"cpus": "four"}, "--cpus 'four': not a positive Kubernetes quantity"),
+        ({"memory": "0Gi"}, "--memory '0Gi'"),
+    ],
+)
+def test_names_paths_and_sizes_a_cluster_would_reject_are_one_line(overrides, said):
+    with pytest.raises(ConfigError, match=re.escape(said)):
+        options(**overrides)
+
+
+def test_pods_are_guaranteed_qos_and_runs_that_fail_never_count_against_the_backoff(tmp_path, mixed):
+    done = run_llem("k8s", str(mixed), "--out", str(tmp_path / "k8s"), "--results-dir", str(tmp_path / "r"),
+                    "--pvc", "p", "--hf-token-secret", "hf")  # fmt: skip
+    assert done.returncode == EXIT_OK, done.stderr
+    for doc in jobs(tmp_path / "k8s").values():  # strictly valid against the API schemas
+        spec = doc["spec"]
+        pod = spec["template"]["spec"]
+        resources = pod["containers"][0]["resources"]
+        # Requests equal limits for CPU and memory: Guaranteed QoS (was: none, BestEffort, evicted first).
+        assert resources["requests"] == {"cpu": "4", "memory": "16Gi"}
+        assert {k: resources["limits"][k] for k in ("cpu", "memory")} == resources["requests"]
+        rules = spec["podFailurePolicy"]["rules"]
+        assert rules[0] == {
+            "action": "Ignore",
+            "onExitCodes": {"containerName": "worker", "operator": "In", "values": [1]},
+        }
+        assert rules[1]["action"] == "FailJob" and rules[1]["onExitCodes"]["values"] == [2, 3]
+        assert spec["ttlSecondsAfterFinished"] == 7 * 24 * 3600
+        assert pod["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
+        (token,) = [e for e in pod["containers"][0]["env"] if e["name"] == "HF_TOKEN"]
+        assert token["valueFrom"]["secretKeyRef"]["optional"] is False  # a typo fails, never silently no token
