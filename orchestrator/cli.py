@@ -193,14 +193,16 @@ def container_memory(flag: str | None) -> str | None:
 class PullLines:
     """Pull progress as a line every few seconds (terminals and Slurm logs alike)."""
 
-    def __init__(self, console: Console, every_s: float = 3.0) -> None:
-        self.console, self.every_s = console, every_s
+    def __init__(self, console: Console, every_s: float = 3.0, why: str | None = None) -> None:
+        """``why``: said with the first line (``llem run`` pulls only what this host lacks;
+        ``llem pull`` pulls what it has too, since a tag may have moved)."""
+        self.console, self.every_s, self.why = console, every_s, why
         self._last: dict[str, float] = {}
 
     def __call__(self, image: str, done_bytes: int, total_bytes: int) -> None:
         now = time.monotonic()
         if image not in self._last:
-            self.console.print(f"pulling {image} (not on this host)")
+            self.console.print(f"pulling {image}" + (f" ({self.why})" if self.why else ""))
         elif now - self._last[image] < self.every_s:
             return
         self._last[image] = now
@@ -217,7 +219,7 @@ def _launchers(study: Study, args: argparse.Namespace, user: UserConfig) -> tupl
     engines = {e.config.engine for e in study.experiments}
     choices = resolve_runners(engines, study=study.runners, cli=args.runner, user=user.runners())
     # Connects on first use: a study run entirely by the local runner needs no Docker.
-    on_pull = None if getattr(args, "no_pull", False) else PullLines(_console(stderr=True))
+    on_pull = None if getattr(args, "no_pull", False) else PullLines(_console(stderr=True), why="not on this host")
     docker = DockerLauncher(contract_cache=baseline_cache_dir().parent / "contracts", on_pull=on_pull)
     return {
         engine: LocalLauncher(engine, chosen_by=choice.source) if choice.kind == "local" else docker
@@ -294,7 +296,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         err.print(f"resuming study {study.name} in {study_dir}: {done} of {len(plan.runs)} runs completed, "
                   f"{len(plan.runs) - done} to run")  # fmt: skip
     else:
-        err.print(f"study {study.name}: {len(plan.runs)} runs -> {study_dir}")
+        err.print(f"study {study.name}: {plural(len(plan.runs), 'run')} -> {study_dir}")
     with ProgressDisplay(plan, err, done=runner.completed_count()) as display:
         runner.events = display
         outcomes = runner.execute()
@@ -499,7 +501,16 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
         help="write llem-{experiment,study,result}.schema.json into DIR (default: print them as one JSON object)",
     )  # fmt: skip
     schema.set_defaults(func=cmd_schema)
+    # No abbreviations: `--name` must never be taken for `--namespace`, nor `--res` for whatever
+    # flag it prefixes today (and another tomorrow).
+    for each in (parser, *sub.choices.values()):
+        each.allow_abbrev = False
     return parser
+
+
+def plural(n: int, word: str) -> str:
+    """``1 run``, ``2 runs``, ``1,000 runs``."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
 def _console(stderr: bool = False) -> Console:

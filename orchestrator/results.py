@@ -452,8 +452,12 @@ def load_manifest(study_dir: Path) -> tuple[Manifest, str]:
 
 
 def experiment_label(params: dict[str, Any], swept: Sequence[str], engine: str) -> str:
-    """``engine`` (when swept) and ``key=value`` of each swept parameter; the engine alone otherwise."""
-    parts = [f"{k}={params.get(k)}" for k in swept if k != "engine"]
+    """``engine`` (when swept) and ``key=value`` of each swept parameter; the engine alone otherwise.
+    A parameter of another engine's section (``vllm.engine.max_num_seqs`` of a pytorch experiment)
+    is not this experiment's: it is left out, never shown as ``=None``."""
+    from orchestrator.sweep import engine_scope
+
+    parts = [f"{k}={params.get(k)}" for k in swept if k != "engine" and engine_scope(k) in (None, engine)]
     if "engine" in swept:
         parts.insert(0, engine)
     return " ".join(parts) if parts else engine

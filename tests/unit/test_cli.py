@@ -315,3 +315,21 @@ def test_a_long_line_is_never_wrapped_when_stderr_is_not_a_terminal(capsys: pyte
     _console(stderr=True).print(f"  ✗ e001-c1  load: engine failed, see {path}")
     (line,) = capsys.readouterr().err.splitlines()  # was: wrapped at column 150 onto a second line
     assert line.endswith(path)
+
+
+def test_no_flag_is_taken_for_another_by_its_prefix():
+    from orchestrator.cli import build_parser
+
+    parser = build_parser()
+    # `--name` was silently taken as `--namespace` by `llem k8s` (argparse abbreviations).
+    with pytest.raises(SystemExit):
+        parser.parse_args(["k8s", "s.yaml", "--out", "o", "--pvc", "p", "--name", "x"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["run", "s.yaml", "--res", "results"])  # a prefix of --results-dir / --resume
+    assert parser.parse_args(["run", "s.yaml", "--results-dir", "r"]).results_dir == "r"
+
+
+def test_counts_are_said_in_the_singular_for_one():
+    from orchestrator.cli import plural
+
+    assert (plural(1, "run"), plural(2, "run"), plural(1000, "run")) == ("1 run", "2 runs", "1,000 runs")

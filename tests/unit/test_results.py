@@ -171,3 +171,13 @@ def test_metrics_cache_follows_the_result_file(tmp_path: Path):
     (run_dir / RESULT_FILE).write_text(json.dumps(result, indent=1))
     assert first != 12345.0
     assert aggregate(study).runs[0].metrics["output_tokens_per_s"] == 12345.0
+
+
+def test_a_label_leaves_out_the_parameters_of_another_engines_section():
+    from orchestrator.results import experiment_label
+
+    swept = ["engine", "pytorch.batch_size", "vllm.engine.max_num_seqs"]
+    # was: "pytorch pytorch.batch_size=4 vllm.engine.max_num_seqs=None"
+    assert experiment_label({"pytorch.batch_size": 4}, swept, "pytorch") == "pytorch pytorch.batch_size=4"
+    assert experiment_label({"vllm.engine.max_num_seqs": 8}, swept, "vllm") == "vllm vllm.engine.max_num_seqs=8"
+    assert experiment_label({"dtype": "float16"}, ["dtype"], "vllm") == "dtype=float16"
