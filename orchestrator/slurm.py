@@ -70,9 +70,9 @@ def script(study_dir: Path, plan: Plan, options: SlurmOptions, worker_flags: Seq
     gpus = options.gpus if options.gpus is not None else gpus_per_run(plan, options.partition)
     out = study_dir / SLURM_DIR
     header = [
-        f"--job-name=llem-{plan.study.name}"[:80],
+        f"--job-name={_header_value(f'llem-{plan.study.name}'[:80])}",
         f"--array=0-{tasks - 1}",
-        f"--output={out}/%A_%a.out",
+        f"--output={_header_value(f'{out}/%A_%a.out')}",
     ]
     chosen = (("partition", options.partition), ("account", options.account), ("time", options.time))
     header += [f"--{key}={value}" for key, value in chosen if value]
@@ -107,6 +107,14 @@ def script(study_dir: Path, plan: Plan, options: SlurmOptions, worker_flags: Seq
         "",
     ]
     return "\n".join(lines)
+
+
+def _header_value(value: str) -> str:
+    """A value for an ``#SBATCH`` line: double-quoted where it holds a space (sbatch splits the
+    line at whitespace otherwise, and the rest of a path becomes a cryptic error)."""
+    if any(c in value for c in '"\n\r\\'):
+        raise ConfigError(f"{value!r}: quotes, backslashes or line breaks cannot go in sbatch's header")
+    return f'"{value}"' if any(c.isspace() for c in value) else value
 
 
 def _quote(part: str) -> str:
@@ -166,14 +174,18 @@ def submit(script_path: Path) -> str:
 
 
 def job_alive(job_id: str) -> bool:
-    """Whether any task of ``job_id`` is pending or running (squeue)."""
+    """Whether any task of ``job_id`` may still be pending or running (squeue). Only Slurm saying
+    so ends it: an empty answer, or "Invalid job id" (a job it has forgotten). A failed call
+    (slurmctld busy or restarting: "Socket timed out") says nothing, so the job is followed on."""
     try:
         done = subprocess.run(
             ["squeue", "-h", "-j", job_id, "-o", "%i"], capture_output=True, text=True, check=False, timeout=60
         )
     except (FileNotFoundError, subprocess.TimeoutExpired):
         return True  # cannot tell: keep following the manifest
-    return done.returncode == 0 and bool(done.stdout.strip())
+    if done.returncode == 0:
+        return bool(done.stdout.strip())
+    return "invalid job id" not in (done.stderr + done.stdout).lower()
 
 
 def follow(

@@ -142,3 +142,18 @@ def test_an_unknown_partition_is_one_line_and_the_study_can_be_submitted_again(t
     (line,) = done.stderr.strip().splitlines()[-1:]
     assert "Slurm refused the job" in line and "--resume-dir" in line and "Traceback" not in done.stderr
     assert all(r["status"] == "pending" for r in manifest(study_dir_of(results))["runs"])
+
+
+def test_a_results_directory_with_a_space_makes_a_script_slurm_accepts(tmp_path, slurm):
+    """`#SBATCH --output=/x/my results/...` made sbatch fail with "Invalid directive found in
+    batch script: results/...". The script is checked by the real sbatch (--test-only: parsed,
+    scheduled on paper, never run)."""
+    done = run_llem("run", str(REPO / "examples" / "quickstart.yaml"), "--executor", "slurm", "--dry-run",
+                    "--results-dir", str(tmp_path / "my results"), env=slurm)  # fmt: skip
+    assert done.returncode == EXIT_OK, done.stderr
+    script = tmp_path / "job.sbatch"
+    script.write_text(done.stdout)
+    assert f'#SBATCH --output="{(tmp_path / "my results").resolve()}/' in done.stdout
+    checked = subprocess.run(["sbatch", "--test-only", str(script)], capture_output=True, text=True, check=False,
+                             env={**os.environ, **slurm}, timeout=60)  # fmt: skip
+    assert checked.returncode == 0, checked.stderr

@@ -28,7 +28,7 @@ def test_the_script_asks_for_what_the_study_needs(tmp_path, study_file):
     assert text.startswith("#!/bin/bash\n")
     for line in ("#SBATCH --array=0-2", "#SBATCH --partition=gpu", "#SBATCH --account=green",
                  "#SBATCH --time=02:00:00", "#SBATCH --gres=gpu:2", "#SBATCH --constraint=h100",
-                 "#SBATCH --exclusive", f"#SBATCH --output={tmp_path}/my study/slurm/%A_%a.out"):  # fmt: skip
+                 "#SBATCH --exclusive", f'#SBATCH --output="{tmp_path}/my study/slurm/%A_%a.out"'):  # fmt: skip
         assert line in text.splitlines(), line
     (command,) = [line for line in text.splitlines() if line.startswith("exec ")]
     assert f"worker '{tmp_path}/my study'" in command  # quoted for the shell
@@ -169,3 +169,23 @@ def test_wait_reports_a_stopped_study_once_the_job_has_left_the_queue(tmp_path, 
     )  # every task stopped with runs pending
     monkeypatch.setattr(slurm, "job_alive", lambda job_id: False)
     assert slurm.follow(study_dir, "42", lambda done, total: None, poll_s=0.01) == ("circuit_open", 4)
+
+
+def fake_squeue(tmp_path: Path, monkeypatch, code: int, out: str = "", err: str = "") -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    squeue = bin_dir / "squeue"
+    squeue.write_text(f"#!/bin/sh\nprintf '%s' '{out}'\nprintf '%s' '{err}' >&2\nexit {code}\n")
+    squeue.chmod(squeue.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+def test_a_job_is_gone_only_when_slurm_says_so(tmp_path, monkeypatch):
+    fake_squeue(tmp_path, monkeypatch, 1, err="slurm_load_jobs error: Socket timed out on send/recv operation")
+    assert slurm.job_alive("42")  # was: gone, and --wait told the user to resubmit while both tasks ran
+    fake_squeue(tmp_path, monkeypatch, 1, err="slurm_load_jobs error: Invalid job id specified")
+    assert not slurm.job_alive("42")
+    fake_squeue(tmp_path, monkeypatch, 0, out="")
+    assert not slurm.job_alive("42")
+    fake_squeue(tmp_path, monkeypatch, 0, out="42_0")
+    assert slurm.job_alive("42")
