@@ -139,11 +139,16 @@ class ManifestStore:
                 for key, value in fields.items():
                     setattr(entry, key, value)
 
-    def set_status(self, status: StudyStatus) -> None:
-        """Set the study's status; every earlier status stays in ``history``."""
+    def set_status(self, status: StudyStatus, detail: str | None = None) -> None:
+        """Set the study's status; every earlier status stays in ``history``. ``detail`` says what
+        is left (a final status); the same status with the same detail twice in a row (two workers
+        concluding at once) is recorded once."""
         with self._rewrite() as manifest:
+            last = manifest.history[-1] if manifest.history else {}
+            if detail is not None and manifest.status == status and last.get("detail") == detail:
+                return
             manifest.status = status
-            manifest.history.append({"status": status, "at": utc_now()})
+            manifest.history.append({"status": status, "at": utc_now(), **({"detail": detail} if detail else {})})
 
     def note(self, **fields: str) -> None:
         """Add an event to the study's ``history`` (a Slurm submission, say)."""

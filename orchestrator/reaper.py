@@ -2,8 +2,10 @@
 
 Containers carry the host, pid and study directory of the llem process that started them.
 One whose process is gone is an orphan: it is removed, and the run it was measuring is
-marked interrupted so ``--resume`` runs it again. Device locks need no cleanup: the kernel
-released them when the process died.
+marked interrupted so ``--resume`` (or any worker of the study) runs it again. The launcher
+also removes an orphan of the very run it is about to start (same container name), so a
+worker that takes over a run from one killed -9 never measures beside its container. Device
+locks need no cleanup: the kernel released them when the process died.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import os
 import socket
 from pathlib import Path
 
+from orchestrator.claims import ClaimBoard
 from orchestrator.container import LABEL_HOST, LABEL_HOST_PID, LABEL_RUN, LABEL_STUDY_DIR
+from orchestrator.errors import LlemError
 from orchestrator.launcher import DockerLauncher
 from orchestrator.manifest import ManifestStore
 
@@ -28,19 +32,17 @@ def process_alive(pid: int) -> bool:
 
 
 def mark_interrupted(study_dir: Path, run_id: str) -> None:
-    """Record in a dead study's manifest that its running run never finished."""
+    """Record in the manifest that the orphan's run never finished, and that the study stopped
+    unless other workers still hold runs of it (they go on, and the last of them concludes)."""
     try:
-        manifest = ManifestStore.load(study_dir)
-    except (OSError, ValueError):
+        store = ManifestStore(study_dir, ManifestStore.load(study_dir))
+        entry = next((r for r in store.refresh().runs if r.run_id == run_id), None)
+        if entry is not None and entry.status == "running":
+            store.update_run(run_id, status="interrupted")
+        if store.manifest.status == "running" and not ClaimBoard(study_dir).live_claims():
+            store.set_status("interrupted")
+    except (OSError, ValueError, LlemError):
         return
-    store = ManifestStore(study_dir, manifest)
-    entry = next((r for r in manifest.runs if r.run_id == run_id), None)
-    if entry is not None and entry.status == "running":
-        entry.status = "interrupted"
-    if manifest.status == "running":
-        store.set_status("interrupted")
-    else:
-        store.save()
 
 
 def reap_orphans(launcher: DockerLauncher) -> list[str]:

@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,17 +16,19 @@ from typing import Any, Protocol
 from filelock import FileLock, Timeout
 
 from llem_agent.contract import (
+    HEARTBEAT_FILE,
     refusal_reason,
     unsupported_by_agent,
     write_atomic,
 )
 from orchestrator import __version__
-from orchestrator.claims import DEFAULT_STALE_AFTER_S, Claim, ClaimBoard
+from orchestrator.claims import DEFAULT_STALE_AFTER_S, Claim, ClaimBoard, age_s
+from orchestrator.container import ContainerSpec, Mount
 from orchestrator.datasets import resolve_dataset
 from orchestrator.devices import assign_devices
 from orchestrator.errors import ConfigError, EnvironmentProblem, Interrupted, LlemError
 from orchestrator.hostinfo import host_facts
-from orchestrator.launcher import Launcher
+from orchestrator.launcher import ContainerOutcome, Launcher, Liveness
 from orchestrator.locks import DeviceLocks, lock_names
 from orchestrator.manifest import (
     CLAIMABLE,
@@ -97,6 +99,49 @@ class RunnerEvents(Protocol):
     def run_phase(self, run: PlannedRun, phase: str, detail: str) -> None: ...
 
 
+@dataclass
+class _Loop:
+    """Where a runner's claim loop stands."""
+
+    todo: list[PlannedRun]
+    worker: str | None
+    breaker: CircuitBreaker
+    clock: WallClock
+    final: StudyStatus | None = None
+    current: PlannedRun | None = None
+    claim: Claim | None = None
+    previous: PlannedRun | None = None
+    position: int = 0
+
+
+class ClaimLost(Exception):
+    """The run's claim is another worker's now (this one was judged dead): it must not start."""
+
+
+class _ClaimGuard:
+    """A launcher that starts a run only while ``still_ours()`` says its claim is this worker's."""
+
+    def __init__(self, inner: Launcher, still_ours: Callable[[], bool]) -> None:
+        self.inner, self.still_ours = inner, still_ours
+        self.kind = inner.kind
+
+    def agent_path(self, mount: Mount) -> str:
+        return self.inner.agent_path(mount)
+
+    def check(self, images: Iterable[str]) -> None:
+        self.inner.check(images)
+
+    def describe(self, images: Iterable[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        return self.inner.describe(images)
+
+    def run(
+        self, spec: ContainerSpec, timeout_s: float, log_path: Path, liveness: Liveness | None = None
+    ) -> ContainerOutcome:
+        if not self.still_ours():
+            raise ClaimLost(spec.name)
+        return self.inner.run(spec, timeout_s, log_path, liveness)
+
+
 def newest_unfinished(root: Path, name: str) -> Path:
     """The newest study directory of ``name`` under ``root`` whose study did not complete."""
     candidates = [
@@ -146,6 +191,7 @@ class StudyRunner:
         self._engine_dirs: dict[int, Path | None] = {}
         self._datasets: dict[int, Path | None] = {}
         self._study_lock: FileLock | None = None
+        self._guard: Callable[[], bool] | None = None  # while a claimed run goes: is it still ours?
         self.summary: StudySummary | None = None
 
     def preflight(self, here: bool = True) -> None:
@@ -211,13 +257,16 @@ class StudyRunner:
         probe.release()
 
     def launcher_for(self, engine: str) -> Launcher:
-        """The launcher that runs ``engine``'s experiments."""
+        """The launcher that runs ``engine``'s experiments (during a claimed run: one that makes
+        sure the claim is still this worker's right before the run's container starts)."""
         if isinstance(self.launcher, Mapping):
             try:
-                return self.launcher[engine]
+                launcher = self.launcher[engine]
             except KeyError:
                 raise EnvironmentProblem(f"no runner configured for engine '{engine}'") from None
-        return self.launcher
+        else:
+            launcher = self.launcher
+        return launcher if self._guard is None else _ClaimGuard(launcher, self._guard)
 
     def _images_by_engine(self) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
@@ -388,61 +437,135 @@ class StudyRunner:
         """Run every run that is pending (or was interrupted) under the study's policies, each
         under a claim (:mod:`orchestrator.claims`), so that other workers may share the study.
 
+        Runs a live worker holds are looked at again until they are finished or free (a claim
+        whose worker died goes stale, or at once when it was a process of this host): this
+        returns only when no run is claimable and no claim is live, or a policy stopped it.
         ``worker``: run as one worker of several (``llem worker``: Slurm array tasks, Kubernetes
-        pods): runs a live worker holds are left to it, and the study's final status is set by
-        the worker that finds nothing left. Ctrl-C / SIGTERM marks the current run interrupted
+        pods): a policy that stops it leaves the other runs to the others. Whoever finds nothing
+        left gives the study its final status. Ctrl-C / SIGTERM marks the current run interrupted
         (claimable again) and raises. Returns an outcome for every run of the plan.
         """
         assert self._store is not None and self.study_dir is not None, "call prepare() or resume() first"
-        store = self._store
         board = ClaimBoard(self.study_dir, worker, self.options.claim_stale_s)
-        todo = [run for run in self.plan.runs if store.manifest.run(run.run_id).status in CLAIMABLE]
-        execution = self.plan.study.execution
-        breaker = CircuitBreaker(self.options.max_consecutive_failures, self.options.circuit_breaker_cooldown_s)
-        clock = WallClock(self.options.wall_clock_limit_s)
-        final: StudyStatus | None = None
-        current: PlannedRun | None = None
-        claim: Claim | None = None
-        previous: PlannedRun | None = None
+        todo = [run for run in self.plan.runs if self._store.manifest.run(run.run_id).status in CLAIMABLE]
+        loop = _Loop(
+            todo=todo,
+            worker=worker,
+            breaker=CircuitBreaker(self.options.max_consecutive_failures, self.options.circuit_breaker_cooldown_s),
+            clock=WallClock(self.options.wall_clock_limit_s),
+        )
+        pending, said = todo, ""
         try:
-            for position, run in enumerate(todo, start=1):
-                if clock.expired():
-                    final = "timed_out"
-                    if worker is None:  # a worker leaves the rest to the others
-                        self._skip(todo[position - 1 :], "timed_out", "the study's wall-clock limit was reached")
-                    break
-                claim = self._claim(board, run)
-                if claim is None:
-                    continue
-                if previous is not None:
-                    new_cycle = run.cycle != previous.cycle
-                    self._sleep(execution.cycle_gap_seconds if new_cycle else execution.config_gap_seconds)
-                current = previous = run
-                self.events.run_started(run, position, len(todo))
-                with board.keep_alive(claim):
-                    outcome = self._run_one(run, clock.remaining_s(), claim.held)
-                claim.release()
-                current = claim = None
-                self.events.run_finished(outcome)
-                decision = breaker.record(outcome.entry.status == "completed")
-                if decision == "abort":
-                    final = "circuit_open"
-                    if worker is None:
-                        self._skip(todo[position:], "circuit_open", "the circuit breaker stopped the study")
-                    break
-                if decision == "cooldown" and position < len(todo):
-                    self._sleep(self.options.circuit_breaker_cooldown_s)
-                    breaker.probe()
+            while pending and loop.final is None:
+                held = self._one_pass(board, loop, pending)
+                pending = [run for run in pending if run.run_id in held]
+                if pending and loop.final is None:
+                    said = self._wait_for_others(held, said)
         except (KeyboardInterrupt, OSError, LlemError) as exc:
-            self._mark_stopped(current, study=worker is None)
+            self._mark_stopped(loop.current, study=worker is None)
             raise self._stopped_by(exc) from None
         finally:
-            if claim is not None:
-                claim.release()
+            if loop.claim is not None:
+                loop.claim.release()
             if self._study_lock is not None:
                 self._study_lock.release()
-        self._conclude(final, last_of_many=worker is not None)
+        self._conclude(loop.final, board)
         return [self._outcome(run) for run in self.plan.runs]
+
+    def _one_pass(self, board: ClaimBoard, loop: _Loop, pending: list[PlannedRun]) -> dict[str, str]:
+        """Claim and run, in plan order, each of ``pending`` that is free; the runs that other
+        workers hold now, with who holds each."""
+        execution = self.plan.study.execution
+        held: dict[str, str] = {}
+        for run in pending:
+            if loop.clock.expired():
+                loop.final = "timed_out"
+                if loop.worker is None:  # a worker leaves the rest to the others
+                    self._skip_free(board, loop.todo, "timed_out", "the study's wall-clock limit was reached")
+                break
+            loop.claim, holder = self._claim(board, run)
+            if loop.claim is None:
+                if holder is not None:
+                    held[run.run_id] = holder
+                continue
+            if loop.previous is not None:
+                new_cycle = run.cycle != loop.previous.cycle
+                self._sleep(execution.cycle_gap_seconds if new_cycle else execution.config_gap_seconds)
+            loop.current = loop.previous = run
+            loop.position += 1
+            self.events.run_started(run, loop.position, len(loop.todo))
+            outcome = self._run_claimed(board, run, loop.claim, loop.clock.remaining_s())
+            loop.current = loop.claim = None
+            if outcome is None:  # another worker owns it now: its record stands
+                continue
+            self.events.run_finished(outcome)
+            decision = loop.breaker.record(outcome.entry.status == "completed")
+            if decision == "abort":
+                loop.final = "circuit_open"
+                if loop.worker is None:
+                    self._skip_free(board, loop.todo, "circuit_open", "the circuit breaker stopped the study")
+                break
+            if decision == "cooldown" and loop.position < len(loop.todo):
+                self._sleep(self.options.circuit_breaker_cooldown_s)
+                loop.breaker.probe()
+        return held
+
+    def _run_claimed(
+        self, board: ClaimBoard, run: PlannedRun, claim: Claim, remaining_s: float | None
+    ) -> RunOutcome | None:
+        """Run ``run`` under ``claim``, kept fresh meanwhile; None when the claim turned out to be
+        another worker's before the run's container started (nothing recorded, nothing run)."""
+        assert self._store is not None
+        store = self._store
+        attempt = store.manifest.run(run.run_id).attempts + 1  # the attempt run_one records
+
+        def still_ours() -> bool:
+            """The claim is this worker's and the manifest still has this attempt running: a worker
+            judged dead (frozen past the stale period) never records over the run's new owner."""
+            if not claim.held():
+                return False
+            entry = store.refresh().run(run.run_id)
+            return entry.status == "running" and entry.attempts == attempt
+
+        with board.keep_alive(claim):
+            try:
+                if not claim.held():
+                    raise ClaimLost(run.run_id)
+                self._guard = still_ours
+                outcome = self._run_one(run, remaining_s, still_ours)
+            except ClaimLost:
+                self._say(f"{run.run_id}: claimed by another worker before its container started; left to it")
+                return None
+            finally:
+                self._guard = None
+        claim.release()
+        return outcome
+
+    def _wait_for_others(self, held: dict[str, str], said: str) -> str:
+        """Say which runs other workers hold (when that changed), then pause before looking again."""
+        text = "; ".join(f"{run_id} held by {holder.rpartition(' (')[0]}" for run_id, holder in sorted(held.items()))
+        if text != said:
+            self._say(f"waiting for {len(held)} run(s) other workers hold: {text}")
+        time.sleep(self._poll_s())
+        return text
+
+    def _poll_s(self) -> float:
+        """How often runs held elsewhere are looked at again (a tenth of the stale period, at most 2 s)."""
+        return max(0.05, min(self.options.claim_stale_s / 10, 2.0))
+
+    def _say(self, text: str) -> None:
+        """A line for whoever follows this runner (a worker's log); silent where nobody listens."""
+        say = getattr(self.events, "note", None)
+        if callable(say):
+            say(text)
+
+    def _skip_free(self, board: ClaimBoard, todo: list[PlannedRun], kind: str, message: str) -> None:
+        """Mark skipped every run of ``todo`` still to run that no other worker holds."""
+        assert self._store is not None
+        runs = self._store.refresh()
+        self._skip(
+            [r for r in todo if runs.run(r.run_id).status in CLAIMABLE and not board.live(r.run_id)], kind, message
+        )
 
     def _stopped_by(self, exc: BaseException) -> LlemError:
         """The error a stopped study ends with: Ctrl-C / SIGTERM, the results directory failing
@@ -454,24 +577,49 @@ class StudyRunner:
         assert isinstance(exc, LlemError)
         return exc
 
-    def _claim(self, board: ClaimBoard, run: PlannedRun) -> Claim | None:
-        """A claim on ``run``; None when a live worker holds it or has finished it since."""
-        assert self._store is not None
+    def _claim(self, board: ClaimBoard, run: PlannedRun) -> tuple[Claim | None, str | None]:
+        """A claim on ``run``, or (None, who holds it) while a live worker does, or (None, None)
+        when it is finished. A run the manifest says is running and whose agent still beats is
+        held, claim file or not (``claims/`` deleted, a frozen worker's container still measuring),
+        unless the claim broken was of a dead process of this host (its container is removed
+        when this worker's starts)."""
+        assert self._store is not None and self.study_dir is not None
         claim = board.claim(run.run_id)
-        if claim is not None and self._store.refresh().run(run.run_id).status not in CLAIMABLE:
+        if claim is None:
+            holder = board.holder(run.run_id)
+            return None, holder or "a claim that changed hands just now"
+        entry = self._store.refresh().run(run.run_id)
+        if entry.status not in CLAIMABLE:
             claim.release()
-            return None
-        return claim
+            return None, None
+        if entry.status == "running" and claim.broke != "dead":
+            beat = age_s(self.study_dir / "runs" / run.run_id / HEARTBEAT_FILE)
+            if beat is not None and beat < board.stale_after_s:
+                claim.release()
+                return None, f"an agent that still beats without a live claim ({beat:.0f} s ago)"
+        return claim, None
 
-    def _conclude(self, final: StudyStatus | None, last_of_many: bool) -> None:
-        """Set the study's final status (a worker: only when no run is left to any worker)."""
+    def _conclude(self, final: StudyStatus | None, board: ClaimBoard) -> None:
+        """Set the study's final status, saying what is left. Nothing is left to wait for when this
+        is called, unless a policy stopped this runner (the others may go on; the status says
+        what they hold) or another worker took over a run from this one (that worker concludes)."""
         assert self._store is not None
         runs = self._store.refresh().runs
-        if last_of_many and final is None and any(e.status in CLAIMABLE for e in runs):
-            return  # other workers are still at it
+        counts: dict[str, int] = {}
+        for entry in runs:
+            counts[entry.status] = counts.get(entry.status, 0) + 1
+        others = board.live_claims()
+        if final is None and others:
+            return  # a run this runner lost to another worker: the one that holds it concludes
         if final is None:
-            final = "completed" if all(e.status == "completed" for e in runs) else "failed"
-        self._store.set_status(final)
+            final = "completed" if counts.get("completed", 0) == len(runs) else "failed"
+        left = {s: n for s, n in counts.items() if s != "completed"}
+        detail = f"{counts.get('completed', 0)} of {len(runs)} runs completed"
+        if left:
+            detail += "; " + ", ".join(f"{n} {s}" for s, n in sorted(left.items()))
+        if others:
+            detail += f"; {len(others)} held by other workers ({', '.join(sorted(others))})"
+        self._store.set_status(final, detail=detail)
         self._summarise()
 
     def _summarise(self) -> None:

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
+import os
+import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from llem_agent.contract import RunError, RunRequest
+from orchestrator.claims import ClaimBoard
 from orchestrator.container import ContainerSpec
 from orchestrator.errors import ConfigError, EnvironmentProblem, Interrupted
 from orchestrator.launcher import ContainerOutcome
@@ -85,6 +92,9 @@ class Recorder:
 
     def run_phase(self, run, phase, detail):
         self.events.append(f"phase {run.run_id} {phase}")
+
+    def note(self, text):
+        self.events.append(f"note {text}")
 
 
 def make_runner(tmp_path: Path, study_file: Path, launcher: FakeLauncher) -> StudyRunner:
@@ -368,3 +378,130 @@ def test_energy_sampler_extra_is_checked_against_the_image_label(tmp_path, extra
             runner.preflight()
     else:
         runner.preflight()
+
+
+def _worker(
+    tmp_path: Path, study_file: Path, study_dir: Path, launcher: FakeLauncher, **options: object
+) -> StudyRunner:
+    runner = make_runner(tmp_path, study_file, launcher)
+    runner.options = dataclasses.replace(runner.options, **options)  # type: ignore[arg-type]
+    launcher.lock_dir = runner.options.lock_dir
+    runner.attach(study_dir)
+    return runner
+
+
+def _planned(tmp_path: Path, study_file: Path) -> Path:
+    runner = make_runner(tmp_path, study_file, FakeLauncher())
+    runner.preflight()
+    study_dir = runner.prepare()
+    runner.release()
+    return study_dir
+
+
+def _hold(study_dir: str, run_id: str, held: Any, die: Any) -> None:
+    """Another worker: claims ``run_id``, marks it running, then is killed (-9) while it runs it."""
+    board = ClaimBoard(Path(study_dir), worker="other", stale_after_s=3600)
+    assert board.claim(run_id) is not None
+    store = ManifestStore(Path(study_dir), ManifestStore.load(Path(study_dir)))
+    store.update_run(run_id, status="running", attempts=1)
+    held.set()
+    die.wait(60)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_worker_waits_for_a_run_another_holds_and_takes_it_when_that_worker_dies(tmp_path, study_file):
+    study_dir = _planned(tmp_path, study_file)
+    ctx = multiprocessing.get_context("fork")
+    held, die = ctx.Event(), ctx.Event()
+    other = ctx.Process(target=_hold, args=(str(study_dir), "e001-c1", held, die))
+    other.start()
+    assert held.wait(30)
+
+    class KillsTheOther(Recorder):
+        def note(self, text):
+            super().note(text)
+            if "waiting for 1 run(s) other workers hold: e001-c1 held by other@" in text:
+                die.set()  # the worker holding e001-c1 dies while this one waits for it
+                other.join(30)
+
+    launcher = FakeLauncher()
+    worker = _worker(tmp_path, study_file, study_dir, launcher, claim_stale_s=3600)
+    worker.events = KillsTheOther()
+    worker.execute(worker="w")
+    other.join(30)
+    manifest = ManifestStore.load(study_dir)
+    assert [r.status for r in manifest.runs] == ["completed"] * 4
+    assert manifest.run("e001-c1").attempts == 2
+    assert sorted(s.labels["llem.run"] for s in launcher.specs) == sorted(r.run_id for r in manifest.runs)
+    assert manifest.status == "completed"
+    assert manifest.history[-1]["detail"] == "4 of 4 runs completed"
+
+
+def test_deleting_claims_mid_run_keeps_its_result_and_nobody_else_runs_it(tmp_path, study_file):
+    study_dir = _planned(tmp_path, study_file)
+    second = FakeLauncher()
+    other = _worker(tmp_path, study_file, study_dir, second, claim_stale_s=60, lock_dir=None)  # runs side by side
+    waiting = threading.Event()
+
+    class Says(Recorder):
+        def note(self, text):
+            super().note(text)
+            if "e001-c1 held by" in text:
+                waiting.set()
+
+    other.events = Says()
+    thread = threading.Thread(target=other.execute, kwargs={"worker": "other"})
+
+    def deleted_midway(run_dir: Path, req: RunRequest) -> ContainerOutcome:
+        (run_dir / "heartbeat").write_text("{}")  # the agent beats
+        shutil.rmtree(study_dir / "claims")  # by hand, while the run measures
+        thread.start()  # another worker looks at the study now
+        assert waiting.wait(30), "the other worker never said that e001-c1 is held"
+        return ok(run_dir, req)
+
+    launcher = FakeLauncher({"e001-c1": deleted_midway})
+    first = _worker(tmp_path, study_file, study_dir, launcher, claim_stale_s=60, lock_dir=None)
+    first.execute(worker="first")
+    thread.join(30)
+    manifest = ManifestStore.load(study_dir)
+    assert manifest.run("e001-c1").status == "completed" and manifest.run("e001-c1").attempts == 1
+    assert "e001-c1" not in [s.labels["llem.run"] for s in second.specs]
+    assert manifest.status == "completed"
+
+
+def test_an_empty_claim_left_by_a_killed_writer_does_not_block_its_run(tmp_path, study_file):
+    study_dir = _planned(tmp_path, study_file)
+    (study_dir / "claims").mkdir()
+    empty = study_dir / "claims" / "e002-c1"
+    empty.write_bytes(b"")
+    old = time.time() - 30
+    os.utime(empty, (old, old))
+    worker = _worker(tmp_path, study_file, study_dir, FakeLauncher(), claim_stale_s=3600)
+    started = time.monotonic()
+    worker.execute(worker="w")
+    assert time.monotonic() - started < 30
+    assert ManifestStore.load(study_dir).status == "completed"
+
+
+def test_a_claim_lost_while_queued_for_devices_never_starts_its_container(tmp_path, study_file):
+    study_dir = _planned(tmp_path, study_file)
+    launcher = FakeLauncher()
+    worker = _worker(tmp_path, study_file, study_dir, launcher, lock_wait_s=30)
+    busy = DeviceLocks(["cpu"], tmp_path / "locks")
+    assert busy.try_acquire()
+
+    class TakenOver(Recorder):
+        def waiting_for_devices(self, names):
+            super().waiting_for_devices(names)
+            if not (study_dir / "claims" / "e001-c2").exists():  # queued for e001-c1: frozen past the stale period
+                (study_dir / "claims" / "e001-c1").write_text("new@elsewhere:1:abc\n")
+            busy.release()
+
+    worker.events = TakenOver()
+    worker.execute(worker="w")
+    assert "e001-c1" not in [s.labels["llem.run"] for s in launcher.specs]
+    assert any("e001-c1: claimed by another worker before its container started" in e for e in worker.events.events)
+    assert (study_dir / "claims" / "e001-c1").read_text() == "new@elsewhere:1:abc\n"  # the new owner's claim stands
+    manifest = ManifestStore.load(study_dir)
+    assert [manifest.run(r).status for r in ("e002-c1", "e001-c2", "e002-c2")] == ["completed"] * 3
+    assert manifest.status == "running"  # the new owner concludes the study
