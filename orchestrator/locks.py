@@ -1,8 +1,12 @@
-"""Advisory per-device locks so concurrent studies never share a GPU.
+"""Advisory per-device locks so concurrent studies never share a GPU, nor the CPU.
 
 Each device has a lock file; ``flock`` (through filelock) is released by the kernel when
 the holding process exits, however it exits, SIGKILL included. A run takes all of its
 devices or none of them, so two studies can never deadlock holding half a set each.
+
+The CPU is one namespace however it is split: a run pinned to cores locks each of them
+(``cpu2``, ``cpu3``), and a run on the whole CPU (``cpu``) locks every core of the host as
+well as ``cpu`` itself, so it excludes pinned runs and they exclude it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,12 @@ def lock_names(gpu_indices: Sequence[int], cpuset: Sequence[int] = ()) -> list[s
     return [f"gpu{i}" for i in sorted(gpu_indices)] or [f"{CPU_LOCK}{c}" for c in sorted(cpuset)] or [CPU_LOCK]
 
 
+def host_cores() -> int:
+    """Every core of the host (a container started without a cpuset runs on all of them,
+    whatever this process's own affinity)."""
+    return os.cpu_count() or 1
+
+
 class DeviceLocks:
     """All-or-none lock over a set of device lock files."""
 
@@ -35,7 +45,13 @@ class DeviceLocks:
         self._held: list[FileLock] = []
 
     def paths(self) -> list[Path]:
-        return [self.lock_dir / f"{name}.lock" for name in self.names]
+        """The lock files behind ``names``: the whole CPU is every core's file and its own."""
+        files = set()
+        for name in self.names:
+            files.add(name)
+            if name == CPU_LOCK:
+                files.update(f"{CPU_LOCK}{core}" for core in range(host_cores()))
+        return [self.lock_dir / f"{name}.lock" for name in sorted(files)]
 
     def try_acquire(self) -> bool:
         """Take every lock now, or none of them; True when all are held."""

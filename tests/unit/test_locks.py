@@ -60,3 +60,21 @@ def test_lock_is_freed_when_the_holder_is_sigkilled(tmp_path):
         locks.release()
     finally:
         proc.kill()
+
+
+def test_a_whole_cpu_run_and_runs_pinned_to_cores_exclude_each_other(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    whole = DeviceLocks(lock_names([]), tmp_path)
+    assert whole.try_acquire()
+    for cores in ((0,), (2, 3)):
+        assert not DeviceLocks(lock_names([], cores), tmp_path).try_acquire(), f"cores {cores} under a whole-CPU run"
+    assert not DeviceLocks(lock_names([]), tmp_path).try_acquire()
+    whole.release()
+    slot0, slot1 = DeviceLocks(lock_names([], (0, 1)), tmp_path), DeviceLocks(lock_names([], (2, 3)), tmp_path)
+    assert slot0.try_acquire() and slot1.try_acquire()  # disjoint cores side by side
+    assert not DeviceLocks(lock_names([]), tmp_path).try_acquire(), "a whole-CPU run beside pinned runs"
+    slot0.release()
+    assert not DeviceLocks(lock_names([]), tmp_path).try_acquire()
+    slot1.release()
+    assert DeviceLocks(lock_names([]), tmp_path).try_acquire()
+    assert whole.names == ["cpu"]  # what a user is told: the CPU, not every core file behind it
