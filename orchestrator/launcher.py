@@ -7,10 +7,11 @@ import io
 import json
 import math
 import os
+import signal
 import socket
 import tarfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -138,6 +139,38 @@ def _api_error(exc: docker.errors.APIError) -> str:
                   "unable to start container process: "):  # fmt: skip
         text = text.replace(noise, "")
     return text[:400]
+
+
+def _start_problem(spec: ContainerSpec, exc: docker.errors.APIError) -> EnvironmentProblem:
+    message = _api_error(exc)
+    if "device driver" in message or "nvidia" in message.lower():
+        return EnvironmentProblem(
+            f"cannot give the container its GPUs ({message}); install the NVIDIA container toolkit"
+        )
+    return EnvironmentProblem(f"cannot start container for {spec.name}: {message}")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM for the body (this thread); they are delivered, and their handler
+    raises, as it ends. For a window that must not be cut in two: a container created must be
+    known to whoever removes it."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _run_kwargs(spec: ContainerSpec) -> dict[str, Any]:
@@ -334,21 +367,56 @@ class DockerLauncher:
     def run(
         self, spec: ContainerSpec, timeout_s: float, log_path: Path, liveness: Liveness | None = None
     ) -> ContainerOutcome:
-        """Run ``spec`` to completion, ``timeout_s``, or a stale heartbeat; the container is always removed."""
+        """Run ``spec`` to completion, ``timeout_s``, or a stale heartbeat; the container is always
+        removed. It is created, known here, then started, with Ctrl-C and SIGTERM held over that
+        window (they are delivered right after it), so no interrupt leaves a container nobody
+        knows of running; one this call could not bind is removed by its name."""
         start, started_at = time.monotonic(), time.time()
+        container: Container | None = None
         try:
-            container: Container = self.client.containers.run(spec.image, **_run_kwargs(spec))
-        except docker.errors.ImageNotFound:
-            raise EnvironmentProblem(f"image {spec.image} not found; build it with `make images`") from None
+            with signals_held():
+                container = self._create(spec)
+                self._start(container, spec)
+            return self._follow(container, timeout_s, liveness, start, started_at)
+        finally:
+            if container is not None:
+                self._save_log(container, log_path)
+                with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
+                    container.remove(force=True)
+            else:
+                self._remove_own(spec.name)
+
+    def _create(self, spec: ContainerSpec) -> Container:
+        """Create the run's container; a leftover of the same name whose llem process is gone (a
+        worker killed -9 mid-run) is removed first."""
+        for attempt in (1, 2):
+            try:
+                created: Container = self.client.containers.create(spec.image, **_run_kwargs(spec))
+                return created
+            except docker.errors.ImageNotFound:
+                raise EnvironmentProblem(f"image {spec.image} not found; build it with `make images`") from None
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409 and attempt == 1 and self._remove_leftover(spec.name):
+                    continue
+                raise _start_problem(spec, exc) from None
+            except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+                raise EnvironmentProblem(f"cannot create container for {spec.name}: {_first_line(exc)}") from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _start(container: Container, spec: ContainerSpec) -> None:
+        try:
+            container.start()
         except docker.errors.APIError as exc:
-            message = _api_error(exc)
-            if "device driver" in message or "nvidia" in message.lower():
-                raise EnvironmentProblem(
-                    f"cannot give the container its GPUs ({message}); install the NVIDIA container toolkit"
-                ) from None
-            raise EnvironmentProblem(f"cannot start container for {spec.name}: {message}") from None
+            raise _start_problem(spec, exc) from None
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise EnvironmentProblem(f"cannot start container for {spec.name}: {_first_line(exc)}") from None
+
+    @staticmethod
+    def _follow(
+        container: Container, timeout_s: float, liveness: Liveness | None, start: float, started_at: float
+    ) -> ContainerOutcome:
         exit_code: int | None = None
-        oom = False
 
         def exited(seconds: float) -> bool:
             nonlocal exit_code
@@ -362,16 +430,46 @@ class DockerLauncher:
             with contextlib.suppress(docker.errors.DockerException):
                 container.kill()
 
-        try:
-            timed_out, hung = supervise(exited, kill, timeout_s, liveness, start=start, started_at=started_at)
-            with contextlib.suppress(docker.errors.DockerException):
-                container.reload()
-                oom = bool(container.attrs.get("State", {}).get("OOMKilled", False))
-        finally:
-            self._save_log(container, log_path)
-            with contextlib.suppress(docker.errors.DockerException):
-                container.remove(force=True)
+        timed_out, hung = supervise(exited, kill, timeout_s, liveness, start=start, started_at=started_at)
+        oom = False
+        with contextlib.suppress(docker.errors.DockerException):
+            container.reload()
+            oom = bool(container.attrs.get("State", {}).get("OOMKilled", False))
         return ContainerOutcome(exit_code, timed_out, oom, time.monotonic() - start, hung)
+
+    def _leftover(self, name: str) -> Container | None:
+        try:
+            found: Container = self.client.containers.get(name)
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            return None
+        return found
+
+    def _remove_leftover(self, name: str) -> bool:
+        """Remove the container ``name`` if it is llem's and its llem process on this host is gone
+        (or is this one); refuse one a live llem process still runs."""
+        found = self._leftover(name)
+        if found is None:
+            return True  # gone since: create again
+        labels = found.labels or {}
+        pid = labels.get(LABEL_HOST_PID, "")
+        if labels.get(LABEL_MANAGED) != "true" or labels.get(LABEL_HOST) != socket.gethostname() or not pid.isdigit():
+            raise EnvironmentProblem(f"a container named {name} exists and is not this host's llem's; remove it")
+        if int(pid) != os.getpid() and _process_alive(int(pid)):
+            raise EnvironmentProblem(
+                f"container {name} of this run is still run by llem process {pid} on this host; "
+                "stop that process or wait for it"
+            )
+        with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
+            found.remove(force=True)
+        return True
+
+    def _remove_own(self, name: str) -> None:
+        """Remove ``name`` if this process made it (its create came back to nobody: an error or an
+        interrupt between the daemon's answer and this process binding it)."""
+        found = self._leftover(name)
+        if found is not None and (found.labels or {}).get(LABEL_HOST_PID) == str(os.getpid()):
+            with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
+                found.remove(force=True)
 
     @staticmethod
     def _save_log(container: Container, log_path: Path) -> None:
