@@ -51,7 +51,20 @@ def _slots(args: argparse.Namespace, study: Study, options: RunnerOptions) -> li
 
 
 def _run_parallel(args: argparse.Namespace, study: Study, plan: Plan, runner: StudyRunner, slots: list[Slot]) -> int:
-    """Run the study with one `llem worker` per slot on this host (orchestrator/parallel.py)."""
+    """Run the study with one `llem worker` per slot on this host (orchestrator/parallel.py).
+
+    This process keeps the study directory's lock while its workers run, so a second `llem run
+    --resume` of it is refused in one line; runs that workers of another llem still hold (one
+    killed a moment ago, Slurm tasks) are named, and the workers wait for them."""
+    study_dir = open_study(args, runner)
+    try:
+        return _follow_workers(args, runner, slots, study_dir)
+    finally:
+        runner.release()
+
+
+def _follow_workers(args: argparse.Namespace, runner: StudyRunner, slots: list[Slot], study_dir: Path) -> int:
+    from orchestrator.claims import ClaimBoard
     from orchestrator.display import print_results
     from orchestrator.manifest import ManifestStore
     from orchestrator.parallel import record_overlaps, run_workers
@@ -59,10 +72,14 @@ def _run_parallel(args: argparse.Namespace, study: Study, plan: Plan, runner: St
     from orchestrator.slurm import llem_command
 
     out, err = _console(), _console(stderr=True)
-    study_dir = open_study(args, runner)
-    runner.release()
+    study, plan = runner.plan.study, runner.plan
     where = "; ".join(slot.describe() for slot in slots)
     err.print(f"study {study.name}: {len(plan.runs)} runs, {len(slots)} at a time ({where}) -> {study_dir}")
+    board = ClaimBoard(study_dir)
+    held = board.live_claims()
+    if held:
+        who = "; ".join(f"{run_id} by {holder}" for run_id, holder in held.items())
+        err.print(f"{len(held)} runs are held by workers of another llem ({who}); this study's workers wait for them")
     command = [llem_command(), "worker", str(study_dir), *_worker_flags(args)]
     store = ManifestStore(study_dir, ManifestStore.load(study_dir))
     try:
@@ -76,8 +93,13 @@ def _run_parallel(args: argparse.Namespace, study: Study, plan: Plan, runner: St
             err.print(f"[red]worker slot{i} ({slots[i].describe()}) exited {code}[/]: {log[-1] if log else ''}")
     overlapped = record_overlaps(study_dir)
     manifest = store.refresh()
-    if manifest.status == "running":  # no worker got as far as concluding the study
-        store.set_status("completed" if all(e.status == "completed" for e in manifest.runs) else "failed")
+    held = board.live_claims()
+    if held:  # a worker lost a run to another llem's: that one concludes the study
+        err.print(f"{len(held)} runs are still held by other workers ({', '.join(held)}); they finish the study")
+    elif manifest.status == "running":  # no worker got as far as concluding the study
+        done = sum(1 for e in manifest.runs if e.status == "completed")
+        detail = f"{done} of {len(manifest.runs)} runs completed; no worker concluded"
+        store.set_status("completed" if done == len(manifest.runs) else "failed", detail=detail)
     summary = summarise(study_dir, runner.options.factors)
     print_results(summary, out)
     if overlapped:
@@ -335,5 +357,9 @@ class _WorkerLog:
 
     def pausing(self, seconds: float) -> None:
         self._say(f"pausing {seconds:g} s")
+
+    def note(self, text: str) -> None:
+        """What the claim loop has to say (runs other workers hold, a claim lost)."""
+        self._say(text)
 
     def run_phase(self, run: PlannedRun, phase: str, detail: str) -> None: ...

@@ -10,7 +10,10 @@ which other runs overlapped its measured window, and results and reports say so.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -19,11 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.errors import ConfigError
-from orchestrator.manifest import ManifestStore, ProgressWatch
+from orchestrator.manifest import ManifestStore, ProgressWatch, utc_now
 from orchestrator.results import measured_windows, overlaps
 
 WORKERS_DIR = "workers"
 _STOP_GRACE_S = 120.0
+_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,16 @@ def parse_parallel(value: str | int | None) -> int | None:
     return count
 
 
+def _tie_to_parent(parent: int) -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the worker gets SIGTERM when this llem dies, however it dies (kill -9 included), and
+    stops as on Ctrl-C: its container removed, its run marked interrupted, its claim released.
+    A parent already gone by now is the same thing."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run_workers(
     study_dir: Path,
     slots: Sequence[Slot],
@@ -87,18 +101,28 @@ def run_workers(
 
     Each worker runs in a session of its own: a Ctrl-C here reaches only this process, which
     asks every worker to stop once (SIGTERM: it marks its run interrupted and removes its
-    container), so no worker is forced out mid-cleanup by a second signal.
+    container), so no worker is forced out mid-cleanup by a second signal. Should this process
+    die without asking (SIGKILL), the kernel asks them (PR_SET_PDEATHSIG). Each worker's log is
+    appended to: what an earlier attempt of the study logged stays.
     """
     folder = study_dir / WORKERS_DIR
     folder.mkdir(exist_ok=True)
     procs: list[subprocess.Popen[bytes]] = []
+    tie = functools.partial(_tie_to_parent, os.getpid())
     try:
         for i, slot in enumerate(slots):
-            with (folder / f"slot{i}.log").open("wb") as log:
+            with (folder / f"slot{i}.log").open("ab") as log:
                 argv = [*command, "--worker-id", f"slot{i}", *slot.flags()]
+                log.write(f"--- {utc_now()} {shlex.join(argv)}\n".encode())
+                log.flush()
                 procs.append(
                     subprocess.Popen(
-                        argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                        argv,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                        preexec_fn=tie,  # noqa: PLW1509 - no locks taken between fork and exec
                     )
                 )
         watch = ProgressWatch(study_dir, on_progress)

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
 from orchestrator.cli_cluster import parse_cpuset
@@ -53,3 +59,60 @@ def test_cpuset_syntax():
         parse_cpuset("a-b")
     with pytest.raises(ConfigError, match="not available"):
         parse_cpuset("0-4096")
+
+
+WORKER = """
+import os, pathlib, signal, sys, time
+marks = pathlib.Path(sys.argv[1])
+def stop(signum, frame):
+    (marks / f"stopped-{os.getpid()}").write_text("")
+    os._exit(130)
+signal.signal(signal.SIGTERM, stop)
+print("worker", sys.argv[2:], flush=True)
+(marks / f"up-{os.getpid()}").write_text("")
+time.sleep(600)
+"""
+PARENT = """
+import sys
+from pathlib import Path
+from orchestrator.parallel import Slot, run_workers
+run_workers(Path(sys.argv[1]), [Slot((), (0,)), Slot((), (1,))], [sys.executable, "-c", sys.argv[2], sys.argv[3]],
+            lambda done, total: None, poll_s=0.05)
+"""
+
+
+def _wait_for(path: Path, pattern: str, count: int, timeout_s: float = 30) -> list[Path]:
+    deadline = time.monotonic() + timeout_s
+    while len(found := sorted(path.glob(pattern))) < count:
+        assert time.monotonic() < deadline, f"{count} x {pattern} never appeared in {path}: {found}"
+        time.sleep(0.05)
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return True
+    return state == "Z"
+
+
+def test_workers_stop_when_llem_is_killed_and_their_logs_are_appended_to(tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    for attempt in (1, 2):
+        parent = subprocess.Popen([sys.executable, "-c", PARENT, str(tmp_path), WORKER, str(marks)])
+        ups = _wait_for(marks, "up-*", 2 * attempt)
+        parent.send_signal(signal.SIGKILL)  # llem killed -9: nothing of it can ask its workers to stop
+        parent.wait(10)
+        stopped = _wait_for(marks, "stopped-*", 2 * attempt)  # each worker was told, and stopped as on Ctrl-C
+        assert {p.name[len("stopped-") :] for p in stopped} == {p.name[len("up-") :] for p in ups}
+        for up in ups:
+            pid = int(up.name[len("up-") :])
+            deadline = time.monotonic() + 10
+            while not _gone(pid):
+                assert time.monotonic() < deadline, f"worker {pid} outlived llem"
+                time.sleep(0.05)
+    log = (tmp_path / "workers" / "slot0.log").read_text()
+    assert log.count("worker ['--worker-id', 'slot0', '--gpus=', '--cpuset=0']") == 2, log  # both attempts kept
+    assert log.count("--- ") == 2
