@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -247,3 +248,36 @@ def test_second_sigint_forces_exit_and_resume_cleans_up_and_finishes(tmp_path, s
     assert doc["status"] == "completed"
     completed_results_are_whole(tmp_path, doc)
     assert_clean(tmp_path, docker_client)
+
+
+def test_sigint_while_the_first_container_is_created_leaves_no_container_and_no_result(tmp_path, study, docker_client):
+    """The interrupt lands while Docker creates the study's first container (on its create
+    event): llem must still know of that container, remove it and mark its run interrupted."""
+    events = docker_client.events(
+        decode=True, filters={"type": "container", "event": "create", "label": LABEL_STUDY_DIR}
+    )
+    proc = start_llem(args(tmp_path, study), {})
+    sent = threading.Event()
+
+    def interrupt_on_create() -> None:
+        for event in events:
+            if event.get("Actor", {}).get("Attributes", {}).get(LABEL_STUDY_DIR, "").startswith(str(tmp_path)):
+                proc.send_signal(signal.SIGINT)
+                sent.set()
+                return
+
+    watcher = threading.Thread(target=interrupt_on_create, daemon=True)
+    watcher.start()
+    try:
+        _out, err = proc.communicate(timeout=120)
+    finally:
+        events.close()
+    assert sent.is_set(), "no create event of the study's container was seen"
+    assert proc.returncode == EXIT_INTERRUPTED, err
+    assert "Traceback" not in err
+    assert_clean(tmp_path, docker_client)  # nothing left measuring with its device lock released
+    doc = manifest(tmp_path)
+    assert doc["status"] == "interrupted"
+    assert statuses(doc)["e001-c1"] == ("interrupted", None)
+    (study_dir,) = (tmp_path / "results").iterdir()
+    assert not list(study_dir.glob("runs/*/result.json")), "a run the manifest calls interrupted wrote a result"
