@@ -69,9 +69,12 @@ def _builtin_count(source: str) -> int:
 @functools.lru_cache(maxsize=32)
 def _count_prompts(path: Path, size: int, mtime_ns: int) -> int:
     """Prompts in ``path``, each line checked; cached by the file's size and mtime."""
-    count = 0
+    count = read = 0
     with path.open("rb") as handle:
         for number, raw in enumerate(iter(lambda: handle.readline(MAX_PROMPT_LINE_BYTES + 1), b""), start=1):
+            read += len(raw)
+            if read > MAX_DATASET_BYTES:  # its size said less (a /proc file says 0): never read on
+                raise ConfigError(f"{path}: more than 1 GiB of prompts; llem reads at most 1 GiB")
             if len(raw) > MAX_PROMPT_LINE_BYTES:
                 raise ConfigError(
                     f"{path}:{number}: a line of more than {MAX_PROMPT_LINE_BYTES // 2**20} MiB; one prompt per line, "

@@ -18,6 +18,7 @@ from pathlib import Path
 from llem_agent.contract import ExperimentConfig
 from orchestrator.container import NONROOT
 from orchestrator.errors import ConfigError
+from orchestrator.yamlsafe import read_text
 
 _DTYPE_BYTES = {"float32": 4.0, "float16": 2.0, "bfloat16": 2.0}
 _OVERHEAD = 0.15  # activations, CUDA context, allocator slack: 15% of weights (002)
@@ -161,13 +162,24 @@ class ModelFacts:
     params_from: str
 
 
+_MAX_SAFETENSORS_HEADER = 100_000_000  # what the safetensors library itself reads at most
+
+
 def _safetensors_params(folder: Path) -> int | None:
+    """Parameters counted from the safetensors headers; None when there are none, or when one is
+    damaged (the agent's load says what is wrong): a header's size is read before the header,
+    and a damaged one must not be a read of 2^63 bytes."""
     total, files = 0, sorted(folder.glob("*.safetensors"))
-    for path in files:
-        with path.open("rb") as handle:
-            (size,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(size))
-        total += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+    try:
+        for path in files:
+            with path.open("rb") as handle:
+                (size,) = struct.unpack("<Q", handle.read(8))
+                if size > _MAX_SAFETENSORS_HEADER:
+                    return None
+                header = json.loads(handle.read(size))
+            total += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+    except (OSError, ValueError, struct.error, AttributeError, KeyError, TypeError):
+        return None
     return total if files else None
 
 
@@ -182,9 +194,9 @@ def _first(config: dict[str, object], *names: str) -> int | None:
 @lru_cache(maxsize=64)
 def model_facts(folder: Path) -> ModelFacts | None:
     """Parameter count and KV-cache geometry from local files; None when they are missing."""
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    try:  # bounded as a study file is: a config.json linked to /proc/self/pagemap is not read whole
+        config = json.loads(read_text(folder / "config.json", "model config") or "null")
+    except (ConfigError, ValueError, RecursionError):
         return None
     config = config.get("text_config", config) if isinstance(config, dict) else {}
     layers = _first(config, "num_hidden_layers", "n_layer", "num_layers")

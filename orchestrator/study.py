@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,13 +11,14 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.fields import FieldInfo
 
 from llem_agent.contract import ENGINES, ExperimentConfig, canonical_engine, canonical_json, config_hash
 from orchestrator import yamlsafe
 from orchestrator.errors import ConfigError
 from orchestrator.runners import RunnerKind, parse_runner
 from orchestrator.sweep import count_configs, deep_merge, expand
-from orchestrator.validation import describe, did_you_mean, has_unknown_key
+from orchestrator.validation import describe, did_you_mean, has_unknown_key, model_at
 
 STUDY_KEYS = ("name", "base", "sweep", "experiments", "study_execution", "runners")
 ExperimentOrder = Literal["sequential", "interleave", "shuffle", "reverse", "latin_square"]
@@ -25,20 +27,41 @@ DEFAULT_ORDER: ExperimentOrder = "shuffle"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
+MAX_CYCLES = 1_000_000  # as many as --max-runs allows one experiment
+MAX_GAP_SECONDS = 86_400.0  # a pause between runs or cycles, a breaker's cooldown: at most a day
+MAX_WALL_CLOCK_HOURS = 8_760.0  # a year
+MAX_PARALLEL_RUNS = 1024
+
+
 class StudyExecution(BaseModel):
-    """How to run the collection (003 ``study_execution:``); excluded from the design hash."""
+    """How to run the collection (003 ``study_execution:``); excluded from the design hash.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Strict and finite as the experiment's sections are: no booleans or quoted strings as numbers.
+    """
 
-    n_cycles: int | None = Field(default=None, ge=1, description=f"None: {DEFAULT_CYCLES} (CLI default).")
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    n_cycles: int | None = Field(
+        default=None, ge=1, le=MAX_CYCLES, description=f"1-1,000,000. None: {DEFAULT_CYCLES} (CLI default)."
+    )
     experiment_order: ExperimentOrder | None = Field(default=None, description=f"None: {DEFAULT_ORDER}.")
-    shuffle_seed: int | None = Field(default=None, description="None: derived from the study design hash.")
-    config_gap_seconds: float = Field(default=0.0, ge=0.0, description="Pause between runs (thermal recovery).")
-    cycle_gap_seconds: float = Field(default=0.0, ge=0.0, description="Pause between cycles (thermal reset).")
-    max_consecutive_failures: int = Field(default=10, ge=0, description="Circuit breaker: 0 off, 1 fail fast.")
-    circuit_breaker_cooldown_seconds: float = Field(default=60.0, ge=0.0)
-    wall_clock_timeout_hours: float | None = Field(default=None, gt=0.0, description="None: no limit.")
-    max_parallel_runs: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
+    shuffle_seed: int | None = Field(
+        default=None, ge=0, le=2**63 - 1, description="0 to 2^63 - 1. None: derived from the study design hash."
+    )
+    config_gap_seconds: float = Field(
+        default=0.0, ge=0.0, le=MAX_GAP_SECONDS, description="Pause between runs (thermal recovery), 0-86,400 s."
+    )
+    cycle_gap_seconds: float = Field(
+        default=0.0, ge=0.0, le=MAX_GAP_SECONDS, description="Pause between cycles (thermal reset), 0-86,400 s."
+    )
+    max_consecutive_failures: int = Field(
+        default=10, ge=0, le=MAX_CYCLES, description="Circuit breaker: 0 off, 1 fail fast."
+    )
+    circuit_breaker_cooldown_seconds: float = Field(default=60.0, ge=0.0, le=MAX_GAP_SECONDS, description="0-86,400 s.")
+    wall_clock_timeout_hours: float | None = Field(
+        default=None, gt=0.0, le=MAX_WALL_CLOCK_HOURS, description="At most 8,760 h (a year). None: no limit."
+    )
+    max_parallel_runs: Annotated[int, Field(ge=1, le=MAX_PARALLEL_RUNS)] | Literal["auto"] | None = Field(
         default=None,
         description="Runs at once on this host, each on its own devices (GPUs; on CPU, cores). None: 1, since "
         "energy runs own their devices; auto: as many as the GPUs allow. --parallel overrides it.",
@@ -97,14 +120,9 @@ class Study:
 
 
 def _read_yaml(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"study file not found: {path}") from None
-    except IsADirectoryError:
-        raise ConfigError(f"study file is a directory: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
+    text = yamlsafe.read_text(path, "study file")  # a regular file of at most 16 MiB: never /dev/zero
+    if text is None:
+        raise ConfigError(f"study file not found: {path}")
     try:
         return yamlsafe.load(text, str(path))
     except yaml.YAMLError as exc:
@@ -130,6 +148,77 @@ def design_hash(experiments: tuple[Experiment, ...]) -> str:
     return hashlib.sha256(canonical_json([e.config_hash for e in experiments]).encode()).hexdigest()[:16]
 
 
+# Errors that say the file is wrong whatever the grid point, as a typo does: a value of the wrong
+# kind (true or a quoted "4" where a number goes, a float where an integer goes, .nan, a number
+# where a section goes) or a key that is not a string.
+_KIND_ERRORS = frozenset(
+    {"int_type", "float_type", "finite_number", "bool_type", "string_type", "dict_type", "list_type", "model_type"}
+    | {"model_attributes_type", "invalid_key"}
+)
+_RANGE_ERRORS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal"})
+
+
+def _field(model: type[BaseModel], loc: tuple[str | int, ...]) -> tuple[str, FieldInfo | None]:
+    """The dotted path of the field an error points at (a union's member tags dropped) and its info."""
+    last: tuple[int, FieldInfo] | None = None
+    for i, part in enumerate(loc):
+        parent = model_at(model, loc[:i])
+        if parent is None or not isinstance(part, str) or part not in parent.model_fields:
+            break
+        last = (i, parent.model_fields[part])
+    if last is None:
+        return ".".join(str(p) for p in loc), None
+    return ".".join(str(p) for p in loc[: last[0] + 1]), last[1]
+
+
+def _number(value: object) -> str:
+    return f"{value:,}" if isinstance(value, int) else f"{value:,g}" if isinstance(value, float) else str(value)
+
+
+def _bounds(info: FieldInfo | None) -> str:
+    """A field's documented range (``1 to 65,536``, ``> 0 and <= 1``); empty when it has none."""
+    signs = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+    limits = {name: getattr(m, name) for m in (info.metadata if info else []) for name, _ in signs if hasattr(m, name)}
+    if "ge" in limits and "le" in limits:
+        return f"{_number(limits['ge'])} to {_number(limits['le'])}"
+    return " and ".join(f"{sign} {_number(limits[name])}" for name, sign in signs if name in limits)
+
+
+def _why_not_a_number(value: object, want_int: bool) -> str:
+    if isinstance(value, bool):
+        return "true/false is never a number"
+    if isinstance(value, str):
+        return "a quoted string is not a number; write it without quotes"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN and infinity are not allowed"
+    if isinstance(value, float) and want_int:
+        return "a float is not an integer"
+    return f"a {type(value).__name__} is not a number"
+
+
+def _is_kind_error(error: Any) -> bool:
+    return error["type"] in _KIND_ERRORS or (error["type"] == "literal_error" and isinstance(error["input"], bool))
+
+
+def explain(exc: ValidationError, model: type[BaseModel]) -> tuple[str, bool]:
+    """One line for ``exc`` naming the field and its allowed range, and whether it is a mistake in
+    the file (a value of the wrong kind) rather than one invalid grid point."""
+    kinds = [e for e in exc.errors() if _is_kind_error(e)]
+    if not kinds:
+        line, first = describe(exc, model), exc.errors()[0]
+        bounds = _bounds(_field(model, tuple(first["loc"]))[1]) if first["type"] in _RANGE_ERRORS else ""
+        return (f"{line}; allowed: {bounds}" if bounds else line), False
+    error = kinds[0]
+    value = error["input"]
+    path, info = _field(model, tuple(error["loc"]))
+    shown = "true" if value is True else "false" if value is False else repr(value)
+    if error["type"] not in ("int_type", "float_type", "finite_number") or isinstance(value, (dict, list)):
+        return f"{path}: {str(error['msg']).removeprefix('Value error, ')} (got {shown})", True
+    bounds = _bounds(info)
+    expected = ("an integer" if error["type"] == "int_type" else "a finite number") + (f" ({bounds})" if bounds else "")
+    return f"{path}: expected {expected}, got {shown}: {_why_not_a_number(value, error['type'] == 'int_type')}", True
+
+
 def _validate(index: int, raw: dict[str, Any], origin: Path) -> Experiment | Skipped:
     try:
         config = ExperimentConfig.model_validate(raw)
@@ -137,7 +226,10 @@ def _validate(index: int, raw: dict[str, Any], origin: Path) -> Experiment | Ski
         if has_unknown_key(exc):
             # A typo is a mistake in the file, not an invalid grid point: stop here.
             raise ConfigError(f"{origin}: {describe(exc, ExperimentConfig, STUDY_KEYS)}") from None
-        return Skipped(index=index, raw=raw, reason=describe(exc, ExperimentConfig))
+        reason, mistake = explain(exc, ExperimentConfig)
+        if mistake:  # so is a value of the wrong kind (true, "4", .nan where a number goes)
+            raise ConfigError(f"{origin}: {reason}") from None
+        return Skipped(index=index, raw=raw, reason=reason)
     return Experiment(index=index, config=config, config_hash=config_hash(config))
 
 
@@ -185,7 +277,7 @@ def study_from_data(
     try:
         execution = StudyExecution.model_validate(execution_data)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: study_execution: {describe(exc, StudyExecution)}") from None
+        raise ConfigError(f"{path}: study_execution: {explain(exc, StudyExecution)[0]}") from None
     images, runners = _validate_runners(data.get("runners"), path)
 
     size = count_configs(shared, sweep, explicit)

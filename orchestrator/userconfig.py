@@ -40,7 +40,8 @@ def config_path() -> Path:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict and finite as a study is: `datacenter_pue: true` or "1.2" is refused, not read as a number.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class OutputSection(_Section):
@@ -58,7 +59,7 @@ class SlurmSection(_Section):
     partition: str | None = None
     account: str | None = None
     time: str | None = None  # sbatch --time, e.g. 04:00:00
-    sbatch_lines: list[str] = Field(default_factory=list)  # extra "#SBATCH ..." lines, verbatim
+    sbatch_lines: list[str] = Field(default_factory=list, max_length=1000)  # extra "#SBATCH ..." lines, verbatim
 
 
 class UserConfigFile(_Section):
@@ -141,12 +142,9 @@ class UserConfig:
 
 
 def _read_file(path: Path) -> UserConfigFile | None:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    text = yamlsafe.read_text(path, "user config")  # bounded as a study file is
+    if text is None:
         return None
-    except OSError as exc:
-        raise ConfigError(f"user config {path}: cannot read it ({exc.strerror or exc})") from None
     try:
         data = yamlsafe.load(text, f"user config {path}")
     except yaml.YAMLError as exc:
@@ -166,7 +164,7 @@ def _read_file(path: Path) -> UserConfigFile | None:
             known = _known_keys(error["loc"][:-1])
             hint = did_you_mean(str(error["loc"][-1]), known)
             raise ConfigError(f"user config {path}: unknown key '{loc}'{hint}") from None
-        raise ConfigError(f"user config {path}: {loc}: {error['msg']}") from None
+        raise ConfigError(f"user config {path}: {loc}: {error['msg']} (got {error.get('input')!r})") from None
 
 
 def _known_keys(parent: tuple[Any, ...]) -> list[str]:

@@ -5,17 +5,27 @@ lines (PyYAML keeps the last one silently); nesting deeper than ``MAX_DEPTH`` is
 before Python's recursion limit is near; and the document's size *with every alias
 expanded* is counted on the composed node graph before anything is built, so an alias bomb
 (a few lines that expand to billions of nodes) is refused in linear time and memory.
+
+``read_text`` reads the file itself within a bound: a device (``/dev/zero``), a FIFO or a
+socket is refused without reading it (or waiting for a writer), and a regular file is read
+at most ``MAX_FILE_BYTES`` + 1 bytes, however large it says it is (``/proc`` files say 0).
 """
 
 from __future__ import annotations
 
+import os
+import re
+import stat
+from pathlib import Path
 from typing import Any
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from llem_agent.contract.config import MAX_CONFIG_FILE_BYTES
 from orchestrator.errors import ConfigError
 
+MAX_FILE_BYTES = MAX_CONFIG_FILE_BYTES  # 16 MiB: a 100,000-experiment study is a few hundred KiB
 MAX_DEPTH = 64  # no study nests deeper than a handful of levels
 MAX_EXPANDED_NODES = 200_000  # aliases expanded; a large real study is a few thousand
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -55,6 +65,12 @@ class _StrictLoader(yaml.SafeLoader):
             seen[key] = line
         mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
         return mapping
+
+
+# PyYAML reads YAML 1.1, where 1e-3, 1e6 and 1.5e6 are text (an exponent needs a dot and a sign);
+# YAML 1.2 and JSON read them as numbers, and so does llem: a number field takes no text.
+EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+_StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT, list("-+0123456789."))
 
 
 def expanded_size(root: Node, limit: int) -> int:
@@ -110,3 +126,48 @@ def load(text: str, origin: str, max_nodes: int = MAX_EXPANDED_NODES) -> Any:
         return loader.construct_document(root)
     finally:
         loader.dispose()
+
+
+def read_text(path: Path, what: str, limit: int = MAX_FILE_BYTES) -> str | None:
+    """The UTF-8 text of the user's file ``path`` (``what`` names it in messages), or None when
+    it does not exist; ConfigError when it is not a regular file, is over ``limit`` bytes or is
+    not UTF-8. Reads at most ``limit`` + 1 bytes."""
+    try:
+        # O_NONBLOCK: opening a FIFO with no writer returns at once instead of waiting for one.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        raise ConfigError(f"{what} is a directory: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except ValueError:  # a NUL byte in the path
+        raise ConfigError(f"{what} {str(path)!r} is not a valid path") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ConfigError(f"{what} is a directory: {path}")
+        if not stat.S_ISREG(mode):
+            raise ConfigError(
+                f"{what} {path} is a {_kind(mode)}, not a regular file; llem reads only regular files of at most "
+                f"{limit // 2**20} MiB"
+            )
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ConfigError(f"{what} {path} is larger than {limit // 2**20} MiB; llem reads at most that much")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {exc.start})") from None
+
+
+_KINDS = ((stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"), (stat.S_ISFIFO, "FIFO"))
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "special file")

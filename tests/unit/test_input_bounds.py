@@ -70,9 +70,10 @@ def test_the_limits_are_flags_for_people_who_mean_it(tmp_path, capsys):
     assert main(["run", str(study), "--dry-run", "--max-runs", "12"]) == 0
 
 
-def test_a_billion_cycles_is_refused_before_planning(tmp_path, capsys):
-    err = refused(tmp_path, "model: gpt2\nstudy_execution: {n_cycles: 1000000000}\n", capsys)
-    assert "1,000,000,000 runs" in err
+def test_two_million_runs_are_refused_before_planning(tmp_path, capsys):
+    # n_cycles itself is at most 1,000,000 (a billion is refused by its range: test_hostile_studies.py).
+    text = "model: gpt2\nsweep: {random_seed: [1, 2]}\nstudy_execution: {n_cycles: 1000000}\n"
+    assert "2,000,000 runs" in refused(tmp_path, text, capsys)
 
 
 def test_a_model_directory_linked_to_root_is_refused_without_walking_it(tmp_path, capsys):

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
+import stat
 import sys
 import time
 import traceback
@@ -34,6 +36,7 @@ from llem_agent.contract import (
     config_hash,
     write_atomic,
 )
+from llem_agent.contract.config import MAX_CONFIG_FILE_BYTES
 from llem_agent.energy import disabled_meter, nvml_meter, visible_gpu_uuids
 from llem_agent.engines import load_engine
 from llem_agent.heartbeat import Heartbeat
@@ -52,11 +55,38 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def _read_document(path: Path) -> Any:
-    text = path.read_text(encoding="utf-8")
+    """The data of an experiment file: JSON, or YAML (``.yaml``/``.yml``) without aliases.
+
+    Bounded as the host bounds a study file: a regular file only (``/dev/zero`` or a FIFO is
+    refused without reading it or waiting on it), at most MAX_CONFIG_FILE_BYTES, read at most
+    one byte more. The host expands a study's aliases; a plain experiment file needs none, and
+    refusing them refuses an alias bomb.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{path} is not a regular file; llem-agent reads an experiment from a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            data = handle.read(MAX_CONFIG_FILE_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CONFIG_FILE_BYTES:
+        raise ValueError(f"{path} is larger than {MAX_CONFIG_FILE_BYTES // 2**20} MiB; not an experiment file")
+    text = data.decode("utf-8")
     if path.suffix in (".yaml", ".yml"):
         import yaml  # a transformers dependency, present in every engine image
 
-        return yaml.safe_load(text)
+        class NoAliases(yaml.SafeLoader):
+            def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+                if self.check_event(yaml.AliasEvent):
+                    raise ValueError(f"{path}: YAML aliases (*name) are not read here; write the values out")
+                node: yaml.Node | None = super().compose_node(parent, index)
+                return node
+
+        # As the host reads a study: 1e-3 and 1.5e6 are numbers (YAML 1.1 reads them as text).
+        exponent = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+        NoAliases.add_implicit_resolver("tag:yaml.org,2002:float", exponent, list("-+0123456789."))
+        return yaml.load(text, Loader=NoAliases)  # a SafeLoader: no Python objects
     return json.loads(text)
 
 

@@ -14,10 +14,13 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from llem_agent.contract.engine_sections import (
+    MAX_PENALTY,
+    MAX_TOKENS,
     PyTorchConfig,
     Section,
     TensorRTConfig,
     VLLMConfig,
+    check_finite_json,
 )
 from llem_agent.contract.support import DECODING_SUPPORT, DTYPE_SUPPORT, LORA_SUPPORT, QUANTISATION_SUPPORT
 
@@ -48,6 +51,14 @@ BUILTIN_PROMPT_SETS = {"builtin": "builtin_prompts.jsonl"}
 HUB_PROMPT_SETS = {"aienergyscore": "AIEnergyScore/text_generation"}
 PROMPT_TEXT_KEYS = ("prompt", "text", "question", "input")
 MAX_PROMPT_LINE_BYTES = 1 << 20  # 1 MiB of text is ~250k tokens; truncated to max_input_tokens anyway
+# The largest study, user config or experiment file either side reads (a regular file only;
+# read at most this + 1 bytes): a 100,000-experiment study is a few hundred KiB.
+MAX_CONFIG_FILE_BYTES = 16 << 20
+MAX_PROMPTS = 1_000_000  # prompts measured, warm-up prompts
+MAX_SEED = 2**32 - 1  # vLLM and transformers seed numpy with it, which takes 0 to 2^32 - 1
+MAX_TEMPERATURE = 100.0
+MAX_CACHE_TTL_SECONDS = 365 * 86400.0
+MAX_INTERVAL_RUNS = 1_000_000
 
 
 def prompt_text(record: object) -> str | None:
@@ -66,7 +77,7 @@ class DatasetConfig(Section):
         default="aienergyscore",
         description="Built-in prompt set name or path to a .jsonl file (one {'prompt': ...} per line).",
     )
-    n_prompts: int = Field(default=100, ge=1, description="Number of prompts measured.")
+    n_prompts: int = Field(default=100, ge=1, le=MAX_PROMPTS, description="Number of prompts measured, 1-1,000,000.")
     order: Literal["interleaved", "grouped", "shuffled"] = Field(
         default="interleaved", description="interleaved: source order; grouped: by length; shuffled: seeded."
     )
@@ -75,13 +86,13 @@ class DatasetConfig(Section):
 class DecoderConfig(Section):
     """Universal decoding settings (003 ``decoder:``)."""
 
-    temperature: float = Field(default=1.0, ge=0.0)
+    temperature: float = Field(default=1.0, ge=0.0, le=MAX_TEMPERATURE)
     do_sample: bool = True
-    top_k: int = Field(default=50, ge=0)
+    top_k: int = Field(default=50, ge=0, le=MAX_TOKENS, description="0: off.")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    repetition_penalty: float = Field(default=1.0, gt=0.0)
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=MAX_PENALTY)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    min_new_tokens: int | None = Field(default=None, ge=0)
+    min_new_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
     preset: Literal["deterministic", "standard", "creative"] | None = Field(
         default=None, description="Fills the fields it defines; fields given explicitly win."
     )
@@ -104,7 +115,10 @@ class WarmupConfig(Section):
 
     enabled: bool = True
     n_warmup: int = Field(
-        default=5, ge=0, description="Warmup prompts, as full-length batches drawn like the measured ones."
+        default=5,
+        ge=0,
+        le=MAX_PROMPTS,
+        description="Warmup prompts, as full-length batches drawn like the measured ones.",
     )
     thermal_floor_seconds: float = Field(
         default=60.0, ge=30.0, le=600.0, description="Wait after warmup, 30-600 s (003: minimum 30 s)."
@@ -117,9 +131,9 @@ class WarmupConfig(Section):
     )
     convergence_detection: bool = False
     cv_threshold: float = Field(default=0.05, gt=0.0, lt=1.0)
-    max_prompts: int = Field(default=20, ge=1)
-    window_size: int = Field(default=3, ge=2)
-    min_prompts: int = Field(default=5, ge=1)
+    max_prompts: int = Field(default=20, ge=1, le=MAX_PROMPTS)
+    window_size: int = Field(default=3, ge=2, le=MAX_PROMPTS)
+    min_prompts: int = Field(default=5, ge=1, le=MAX_PROMPTS)
 
     @model_validator(mode="after")
     def _cv_bounds(self) -> WarmupConfig:
@@ -134,8 +148,8 @@ class BaselineConfig(Section):
     enabled: bool = True
     duration_seconds: float = Field(default=30.0, ge=5.0, le=120.0)
     strategy: Literal["validated", "cached", "fresh"] = "validated"
-    cache_ttl_seconds: float = Field(default=7200.0, ge=60.0)
-    validation_interval: int = Field(default=5, ge=1)
+    cache_ttl_seconds: float = Field(default=7200.0, ge=60.0, le=MAX_CACHE_TTL_SECONDS, description="At most a year.")
+    validation_interval: int = Field(default=5, ge=1, le=MAX_INTERVAL_RUNS)
     drift_threshold: float = Field(default=0.10, ge=0.01, le=0.50)
 
 
@@ -160,9 +174,9 @@ class ExperimentConfig(Section):
     engine: EngineName = "pytorch"
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     dtype: DType | None = Field(default=None, description="None: bfloat16 on GPU, float32 on CPU (recorded).")
-    random_seed: int = 42
-    max_input_tokens: int | None = Field(default=256, ge=1)
-    max_output_tokens: int | None = Field(default=256, ge=1)
+    random_seed: int = Field(default=42, ge=0, le=MAX_SEED, description="0 to 2^32 - 1.")
+    max_input_tokens: int | None = Field(default=256, ge=1, le=MAX_TOKENS, description="1-1,048,576.")
+    max_output_tokens: int | None = Field(default=256, ge=1, le=MAX_TOKENS, description="1-1,048,576.")
     decoder: DecoderConfig = Field(default_factory=DecoderConfig)
     warmup: WarmupConfig = Field(default_factory=WarmupConfig)
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
@@ -178,6 +192,12 @@ class ExperimentConfig(Section):
         default=None, description="Extra keyword arguments handed to the engine as they are."
     )
     output_dir: str | None = None
+
+    @field_validator("passthrough_kwargs")
+    @classmethod
+    def _finite(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        check_finite_json(value, "passthrough_kwargs")
+        return value
 
     @field_validator("engine", mode="before")
     @classmethod

@@ -9,19 +9,63 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# The bounds of the schema's numbers (README "Numbers in a study file"); `llem schema` shows
+# each field's minimum and maximum. Sized so that no real run is refused and no absurd value
+# (10^100 tokens, an endless wait) is found out only inside a container.
+MAX_TOKENS = 1 << 20  # tokens of one prompt or one output (1,048,576); also top_k and n-gram sizes
+MAX_ENGINE_TOKENS = 1 << 27  # an engine's capacity in tokens: context, tokens per step, KV cache
+MAX_SEQUENCES = 1 << 16  # a batch, sequences at once, outputs per prompt, group sizes (65,536)
+MAX_BEAMS = 1024
+MAX_DEVICES = 1024  # tensor / pipeline parallel degree, processes
+MAX_SMALL_COUNT = 1024  # scheduler steps, attention splits
+MAX_PENALTY = 100.0  # |length_penalty|, repetition_penalty
+MAX_MEMORY_GIB = 16384.0  # host memory handed to an engine (swap, CPU offload): 16 TiB
+MAX_KV_CACHE_BYTES = 1 << 50  # 1 PiB
+MAX_LIST_ITEMS = 10_000  # module names and the like
+_INF = float("inf")
 
 
 class Section(BaseModel):
-    """Base of every config section: unknown keys fail, instances are immutable."""
+    """Base of every config section: unknown keys fail, instances are immutable.
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    Strict: a boolean is never a number (``batch_size: true`` is refused, not batch size 1), a
+    quoted ``"4"`` is a string, not a number, and a float is not an integer; an integer is a
+    float where a float goes. Floats are finite (``.inf`` and ``.nan`` are refused).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True, allow_inf_nan=False)
+
+
+def check_finite_json(value: Any, where: str) -> None:
+    """ValueError unless ``value`` (free-form engine arguments) is JSON: string keys, finite numbers.
+
+    What JSON cannot carry would not reach the agent as written: the host's experiment.json has
+    null where the study said ``.nan``, and a YAML date or ``!!binary`` would arrive as a string.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not -_INF < item < _INF:  # false for NaN too
+            raise ValueError(f"{item} in {where} is not a finite number (JSON has no NaN or infinity)")
+        if isinstance(item, dict):
+            for key in item:
+                if not isinstance(key, str):
+                    raise ValueError(f"keys in {where} must be strings, got {key!r}")
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif item is not None and not isinstance(item, (str, int, float)):
+            raise ValueError(f"{where} holds a {type(item).__name__}, which JSON cannot carry: {item!r}")
 
 
 class PyTorchConfig(Section):
     """Transformers engine (003 ``pytorch:``, every field of the 004 audit)."""
 
-    batch_size: int | None = Field(default=None, ge=1, description="Prompts per generate call. Default 1.")
+    batch_size: int | None = Field(
+        default=None, ge=1, le=MAX_SEQUENCES, description="Prompts per generate call, 1-65,536. Default 1."
+    )
     attn_implementation: Literal["sdpa", "flash_attention_2", "flash_attention_3", "eager"] | None = None
     torch_compile: bool | None = None
     torch_compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None = (
@@ -35,22 +79,22 @@ class PyTorchConfig(Section):
     bnb_4bit_use_double_quant: bool | None = None
     use_cache: bool | None = None
     cache_implementation: Literal["static", "offloaded_static", "sliding_window"] | None = None
-    num_beams: int | None = Field(default=None, ge=1)
+    num_beams: int | None = Field(default=None, ge=1, le=MAX_BEAMS)
     early_stopping: bool | None = None
-    length_penalty: float | None = None
-    no_repeat_ngram_size: int | None = Field(default=None, ge=0)
-    prompt_lookup_num_tokens: int | None = Field(default=None, ge=1)
+    length_penalty: float | None = Field(default=None, ge=-MAX_PENALTY, le=MAX_PENALTY)
+    no_repeat_ngram_size: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
+    prompt_lookup_num_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     device_map: str | None = None
-    max_memory: dict[str | int, str] | None = None
+    max_memory: dict[str | int, str] | None = Field(default=None, max_length=MAX_DEVICES + 1)
     low_cpu_mem_usage: bool | None = None
     allow_tf32: bool | None = None
     autocast_enabled: bool | None = None
     autocast_dtype: Literal["float16", "bfloat16"] | None = None
     tp_plan: str | None = None
-    tp_size: int | None = Field(default=None, ge=1)
+    tp_size: int | None = Field(default=None, ge=1, le=MAX_DEVICES)
     revision: str | None = Field(default=None, description="Model revision (commit, tag) for reproducibility.")
     trust_remote_code: bool | None = Field(default=None, description="Off unless set to true.")
-    num_processes: int | None = Field(default=None, ge=1)
+    num_processes: int | None = Field(default=None, ge=1, le=MAX_DEVICES)
 
     @model_validator(mode="after")
     def _cross_rules(self) -> PyTorchConfig:
@@ -77,7 +121,7 @@ class VLLMAttentionConfig(Section):
 
     engine: str | None = Field(default=None, description="Attention backend name, e.g. FLASH_ATTN, FLASHINFER.")
     flash_attn_version: int | None = Field(default=None, ge=2, le=3)
-    flash_attn_max_num_splits_for_cuda_graph: int | None = Field(default=None, ge=1)
+    flash_attn_max_num_splits_for_cuda_graph: int | None = Field(default=None, ge=1, le=MAX_SMALL_COUNT)
     use_prefill_decode_attention: bool | None = None
     use_prefill_query_quantization: bool | None = None
     use_cudnn_prefill: bool | None = None
@@ -92,43 +136,49 @@ class VLLMSpeculativeConfig(Section):
 
     method: str | None = Field(default=None, description="ngram, eagle, eagle3, medusa, mtp, draft_model...")
     model: str | None = None
-    num_speculative_tokens: int | None = Field(default=None, ge=1)
-    prompt_lookup_max: int | None = Field(default=None, ge=1)
-    prompt_lookup_min: int | None = Field(default=None, ge=1)
-    draft_tensor_parallel_size: int | None = Field(default=None, ge=1)
+    num_speculative_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
+    prompt_lookup_max: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
+    prompt_lookup_min: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
+    draft_tensor_parallel_size: int | None = Field(default=None, ge=1, le=MAX_DEVICES)
 
 
 class VLLMEngineConfig(Section):
     """Arguments of ``vllm.LLM`` / EngineArgs (003 ``vllm.engine:``)."""
 
     gpu_memory_utilization: float | None = Field(default=None, gt=0.0, le=1.0)
-    swap_space: float | None = Field(default=None, ge=0.0)
-    cpu_offload_gb: float | None = Field(default=None, ge=0.0)
+    swap_space: float | None = Field(default=None, ge=0.0, le=MAX_MEMORY_GIB, description="GiB, 0-16,384.")
+    cpu_offload_gb: float | None = Field(default=None, ge=0.0, le=MAX_MEMORY_GIB, description="GiB, 0-16,384.")
     block_size: Literal[8, 16, 32, 64, 128] | None = None
     kv_cache_dtype: Literal["auto", "fp8", "fp8_e5m2", "fp8_e4m3"] | None = None
     enforce_eager: bool | None = None
     enable_chunked_prefill: bool | None = None
-    max_num_seqs: int | None = Field(default=None, ge=1)
-    max_num_batched_tokens: int | None = Field(default=None, ge=1)
-    max_model_len: int | None = Field(default=None, ge=1)
-    tensor_parallel_size: int | None = Field(default=None, ge=1)
-    pipeline_parallel_size: int | None = Field(default=None, ge=1)
+    max_num_seqs: int | None = Field(default=None, ge=1, le=MAX_SEQUENCES)
+    max_num_batched_tokens: int | None = Field(default=None, ge=1, le=MAX_ENGINE_TOKENS)
+    max_model_len: int | None = Field(default=None, ge=1, le=MAX_ENGINE_TOKENS)
+    tensor_parallel_size: int | None = Field(default=None, ge=1, le=MAX_DEVICES)
+    pipeline_parallel_size: int | None = Field(default=None, ge=1, le=MAX_DEVICES)
     enable_prefix_caching: bool | None = None
     quantization: (
         Literal["awq", "gptq", "fp8", "awq_marlin", "gptq_marlin", "bitsandbytes", "compressed-tensors"] | None
     ) = None
-    num_scheduler_steps: int | None = Field(default=None, ge=1)
-    max_seq_len_to_capture: int | None = Field(default=None, ge=1)
+    num_scheduler_steps: int | None = Field(default=None, ge=1, le=MAX_SMALL_COUNT)
+    max_seq_len_to_capture: int | None = Field(default=None, ge=1, le=MAX_ENGINE_TOKENS)
     distributed_executor_backend: Literal["mp", "ray"] | None = None
     speculative_config: VLLMSpeculativeConfig | None = None
-    offload_group_size: int | None = Field(default=None, ge=0)
-    offload_num_in_group: int | None = Field(default=None, ge=1)
-    offload_prefetch_step: int | None = Field(default=None, ge=0)
-    offload_params: list[str] | None = None
+    offload_group_size: int | None = Field(default=None, ge=0, le=MAX_SEQUENCES)
+    offload_num_in_group: int | None = Field(default=None, ge=1, le=MAX_SEQUENCES)
+    offload_prefetch_step: int | None = Field(default=None, ge=0, le=MAX_SEQUENCES)
+    offload_params: list[str] | None = Field(default=None, max_length=MAX_LIST_ITEMS)
     disable_custom_all_reduce: bool | None = None
-    kv_cache_memory_bytes: int | None = Field(default=None, ge=1)
+    kv_cache_memory_bytes: int | None = Field(default=None, ge=1, le=MAX_KV_CACHE_BYTES)
     compilation_config: dict[str, Any] | None = None
     attention: VLLMAttentionConfig | None = None
+
+    @field_validator("compilation_config")
+    @classmethod
+    def _finite(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        check_finite_json(value, "compilation_config")
+        return value
 
     @model_validator(mode="after")
     def _cross_rules(self) -> VLLMEngineConfig:
@@ -140,21 +190,21 @@ class VLLMEngineConfig(Section):
 class VLLMSamplingConfig(Section):
     """vLLM-only sampling parameters (003 ``vllm.sampling:``)."""
 
-    max_tokens: int | None = Field(default=None, ge=1)
-    min_tokens: int | None = Field(default=None, ge=0)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
+    min_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     ignore_eos: bool | None = None
-    n: int | None = Field(default=None, ge=1)
+    n: int | None = Field(default=None, ge=1, le=MAX_SEQUENCES)
 
 
 class VLLMBeamSearchConfig(Section):
     """vLLM beam search (003 ``vllm.beam_search:``)."""
 
-    beam_width: int | None = Field(default=None, ge=1)
-    length_penalty: float | None = None
+    beam_width: int | None = Field(default=None, ge=1, le=MAX_BEAMS)
+    length_penalty: float | None = Field(default=None, ge=-MAX_PENALTY, le=MAX_PENALTY)
     early_stopping: bool | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
 
 
 class VLLMConfig(Section):
@@ -193,8 +243,8 @@ class TensorRTQuantConfig(Section):
 
     quant_algo: QuantAlgo | None = None
     kv_cache_quant_algo: Literal["FP8", "INT8", "NVFP4"] | None = None
-    group_size: int | None = Field(default=None, ge=1)
-    exclude_modules: list[str] | None = None
+    group_size: int | None = Field(default=None, ge=1, le=MAX_SEQUENCES)
+    exclude_modules: list[str] | None = Field(default=None, max_length=MAX_LIST_ITEMS)
 
 
 class TensorRTKvCacheConfig(Section):
@@ -202,7 +252,7 @@ class TensorRTKvCacheConfig(Section):
 
     free_gpu_memory_fraction: float | None = Field(default=None, gt=0.0, le=1.0)
     enable_block_reuse: bool | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_ENGINE_TOKENS)
     dtype: Literal["auto", "fp8", "nvfp4"] | None = None
 
 
@@ -216,22 +266,22 @@ class TensorRTSchedulerConfig(Section):
 class TensorRTSamplingConfig(Section):
     """TensorRT-LLM ``SamplingParams`` beyond the universal decoder settings."""
 
-    min_tokens: int | None = Field(default=None, ge=0)
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    min_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     ignore_eos: bool | None = None
-    n: int | None = Field(default=None, ge=1)
+    n: int | None = Field(default=None, ge=1, le=MAX_SEQUENCES)
 
 
 class TensorRTConfig(Section):
     """TensorRT-LLM engine (003 ``tensorrt:``)."""
 
-    max_batch_size: int | None = Field(default=None, ge=1)
-    tensor_parallel_size: int | None = Field(default=None, ge=1)
-    pipeline_parallel_size: int | None = Field(default=None, ge=1)
-    max_input_len: int | None = Field(default=None, ge=1)
-    max_seq_len: int | None = Field(default=None, ge=1)
-    max_num_tokens: int | None = Field(default=None, ge=1)
+    max_batch_size: int | None = Field(default=None, ge=1, le=MAX_SEQUENCES)
+    tensor_parallel_size: int | None = Field(default=None, ge=1, le=MAX_DEVICES)
+    pipeline_parallel_size: int | None = Field(default=None, ge=1, le=MAX_DEVICES)
+    max_input_len: int | None = Field(default=None, ge=1, le=MAX_ENGINE_TOKENS)
+    max_seq_len: int | None = Field(default=None, ge=1, le=MAX_ENGINE_TOKENS)
+    max_num_tokens: int | None = Field(default=None, ge=1, le=MAX_ENGINE_TOKENS)
     dtype: Literal["float16", "bfloat16"] | None = None
     fast_build: bool | None = None
     engine: Literal["pytorch", "tensorrt"] | None = Field(
