@@ -33,6 +33,8 @@ def run(extra: dict, adapter_source: str | None = None, prompts: list[str] = PRO
         "untimed_end_s": observation.untimed_end_s,
         "ids": ids.tolist(),
         "model_class": type(engine._model).__name__,
+        "parameters": engine.n_parameters(),
+        "passthrough": engine.passthrough(),
     }
 
 
@@ -45,5 +47,8 @@ found = {
     "ngram": run({"pytorch": {"no_repeat_ngram_size": 2}}),
     "lora": run({"lora": {"adapter_path": adapter}}, adapter),
     "lora_merged": run({"lora": {"adapter_path": adapter, "merge_weights": True}}, adapter),
+    # passthrough_kwargs: a config override to from_pretrained (one layer of two), and a
+    # GenerationConfig option to generate (every token ends the sequence: one token a request).
+    "passthrough": run({"passthrough_kwargs": {"n_layer": 1, "eos_token_id": list(range(5000))}}),
 }
 print(json.dumps(found))

@@ -44,6 +44,11 @@ def test_004_fields_reach_generate(tiny_model, tiny_adapter, docker_client):
     # Beams: no token is timed (transformers streams nothing with beams), none is made up.
     assert found["beam"]["times"] == [0, 0] and found["beam"]["untimed_reason"].startswith("beam search")
     assert found["beam"]["untimed_end_s"] > 0 and all(n > 0 for n in found["beam"]["output_tokens"])
+    # passthrough_kwargs reached from_pretrained (a layer fewer) and generate (one token a request).
+    passed = found["passthrough"]
+    assert passed["passthrough"] == {"n_layer": "from_pretrained", "eos_token_id": "generate"}
+    assert passed["parameters"] < base["parameters"] and passed["output_tokens"] == [1, 1]
+    assert all(n > 1 for n in base["output_tokens"])
     # No n-gram of 2 repeats in what no_repeat_ngram_size=2 generated.
     for row in found["ngram"]["ids"]:
         pairs = list(itertools.pairwise(row))

@@ -46,7 +46,8 @@ def check_vllm_result(result: dict) -> None:
         assert "beam search" in result["latency"]["ttft_missing_reason"]
         assert result["latency"]["ttft_s"]["n"] == 0 and result["latency"]["inter_token_s"]["n"] == 0
     else:
-        assert result["latency"]["inter_token_source"] == "request_means"
+        if any(r["output_tokens"] > 1 for r in result["requests"]):  # one token a request has no gap
+            assert result["latency"]["inter_token_source"] == "request_means"
         assert result["latency"]["ttft_missing_reason"] is None  # vLLM's request metrics were there
     effective = result["effective"]
     assert effective["max_model_len"] == 256 and effective["batch_size"] == 4
@@ -56,6 +57,7 @@ def check_vllm_result(result: dict) -> None:
 
 
 def test_vllm_study_through_real_containers(tmp_path: Path, tiny_llama: Path, tiny_llama_adapter: Path, vllm_image):
+    vocab = json.loads((tiny_llama / "config.json").read_text())["vocab_size"]
     study = tmp_path / "vllm.yaml"
     study.write_text(
         f"""name: vllm-cpu
@@ -74,6 +76,7 @@ experiments:
     vllm: {{sampling: {{presence_penalty: 0.5}}}}
   - vllm: {{beam_search: {{beam_width: 2}}}}
   - lora: {{adapter_path: {tiny_llama_adapter}}}
+  - passthrough_kwargs: {{stop_token_ids: {list(range(vocab))}}}
 study_execution: {{n_cycles: 1}}
 """
     )
@@ -83,7 +86,13 @@ study_execution: {{n_cycles: 1}}
     logs = "".join(p.read_text()[-1500:] for p in study_dir.glob("runs/*/container.log"))
     assert done.returncode == 0, done.stderr[-2000:] + logs
     results = results_of(study_dir)
-    assert sorted(results) == ["e001-c1", "e002-c1", "e003-c1", "e004-c1"]
+    assert sorted(results) == ["e001-c1", "e002-c1", "e003-c1", "e004-c1", "e005-c1"]
+    # passthrough_kwargs reached SamplingParams: every token of the vocabulary stops, so each request
+    # ends at its first token (12 without it).
+    stopped = results["e005-c1"]
+    assert stopped["passthrough"] == {"stop_token_ids": "SamplingParams"}
+    assert [r["output_tokens"] for r in stopped["requests"]] == [1] * 8
+    assert all(r["output_tokens"] > 1 for r in results["e001-c1"]["requests"])
     for result in results.values():
         check_vllm_result(result)
     requests = {run_id: json.loads((study_dir / "runs" / run_id / "experiment.json").read_text())

@@ -26,7 +26,13 @@ from llem_agent.contract import (
     config_hash,
 )
 from llem_agent.energy import EnergyMeter, NvmlBackend, PowerReading, Sampler, WindowWork, energy_report
-from llem_agent.engines.args import vllm_cpu_kv_cache_bytes
+from llem_agent.engines.args import (
+    PassthroughError,
+    check_passthrough,
+    route_passthrough,
+    vllm_cpu_kv_cache_bytes,
+    vllm_sampling_kwargs,
+)
 from llem_agent.engines.tensorrt import MPI_LOOPBACK_ENV, TensorRTEngine
 from llem_agent.external import ZeusSampler
 from llem_agent.heartbeat import Heartbeat
@@ -620,3 +626,44 @@ def test_an_engine_error_that_points_at_its_root_cause_carries_it(tmp_path: Path
         "than desired CPU memory utilization (0.92, 19.49 GiB).)"
     )
     assert "\n" not in failure.message
+
+
+# --- issue 22, 1.1: passthrough_kwargs reach the engine call they belong to --------------
+
+
+TARGETS = {
+    "generate": frozenset({"typical_p", "suppress_tokens"}),
+    "BitsAndBytesConfig": frozenset({"llm_int8_threshold"}),
+}
+
+
+def test_each_passthrough_key_goes_to_the_one_call_that_takes_it():
+    routes = route_passthrough(
+        {"typical_p": 0.2, "offload_folder": "/x", "llm_int8_threshold": 5.0}, lambda: TARGETS, "from_pretrained"
+    )
+    assert routes == {"generate": {"typical_p": 0.2}, "from_pretrained": {"offload_folder": "/x"},
+                      "BitsAndBytesConfig": {"llm_int8_threshold": 5.0}}  # fmt: skip
+    assert route_passthrough(None, lambda: pytest.fail("no engine class is asked for nothing"), None) == {}
+
+
+def test_a_passthrough_key_no_call_or_two_calls_take_is_refused():
+    both = {"SamplingParams": frozenset({"seed", "n"}), "LLM": frozenset({"seed", "enforce_eager"})}
+    with pytest.raises(
+        PassthroughError, match=r"passthrough_kwargs.seed: taken by more than one call \(SamplingParams, LLM\)"
+    ):
+        route_passthrough({"seed": 3}, lambda: both, None)
+    with pytest.raises(PassthroughError, match=r"passthrough_kwargs\.bogus: no call of this engine takes it"):
+        route_passthrough({"bogus": 1}, lambda: both, None)
+
+
+def test_a_passthrough_key_may_not_set_what_llem_sets_itself():
+    config = ExperimentConfig.model_validate({"model": "m", "engine": "vllm", "passthrough_kwargs": {"max_tokens": 3}})
+    with pytest.raises(PassthroughError, match="llem sets it for SamplingParams"):
+        check_passthrough(
+            config, {"SamplingParams": {"max_tokens": 3}}, {"SamplingParams": vllm_sampling_kwargs(config)}
+        )
+    nested = ExperimentConfig.model_validate(
+        {"model": "m", "engine": "vllm", "passthrough_kwargs": {"enable_prefix_caching": False}}
+    )
+    with pytest.raises(PassthroughError, match="a field of vllm:, set it there"):  # vllm.engine.enable_prefix_caching
+        check_passthrough(nested, {"LLM": {"enable_prefix_caching": False}}, {"LLM": {}})

@@ -31,6 +31,9 @@ class DummyEngine:
     def prefix_cache(self):
         return False
 
+    def passthrough(self):
+        return {}
+
     def reset_prefix_cache(self):
         return False
 

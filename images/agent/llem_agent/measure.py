@@ -211,4 +211,5 @@ def run_measurement(
         ),
         requests=records,
         prefix_cache=cache,
+        passthrough=engine.passthrough() or None,
     )

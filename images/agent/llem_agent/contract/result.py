@@ -354,6 +354,11 @@ class ExperimentResult(_Frozen):
     environment: AgentEnvironment
     requests: list[RequestRecord]
     prefix_cache: PrefixCacheReport | None = None
+    passthrough: dict[str, str] | None = Field(
+        default=None,
+        description="Where each passthrough_kwargs key went: the engine call that received it (generate, "
+        "from_pretrained, BitsAndBytesConfig; vLLM's LLM or SamplingParams; TensorRT-LLM's LLM or SamplingParams).",
+    )
 
 
 class RunError(_Frozen):

@@ -61,6 +61,7 @@ _UNIVERSAL = frozenset(
         "warmup.window_size",
         "warmup.min_prompts",
         "warmup.prefix_cache",
+        "passthrough_kwargs",
         "energy_sampler",
         "gpu_telemetry",
         "baseline.enabled",

@@ -11,9 +11,58 @@ enum members as their names; the engine modules turn them into the libraries' ow
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from llem_agent.contract import ExperimentConfig
+
+
+class PassthroughError(ValueError):
+    """A ``passthrough_kwargs`` key no engine call takes, or more than one would."""
+
+
+def route_passthrough(
+    kwargs: dict[str, Any] | None, targets: Callable[[], dict[str, frozenset[str]]], fallback: str | None
+) -> dict[str, dict[str, Any]]:
+    """``passthrough_kwargs`` (001, 003: the escape hatch), each key handed to the one engine
+    call that takes it: the target whose parameter names (``known``, read off the engine's own
+    classes) hold the key, else ``fallback`` (an engine call that refuses a name it does not
+    take itself, as ``from_pretrained`` and TensorRT-LLM's ``LLM()`` do). A key two targets take
+    is ambiguous and refused, as is a key none takes where there is no fallback."""
+    routes: dict[str, dict[str, Any]] = {}
+    if not kwargs:
+        return routes
+    known = targets()  # asked of the engine's classes only when there is something to route
+    for key, value in kwargs.items():
+        takers = [target for target, names in known.items() if key in names]
+        if len(takers) > 1:
+            raise PassthroughError(f"passthrough_kwargs.{key}: taken by more than one call ({', '.join(takers)})")
+        target = takers[0] if takers else fallback
+        if target is None:
+            raise PassthroughError(f"passthrough_kwargs.{key}: no call of this engine takes it ({', '.join(known)})")
+        routes.setdefault(target, {})[key] = value
+    return routes
+
+
+def check_passthrough(
+    config: ExperimentConfig, routes: dict[str, dict[str, Any]], built: dict[str, dict[str, Any]]
+) -> None:
+    """No passthrough key may set what llem sets itself: a key of the arguments llem built for the
+    same call (``max_new_tokens`` from ``max_output_tokens``, ``seed`` from ``random_seed``), or
+    the name of a field of the engine's own section, however deep (``enable_prefix_caching`` is
+    ``vllm.engine.enable_prefix_caching``): a study says each setting once, where it is recorded."""
+    from llem_agent.contract.config import ENGINE_SECTIONS
+    from llem_agent.contract.support import section_paths
+
+    section = {path.rsplit(".", 1)[-1] for path in section_paths(ENGINE_SECTIONS[config.engine], "")}
+    for target, given in routes.items():
+        for key in given:
+            if key in built.get(target, {}):
+                raise PassthroughError(
+                    f"passthrough_kwargs.{key}: llem sets it for {target} from the study's own fields"
+                )
+            if key in section:
+                raise PassthroughError(f"passthrough_kwargs.{key}: a field of {config.engine}:, set it there")
 
 
 def _set(out: dict[str, Any], key: str, value: Any) -> None:

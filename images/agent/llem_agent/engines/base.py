@@ -53,6 +53,9 @@ class Engine(Protocol):
     def effective(self) -> dict[str, str | int | float | bool | None]:
         """The engine defaults this run resolved (dtype, batch size, device...)."""
 
+    def passthrough(self) -> dict[str, str]:
+        """Where each ``passthrough_kwargs`` key went: the engine call that received it."""
+
     def n_parameters(self) -> int | None:
         """Parameters of the loaded model (for the FLOPs estimate); None when unknown."""
 

@@ -19,7 +19,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.generation.streamers import BaseStreamer
 
 from llem_agent.contract import AgentEnvironment, ExperimentConfig
-from llem_agent.engines.args import pytorch_compile_kwargs, pytorch_generate_kwargs, pytorch_load_kwargs
+from llem_agent.engines.args import (
+    PassthroughError,
+    check_passthrough,
+    pytorch_compile_kwargs,
+    pytorch_generate_kwargs,
+    pytorch_load_kwargs,
+    route_passthrough,
+)
 from llem_agent.engines.base import RunDirs
 from llem_agent.metrics import BEAM_SEARCH_UNTIMED, BatchObservation
 
@@ -47,6 +54,18 @@ class _StepClock(BaseStreamer):  # type: ignore[misc]  # torch/transformers are 
         pass
 
 
+def _passthrough_targets() -> dict[str, frozenset[str]]:
+    """``generate`` takes GenerationConfig's options, BitsAndBytesConfig its own; the rest goes
+    to ``from_pretrained`` (which hands unknown names to the model and refuses what it cannot use)."""
+    import inspect
+
+    from transformers import BitsAndBytesConfig, GenerationConfig
+
+    generation = {k for k in GenerationConfig().to_dict() if not k.startswith("_") and k != "transformers_version"}
+    bnb = set(inspect.signature(BitsAndBytesConfig).parameters) - {"kwargs", "self"}
+    return {"generate": frozenset(generation), "BitsAndBytesConfig": frozenset(bnb)}
+
+
 def generated_lengths(generated: torch.Tensor, eos_ids: set[int]) -> list[int]:
     """Tokens each row really generated: up to and including its first EOS, else all."""
     lengths: list[int] = []
@@ -71,6 +90,7 @@ class PyTorchEngine:
         self._dtype = "float32"
         self._eos: set[int] = set()
         self._gen_kwargs: dict[str, Any] = {}
+        self._passthrough: dict[str, str] = {}
 
     def load(
         self,
@@ -94,6 +114,18 @@ class PyTorchEngine:
         tokenizer.padding_side = "left"  # decoder-only: new tokens follow the prompt directly
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
+        routes = route_passthrough(config.passthrough_kwargs, _passthrough_targets, fallback="from_pretrained")
+        self._passthrough = {key: target for target, given in routes.items() for key in given}
+        own_generate = pytorch_generate_kwargs(config) | {"pad_token_id": None, "streamer": None, "tokenizer": None}
+        check_passthrough(config, routes, {"from_pretrained": kwargs | {"dtype": None}, "generate": own_generate})
+        kwargs.update(routes.get("from_pretrained", {}))  # from_pretrained refuses a name the model does not take
+        if routes.get("BitsAndBytesConfig"):
+            if "quantization_config" not in kwargs:
+                raise PassthroughError(
+                    f"passthrough_kwargs {sorted(routes['BitsAndBytesConfig'])}: BitsAndBytesConfig options need "
+                    "pytorch.load_in_4bit or pytorch.load_in_8bit"
+                )
+            kwargs["quantization_config"].update(routes["BitsAndBytesConfig"])
         if "quantization_config" in kwargs:
             from transformers import BitsAndBytesConfig
 
@@ -119,7 +151,9 @@ class PyTorchEngine:
             torch.cuda.reset_peak_memory_stats()
         self._model, self._tokenizer = model, tokenizer
         # Built once: the same for every batch, and never inside the measured window.
-        self._gen_kwargs = pytorch_generate_kwargs(config) | {"pad_token_id": tokenizer.pad_token_id}
+        self._gen_kwargs = (
+            pytorch_generate_kwargs(config) | {"pad_token_id": tokenizer.pad_token_id} | routes.get("generate", {})
+        )
         if "prompt_lookup_num_tokens" in self._gen_kwargs:
             self._gen_kwargs["tokenizer"] = tokenizer  # prompt lookup decoding matches on token ids and text
 
@@ -211,6 +245,9 @@ class PyTorchEngine:
         if attn is not None:
             out["attn_implementation"] = str(attn)
         return out
+
+    def passthrough(self) -> dict[str, str]:
+        return dict(self._passthrough)
 
     def n_parameters(self) -> int:
         return int(sum(p.numel() for p in self._model.parameters()))

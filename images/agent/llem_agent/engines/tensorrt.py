@@ -21,7 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from llem_agent.contract import AgentEnvironment, ExperimentConfig
-from llem_agent.engines.args import tensorrt_llm_kwargs, tensorrt_sampling_kwargs
+from llem_agent.engines.args import (
+    check_passthrough,
+    route_passthrough,
+    tensorrt_llm_kwargs,
+    tensorrt_sampling_kwargs,
+)
 from llem_agent.engines.base import RunDirs
 from llem_agent.metrics import BatchObservation
 from llem_agent.modelfiles import count_parameters, local_model_dir
@@ -98,6 +103,7 @@ class TensorRTEngine:
         self._source = ""
         self._build_s: float | None = None
         self._cache_hit: bool | None = None
+        self._passthrough: dict[str, str] = {}
 
     def load(
         self,
@@ -116,7 +122,11 @@ class TensorRTEngine:
             config, model_source, engine_cache_dir=dirs.engine_cache, prebuilt_engine_dir=dirs.prebuilt_engine
         )
         backend = kwargs.pop("backend", None)
-        sampling = tensorrt_sampling_kwargs(config)
+        routes = route_passthrough(config.passthrough_kwargs, _passthrough_targets, fallback="LLM")
+        self._passthrough = {key: target for target, given in routes.items() for key in given}
+        check_passthrough(config, routes, {"LLM": kwargs, "SamplingParams": tensorrt_sampling_kwargs(config)})
+        kwargs.update(routes.get("LLM", {}))  # TensorRT-LLM's arguments refuse a name they do not take
+        sampling = tensorrt_sampling_kwargs(config) | routes.get("SamplingParams", {})
         self._sampling = SamplingParams(**sampling, return_perf_metrics=True)
         if backend == "tensorrt":
             from tensorrt_llm._tensorrt_engine import LLM
@@ -201,6 +211,9 @@ class TensorRTEngine:
             "engine_cache_hit": self._cache_hit,
         }
 
+    def passthrough(self) -> dict[str, str]:
+        return dict(self._passthrough)
+
     def n_parameters(self) -> int | None:
         directory = local_model_dir(self._source)
         return count_parameters(directory) if directory else None
@@ -227,6 +240,15 @@ class TensorRTEngine:
 def _seconds(value: Any) -> float:
     """TensorRT-LLM timing deltas are datetime.timedelta or float seconds, by version."""
     return float(value.total_seconds()) if hasattr(value, "total_seconds") else float(value)
+
+
+def _passthrough_targets() -> dict[str, frozenset[str]]:
+    """``SamplingParams`` takes its own fields; the rest goes to ``LLM()``."""
+    import dataclasses
+
+    from tensorrt_llm import SamplingParams
+
+    return {"SamplingParams": frozenset(f.name for f in dataclasses.fields(SamplingParams))}
 
 
 def _cached_tokens(out: Any, perf: Any, prompt_tokens: int) -> int | None:

@@ -10,6 +10,7 @@ expose the time of every token, so inter-token latency is each request's mean ga
 
 from __future__ import annotations
 
+import inspect
 import json
 import platform
 import time
@@ -18,6 +19,9 @@ from typing import Any
 
 from llem_agent.contract import AgentEnvironment, ExperimentConfig
 from llem_agent.engines.args import (
+    PassthroughError,
+    check_passthrough,
+    route_passthrough,
     vllm_beam_search_kwargs,
     vllm_cpu_kv_cache_bytes,
     vllm_engine_kwargs,
@@ -42,6 +46,7 @@ class VLLMEngine:
         self._source = ""
         self._kwargs: dict[str, Any] = {}
         self._kv_sized = False
+        self._passthrough: dict[str, str] = {}
 
     def load(
         self,
@@ -54,6 +59,10 @@ class VLLMEngine:
 
         self._config, self._source = config, model_source
         self._kwargs = vllm_engine_kwargs(config, model_source)
+        routes = route_passthrough(config.passthrough_kwargs, _passthrough_targets, fallback=None)
+        self._passthrough = {key: target for target, given in routes.items() for key in given}
+        check_passthrough(config, routes, {"LLM": self._kwargs, "SamplingParams": vllm_sampling_kwargs(config)})
+        self._kwargs.update(routes.get("LLM", {}))
         if _device() == "cpu":  # the CPU backend reserves memory by share of the node: size it from the study
             directory = local_model_dir(model_source)
             shape = _model_config(directory) if directory else None
@@ -62,8 +71,13 @@ class VLLMEngine:
                 self._kwargs["kv_cache_memory_bytes"] = sized
                 self._kv_sized = True
         self._llm = LLM(**self._kwargs)
-        self._sampling = SamplingParams(**vllm_sampling_kwargs(config))
+        self._sampling = SamplingParams(**(vllm_sampling_kwargs(config) | routes.get("SamplingParams", {})))
         beam = vllm_beam_search_kwargs(config)
+        if beam is not None and routes.get("SamplingParams"):
+            raise PassthroughError(
+                f"passthrough_kwargs {sorted(routes['SamplingParams'])}: SamplingParams options do not apply to "
+                "vllm.beam_search"
+            )
         if beam is not None:
             from vllm.sampling_params import BeamSearchParams
 
@@ -159,6 +173,9 @@ class VLLMEngine:
                 out["kv_cache_sized_by"] = "llem" if self._kv_sized else "study"
         return out
 
+    def passthrough(self) -> dict[str, str]:
+        return dict(self._passthrough)
+
     def n_parameters(self) -> int | None:
         directory = local_model_dir(self._source)
         return count_parameters(directory) if directory else None
@@ -183,6 +200,19 @@ class VLLMEngine:
             else [],
             cuda_runtime=torch.version.cuda,
         )
+
+
+def _passthrough_targets() -> dict[str, frozenset[str]]:
+    """``SamplingParams`` takes its own fields, ``LLM()`` the EngineArgs fields (vLLM's own lists)."""
+    import dataclasses
+
+    from vllm import SamplingParams
+    from vllm.engine.arg_utils import EngineArgs
+
+    fields = getattr(SamplingParams, "__struct_fields__", None)
+    sampling = set(fields) if fields else set(inspect.signature(SamplingParams).parameters)
+    engine = {f.name for f in dataclasses.fields(EngineArgs)}
+    return {"SamplingParams": frozenset(sampling), "LLM": frozenset(engine)}
 
 
 def _model_config(directory: Path) -> dict[str, Any] | None:
