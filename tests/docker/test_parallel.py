@@ -84,3 +84,88 @@ def test_ctrl_c_stops_every_worker_and_the_study_resumes(tmp_path, tiny_model, d
     assert resumed.returncode == EXIT_OK, resumed.stderr
     assert {r["status"] for r in runs(study_dir)} == {"completed"}
     assert not list(study_dir.glob("runs/*/attempts/*/result.json"))  # nothing completed twice
+
+
+SLOW = (
+    "name: slow\nmodel: {model}\nmax_input_tokens: 32\nmax_output_tokens: 64\n"
+    "dataset: {{source: builtin, n_prompts: 200}}\ndecoder: {{do_sample: false, min_new_tokens: 64}}\n"
+    "warmup: {{n_warmup: 1}}\nsweep:\n  pytorch.batch_size: [1, 2]\n"
+    "study_execution: {{n_cycles: 1, experiment_order: sequential}}\n"
+)
+
+
+def ours(docker_client, tmp_path: Path) -> list:
+    return [c for c in docker_client.containers.list(all=True, filters={"label": "llem.managed=true"})
+            if c.labels.get("llem.study_dir", "").startswith(str(tmp_path))]  # fmt: skip
+
+
+def wait_until(check, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"{what} within {timeout_s:.0f} s")
+
+
+def test_llem_killed_stops_its_workers_and_a_resume_right_after_finishes_the_study(tmp_path, tiny_model, docker_client):
+    study = tmp_path / "slow.yaml"
+    study.write_text(SLOW.format(model=tiny_model))
+    results = tmp_path / "results"
+    common = ["--parallel", "2", "--results-dir", str(results), "--lock-dir", str(tmp_path / "locks")]
+    proc = subprocess.Popen([llem_executable(), "run", str(study), *common],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+    def measuring() -> bool:
+        beats = list(results.glob("slow_*/runs/*/heartbeat"))
+        return any('"measure"' in b.read_text() for b in beats)
+
+    wait_until(measuring, 180, "no run reached its measurement")
+    proc.send_signal(signal.SIGKILL)  # nothing of llem can tell its workers to stop
+    proc.communicate(timeout=30)
+    (study_dir,) = results.iterdir()
+    resumed = run_llem("run", str(study), *common, "--resume-dir", str(study_dir))  # at once: claims may be live
+    assert resumed.returncode == EXIT_OK, resumed.stderr + resumed.stdout
+    doc = json.loads((study_dir / "manifest.json").read_text())
+    assert {r["status"] for r in doc["runs"]} == {"completed"}
+    assert doc["status"] == "completed"
+    assert "failed" not in [h["status"] for h in doc["history"]], doc["history"]
+    assert not list(study_dir.glob("runs/*/attempts/*/result.json"))  # the stopped attempts never completed
+    assert ours(docker_client, tmp_path) == []
+    for log in sorted((study_dir / "workers").glob("slot*.log")):
+        assert log.read_text().count("--- ") == 2, f"{log.name} lost the first attempt's lines"
+
+
+def test_a_worker_killed_mid_run_leaves_its_run_to_the_other_and_the_study_completes(
+    tmp_path, tiny_model, docker_client
+):
+    study = tmp_path / "faults.yaml"
+    study.write_text(
+        f"name: faults\nmodel: {tiny_model}\nmax_input_tokens: 16\nmax_output_tokens: 8\n"
+        "dataset: {source: builtin, n_prompts: 4}\ndecoder: {do_sample: false}\nwarmup: {n_warmup: 1}\n"
+        "sweep:\n  pytorch.batch_size: [1, 2]\nstudy_execution: {n_cycles: 1, experiment_order: sequential}\n"
+    )
+    results = tmp_path / "results"
+    proc = subprocess.Popen(
+        [llem_executable(), "run", str(study), "--parallel", "2", "--results-dir", str(results),
+         "--lock-dir", str(tmp_path / "locks")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "LLEM_FAULT_INJECTION": "slow_start:20@e001-c1"},
+    )  # fmt: skip
+
+    def first_run_container():
+        return [c for c in ours(docker_client, tmp_path) if c.labels.get("llem.run") == "e001-c1"]
+
+    (orphan,) = wait_until(first_run_container, 120, "no container for e001-c1")
+    os.kill(int(orphan.labels["llem.host_pid"]), signal.SIGKILL)  # its worker, killed -9 mid-run
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == EXIT_OK, err + out
+    (study_dir,) = results.iterdir()
+    doc = json.loads((study_dir / "manifest.json").read_text())
+    entries = {r["run_id"]: r for r in doc["runs"]}
+    assert {r["status"] for r in entries.values()} == {"completed"}
+    assert entries["e001-c1"]["attempts"] == 2 and entries["e002-c1"]["attempts"] == 1
+    assert doc["status"] == "completed" and doc["history"][-1]["detail"] == "2 of 2 runs completed"
+    assert not list(study_dir.glob("runs/*/attempts/*/result.json"))  # the orphan was removed, never completed
+    assert ours(docker_client, tmp_path) == []

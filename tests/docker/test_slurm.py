@@ -59,6 +59,17 @@ def no_attempt_has_a_result(study_dir: Path) -> bool:
     return not list(study_dir.glob("runs/*/attempts/*/result.json"))
 
 
+def wait_for_job_end(job: str, env: dict[str, str], timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        queue = subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True, check=False,
+                               env={**os.environ, **env})  # fmt: skip
+        if queue.returncode == 0 and not queue.stdout.strip():
+            return
+        time.sleep(1)
+    pytest.fail(f"Slurm job {job} still in the queue after {timeout_s:.0f} s")
+
+
 def test_the_demo_study_as_a_two_task_array(tmp_path, slurm, tiny_model, docker_client):
     results = tmp_path / "results"
     done = run_llem(
@@ -75,6 +86,9 @@ def test_the_demo_study_as_a_two_task_array(tmp_path, slurm, tiny_model, docker_
     (submitted,) = [h for h in doc["history"] if h["status"] == "submitted"]
     script = (study_dir / "slurm" / "job.sbatch").read_text()
     assert "#SBATCH --array=0-1" in script and " worker " in script
+    # --wait returns once the results are whole; a task that waited for the other's last run may
+    # still be writing its last line: read the logs once Slurm says the job is over.
+    wait_for_job_end(submitted["job"], slurm)
     logs = sorted((study_dir / "slurm").glob(f"{submitted['job']}_*.out"))
     assert len(logs) == 2
     ran = [int(m.group(1)) for log in logs for m in re.finditer(r"ran (\d+) runs", log.read_text())]
@@ -157,3 +171,35 @@ def test_a_results_directory_with_a_space_makes_a_script_slurm_accepts(tmp_path,
     checked = subprocess.run(["sbatch", "--test-only", str(script)], capture_output=True, text=True, check=False,
                              env={**os.environ, **slurm}, timeout=60)  # fmt: skip
     assert checked.returncode == 0, checked.stderr
+
+
+def test_a_task_cancelled_after_the_other_passed_its_run_leaves_that_run_to_the_other(
+    tmp_path, slurm, tiny_model, docker_client
+):
+    """Task A holds e001-c1, task B took e002-c1 and so passed e001-c1 by; A is cancelled. B must
+    look at e001-c1 again once it is free, run it, and end the study completed."""
+    study = tmp_path / "cancelled.yaml"
+    study.write_text(SLOW.format(model=tiny_model))
+    results = tmp_path / "results"
+    done = run_llem("run", str(study), "--executor", "slurm", "--slurm-tasks", "2", "--results-dir", str(results),
+                    "--lock-dir", str(tmp_path / "locks"), env=slurm)  # fmt: skip
+    assert done.returncode == EXIT_OK, done.stderr
+    job = re.search(r"Slurm job (\d+)", done.stderr)
+    assert job, done.stderr
+    study_dir = study_dir_of(results)
+    claims = study_dir / "claims"
+    deadline = time.monotonic() + 240
+    while not ((claims / "e001-c1").exists() and (claims / "e002-c1").exists()):  # each task holds one run
+        assert time.monotonic() < deadline, f"the two tasks never held a run each: {manifest(study_dir)['runs']}"
+        time.sleep(0.2)
+    holder = re.match(r"slurm-(\d+_\d+)@", (claims / "e001-c1").read_text())
+    assert holder, (claims / "e001-c1").read_text()
+    subprocess.run(["scancel", holder.group(1)], check=True, env={**os.environ, **slurm})
+    wait_for_job_end(job.group(1), slurm, timeout_s=900)  # the other task runs both runs, on a busy 2-core host
+    doc = manifest(study_dir)
+    assert [r["status"] for r in doc["runs"]] == ["completed", "completed"], doc["runs"]
+    assert doc["status"] == "completed" and doc["history"][-1]["detail"] == "2 of 2 runs completed"
+    assert no_attempt_has_a_result(study_dir)
+    left = [c.name for c in docker_client.containers.list(all=True, filters={"label": LABEL_STUDY_DIR})
+            if c.labels.get(LABEL_STUDY_DIR, "").startswith(str(tmp_path))]  # fmt: skip
+    assert left == []

@@ -1,0 +1,35 @@
+"""The reaper's manifest side: an orphan's run is marked interrupted; the study only when no
+other worker still holds a run of it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from orchestrator.claims import ClaimBoard
+from orchestrator.manifest import Manifest, ManifestStore, RunEntry
+from orchestrator.reaper import mark_interrupted
+
+
+def _study(tmp_path: Path) -> Path:
+    runs = [RunEntry(run_id=r, experiment_index=i, cycle=1, config_hash="x", image="i", status="running")
+            for i, r in enumerate(("e001-c1", "e002-c1"))]  # fmt: skip
+    manifest = Manifest(study_name="s", study_id="s", study_design_hash="h", llem_version="0", n_cycles=1,
+                        experiment_order="sequential", shuffle_seed=None, runs=runs)  # fmt: skip
+    ManifestStore(tmp_path, manifest).publish()
+    return tmp_path
+
+
+def test_an_orphans_run_is_interrupted_and_the_study_too_when_nobody_else_runs_it(tmp_path: Path) -> None:
+    study_dir = _study(tmp_path)
+    mark_interrupted(study_dir, "e001-c1")
+    manifest = ManifestStore.load(study_dir)
+    assert manifest.run("e001-c1").status == "interrupted" and manifest.status == "interrupted"
+
+
+def test_the_study_goes_on_while_another_worker_holds_a_run_of_it(tmp_path: Path) -> None:
+    study_dir = _study(tmp_path)
+    assert ClaimBoard(study_dir, worker="alive").claim("e002-c1") is not None  # this process: alive
+    mark_interrupted(study_dir, "e001-c1")
+    manifest = ManifestStore.load(study_dir)
+    assert manifest.run("e001-c1").status == "interrupted"
+    assert manifest.status == "running" and manifest.run("e002-c1").status == "running"
