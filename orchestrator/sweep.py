@@ -150,10 +150,22 @@ def _grid(shared: dict[str, Any], engine: str, axes: list[Axis], groups: list[Gr
         yield config
 
 
+def _engine_axis(shared: dict[str, Any], sweep: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """``sweep: {engine: [pytorch, vllm], ...}`` means what ``engine: [pytorch, vllm]`` means:
+    each engine its own grid, with only its own scoped keys (002), never the cross product that
+    would pair a pytorch experiment with ``vllm.*`` values (each such point invalid)."""
+    if not sweep or "engine" not in sweep:
+        return shared, sweep
+    if "engine" in shared:
+        raise ConfigError("engine: given both as a field and as a sweep axis; give it once")
+    rest = {k: v for k, v in sweep.items() if k != "engine"}
+    return {**shared, "engine": sweep["engine"]}, rest
+
+
 def count_configs(shared: dict[str, Any], sweep: dict[str, Any] | None, experiments: list[Any] | None) -> int:
     """How many raw configs ``expand`` would build, counted without building any (the grid is a
     product of list lengths; a 10^10-point sweep is refused before it eats memory)."""
-    shared = _normalise_sections(shared)
+    shared, sweep = _engine_axis(_normalise_sections(shared), sweep)
     total = len(experiments) if isinstance(experiments, list) else 0
     if not sweep:
         engine = shared.get("engine")
@@ -179,7 +191,7 @@ def expand(shared: dict[str, Any], sweep: dict[str, Any] | None, experiments: li
     scoped to it. A group contributes its variants as one dimension (alternatives, not
     crossed with each other); an engine-scoped group applies only to that engine.
     """
-    shared = _normalise_sections(shared)
+    shared, sweep = _engine_axis(_normalise_sections(shared), sweep)
     configs: list[dict[str, Any]] = []
     if sweep:
         axes, groups = parse_sweep(sweep)

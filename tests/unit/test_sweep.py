@@ -1,7 +1,7 @@
 import pytest
 
 from orchestrator.errors import ConfigError
-from orchestrator.sweep import deep_merge, engine_scope, expand, set_dotted
+from orchestrator.sweep import count_configs, deep_merge, engine_scope, expand, set_dotted
 
 
 def test_independent_axes_form_a_cartesian_product_in_order():
@@ -73,3 +73,20 @@ def test_helpers():
     base = {"a": {"b": 1, "c": 2}, "d": 1}
     assert deep_merge(base, {"a": {"b": 9}}) == {"a": {"b": 9, "c": 2}, "d": 1}
     assert base == {"a": {"b": 1, "c": 2}, "d": 1}
+
+
+def test_engine_as_a_sweep_axis_gives_each_engine_its_own_grid():
+    sweep = {"engine": ["pytorch", "vllm"], "pytorch.batch_size": [1, 4], "vllm.engine.max_num_seqs": [2, 8]}
+    configs = expand({"model": "m"}, sweep, None)
+    # was: 2 x 2 x 2 = 8 points, four of them a pytorch experiment with a vllm: section (invalid)
+    assert [(c["engine"], c.get("pytorch"), c.get("vllm")) for c in configs] == [
+        ("pytorch", {"batch_size": 1}, None),
+        ("pytorch", {"batch_size": 4}, None),
+        ("vllm", None, {"engine": {"max_num_seqs": 2}}),
+        ("vllm", None, {"engine": {"max_num_seqs": 8}}),
+    ]
+    assert count_configs({"model": "m"}, sweep, None) == 4
+    rest = {k: v for k, v in sweep.items() if k != "engine"}
+    assert expand({"model": "m"}, sweep, None) == expand({"model": "m", "engine": ["pytorch", "vllm"]}, rest, None)
+    with pytest.raises(ConfigError, match="both as a field and as a sweep axis"):
+        expand({"model": "m", "engine": "vllm"}, sweep, None)
