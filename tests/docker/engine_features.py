@@ -1,5 +1,7 @@
 """Runs INSIDE the pytorch image (mounted by test_engine.py): 004 fields really reach generate.
 
+Every finding is of the engine's own generate call (recorded as it ran), never of a second call.
+
 Prints one JSON object of findings; the host-side test asserts on it.
 """
 
@@ -22,16 +24,36 @@ def run(extra: dict, adapter_source: str | None = None, prompts: list[str] = PRO
     )  # fmt: skip
     engine = PyTorchEngine()
     engine.load(config, model, adapter_source)
+    seen: dict = {"ids": None, "cache": None, "assisted": False}
+    real_generate = engine._model.generate
+
+    def recording_generate(**kwargs):
+        # What the engine's own generate call produced and how, not a second call of ours.
+        kwargs = {**kwargs, "return_dict_in_generate": True}
+        out = real_generate(**kwargs)
+        seen["ids"] = out.sequences[:, kwargs["input_ids"].shape[1] :].tolist()
+        seen["cache"] = type(getattr(out, "past_key_values", None)).__name__
+        return out.sequences
+
+    engine._model.generate = recording_generate
+    candidates = getattr(engine._model, "_get_candidate_generator", None)
+    if candidates is not None:
+
+        def recording_candidates(*args, **kwargs):
+            seen["assisted"] = True  # prompt lookup decoding took the assisted-generation path
+            return candidates(*args, **kwargs)
+
+        engine._model._get_candidate_generator = recording_candidates
     observation = engine.generate(engine.prepare(prompts))
-    enc = engine.prepare(prompts)
-    ids = engine._model.generate(**enc, **engine._generate_kwargs())[:, enc["input_ids"].shape[1] :]
     return {
         "effective": engine.effective(),
         "output_tokens": observation.output_tokens,
         "times": [len(t) for t in observation.token_times_s],
         "untimed_reason": observation.untimed_reason,
         "untimed_end_s": observation.untimed_end_s,
-        "ids": ids.tolist(),
+        "ids": seen["ids"],
+        "cache": seen["cache"],
+        "assisted": seen["assisted"],
         "model_class": type(engine._model).__name__,
         "parameters": engine.n_parameters(),
         "passthrough": engine.passthrough(),

@@ -53,7 +53,11 @@ def test_004_fields_reach_generate(tiny_model, tiny_adapter, docker_client):
     for row in found["ngram"]["ids"]:
         pairs = list(itertools.pairwise(row))
         assert len(pairs) == len(set(pairs))
-    # Greedy decoding is exact whatever the cache or lookup: same tokens as the plain run.
+    # The fields took effect: a static KV cache, and the assisted-generation path of prompt lookup
+    # (greedy decoding gives the same tokens either way, so equal tokens alone would prove nothing).
+    assert found["static"]["cache"] == "StaticCache" and base["cache"] != "StaticCache"
+    assert found["lookup"]["assisted"] and not found["single"]["assisted"]
+    # ... and greedy decoding stays exact: the same tokens as the plain runs.
     assert found["static"]["ids"] == base["ids"]
     assert found["lookup"]["ids"] == found["single"]["ids"]
     # The adapter changes the outputs; merged and unmerged agree, and only unmerged stays a PeftModel.

@@ -56,6 +56,11 @@ def test_interval_contains_the_mean_and_widens_with_spread(values):
         1 + abs(stat.mean)
     )
     assert stat.std == pytest.approx(float(np.std(values, ddof=1)), rel=1e-9, abs=1e-9)
+    # Twice the spread about the same mean, twice the interval (Student's t for the same n).
+    wider = describe([stat.mean + 2 * (v - stat.mean) for v in values])
+    assert wider.ci95_low is not None and wider.ci95_high is not None
+    width = stat.ci95_high - stat.ci95_low
+    assert wider.ci95_high - wider.ci95_low == pytest.approx(2 * width, rel=1e-6, abs=1e-6)
 
 
 def test_aggregate_matches_the_runs(tmp_path: Path):
