@@ -270,13 +270,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run and args.executor == "slurm":
         return _print_slurm_script(args, study, plan)
     if args.dry_run:
+        from orchestrator.devices import nvml_gpus
         from orchestrator.dryrun import print_json, print_text
 
+        allowed = set(_gpus(args.gpus)[0])  # the GPUs a run of this study would be given
+        gpus = [g for g in nvml_gpus()[0] if g.index in allowed]
         with _gc_paused():
             if args.json:
-                print_json(plan)
+                print_json(plan, gpus)
             else:
-                print_text(plan, out)
+                print_text(plan, out, gpus)
         return EXIT_OK
     user = load_user_config()
     options = runner_options(args, study, user)

@@ -49,6 +49,7 @@ class Gpu:
     name: str
     mig: bool = False  # MIG mode on: its slices share one energy counter, llem measures whole GPUs
     pci_bus_id: str = ""  # the order of CUDA_DEVICE_ORDER=PCI_BUS_ID
+    memory_gb: float | None = None  # total device memory (what the dry run holds estimates against)
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ def read_nvml() -> NvmlView:
                     str(_ask(pynvml, f"could not read GPU {i}'s name", pynvml.nvmlDeviceGetName, handle)),
                     _mig(pynvml, handle),
                     _pci_bus_id(pynvml, handle),
+                    _memory_gb(pynvml, handle),
                 )
             )
         return NvmlView(tuple(gpus), unreadable)
@@ -121,6 +123,13 @@ def _mig(nvml: Any, handle: object) -> bool:
     except (nvml.NVMLError, AttributeError):
         return False  # no MIG support on this GPU or driver
     return bool(current == getattr(nvml, "NVML_DEVICE_MIG_ENABLE", 1))
+
+
+def _memory_gb(nvml: Any, handle: object) -> float | None:
+    try:
+        return float(nvml.nvmlDeviceGetMemoryInfo(handle).total) / 1e9
+    except (nvml.NVMLError, AttributeError, TypeError, ValueError):
+        return None
 
 
 def _pci_bus_id(nvml: Any, handle: object) -> str:

@@ -46,7 +46,10 @@ from llem_agent.telemetry import (
     temperature_slope_c_per_s,
     validity_flags,
 )
+from orchestrator.devices import Gpu
+from orchestrator.dryrun import _verdict, likely_oom
 from orchestrator.launcher import ContainerOutcome, Liveness
+from orchestrator.models import VramEstimate
 from orchestrator.onerun import collect
 from tests.unit.test_measure import DummyEngine, no_nvml
 
@@ -667,3 +670,19 @@ def test_a_passthrough_key_may_not_set_what_llem_sets_itself():
     )
     with pytest.raises(PassthroughError, match="a field of vllm:, set it there"):  # vllm.engine.enable_prefix_caching
         check_passthrough(nested, {"LLM": {"enable_prefix_caching": False}}, {"LLM": {}})
+
+
+# --- issue 22, 1.2: the dry run's OOM verdict -----------------------------------------------
+
+
+def test_an_estimate_beyond_the_gpus_memory_is_a_likely_oom():
+    h100 = [Gpu(0, "GPU-a", "NVIDIA H100 80GB HBM3", memory_gb=80.0), Gpu(1, "GPU-b", "NVIDIA H100", memory_gb=80.0)]
+    estimate = VramEstimate(weights_gb=70.0, kv_cache_gb=10.0, overhead_gb=10.5, total_gb=90.5, params_from="x")
+    # 90.5 GB against 95% of one 80 GB GPU (76 GB): likely OOM; across two (152 GB): fits.
+    assert likely_oom(estimate, 1, h100) is True
+    assert likely_oom(estimate, 2, h100) is False
+    assert likely_oom(estimate, 1, []) is None  # no GPU here: no verdict, never "fits"
+    assert likely_oom(None, 1, h100) is None
+    assert _verdict({0: True, 1: False, 2: None}, h100) == (
+        "memory: 1 will run, 1 likely OOM (estimate > 95% of 80 GB per GPU), 1 not estimated (model files not local)"
+    )
