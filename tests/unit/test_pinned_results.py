@@ -1,0 +1,337 @@
+"""Statistics across cycles, their warnings, the ranking, the design hash and the claim refresh
+period, pinned to values worked out by hand (issue 22, section 2)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import threading
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from llem_agent.contract import RESULT_FILE
+from orchestrator import claims
+from orchestrator.claims import DEFAULT_STALE_AFTER_S, GARBAGE_GRACE_S, ClaimBoard, Seen, owner_token
+from orchestrator.results import (
+    CV_WARNING,
+    KEY_METRICS,
+    METRIC_BY_NAME,
+    ExperimentSummary,
+    Stat,
+    _experiment_warnings,
+    _ranking_warnings,
+    aggregate,
+    describe,
+    overlaps,
+    varying_keys,
+)
+from orchestrator.study import design_hash, study_from_data
+from tests.synthetic import make_study_dir
+
+# Student's t, 97.5th percentile, from printed tables: 2 and 4 degrees of freedom.
+T_975_DF2 = 4.302652729911275
+T_975_DF4 = 2.7764451051977987
+
+# --- the 95% interval --------------------------------------------------------------------
+
+
+def test_the_interval_of_five_values_uses_t_with_four_degrees_of_freedom():
+    # 2 4 4 5 10: mean 25 / 5 = 5; squared deviations 9 1 1 0 25 = 36; variance 36 / 4 = 9,
+    # std 3; CV 3 / 5 = 0.6; half width t(0.975, 4) x 3 / sqrt(5).
+    stat = describe([2.0, 4.0, 4.0, 5.0, 10.0])
+    half = T_975_DF4 * 3.0 / math.sqrt(5)
+    assert (stat.n, stat.mean, stat.std, stat.cv) == (5, pytest.approx(5.0), pytest.approx(3.0), pytest.approx(0.6))
+    assert stat.ci95_low == pytest.approx(5.0 - half)
+    assert stat.ci95_high == pytest.approx(5.0 + half)
+    assert stat.half_width() == pytest.approx(half)
+    assert stat.half_width(1000.0) == pytest.approx(half * 1000.0)  # shown in ms
+
+
+def test_the_cv_of_a_negative_mean_is_positive_and_a_zero_mean_has_none():
+    # -2 -4 -6: mean -4, std 2, CV 2 / |-4| = 0.5.
+    stat = describe([-2.0, -4.0, -6.0])
+    assert stat.cv == pytest.approx(0.5)
+    half = T_975_DF2 * 2.0 / math.sqrt(3)
+    assert (stat.ci95_low, stat.ci95_high) == pytest.approx((-4.0 - half, -4.0 + half))
+    zero = describe([-1.0, 1.0])
+    assert zero.mean == 0.0 and zero.cv is None and zero.std == pytest.approx(math.sqrt(2))
+    assert Stat(n=1, mean=3.0).half_width() is None
+
+
+def test_identical_cycles_have_a_zero_width_interval():
+    stat = describe([7.0, 7.0, 7.0, None, float("inf")])  # None and infinity are not values
+    assert (stat.n, stat.mean, stat.std, stat.cv, stat.ci95_low, stat.ci95_high) == (3, 7.0, 0.0, 0.0, 7.0, 7.0)
+
+
+# --- statistics across cycles, from a study directory ------------------------------------
+
+
+def _rewrite(study: Path, run_id: str, **values: Any) -> None:
+    """Set metrics of one run's result.json (dotted paths) to values chosen for the test."""
+    path = study / "runs" / run_id / RESULT_FILE
+    result = json.loads(path.read_text())
+    for dotted, value in values.items():
+        node = result
+        *parents, leaf = dotted.split("__")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    path.write_text(json.dumps(result))
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> Path:
+    """Two experiments x three cycles with every key metric set by hand."""
+    study = make_study_dir(tmp_path, batch_sizes=(1, 2), dtypes=("bfloat16",), n_cycles=3, failed_runs=0,
+                           telemetry=False)  # fmt: skip
+    tokens_per_s = {1: (90.0, 100.0, 110.0), 2: (170.0, 200.0, 230.0)}
+    energy_j = {1: (3600.0, 3600.0, 3600.0), 2: (1000.0, 2000.0, 3000.0)}
+    for experiment in (1, 2):
+        for cycle in (1, 2, 3):
+            flags = [{"code": "throttled", "message": "m"}] if (experiment, cycle) in ((2, 1), (2, 3)) else []
+            _rewrite(
+                study, f"e{experiment:03d}-c{cycle}",
+                throughput__output_tokens_per_s=tokens_per_s[experiment][cycle - 1],
+                energy__energy_j=energy_j[experiment][cycle - 1],
+                energy__adjusted_energy_j=energy_j[experiment][cycle - 1] / 2,
+                energy__j_per_output_token=energy_j[experiment][cycle - 1] / 1000,
+                energy__flags=flags,
+                output_tokens=1000,
+                latency__e2e_s__p50=0.5,
+            )  # fmt: skip
+    return study
+
+
+def test_each_experiments_statistics_over_its_cycles(study: Path):
+    summary = aggregate(study)
+    one, two = summary.experiments
+    assert (one.index, one.runs, one.completed, two.index) == (1, 3, 3, 2)
+    # Experiment 1, output tokens/s 90 100 110: mean 100, std sqrt((100 + 0 + 100) / 2) = 10,
+    # CV 0.1, half width t(0.975, 2) x 10 / sqrt(3).
+    tps = one.stats["output_tokens_per_s"]
+    half = T_975_DF2 * 10.0 / math.sqrt(3)
+    assert (tps.n, tps.mean, tps.std, tps.cv) == (3, pytest.approx(100.0), pytest.approx(10.0), pytest.approx(0.1))
+    assert (tps.ci95_low, tps.ci95_high) == pytest.approx((100.0 - half, 100.0 + half))
+    # Experiment 2: 170 200 230: mean 200, std sqrt((900 + 0 + 900) / 2) = 30, CV 0.15.
+    assert two.stats["output_tokens_per_s"].std == pytest.approx(30.0)
+    assert two.stats["output_tokens_per_s"].cv == pytest.approx(0.15)
+    # Energy 1000 2000 3000 J: mean 2000; above idle, half of it: 1000 J; per output token of
+    # 1000: 2 J and 1 J above idle.
+    assert two.stats["energy_j"].mean == pytest.approx(2000.0)
+    assert two.stats["adjusted_energy_j"].mean == pytest.approx(1000.0)
+    assert two.stats["j_per_output_token"].mean == pytest.approx(2.0)
+    assert two.stats["adjusted_j_per_output_token"].mean == pytest.approx(1.0)
+    assert two.flags == {"throttled": 2}
+
+
+def test_wall_energy_and_co2e_of_each_run(study: Path):
+    summary = aggregate(study)
+    # host.json recorded PUE 1.2 and 300 gCO2/kWh: 3600 J at the GPU is 4320 J at the wall,
+    # 4320 / 3.6e6 kWh x 300 g = 0.36 g.
+    run = next(r for r in summary.runs if r.run_id == "e001-c1")
+    assert run.metrics["energy_j"] == 3600.0
+    assert run.metrics["wall_energy_j"] == pytest.approx(4320.0)
+    assert run.metrics["co2e_g"] == pytest.approx(0.36)
+    assert summary.experiments[0].stats["co2e_g"].mean == pytest.approx(0.36)
+
+
+def test_warnings_name_a_spread_over_ten_percent_and_the_flags(study: Path):
+    one, two = aggregate(study).experiments
+    # Experiment 1 varies by exactly 10%: no warning; experiment 2 by 15%, and energy per token
+    # by 1000 / 2000 = 50% (std of 1 2 3 is 1, mean 2).
+    assert one.warnings == []
+    assert two.warnings == [
+        "output_tokens_per_s varies by 15% (CV) across cycles",
+        "j_per_output_token varies by 50% (CV) across cycles",
+        "2 run(s) flagged throttled",
+    ]
+
+
+def _summary(index: int, stats: dict[str, Stat], completed: int = 3, flags: dict[str, int] | None = None):
+    full = {name: stats.get(name, Stat(n=completed, mean=1.0)) for name in METRIC_BY_NAME}
+    return ExperimentSummary(index, "h", "pytorch", "x", {}, 3, completed, full, flags or {})
+
+
+@pytest.mark.parametrize(("cv", "warned"), [(0.09, False), (0.10, False), (0.11, True), (None, False)])
+def test_the_cv_warning_is_over_ten_percent(cv: float | None, warned: bool):
+    assert CV_WARNING == 0.10
+    for name in KEY_METRICS:
+        e = _summary(1, {name: Stat(n=3, mean=10.0, std=1.0, cv=cv, ci95_low=8.0, ci95_high=12.0)})
+        assert _experiment_warnings(e) == ([f"{name} varies by 11% (CV) across cycles"] if warned else [])
+
+
+def test_warnings_for_too_few_completed_runs():
+    assert _experiment_warnings(_summary(1, {}, completed=0)) == ["no completed run"]
+    assert _experiment_warnings(_summary(1, {}, completed=1)) == [
+        "one completed run: no spread or confidence interval (run more cycles)"
+    ]
+    assert _experiment_warnings(_summary(1, {}, completed=2)) == []
+    flagged = _summary(1, {}, flags={"throttled": 1, "short_window": 3})
+    assert _experiment_warnings(flagged) == ["3 run(s) flagged short_window", "1 run(s) flagged throttled"]
+
+
+# --- the ranking -------------------------------------------------------------------------
+
+
+def _ranked(means_halves: list[tuple[float, float]]) -> list[ExperimentSummary]:
+    return [
+        _summary(i, dict.fromkeys(KEY_METRICS, Stat(n=3, mean=m, std=1.0, cv=0.01, ci95_low=m - h, ci95_high=m + h)))
+        for i, (m, h) in enumerate(means_halves, start=1)
+    ]
+
+
+def test_neighbours_are_compared_in_order_of_their_means_not_of_their_indices():
+    # Means 30 10 20, each +- 1: ranked 10 20 30, no two intervals touch. In index order, 30 and
+    # 10 would be called neighbours.
+    assert _ranking_warnings(_ranked([(30.0, 1.0), (10.0, 1.0), (20.0, 1.0)])) == []
+    # 30 +- 6 (24..36), 10 +- 1, 25 +- 1 (24..26): ranked 10, 25, 30; 25 and 30 overlap.
+    warnings = _ranking_warnings(_ranked([(30.0, 6.0), (10.0, 1.0), (25.0, 1.0)]))
+    assert warnings == [
+        f"{name}: 95% intervals overlap for experiments 3 and 1; their order is not significant" for name in KEY_METRICS
+    ]
+
+
+def test_intervals_that_just_touch_overlap_and_a_hair_apart_do_not():
+    touching = _ranked([(10.0, 1.0), (12.0, 1.0)])  # 9..11 and 11..13
+    assert len(_ranking_warnings(touching)) == len(KEY_METRICS)
+    apart = _ranked([(10.0, 1.0), (12.0, 0.999)])  # 9..11 and 11.001..12.999
+    assert _ranking_warnings(apart) == []
+    one_cycle = [_summary(i, dict.fromkeys(KEY_METRICS, Stat(n=1, mean=5.0))) for i in (1, 2)]
+    assert _ranking_warnings(one_cycle) == []  # no interval: nothing to say
+
+
+def test_more_than_five_ties_are_cut_short():
+    many = _ranked([(float(i), 5.0) for i in range(1, 8)])  # 7 overlapping neighbours: 6 ties
+    first = _ranking_warnings(many)[0]
+    assert first.startswith("output_tokens_per_s: 95% intervals overlap for experiments 1 and 2, 2 and 3, ")
+    assert "5 and 6 ...;" in first and "6 and 7" not in first
+
+
+def test_each_metric_is_ranked_by_its_own_direction():
+    directions = {name: METRIC_BY_NAME[name].better for name in METRIC_BY_NAME}
+    for name in ("output_tokens_per_s", "total_tokens_per_s", "requests_per_s"):
+        assert directions[name] == "higher"
+    for name in ("energy_j", "adjusted_energy_j", "j_per_output_token", "j_per_token", "j_per_request",
+                 "ttft_p50_s", "itl_p99_s", "e2e_p50_s", "e2e_p90_s", "wall_energy_j", "co2e_g"):  # fmt: skip
+        assert directions[name] == "lower"
+    assert directions["mean_power_w"] is None and directions["trace_energy_j"] is None
+
+
+def test_best_first_per_metric_direction():
+    from orchestrator.cli import _sorted
+
+    rows = [
+        _summary(1, {"output_tokens_per_s": Stat(3, 10.0), "j_per_output_token": Stat(3, 0.5)}),
+        _summary(2, {"output_tokens_per_s": Stat(3, 30.0), "j_per_output_token": Stat(3, 0.2)}),
+        _summary(3, {"output_tokens_per_s": Stat(0, None), "j_per_output_token": Stat(0, None)}),
+        _summary(4, {"output_tokens_per_s": Stat(3, 20.0), "j_per_output_token": Stat(3, 0.3)}),
+    ]
+    order = [e.index for e in _sorted(rows, "output_tokens_per_s", [], reverse=False)]
+    assert order == [2, 4, 1, 3]  # higher is better: 30 20 10, the unmeasured last
+    assert [e.index for e in _sorted(rows, "j_per_output_token", [], reverse=False)] == [2, 4, 1, 3]  # 0.2 0.3 0.5
+    assert [e.index for e in _sorted(rows, "output_tokens_per_s", [], reverse=True)] == [1, 4, 2, 3]
+
+
+# --- other statistics of results.py -------------------------------------------------------
+
+
+def test_what_was_swept_and_which_windows_overlapped():
+    params = [{"a": 1, "b": "x", "c": [1]}, {"a": 2, "b": "x", "c": [1]}, {"a": 1, "b": "x", "c": [2]}]
+    assert varying_keys(params) == ["a", "c"]
+    assert varying_keys(params[:1]) == []
+    windows = {"r1": (0.0, 10.0), "r2": (10.0, 20.0), "r3": (19.0, 25.0), "r4": (5.0, 6.0)}
+    # r1 and r2 only touch (r2 starts as r1 ends); r2 and r3 share 19-20 s; r4 lies inside r1.
+    assert overlaps(windows) == {"r1": {"r4"}, "r4": {"r1"}, "r2": {"r3"}, "r3": {"r2"}}
+    assert overlaps(windows, {"r1": "a", "r4": "b", "r2": "a", "r3": "a"}) == {"r2": {"r3"}, "r3": {"r2"}}
+
+
+# --- the study design hash ---------------------------------------------------------------
+
+
+def _study(models: list[str], tmp_path: Path):
+    for name in models:
+        (tmp_path / name).mkdir(exist_ok=True)
+        (tmp_path / name / "config.json").write_text("{}")
+    data = {"name": "order", "engine": "pytorch", "experiments": [{"model": f"./{m}"} for m in models]}
+    return study_from_data(data, tmp_path / "study.yaml")
+
+
+def test_the_design_hash_is_of_the_ordered_config_hashes(tmp_path: Path):
+    forward = _study(["a", "b"], tmp_path)
+    backward = _study(["b", "a"], tmp_path)
+    hashes = [e.config_hash for e in forward.experiments]
+    assert [e.config_hash for e in backward.experiments] == hashes[::-1]
+    # By hand: SHA-256 of the JSON list of config hashes, compact, first 16 hex characters.
+    text = '["' + '","'.join(hashes) + '"]'
+    assert forward.design_hash == hashlib.sha256(text.encode()).hexdigest()[:16]
+    assert backward.design_hash != forward.design_hash  # the same experiments in another order
+    assert design_hash(forward.experiments[:1]) != forward.design_hash
+    assert len(forward.design_hash) == 16
+
+
+# --- the claim protocol's clock ----------------------------------------------------------
+
+
+class _RecordingEvent(threading.Event):
+    waits: ClassVar[list[float]] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if timeout is not None:
+            _RecordingEvent.waits.append(timeout)
+        return super().wait(timeout)
+
+
+@pytest.mark.parametrize(("stale_after_s", "period_s"), [(300.0, 30.0), (2.0, 0.2), (0.2, 0.05)])
+def test_a_claim_is_refreshed_every_tenth_of_its_stale_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stale_after_s: float, period_s: float
+):
+    # The refresher waits stale / 10 between refreshes (at least 50 ms): ten chances before anyone
+    # may break the claim. (A period over the limit would let a live run's claim go stale.)
+    monkeypatch.setattr(_RecordingEvent, "waits", [])
+    monkeypatch.setattr(claims.threading, "Event", _RecordingEvent)
+    board = ClaimBoard(tmp_path, stale_after_s=stale_after_s)
+    claim = board.claim("e001-c1")
+    assert claim is not None
+    with board.keep_alive(claim):
+        pass
+    assert _RecordingEvent.waits and _RecordingEvent.waits[0] == pytest.approx(period_s)
+    assert DEFAULT_STALE_AFTER_S == 300.0
+
+
+def test_a_claim_is_refreshed_while_the_run_lasts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    refreshed: list[str] = []
+    board = ClaimBoard(tmp_path, stale_after_s=1.0)  # refreshed every 0.1 s
+    claim = board.claim("e001-c1")
+    assert claim is not None
+    monkeypatch.setattr(claim, "refresh", lambda: refreshed.append("refresh"))
+    with board.keep_alive(claim):
+        deadline = threading.Event()
+        deadline.wait(0.6)
+    assert 2 <= len(refreshed) <= 7
+
+
+def _seen(content: str, age_s: float) -> Seen:
+    return Seen(inode=(1, 2), content=content, age_s=age_s)
+
+
+@pytest.mark.parametrize(("age_s", "why"), [(59.9, None), (60.0, "stale"), (60.1, "stale")])
+def test_a_claim_is_stale_from_its_limit_on(age_s: float, why: str | None):
+    assert _seen(owner_token("w"), age_s).why_free(60.0) == why  # a live owner: only age frees it
+
+
+@pytest.mark.parametrize(("age_s", "why"), [(4.9, None), (5.0, "garbage"), (600.0, "garbage")])
+def test_a_claim_without_a_token_is_garbage_after_its_grace(age_s: float, why: str | None):
+    assert GARBAGE_GRACE_S == 5.0
+    assert _seen("", age_s).why_free(3600.0) == why
+
+
+def test_what_a_holder_is_said_to_be():
+    token = owner_token("worker-7")
+    worker, rest = token.split("@", 1)
+    host, pid = rest.split(":")[:2]
+    assert worker == "worker-7"
+    assert _seen(token, 12.4).describe() == f"worker-7@{host}:{pid} (refreshed 12 s ago)"
+    assert _seen("\x00garbage", 3.0).describe() == "an unreadable claim (8 bytes, made 3 s ago)"
