@@ -7,6 +7,7 @@ the loaded idle power over the second half of the thermal floor, and the idle ba
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -265,7 +266,7 @@ class Bench:
         return ["GPU-0"]
 
     def total_energy_mj(self, index: int) -> int:
-        return round(self.mj)
+        return round([self.mj][index])  # one device: index 0, nothing else
 
     def read(self, index: int) -> Sample:
         self.reads.append(self.t)
@@ -291,19 +292,33 @@ def test_idle_power_is_the_mean_of_the_samples_taken():
     assert bench.t == pytest.approx(1005.0)
 
 
+class Quiet:
+    """An external sampler that polls the GPUs itself (llem's sampler thread stays off, so the
+    trace is just the window's two bracketing readings) and measures nothing."""
+
+    name = "codecarbon"
+    polls_gpu = True
+
+    def start(self) -> None: ...
+
+    def stop(self) -> ExternalEnergy:
+        return ExternalEnergy(energy_j=None)
+
+
 def test_loaded_idle_is_the_mean_over_the_second_half_of_the_thermal_floor(tmp_path: Path):
     bench = Bench(lambda t: 50.0)
-    meter = meter_on(bench)
+    meter = EnergyMeter(lambda: bench, interval_s=1.0, clock=bench.clock, external_factory=lambda n: Quiet()).open()  # type: ignore[arg-type, return-value]
+    meter.sleep = bench.sleep
     meter.measure_baseline(BaselineConfig(strategy="fresh", duration_seconds=5), tmp_path)  # 50 W before loading
-    # The floor: 10 s, sampled at 0..9 s while the GPU cools from warm-up, 150 - 10 t W:
-    # 150 140 ... 60. Its second half starts at (0 + 9) / 2 = 4.5 s: 100 90 80 70 60 W, mean
-    # 80 W (the whole pause would say 105 W).
+    # The floor: 11 s, sampled at 0..10 s while the GPU cools from warm-up, 150 - 10 t W:
+    # 150 140 ... 50. Its second half starts at (0 + 10) / 2 = 5 s: 100 90 80 70 60 50 W, mean
+    # 75 W (the whole pause would say 100 W; from 6 s on, 70 W).
     start = bench.t
     bench.power = lambda t: 150.0 - 10.0 * (t - start)
-    meter.loaded_idle(10.0, bench.sleep)
-    assert bench.t == pytest.approx(start + 10.0)
+    meter.loaded_idle(11.0, bench.sleep)
+    assert bench.t == pytest.approx(start + 11.0)
     bench.power = lambda t: 300.0
-    meter.start()  # two 1 ms steps of the counter: the window opens at start + 10.002 s
+    meter.start()  # two 1 ms steps of the counter: the window opens at start + 11.002 s
     opened = bench.t
     bench.sleep(10.0)
     r = meter.stop(WindowWork(10, 10, 1, [(0.0, 1.0, 10.0)]))  # one more 1 ms step closes it
@@ -312,14 +327,79 @@ def test_loaded_idle_is_the_mean_over_the_second_half_of_the_thermal_floor(tmp_p
     b = r.baseline
     assert b is not None
     assert b.power_w == pytest.approx([50.0]) and b.total_power_w == pytest.approx(50.0)
-    assert b.loaded_power_w == pytest.approx([80.0]) and b.loaded_total_power_w == pytest.approx(80.0)
-    assert b.loaded_duration_s == pytest.approx(5.0)
+    assert b.loaded_power_w == pytest.approx([75.0]) and b.loaded_total_power_w == pytest.approx(75.0)
+    assert b.loaded_duration_s == pytest.approx(5.5)
     assert b.adjusted_with == "post_load"
-    # 300 W x 10.001 s = 3000.3 J on the counter; above the loaded idle: 220 W x 10.001 s = 2200.22 J.
+    # 300 W x 10.001 s = 3000.3 J on the counter; above the loaded idle: 225 W x 10.001 s = 2250.225 J.
     assert r.energy_j == pytest.approx(3000.3, abs=0.01)
-    assert r.adjusted_energy_j == pytest.approx(2200.22, abs=0.01)
+    assert r.adjusted_energy_j == pytest.approx(2250.225, abs=0.01)
+    assert r.mean_power_w == pytest.approx(300.0, abs=0.01)
     assert r.counter_step_s == pytest.approx(STEP_POLL_S) and r.counter_aligned is True
+    # The trace: a reading just before the window opened (2 ms) and one as it closed, both on the
+    # meter's clock, 300 W held flat over the window.
+    assert r.n_samples == 1
+    assert r.trace_energy_j == pytest.approx(3000.3, abs=0.01)
     meter.close()
+
+
+def test_a_cached_baseline_that_expires_during_the_window_is_stale(tmp_path: Path):
+    import json
+    import time
+
+    # Measured 7195 s ago, TTL 7200 s: still fresh when the window opens, 5 s over at its end.
+    entry = {"power_w": [50.0], "measured_at": time.time() - 7195.0, "uses": 0}
+    (tmp_path / "baselines.json").write_text(json.dumps({"GPU-0": entry}))
+    bench = Bench(lambda t: 300.0)
+    meter = EnergyMeter(lambda: bench, interval_s=1.0, clock=bench.clock, external_factory=lambda n: Quiet()).open()  # type: ignore[arg-type, return-value]
+    meter.sleep = bench.sleep
+    meter.measure_baseline(BaselineConfig(strategy="cached", cache_ttl_seconds=7200), tmp_path)
+    meter.start()
+    bench.sleep(10.0)
+    r = meter.stop(WORK)
+    assert r.baseline is not None and r.baseline.source == "cache"
+    assert r.baseline.age_s == pytest.approx(7195.0, abs=5.0)
+    assert "stale_baseline" in [f.code for f in r.flags]
+    # Pre-load idle 50 W: 3000.3 - 50 x 10.001 = 2500.25 J above idle.
+    assert r.adjusted_energy_j == pytest.approx(2500.25, abs=0.01)
+
+
+def test_the_meter_reports_which_power_reading_the_device_gives(tmp_path: Path):
+    class Averaged(Bench):
+        def power_readings(self) -> list[PowerReading]:
+            return [PowerReading("average_1s")]
+
+    bench = Averaged(lambda t: 300.0)
+    meter = EnergyMeter(lambda: bench, interval_s=1.0, clock=bench.clock, external_factory=lambda n: Quiet()).open()  # type: ignore[arg-type, return-value]
+    meter.sleep = bench.sleep
+    meter.start()
+    bench.sleep(10.0)
+    r = meter.stop(WORK)
+    (device,) = r.devices
+    assert (device.power_reading, device.trace_shift_s) == ("average_1s", 0.5)
+
+
+def test_zeus_through_the_meter_divides_by_the_windows_duration(tmp_path: Path):
+    class Zeus:
+        name = "zeus"
+        polls_gpu = False
+
+        def start(self) -> None: ...
+
+        def stop(self) -> ExternalEnergy:
+            return ExternalEnergy(energy_j=2000.2, note="GPU energy (Zeus)")
+
+    bench = Bench(lambda t: 300.0)
+    meter = EnergyMeter(lambda: bench, interval_s=1.0, clock=bench.clock, external_factory=lambda n: Zeus()).open()  # type: ignore[arg-type, return-value]
+    meter.sleep = bench.sleep
+    meter.start()
+    bench.sleep(10.0)
+    r = meter.stop(WindowWork(1000, 0, 10, []))
+    meter.close()
+    # 2000.2 J over the 10.001 s window: 200 W; 2.0002 J per output token, 200.02 J per request.
+    assert r.source == "zeus" and r.energy_j == 2000.2
+    assert r.mean_power_w == pytest.approx(200.0, abs=0.001)
+    assert r.j_per_output_token == pytest.approx(2.0002) and r.j_per_request == pytest.approx(200.02)
+    assert r.external is not None and r.external.note == "GPU energy (Zeus)"
 
 
 def test_no_thermal_floor_only_sleeps_and_keeps_the_pre_load_idle():
@@ -427,3 +507,225 @@ def test_a_validated_baseline_is_checked_only_every_nth_use(tmp_path: Path):
         sources.append(resolve_baseline(Idle([100.0]), config, tmp_path, now=lambda: 1000.0).source)
     # Use 1 measures; uses 3 and 6 are spot-checked; the others come from the cache.
     assert sources == ["measured", "cache", "cache_validated", "cache", "cache", "cache_validated", "cache"]
+
+
+def test_idle_samples_cover_the_duration_at_the_interval():
+    bench = Bench(lambda t: 40.0)
+    meter = meter_on(bench, interval_s=0.5)
+    assert meter.idle_power_w(2.0) == pytest.approx([40.0])
+    assert bench.reads == pytest.approx([1000.0, 1000.5, 1001.0, 1001.5])  # 2 s / 0.5 s = 4 samples
+    brief = Bench(lambda t: 40.0)
+    meter_on(brief, interval_s=1.0).idle_power_w(0.4)
+    assert brief.reads == [1000.0]  # less than one interval: still one sample, never none
+
+
+def test_an_idle_baseline_without_a_reading_says_so():
+    class Mute(Bench):
+        def read(self, index: int) -> Sample:
+            raise RuntimeError("GPU is lost")
+
+    with pytest.raises(BaselineFailed, match=r"^idle baseline: no power reading from GPU 0 \(H100\); cannot take"):
+        meter_on(Mute(lambda t: 50.0)).idle_power_w(3.0)
+
+
+@pytest.mark.xfail(strict=True, reason="energy.py: the note is set by measure_baseline but never reaches the report")
+def test_a_disabled_baseline_is_said_in_the_report(tmp_path: Path):
+    meter = meter_on(Bench(lambda t: 50.0))
+    meter.measure_baseline(BaselineConfig(enabled=False), tmp_path)
+    meter.start()
+    assert meter.stop(WORK).baseline_note == "no baseline: baseline.enabled is false"
+
+
+def test_the_sampler_thread_waits_out_the_rest_of_each_interval():
+    class Slow(Bench):
+        def read(self, index: int) -> Sample:
+            self.t += 0.3  # each sweep takes 0.3 s of the meter's clock
+            return super().read(index)
+
+    waits: list[float] = []
+
+    class Stop(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            waits.append(timeout or 0.0)
+            self.set()  # one sweep is enough
+            return True
+
+    bench = Slow(lambda t: 75.0)
+    sampler = Sampler(bench, interval_s=1.0, clock=bench.clock)  # type: ignore[arg-type]
+    sampler._stop = Stop()
+    sampler.start()
+    sampler.stop()
+    assert waits == pytest.approx([0.7])  # 1 s interval - 0.3 s spent reading
+    assert len(sampler.samples) == 1
+
+
+# --- prefill and decode ------------------------------------------------------------------
+
+
+def split(spans: list[tuple[float, float, float]], **extra: object):
+    flat = [Sample(round(i * 0.1, 9), 0, 500.0) for i in range(101)]
+    return energy_report(["H100"], flat, start_mj=[0], end_mj=[5_000_000], window=(0.0, 10.0), interval_s=0.1,
+                         work=WindowWork(10, 10, len(spans), spans, **extra))  # type: ignore[arg-type]  # fmt: skip
+
+
+def test_prefill_and_decode_notes_say_how_or_why_not():
+    # Prefills of 0.5 s (exactly 5 samples of 100 ms) at 500 W: 250 J each; decode 4.5 s each.
+    r = split([(0.0, 0.5, 5.0), (5.0, 5.5, 10.0)])
+    assert (r.prefill_energy_j, r.decode_energy_j) == pytest.approx((500.0, 4500.0))
+    assert r.prefill_decode_note == (
+        "power trace over each batch's wait for its first token (static batches; prefills of at least 0.50 s "
+        "against 100 ms samples)"
+    )
+    # The second batch's prefill is 0.3 s (5.0 -> 5.3 s): too short, whatever the first.
+    short = split([(0.0, 1.0, 5.0), (5.0, 5.3, 10.0)])
+    assert short.prefill_energy_j is None and short.decode_energy_j is None
+    assert short.prefill_decode_note == (
+        "not measured: the shortest prefill (300 ms) spans fewer than 5 samples of 100 ms"
+    )
+    assert split([]).prefill_decode_note == "no batch was measured"
+    assert split([(0.0, 1.0, 10.0)], static_batches=False).prefill_decode_note == (
+        "not measured: continuous batching interleaves one request's prefill with others' decode"
+    )
+    averaged = energy_report(["H100"], [Sample(0.0, 0, 500.0)], start_mj=[0], end_mj=[5_000_000], window=(0.0, 10.0),
+                             interval_s=0.1, work=WindowWork(1, 1, 1, [(0.0, 1.0, 10.0)]),
+                             readings=[PowerReading("average_1s")])  # fmt: skip
+    assert averaged.prefill_decode_note == (
+        "not measured: the power readings are one-second averages, too coarse for a prefill"
+    )
+
+
+# --- edges of the energy report ------------------------------------------------------------
+
+
+def one_device(watts: float, start_mj: int | None, end_mj: int | None, window: tuple[float, float] = (0.0, 10.0)):
+    flat = [Sample(round(i * 0.1, 9), 0, watts) for i in range(101)]
+    return energy_report(["H100"], flat, start_mj=[start_mj], end_mj=[end_mj], window=window, interval_s=0.1, work=WORK)
+
+
+def test_a_small_disagreement_is_judged_on_the_energies_themselves():
+    # 10 W over 10 s: a 100 J trace. Counter 95.2 J: 4.8 / 95.2 = 5.04%: flagged (with 1 J added
+    # to each side it would be 4.99%). Counter 95.3 J: 4.7 / 95.3 = 4.93%: not flagged.
+    assert [f.code for f in one_device(10.0, 0, 95_200).flags] == ["counter_trace_disagree"]
+    assert one_device(10.0, 0, 95_300).flags == []
+
+
+def test_a_counter_missing_at_one_end_is_no_counter():
+    for start, end in ((None, 5_000), (5_000, None)):
+        r = one_device(10.0, start, end)
+        assert r.source == "nvml_power_trace" and r.energy_j == pytest.approx(100.0)
+        assert r.devices[0].energy_j is None and r.flags == []
+
+
+def test_only_the_devices_with_counters_make_the_source_a_counter():
+    r = report(start_mj=[None, 7_000_000], end_mj=[None, 7_500_000])  # device 0 has no counter, device 1 has
+    assert r.source == "nvml_power_trace"
+    assert r.energy_j == pytest.approx(2010.0 + 500.0)
+    assert r.energy_uncertainty_j is None and r.counter_aligned is None
+
+
+def test_a_device_without_samples_adds_nothing_to_the_trace():
+    zero_only = [s for s in two_devices() if s.device == 0]
+    r = energy_report(["H100", "H100"], zero_only, start_mj=[1_000_000, 7_000_000], end_mj=[3_000_000, 7_500_000],
+                      window=(0.0, 10.0), interval_s=0.1, work=WORK)  # fmt: skip
+    assert r.energy_j == pytest.approx(2500.0)  # both counters
+    assert [d.trace_energy_j for d in r.devices] == [pytest.approx(2010.0), None]
+    assert r.trace_energy_j == pytest.approx(2010.0)
+    assert [d.mean_power_w for d in r.devices][1] is None
+    unavailable = energy_report(["H100", "H100"], zero_only, start_mj=[1, None], end_mj=[2, None], window=(0.0, 10.0),
+                                interval_s=0.1, work=WORK)  # fmt: skip
+    assert unavailable.energy_j is None and len(unavailable.devices) == 2
+
+
+def test_a_zero_length_window_has_no_mean_power():
+    r = one_device(10.0, 0, 1_000, window=(5.0, 5.0))
+    assert r.energy_j == pytest.approx(1.0)
+    assert r.mean_power_w is None and r.energy_uncertainty_j is None
+
+
+def test_the_peak_is_where_the_sum_is_highest_not_the_last_sweep():
+    # Device 0 at 400 W from 3.0 to 3.9 s, 100 W otherwise; device 1 at 50 W: the peak is 450 W.
+    zero = [Sample(round(i * 0.1, 9), 0, 400.0 if 30 <= i < 40 else 100.0) for i in range(101)]
+    one = [Sample(round(i * 0.1 + 0.003, 9), 1, 50.0) for i in range(100)]
+    r = energy_report(["H100", "H100"], zero + one, start_mj=[0, 0], end_mj=[1_300_000, 500_000], window=(0.0, 10.0),
+                      interval_s=0.1, work=WORK)  # fmt: skip
+    assert r.peak_power_w == pytest.approx(450.0)
+
+
+def test_an_external_figure_over_a_short_window_and_without_a_baseline():
+    nvml = report()
+    zeus = SimpleNamespace(name="zeus", polls_gpu=False)
+    r = with_external(nvml, zeus, ExternalEnergy(energy_j=100.0), WORK, 0.5)  # type: ignore[arg-type]
+    assert r.mean_power_w == pytest.approx(200.0)  # 100 J / 0.5 s
+    assert r.adjusted_energy_j is None  # no baseline to subtract
+    cc = with_external(nvml, SimpleNamespace(name="codecarbon", polls_gpu=True), ExternalEnergy(energy_j=100.0), WORK,
+                       10.0)  # type: ignore[arg-type]  # fmt: skip
+    assert cc.baseline_note is None  # no baseline was taken, so none was left out
+    assert cc.prefill_decode_note == "not measured: CodeCarbon polled the GPUs, so llem kept no power trace"
+    with_baseline = with_external(report(baseline=baseline()), SimpleNamespace(name="codecarbon", polls_gpu=True),
+                                  ExternalEnergy(energy_j=100.0), WORK, 10.0)  # type: ignore[arg-type]  # fmt: skip
+    assert with_baseline.baseline_note == (
+        "not subtracted: the baseline is GPU idle power, CodeCarbon's total covers GPU, CPU and RAM"
+    )
+
+
+# --- which power reading a device gives ------------------------------------------------------
+
+
+class FakeNvml:
+    """The slice of pynvml that _averages_power_usage reads."""
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, arch: int | None, ampere: int | None = 7) -> None:
+        self.arch = arch
+        self.handle = object()
+        if ampere is not None:
+            self.NVML_DEVICE_ARCH_AMPERE = ampere
+
+    def nvmlDeviceGetArchitecture(self, handle: object) -> int:
+        if handle is not self.handle:
+            raise TypeError("not a device handle")
+        if self.arch is None:
+            raise self.NVMLError("Not Supported")
+        return self.arch
+
+
+@pytest.mark.parametrize(
+    ("arch", "name", "averaged"),
+    [
+        (7, "NVIDIA A10", True),  # Ampere: a one-second average
+        (9, "NVIDIA H100 80GB HBM3", True),  # Hopper
+        (6, "Tesla T4", False),  # Turing: instantaneous
+        (7, "NVIDIA A100-SXM4-80GB", False),  # GA100 reads instantaneous power
+        (7, "NVIDIA A30", False),
+        (7, "NVIDIA A800 80GB PCIe", False),
+        (None, "NVIDIA H100", False),  # unknown: as the driver documents the call
+    ],
+)
+def test_which_devices_average_their_power_reading(arch: int | None, name: str, averaged: bool):
+    from llem_agent.energy import _averages_power_usage
+
+    nvml = FakeNvml(arch)
+    assert _averages_power_usage(nvml, nvml.handle, name) is averaged
+
+
+def test_the_ampere_number_comes_from_the_driver_where_it_has_one():
+    from llem_agent.energy import _averages_power_usage
+
+    later = FakeNvml(arch=7, ampere=8)  # a driver numbering architectures otherwise
+    assert _averages_power_usage(later, later.handle, "NVIDIA A10") is False
+    old = FakeNvml(arch=7, ampere=None)  # no constant: Ampere is 7
+    assert _averages_power_usage(old, old.handle, "NVIDIA A10") is True
+
+
+def test_a_backend_that_does_not_say_reads_instantaneous_power_at_gpu_scope():
+    from llem_agent.energy import _power_readings
+
+    assert _power_readings(Bench(lambda t: 1.0)) == [PowerReading("instant", "gpu", "gpu")]
+
+    class Says(Bench):
+        def power_readings(self) -> list[PowerReading]:
+            return [PowerReading("average_1s", "module", "gpu")]
+
+    assert _power_readings(Says(lambda t: 1.0)) == [PowerReading("average_1s", "module", "gpu")]

@@ -141,6 +141,19 @@ def test_an_untimed_request_adds_no_ttft_and_ends_when_the_call_returned():
     assert lat.ttft_missing_reason.startswith("1 of 2 requests have no token times (the engine returned no request")
 
 
+def test_untimed_reasons_only_for_requests_that_generated_and_have_no_times():
+    timed = BatchObservation(
+        input_tokens=[1, 1], output_tokens=[2, 0], token_times_s=[[0.1, 0.2], []], untimed_end_s=1.0
+    )
+    assert untimed_reasons([timed]) == []  # the empty request generated nothing: nothing is missing
+    one = BatchObservation(
+        input_tokens=[1], output_tokens=[1], token_times_s=[[]], untimed_end_s=1.0, untimed_reason="beam search"
+    )
+    assert untimed_reasons([one, one, timed]) == ["beam search"]
+    with pytest.raises(ValueError, match=r"zip\(\) argument 2 is longer"):
+        untimed_reasons([BatchObservation(input_tokens=[1], output_tokens=[1, 2], token_times_s=[[0.1]])])
+
+
 def test_a_request_with_no_output_token_ends_at_zero():
     records = request_records([BatchObservation(input_tokens=[7], output_tokens=[0], token_times_s=[[]])])
     assert (records[0].ttft_s, records[0].e2e_latency_s) == (None, 0.0)
@@ -177,6 +190,7 @@ def _cache_report(hits: list[int | None], warm: bool = False) -> PrefixCacheRepo
 def test_prefix_cache_hit_just_below_at_and_above_nothing_served():
     none = _cache_report([0, 0, 0])
     assert (none.prompt_tokens, none.cached_prompt_tokens, none.requests_with_cached_tokens) == (300, 0, 0)
+    assert (none.mode, none.engine_cache, none.reset_after_warmup, none.warmup_prompts) == ("cold", True, True, None)
     assert prefix_cache_flags(none, 3) == []
     one = _cache_report([0, 1, 0])  # a single token served from the cache is a hit
     assert (one.cached_prompt_tokens, one.requests_with_cached_tokens) == (1, 1)
@@ -191,6 +205,8 @@ def test_an_unreported_share_is_no_hit_and_a_warm_cache_is_labelled():
     unknown = _cache_report([None, 5, 0])  # one request unreported: the total is unknown
     assert unknown.cached_prompt_tokens is None and unknown.requests_with_cached_tokens is None
     assert prefix_cache_flags(unknown, 3) == []
+    (unreported,) = prefix_cache_flags(_cache_report([None, 5, 0], warm=True), 3)
+    assert unreported.message.endswith(": an unreported share served from the cache")
     warm = _cache_report([100, 100, 0], warm=True)
     assert warm.mode == "warm"
     (flag,) = prefix_cache_flags(warm, 3)
@@ -372,6 +388,18 @@ def test_temperature_slope_over_at_least_three_seconds():
     assert temperature_slope_c_per_s(short) == pytest.approx(1.9)
 
 
+def test_temperature_slope_on_a_clock_that_does_not_start_at_zero():
+    # The 12 s window above, read 100 s later on the monotonic clock: the same 1.5 C/s.
+    samples = temps(
+        [(100.0 + t, 40.0) for t in range(8)]
+        + [(108.0, 41.0), (109.0, 43.0), (110.0, 44.0), (111.0, 46.0), (112.0, 47.0)]
+    )
+    assert temperature_slope_c_per_s(samples) == pytest.approx(1.5)
+    # Readings 0.1 s apart (a spread of 0.02 s^2): 40.0 40.3 40.6 C is 3 C/s.
+    fast = temps([(50.0, 40.0), (50.1, 40.3), (50.2, 40.6)])
+    assert temperature_slope_c_per_s(fast) == pytest.approx(3.0)
+
+
 def test_temperature_slope_needs_three_readings_in_the_tail():
     assert temperature_slope_c_per_s(temps([(0.0, 40.0), (1.0, 50.0)])) == 0.0
     assert temperature_slope_c_per_s(temps([(0.0, 40.0), (1.0, 42.0), (2.0, 44.0)])) == pytest.approx(2.0)
@@ -414,5 +442,13 @@ def test_downsampling_to_one_row_per_device_and_second():
         {"timestamp_s": 1.0, "gpu_index": 0, "power_w": 300.0, "temperature_c": 54.0, "memory_used_mb": 2000.0,
          "memory_total_mb": 8000.0, "sm_utilisation_pct": 70.0, "throttle_reasons": None},
     ]  # fmt: skip
+    # Devices in index order within a second, whatever order they were read in; a reading
+    # before the start falls in second -1.
+    swapped = downsample([Sample(10.1, 1, 50.0), Sample(10.2, 0, 70.0), Sample(9.5, 0, 10.0)], start_s=10.0)
+    assert [(r["timestamp_s"], r["gpu_index"], r["power_w"]) for r in swapped] == [
+        (-1.0, 0, 10.0),
+        (0.0, 0, 70.0),
+        (0.0, 1, 50.0),
+    ]
     half = downsample(samples[:2], start_s=10.0, resolution_s=0.5)
     assert [(r["timestamp_s"], r["power_w"]) for r in half] == [(0.0, 100.0), (0.5, 200.0)]

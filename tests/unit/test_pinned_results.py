@@ -335,3 +335,98 @@ def test_what_a_holder_is_said_to_be():
     assert worker == "worker-7"
     assert _seen(token, 12.4).describe() == f"worker-7@{host}:{pid} (refreshed 12 s ago)"
     assert _seen("\x00garbage", 3.0).describe() == "an unreadable claim (8 bytes, made 3 s ago)"
+
+
+@pytest.mark.parametrize(
+    ("mean", "half", "text"),
+    [
+        (0.0, None, "0.000"),  # zero has no magnitude: four significant places as for 1
+        (0.0, 0.5, "0.000 ± 0.500"),
+        (1.0, 0.25, "1.000 ± 0.250"),
+        (-0.02003, 0.001, "-0.02003 ± 0.00100"),
+        (123456.7, 12.3, "123,457 ± 12"),
+        (float("nan"), 1.0, "–"),
+        (float("inf"), None, "–"),
+    ],
+)
+def test_a_mean_and_its_interval_to_four_significant_figures(mean: float, half: float | None, text: str):
+    from orchestrator.results import format_mean_ci
+
+    assert format_mean_ci(mean, half) == text
+    assert format_mean_ci(0.123456, 0.01, digits=2) == "0.12 ± 0.01"
+
+
+def test_windows_are_compared_in_order_of_their_starts():
+    # A long run (0-100 s) and two short ones inside it: both overlap it, not each other.
+    windows = {"short-1": (10.0, 20.0), "short-2": (50.0, 60.0), "long": (0.0, 100.0)}
+    assert overlaps(windows) == {"long": {"short-1", "short-2"}, "short-1": {"long"}, "short-2": {"long"}}
+
+
+def test_a_zero_mean_ranks_first_and_an_interval_edge_at_zero_counts():
+    # Means 0.5 0.0 1.05, each +- 0.1: ranked 0.0, 0.5, 1.05, no overlap.
+    assert _ranking_warnings(_ranked([(0.5, 0.1), (0.0, 0.1), (1.05, 0.1)])) == []
+    # -2..0 and 0..2 touch at zero: overlap; -2..0 and 0.5..2.5 do not.
+    assert len(_ranking_warnings(_ranked([(-1.0, 1.0), (1.0, 1.0)]))) == len(KEY_METRICS)
+    assert _ranking_warnings(_ranked([(-1.0, 1.0), (1.5, 1.0)])) == []
+
+
+def test_five_ties_are_all_named():
+    five = _ranking_warnings(_ranked([(float(i), 5.0) for i in range(1, 7)]))[0]  # 6 experiments: 5 ties
+    assert five == (
+        "output_tokens_per_s: 95% intervals overlap for experiments 1 and 2, 2 and 3, 3 and 4, 4 and 5, 5 and 6; "
+        "their order is not significant"
+    )
+
+
+def test_every_run_keeps_its_status_and_failure(tmp_path: Path):
+    import hashlib as _hashlib
+
+    study = make_study_dir(tmp_path, batch_sizes=(1, 2), dtypes=("bfloat16",), n_cycles=2, failed_runs=1,
+                           energy=False, telemetry=False)  # fmt: skip
+    summary = aggregate(study)
+    (failed,) = [r for r in summary.runs if r.status == "failed"]
+    assert (failed.failure_kind, failed.failure_message) == ("oom", "measure: CUDA out of memory (synthetic)")
+    assert failed.cycle == int(failed.run_id[-1]) and failed.experiment == int(failed.run_id[1:4])
+    assert all(r.wall_s == 60.0 for r in summary.runs)
+    done = [r for r in summary.runs if r.status == "completed"]
+    assert {r.unavailable_reason for r in done} == {"NVML unavailable (synthetic)"}
+    assert summary.energy_unavailable == "NVML unavailable (synthetic)"
+    assert all(r.metrics["energy_j"] is None and r.metrics["wall_energy_j"] is None for r in done)
+    manifest = json.loads((study / "manifest.json").read_text())
+    assert [e.config_hash for e in summary.experiments] == [
+        next(r["config_hash"] for r in manifest["runs"] if r["experiment_index"] == i) for i in (0, 1)
+    ]
+    assert {e.engine for e in summary.experiments} == {"pytorch"}
+    assert [e.label for e in summary.experiments] == ["pytorch.batch_size=1", "pytorch.batch_size=2"]
+    assert summary.manifest_sha256 == _hashlib.sha256((study / "manifest.json").read_bytes()).hexdigest()
+
+
+def _windows(study: Path, starts: dict[str, float]) -> None:
+    for run_id, start in starts.items():
+        _rewrite(study, run_id, timings__window_started_at=start, timings__measure_s=10.0)
+
+
+def test_runs_measured_at_the_same_time_are_warned_about(study: Path):
+    tail = (
+        ": they shared this host's power, memory bandwidth and cooling, so compare them with care (run with "
+        "--parallel 1 to avoid it)"
+    )
+    _windows(study, {"e001-c1": 1000.0, "e002-c1": 1005.0, "e001-c2": 2000.0, "e002-c2": 3000.0,
+                     "e001-c3": 4000.0, "e002-c3": 5000.0})  # fmt: skip
+    warnings = aggregate(study).warnings
+    assert (
+        warnings[0] == "2 runs were measured while other runs were (e001-c1 with e002-c1, e002-c1 with e001-c1)" + tail
+    )
+    # Four runs at once: each named with the other three, no "...".
+    _windows(study, {"e001-c1": 1000.0, "e002-c1": 1001.0, "e001-c2": 1002.0, "e002-c2": 1003.0})
+    four = aggregate(study).warnings[0]
+    assert four.startswith("4 runs were measured while other runs were (e001-c1 with e001-c2, e002-c1, e002-c2, ")
+    assert four.endswith("e002-c2 with e001-c1, e001-c2, e002-c1)" + tail)
+    # Five: the first four named, then "...".
+    _windows(study, {"e001-c3": 1004.0})
+    five = aggregate(study).warnings[0]
+    assert five.startswith("5 runs were measured while other runs were (e001-c1 with e001-c2, e001-c3, ")
+    assert five.endswith("e002-c1 with e001-c1, e001-c2, e001-c3, e002-c2 ...)" + tail)
+    _windows(study, {run: 1000.0 + 100 * i for i, run in enumerate(["e001-c1", "e002-c1", "e001-c2", "e002-c2",
+                                                                    "e001-c3"])})  # fmt: skip
+    assert not any("were measured while" in w for w in aggregate(study).warnings)  # 10 s runs 100 s apart
