@@ -26,6 +26,7 @@ from llem_agent.contract import CONTRACT_FINGERPRINT_PATH, contract_fingerprint,
 from orchestrator import __version__
 from orchestrator.container import LABEL_HOST, LABEL_HOST_PID, LABEL_MANAGED, ContainerSpec, Mount
 from orchestrator.errors import EnvironmentProblem
+from orchestrator.procs import process_alive
 
 
 @dataclass(frozen=True)
@@ -148,16 +149,6 @@ def _start_problem(spec: ContainerSpec, exc: docker.errors.APIError) -> Environm
             f"cannot give the container its GPUs ({message}); install the NVIDIA container toolkit"
         )
     return EnvironmentProblem(f"cannot start container for {spec.name}: {message}")
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
 
 
 @contextlib.contextmanager
@@ -454,7 +445,7 @@ class DockerLauncher:
         pid = labels.get(LABEL_HOST_PID, "")
         if labels.get(LABEL_MANAGED) != "true" or labels.get(LABEL_HOST) != socket.gethostname() or not pid.isdigit():
             raise EnvironmentProblem(f"a container named {name} exists and is not this host's llem's; remove it")
-        if int(pid) != os.getpid() and _process_alive(int(pid)):
+        if int(pid) != os.getpid() and process_alive(int(pid)):
             raise EnvironmentProblem(
                 f"container {name} of this run is still run by llem process {pid} on this host; "
                 "stop that process or wait for it"

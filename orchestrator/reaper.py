@@ -10,7 +10,6 @@ locks need no cleanup: the kernel released them when the process died.
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 
@@ -19,16 +18,7 @@ from orchestrator.container import LABEL_HOST, LABEL_HOST_PID, LABEL_RUN, LABEL_
 from orchestrator.errors import LlemError
 from orchestrator.launcher import DockerLauncher
 from orchestrator.manifest import ManifestStore
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
+from orchestrator.procs import process_alive
 
 
 def mark_interrupted(study_dir: Path, run_id: str) -> None:

@@ -3,6 +3,7 @@ other worker still holds a run of it."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from orchestrator.claims import ClaimBoard
@@ -33,3 +34,25 @@ def test_the_study_goes_on_while_another_worker_holds_a_run_of_it(tmp_path: Path
     manifest = ManifestStore.load(study_dir)
     assert manifest.run("e001-c1").status == "interrupted"
     assert manifest.status == "running" and manifest.run("e002-c1").status == "running"
+
+
+def test_a_zombie_is_not_alive():
+    """A worker killed -9 that its llem has not reaped yet is a zombie: it holds no run, and its
+    leftover container must be removable (was: "still run by llem process N")."""
+    import subprocess
+    import sys
+    import time
+
+    from orchestrator.procs import process_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # exited, not yet waited for: a zombie
+        state = Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[0]
+        if state == "Z":
+            break
+        time.sleep(0.01)
+    assert not process_alive(child.pid)
+    child.wait()
+    assert not process_alive(child.pid)
+    assert process_alive(os.getpid())
