@@ -295,3 +295,142 @@ def test_a_mutex_held_by_a_live_owner_times_out_with_a_reason(tmp_path: Path):
     with FileMutex(path):
         assert path.read_text().startswith(f"llem@{HOST}:{os.getpid()}:")
     assert not path.exists()
+
+
+# --- the edges a second mutation run found -------------------------------------------------
+
+
+def test_this_processes_start_time_is_field_22_of_its_stat():
+    stat = Path(f"/proc/{os.getpid()}/stat")
+    if not stat.exists():
+        pytest.skip("no /proc on this system")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    assert claims._process_start(os.getpid()) == fields[19]  # field 22 overall: state is field 3
+
+
+def test_a_stat_of_exactly_twenty_fields_has_its_start_time(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(claims, "_proc_stat", lambda pid: ["S", *["0"] * 18, "4242"])
+    assert claims._process_start(1) == "4242"
+
+
+def test_a_token_has_twelve_random_hex_digits_and_no_newline_anywhere():
+    rand = owner_token("w").rsplit(":", 1)[1]
+    assert len(rand) == 12 and int(rand, 16) >= 0
+    assert Owner.parse("w@node-1:12:ca\nfe") is None  # a newline inside: not a token
+
+
+def test_claim_files_are_group_writable(tmp_path: Path):
+    old = os.umask(0)
+    try:
+        assert claims.create_exclusive(tmp_path / "c", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "c").stat().st_mode & 0o777 == 0o664
+    assert not claims.create_exclusive(tmp_path / "c", "y") and (tmp_path / "c").read_text() == "x"
+
+
+def test_take_puts_back_a_claim_even_when_its_owner_made_it_anew_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    path = tmp_path / "e001-c1"
+    path.write_text("w@h:1:cafe\n")
+    seen = observe(path)
+    assert seen is not None
+    real = claims.observe
+
+    def renewed(p: Path):
+        path.write_text("w@h:1:beef\n")  # its owner re-made it after the rename
+        got = real(p)
+        return claims.Seen(got.inode, "someone else's\n", got.age_s) if got else None
+
+    monkeypatch.setattr(claims, "observe", renewed)
+    assert not _take(path, seen)
+    assert path.read_text() == "w@h:1:beef\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e001-c1"]
+
+
+def test_take_survives_the_aside_file_vanishing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    path = tmp_path / "e001-c1"
+    path.write_text("w@h:1:cafe\n")
+    seen = observe(path)
+    assert seen is not None
+
+    def gone(p: Path) -> None:
+        p.unlink()  # someone removed the renamed file
+
+    monkeypatch.setattr(claims, "observe", gone)
+    assert not _take(path, seen)
+    path.write_text("w@h:1:cafe\n")
+    seen = observe(path)
+    assert seen is not None
+
+    def judged_then_gone(p: Path):
+        p.unlink()
+        return seen  # it was the file judged, and it is gone already
+
+    monkeypatch.setattr(claims, "observe", judged_then_gone)
+    assert _take(path, seen)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_take_checks_the_inode_not_only_the_content(tmp_path: Path):
+    path = tmp_path / "e001-c1"
+    path.write_text("w@h:1:cafe\n")
+    old = observe(path)
+    assert old is not None
+    os.replace(path, tmp_path / "kept")  # kept alive: its inode cannot be handed out again
+    path.write_text("w@h:1:cafe\n")
+    assert not _take(path, old)
+    assert path.read_text() == "w@h:1:cafe\n"
+
+
+def test_a_dead_breakers_token_is_taken_over_at_once_and_names_its_breaker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    path = tmp_path / "e001-c1"
+    path.write_text("w@elsewhere:1:cafe\n")
+    _age(path, 1000.0)
+    seen = observe(path)
+    assert seen is not None
+    token = path.with_name(f"{path.name}{_BREAK}{seen.key}")
+    token.write_text(f"breaker@{HOST}:{_dead_pid()}:beef\n")  # fresh, but its writer is gone
+    tokens_seen: list[str] = []
+    real = claims.observe
+
+    def watching(p: Path):
+        if p == path:
+            tokens_seen.append(token.read_text())
+        return real(p)
+
+    monkeypatch.setattr(claims, "observe", watching)
+    assert break_claim(path, seen, 300.0) == "stale"
+    (content,) = tokens_seen  # the token, while the claim was judged again under it
+    assert Owner.parse(content) is not None and content.endswith("\n")
+    assert Owner.parse(content).pid == os.getpid()  # type: ignore[union-attr]
+
+
+def test_a_claim_that_cannot_be_made_again_is_not_held(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    board = ClaimBoard(tmp_path, worker="w", stale_after_s=60)
+    claim = board.claim("e001-c1")
+    assert claim is not None
+    claim.path.unlink()
+
+    def full(path: Path, content: str) -> bool:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(claims, "create_exclusive", full)
+    assert not claim.held()
+
+
+def test_a_claim_taken_by_another_between_two_looks_is_not_ours(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    board = ClaimBoard(tmp_path, worker="w", stale_after_s=60)
+    board.dir.mkdir()
+    board.path("e001-c1").write_text("other@elsewhere:1:cafe\n")
+
+    def raced(path: Path) -> None:
+        path.unlink()
+        path.write_text("third@elsewhere:2:beef\n")  # released, and claimed by a third worker first
+
+    monkeypatch.setattr(claims, "observe", raced)
+    assert board.claim("e001-c1") is None
+    assert board.path("e001-c1").read_text() == "third@elsewhere:2:beef\n"

@@ -729,3 +729,143 @@ def test_a_backend_that_does_not_say_reads_instantaneous_power_at_gpu_scope():
             return [PowerReading("average_1s", "module", "gpu")]
 
     assert _power_readings(Says(lambda t: 1.0)) == [PowerReading("average_1s", "module", "gpu")]
+
+
+# --- the sampler's sweeps --------------------------------------------------------------------
+
+
+class Fast(Bench):
+    """A device with a fast power-only read beside its full read; strict about its index."""
+
+    def read_power(self, index: int) -> float:
+        return [self.power(self.t)][index]
+
+    def read(self, index: int) -> Sample:
+        self.reads.append(self.t)
+        return Sample(0.0, 99, [self.power(self.t)][index], 50.0)  # the device number is the sampler's to set
+
+
+def test_full_readings_about_once_a_second_and_power_alone_between():
+    bench = Fast(lambda t: 80.0)
+    every_tenth = Sampler(bench, interval_s=0.1, clock=bench.clock)  # type: ignore[arg-type]
+    for _ in range(11):
+        every_tenth.sample_once()
+        bench.sleep(0.1)
+    assert [s.temperature_c is not None for s in every_tenth.samples] == [True] + [False] * 9 + [True]
+    assert [s.device for s in every_tenth.samples] == [0] * 11
+    assert [s.power_w for s in every_tenth.samples] == [80.0] * 11
+    assert [s.time_s for s in every_tenth.samples] == pytest.approx([1000.0 + 0.1 * i for i in range(11)])
+    forced = Sampler(bench, interval_s=0.1, clock=bench.clock)  # type: ignore[arg-type]
+    forced.sample_once(full=False)  # sweep 0, told power alone
+    forced.sample_once(full=True)  # sweep 1, told everything
+    assert [s.temperature_c for s in forced.samples] == [None, 50.0]
+    each = Sampler(bench, interval_s=1.0, clock=bench.clock)  # type: ignore[arg-type]
+    each.sample_once()
+    each.sample_once()
+    assert [s.temperature_c for s in each.samples] == [50.0, 50.0]  # at 1 s intervals every reading is full
+    for interval in (0.0, -1.0):  # never a division by zero: every reading full
+        odd = Sampler(bench, interval_s=interval, clock=bench.clock)  # type: ignore[arg-type]
+        odd.sample_once()
+        odd.sample_once()
+        assert [s.temperature_c for s in odd.samples] == [50.0, 50.0]
+
+
+def test_the_sampler_thread_is_named_and_never_keeps_the_agent_alive():
+    thread = Sampler(Bench(lambda t: 1.0), interval_s=0.1)._thread  # type: ignore[arg-type]
+    assert (thread.name, thread.daemon) == ("llem-nvml-sampler", True)
+
+
+def test_the_window_is_bracketed_by_two_full_readings(tmp_path: Path):
+    bench = Fast(lambda t: 300.0)
+    meter = EnergyMeter(lambda: bench, interval_s=0.1, clock=bench.clock, external_factory=lambda n: Quiet()).open()  # type: ignore[arg-type, return-value]
+    meter.sleep = bench.sleep
+    meter.start()
+    bench.sleep(10.0)
+    meter.stop(WORK)
+    assert [s.temperature_c for s in meter.samples] == [50.0, 50.0]
+
+
+def test_loaded_idle_of_an_even_number_of_samples(tmp_path: Path):
+    bench = Bench(lambda t: 50.0)
+    meter = meter_on(bench)
+    meter.measure_baseline(BaselineConfig(strategy="fresh", duration_seconds=5), tmp_path)
+    start = bench.t
+    bench.power = lambda t: 150.0 - 10.0 * (t - start)
+    # 10 samples at 0..9 s, 150 ... 60 W: the second half from 4.5 s: 100 90 80 70 60, mean 80 W
+    # (from 4 s on it would be 85 W).
+    meter.loaded_idle(10.0, bench.sleep)
+    meter.start()
+    r = meter.stop(WORK)
+    assert r.baseline is not None and r.baseline.loaded_power_w == pytest.approx([80.0])
+    assert r.baseline.loaded_duration_s == pytest.approx(5.0)
+
+
+def test_notes_and_split_at_a_sampling_interval_that_is_not_round():
+    # Samples every 0.4004 s: a prefill must last 5 x 0.4004 = 2.002 s to be measured.
+    trace = [Sample(round(i * 0.4004, 9), 0, 500.0) for i in range(26)]
+    common = {"start_mj": [0], "end_mj": [5_000_000], "window": (0.0, 10.0), "interval_s": 0.4004}
+    short = energy_report(["H100"], trace, work=WindowWork(1, 1, 1, [(0.0, 1.0, 10.0)]), **common)  # type: ignore[arg-type]
+    assert (
+        short.prefill_decode_note == "not measured: the shortest prefill (1000 ms) spans fewer than 5 samples of 400 ms"
+    )
+    long = energy_report(["H100"], trace, work=WindowWork(1, 1, 1, [(0.0, 2.5, 10.0)]), **common)  # type: ignore[arg-type]
+    assert long.prefill_decode_note is not None and long.prefill_decode_note.endswith(
+        "prefills of at least 2.50 s against 400 ms samples)"
+    )
+    assert long.prefill_energy_j == pytest.approx(1250.0)  # 2.5 s x 500 W
+
+
+def test_each_device_says_what_its_counter_and_trace_cover():
+    r = report(readings=[PowerReading("instant", "module", "module"), PowerReading("instant", "gpu", "gpu")])
+    assert [(d.counter_scope, d.trace_scope) for d in r.devices] == [("module", "module"), ("gpu", "gpu")]
+
+
+def test_the_peak_groups_each_sweep_from_the_windows_own_start():
+    from llem_agent.energy import _peak_total_power
+
+    # The window opens at 0.025 s; device 1 is read 40 ms after device 0 in each sweep.
+    zero = [Sample(0.025 + i * 0.1, 0, 300.0) for i in range(10)]
+    one = [Sample(0.065 + i * 0.1, 1, 50.0) for i in range(10)]
+    assert _peak_total_power(zero + one, 0.025, 0.1) == pytest.approx(350.0)
+    # No interval: one bucket, each device's last reading.
+    flat = [Sample(0.0, 0, 100.0), Sample(1.0, 0, 300.0), Sample(0.5, 1, 50.0)]
+    assert _peak_total_power(flat, 0.0, 0.0) == pytest.approx(350.0)
+    assert _peak_total_power([], 0.0, 0.1) is None
+
+
+# --- the baseline cache's file ---------------------------------------------------------------
+
+
+def test_the_baseline_cache_file_is_keyed_by_the_devices_and_readable(tmp_path: Path):
+    config = BaselineConfig(strategy="cached", duration_seconds=10)
+    resolve_baseline(Idle([60.0, 61.0]), config, tmp_path, now=lambda: 1000.0)
+    text = (tmp_path / "baselines.json").read_text()
+    assert text.startswith('{\n  "GPU-0|GPU-1": {\n    "power_w": [')
+
+
+def test_a_damaged_cache_entry_is_skipped_and_the_rest_still_used(tmp_path: Path):
+    import json
+
+    good = {"power_w": [60.0], "measured_at": 1000.0, "uses": 0}
+    (tmp_path / "baselines.json").write_text(json.dumps({"GPU-9": {"power_w": "?"}, "GPU-0": good}))
+    config = BaselineConfig(strategy="cached", duration_seconds=10)
+    assert resolve_baseline(Idle([70.0]), config, tmp_path, now=lambda: 1010.0).source == "cache"
+    (tmp_path / "baselines.json").write_text("[1, 2]")  # not a mapping at all
+    r = resolve_baseline(Idle([70.0]), config, tmp_path, now=lambda: 1010.0)
+    assert (r.source, r.power_w) == ("measured", [70.0])
+
+
+def test_fresh_never_reads_the_cache(tmp_path: Path):
+    import json
+
+    good = {"power_w": [60.0], "measured_at": 1000.0, "uses": 0}
+    (tmp_path / "baselines.json").write_text(json.dumps({"GPU-0": good}))
+    r = resolve_baseline(Idle([70.0]), BaselineConfig(strategy="fresh", duration_seconds=10), tmp_path,
+                         now=lambda: 1010.0)  # fmt: skip
+    assert (r.source, r.power_w) == ("measured", [70.0])
+
+
+def test_a_zero_watt_cached_baseline_is_validated_without_dividing_by_zero(tmp_path: Path):
+    config = BaselineConfig(strategy="validated", duration_seconds=10, validation_interval=2)
+    resolve_baseline(Idle([0.0]), config, tmp_path, now=lambda: 1000.0)
+    assert resolve_baseline(Idle([5.0]), config, tmp_path, now=lambda: 1001.0).source == "cache_validated"

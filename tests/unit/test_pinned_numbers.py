@@ -452,3 +452,45 @@ def test_downsampling_to_one_row_per_device_and_second():
     ]
     half = downsample(samples[:2], start_s=10.0, resolution_s=0.5)
     assert [(r["timestamp_s"], r["power_w"]) for r in half] == [(0.0, 100.0), (0.5, 200.0)]
+
+
+# --- the edges of the request records ------------------------------------------------------
+
+
+def test_token_times_are_kept_to_the_microsecond():
+    (record,) = request_records([BatchObservation(input_tokens=[1], output_tokens=[1], token_times_s=[[0.12345678]])])
+    assert record.token_times_s == [0.123457]
+    assert record.ttft_s == 0.12345678  # the TTFT itself is not rounded
+
+
+def test_a_batch_whose_lists_disagree_is_refused():
+    with pytest.raises(ValueError, match=r"zip\(\) argument 3 is shorter"):
+        request_records([BatchObservation(input_tokens=[1, 1], output_tokens=[1, 1], token_times_s=[[0.1]])])
+
+
+def test_untimed_requests_of_one_token_and_of_none():
+    batch = BatchObservation(
+        input_tokens=[1, 1, 1], output_tokens=[1, 0, 2], token_times_s=[[], [], [0.2, 0.5]], untimed_end_s=2.0,
+        untimed_reason="beam search reports no per-token times (only when the batch returned)",
+    )  # fmt: skip
+    records = request_records([batch])
+    # One token, no time: untimed, ends at 2.0 s. No token: nothing to time, ends at 0.
+    assert [(r.ttft_s, r.e2e_latency_s, r.token_times_complete) for r in records] == [
+        (None, 2.0, False),
+        (None, 0.0, True),
+        (0.2, 0.5, True),
+    ]
+    lat = latency(records, untimed_reasons([batch]))
+    assert lat.ttft_missing_reason == (
+        "1 of 3 requests have no token times (beam search reports no per-token times (only when the batch "
+        "returned)): their TTFT and inter-token latency are missing, and their end-to-end latency is when the "
+        "generate call returned"
+    )
+    two = latency(records, ["first reason", "second reason"]).ttft_missing_reason
+    assert two is not None and "(first reason; second reason)" in two
+
+
+def test_two_tokens_known_only_at_first_and_last_are_one_gap():
+    batch = BatchObservation(input_tokens=[1], output_tokens=[2], token_times_s=[[0.25, 0.75]], complete=False)
+    lat = latency(request_records([batch]))
+    assert (lat.inter_token_s.n, lat.inter_token_s.mean) == (1, pytest.approx(0.5))  # (0.75 - 0.25) / 1

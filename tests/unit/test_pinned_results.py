@@ -430,3 +430,49 @@ def test_runs_measured_at_the_same_time_are_warned_about(study: Path):
     _windows(study, {run: 1000.0 + 100 * i for i, run in enumerate(["e001-c1", "e002-c1", "e001-c2", "e002-c2",
                                                                     "e001-c3"])})  # fmt: skip
     assert not any("were measured while" in w for w in aggregate(study).warnings)  # 10 s runs 100 s apart
+
+
+def test_runs_on_other_hosts_never_overlap_and_do_not_hide_later_ones():
+    # By start: a (host 1), b (host 2), c (host 1): a and c overlap, b is on another host.
+    windows = {"a": (0.0, 10.0), "b": (2.0, 12.0), "c": (5.0, 15.0)}
+    hosts = {"a": "node-1", "b": "node-2", "c": "node-1"}
+    assert overlaps(windows, hosts) == {"a": {"c"}, "c": {"a"}}
+
+
+def test_overlaps_on_different_hosts_are_not_warned_about(study: Path):
+    manifest = json.loads((study / "manifest.json").read_text())
+    for entry in manifest["runs"]:
+        entry["host"] = "node-1" if entry["run_id"].endswith("c1") and entry["run_id"].startswith("e001") else "node-2"
+    (study / "manifest.json").write_text(json.dumps(manifest))
+    _windows(study, {"e001-c1": 1000.0, "e002-c1": 1005.0, "e001-c2": 2000.0, "e002-c2": 3000.0,
+                     "e001-c3": 4000.0, "e002-c3": 5000.0})  # fmt: skip
+    assert not any("were measured while" in w for w in aggregate(study).warnings)
+
+
+def test_every_reason_for_missing_energy_is_named_once(study: Path):
+    _rewrite(study, "e001-c1", energy__unavailable_reason="no GPU")
+    _rewrite(study, "e002-c1", energy__unavailable_reason="NVML unavailable")
+    _rewrite(study, "e002-c2", energy__unavailable_reason="no GPU")
+    summary = aggregate(study)
+    assert summary.energy_unavailable == "NVML unavailable; no GPU"
+    assert [r.unavailable_reason for r in summary.runs if r.run_id == "e001-c2"] == [None]
+
+
+def test_an_experiment_whose_config_is_lost_still_has_its_statistics(study: Path):
+    from llem_agent.contract import EXPERIMENT_FILE
+
+    design = json.loads((study / "experiments.json").read_text())
+    design["experiments"] = [e for e in design["experiments"] if e["index"] == 0]
+    (study / "experiments.json").write_text(json.dumps(design))
+    for cycle in (1, 2, 3):
+        (study / "runs" / f"e002-c{cycle}" / EXPERIMENT_FILE).unlink()
+    one, two = aggregate(study).experiments
+    assert (one.engine, two.engine, two.params) == ("pytorch", "?", {})
+    assert two.stats["output_tokens_per_s"].mean == pytest.approx(200.0)
+
+
+def test_a_failed_run_has_no_energy_caveat(tmp_path: Path):
+    study = make_study_dir(tmp_path, batch_sizes=(1,), dtypes=("bfloat16",), n_cycles=2, failed_runs=1,
+                           telemetry=False)  # fmt: skip
+    (failed,) = [r for r in aggregate(study).runs if r.status == "failed"]
+    assert failed.unavailable_reason is None and failed.flags == []

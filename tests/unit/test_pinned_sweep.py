@@ -139,3 +139,36 @@ def test_each_grid_point_is_its_own_copy():
     configs = expand({"model": "m", "engine": "pytorch", "dataset": {"source": "x"}}, {"dtype": ["a", "b"]}, None)
     configs[0]["dataset"]["source"] = "changed"
     assert configs[1]["dataset"]["source"] == "x"
+
+
+def test_messages_are_word_for_word():
+    with pytest.raises(ConfigError, match=r"^give either 'pytorch:' or 'transformers:', not both$"):
+        expand({"model": "m", "pytorch": {}, "transformers": {}}, None, None)
+    with pytest.raises(ConfigError, match=r"^engine: given both as a field and as a sweep axis; give it once$"):
+        expand({"model": "m", "engine": "vllm"}, {"engine": ["pytorch"]}, None)
+
+
+def test_renaming_the_transformers_section_keeps_every_other_key():
+    configs = expand({"model": "m", "engine": "pytorch", "transformers": {"batch_size": 2}}, {"dtype": ["a"]}, None)
+    assert configs == [{"model": "m", "engine": "pytorch", "pytorch": {"batch_size": 2}, "dtype": "a"}]
+
+
+def test_a_group_named_as_an_axis_of_another_engine_is_no_conflict():
+    sweep = {"pytorch.batch_size": [1, 2], "vllm.batch_size": [{"vllm.engine.max_num_seqs": 4}]}
+    configs = expand({"model": "m", "engine": ["pytorch", "vllm"]}, sweep, None)
+    assert [c["engine"] for c in configs] == ["pytorch", "pytorch", "vllm"]
+    nested = {"pytorch.a.b": [1], "transformers.a.b": [{"dtype": "x"}]}  # the same key, once aliased
+    with pytest.raises(ConfigError, match="a group name must not equal an axis key"):
+        expand(SHARED, nested, None)
+
+
+def test_the_engine_is_inferred_from_the_scoped_keys():
+    configs = expand({"model": "m"}, {"vllm.engine.block_size": [8, 16]}, None)
+    assert [(c["engine"], c["vllm"]["engine"]["block_size"]) for c in configs] == [("vllm", 8), ("vllm", 16)]
+
+
+def test_no_sweep_and_one_engine_is_no_grid():
+    assert expand(SHARED, None, None) == []  # the study is the shared fields themselves
+    configs = expand({"model": "m", "engine": ["pytorch", "vllm"], "dataset": {"source": "x"}}, None, None)
+    configs[0]["dataset"]["source"] = "changed"
+    assert configs[1]["dataset"]["source"] == "x"
