@@ -172,6 +172,64 @@ slurm-node: ## Install and start a one-node Slurm for the tests (root; idempoten
 bench: install images tiny-model slurm-node ## Benchmarks (overhead, harness, planning, claims, Slurm); writes docs/benchmarks.md
 	SLURM_CONF=$(SLURM_BASE)/slurm.conf $(VENV)/bin/python -m tests.bench.run --out docs/benchmarks.md
 
+# Mutation testing of the measurement core (docs/mutation.md): mutmut changes one thing at a time
+# in the functions of MUTANTS_SCOPE and runs the unit tests that reach it ([tool.mutmut] in
+# pyproject.toml); a mutant no test notices is a number no test checks. It works in MUTANTS_DIR
+# (gitignored), a staging copy with both packages under src/ (mutmut names a mutant after its
+# file's path, which must be the import name), and mutmut mutates a copy of that copy: the source
+# tree is never written. About 15 minutes on 2 cores (niced); not part of make test.
+MUTANTS_DIR   ?= mutants
+MUTANTS_JOBS  ?= $(shell nproc)
+MUTANTS_SCOPE ?= \
+	llem_agent.energy.x_energy_report__mutmut_* llem_agent.energy.x_phase_split__mutmut_* \
+	llem_agent.energy.x__shifted__mutmut_* llem_agent.energy.x__peak_total_power__mutmut_* \
+	llem_agent.energy.x_with_external__mutmut_* llem_agent.energy.x__averages_power_usage__mutmut_* \
+	llem_agent.energy.x__power_readings__mutmut_* llem_agent.energy.xǁSamplerǁ* \
+	llem_agent.energy.xǁEnergyMeterǁ_idle_samples__mutmut_* llem_agent.energy.xǁEnergyMeterǁ_mean_power__mutmut_* \
+	llem_agent.energy.xǁEnergyMeterǁidle_power_w__mutmut_* llem_agent.energy.xǁEnergyMeterǁloaded_idle__mutmut_* \
+	llem_agent.energy.xǁEnergyMeterǁmeasure_baseline__mutmut_* llem_agent.energy.xǁEnergyMeterǁ_counters__mutmut_* \
+	llem_agent.energy.xǁEnergyMeterǁ_on_step__mutmut_* llem_agent.energy.xǁEnergyMeterǁstart__mutmut_* \
+	llem_agent.energy.xǁEnergyMeterǁstop__mutmut_* llem_agent.energy.xǁEnergyMeterǁ_nvml_report__mutmut_* \
+	llem_agent.telemetry.x_device_trace__mutmut_* llem_agent.telemetry.x_integrate_j__mutmut_* \
+	llem_agent.telemetry.x_window_samples__mutmut_* llem_agent.telemetry.x_max_gap_s__mutmut_* \
+	llem_agent.telemetry.x_validity_flags__mutmut_* llem_agent.telemetry.x_throttle_events__mutmut_* \
+	llem_agent.telemetry.x_power_capped_fraction__mutmut_* llem_agent.telemetry.x_temperature_slope_c_per_s__mutmut_* \
+	llem_agent.telemetry.x__mean__mutmut_* llem_agent.telemetry.x_downsample__mutmut_* \
+	llem_agent.metrics.* llem_agent.baseline.* \
+	orchestrator.results.x_describe__mutmut_* orchestrator.results.xǁStatǁhalf_width__mutmut_* \
+	orchestrator.results.x_format_mean_ci__mutmut_* \
+	orchestrator.results.x__run_metrics__mutmut_* orchestrator.results.x_varying_keys__mutmut_* \
+	orchestrator.results.x_aggregate__mutmut_* orchestrator.results.x__experiment_warnings__mutmut_* \
+	orchestrator.results.x_overlaps__mutmut_* orchestrator.results.x__overlap_warnings__mutmut_* \
+	orchestrator.results.x__ranking_warnings__mutmut_* \
+	orchestrator.sweep.* orchestrator.study.x_design_hash__mutmut_* orchestrator.claims.*
+MUTMUT        := $(abspath $(VENV))/bin/mutmut
+# One row per module (or, with total=1, one for all) of `mutmut results --all true`; mutants
+# outside MUTANTS_SCOPE stay "not checked" and are not counted. Score: (killed + timeout) / counted.
+MUTANTS_AWK := $$2 != "not checked" { split($$1, p, "."); m = total ? "all" : p[1] "." p[2]; sub(/^ +/, "", m); \
+	n[m]++; c[m, $$2]++ } END { for (m in n) { k = c[m, "killed"] + 0; t = c[m, "timeout"] + 0; \
+	s = c[m, "survived"] + 0; printf "%-22s %7d %7d %8d %8d %6.1f%%\n", m, k, t, s, n[m] - k - t - s, 100 * (k + t) / n[m] } }
+
+.PHONY: mutants
+mutants: install ## Mutation testing (mutmut) of the measurement core, about 15 min: score per module, survivors' diffs
+	@rm -rf $(MUTANTS_DIR) && mkdir -p $(MUTANTS_DIR)/src $(MUTANTS_DIR)/images/tensorrt
+	@cp -r orchestrator images/agent/llem_agent $(MUTANTS_DIR)/src/
+	@cp -r tests pyproject.toml $(MUTANTS_DIR)/
+	@cp images/tensorrt/Dockerfile $(MUTANTS_DIR)/images/tensorrt/  # two tests read it
+	@find $(MUTANTS_DIR) -name __pycache__ -prune -exec rm -rf {} +
+	@echo "mutmut run in $(MUTANTS_DIR) (log: $(MUTANTS_DIR)/run.log) ..."
+	@start=$$(date +%s); cd $(MUTANTS_DIR) && \
+		{ nice -n 19 $(MUTMUT) run --max-children $(MUTANTS_JOBS) $(foreach p,$(MUTANTS_SCOPE),'$(p)') > run.log 2>&1 \
+			|| { tail -n 40 run.log; exit 1; }; } && \
+		echo "done in $$(( $$(date +%s) - start )) s"
+	@cd $(MUTANTS_DIR) && $(MUTMUT) results --all true > results.txt && \
+		{ printf '%-22s %7s %7s %8s %8s %7s\n' module killed timeout survived other score; \
+		  awk -F': ' -v total=0 '$(MUTANTS_AWK)' results.txt | sort; awk -F': ' -v total=1 '$(MUTANTS_AWK)' results.txt; } \
+		| tee score.txt
+	@cd $(MUTANTS_DIR) && grep -E ': (survived|no tests|suspicious|segfault)$$' results.txt | sed 's/^ *//; s/: .*//' \
+		| while read -r name; do $(MUTMUT) show "$$name"; echo; done > survivors.diff; \
+		echo "$$(grep -c '^# ' survivors.diff) survivors (diffs: $(MUTANTS_DIR)/survivors.diff)"
+
 # Offline install (a GPU node without network): every wheel llem and its agent need, not the
 # engines. WHEELHOUSE_PYTHON=3.12 fetches wheels for another Python than this one;
 # WHEELHOUSE_EXCLUDE="numpy pyarrow" leaves out what the target already has (smaller to carry).
