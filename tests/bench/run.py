@@ -318,15 +318,7 @@ def render(
         "same pre-tokenized batches, the same loaded model object (the agent's engine, loaded once), same container,",
         f"alternating which side goes first (torch threads: {harness_data['torch_threads']}).",
         "",
-        "| repetition | agent tok/s | bare tok/s | ratio |",
-        "|---:|---:|---:|---:|",
-        *(
-            f"| {i} | {r['agent_tokens_per_s']:.1f} | {r['bare_tokens_per_s']:.1f} | {ratio:.3f} |"
-            for i, (r, ratio) in enumerate(zip(rows, ratios, strict=True), start=1)
-        ),
-        "",
-        f"- Target >= 0.98: median ratio **{median(ratios):.3f}** ({'met' if median(ratios) >= 0.98 else 'NOT met'}); "
-        f"ratio of the medians {ratio_of_medians:.3f}.",
+        *_pairs(rows, ratios, ratio_of_medians),
         "",
         *_vllm_harness_lines(vllm_data),
         "## Planning a large grid",
@@ -419,6 +411,21 @@ def render(
     return "\n".join(lines)
 
 
+def _pairs(rows: list[dict[str, float]], ratios: list[float], of_medians: float) -> list[str]:
+    """The agent / bare-loop pairs as a table, and the 0.98 target's verdict."""
+    return [
+        "| repetition | agent tok/s | bare tok/s | ratio |",
+        "|---:|---:|---:|---:|",
+        *(
+            f"| {i} | {r['agent_tokens_per_s']:.1f} | {r['bare_tokens_per_s']:.1f} | {ratio:.3f} |"
+            for i, (r, ratio) in enumerate(zip(rows, ratios, strict=True), start=1)
+        ),
+        "",
+        f"- Target >= 0.98: median ratio **{median(ratios):.3f}** ({'met' if median(ratios) >= 0.98 else 'NOT met'}); "
+        f"ratio of the medians {of_medians:.3f}.",
+    ]
+
+
 def _vllm_harness_lines(data: dict[str, object]) -> list[str]:
     rows = data["rows"]
     assert isinstance(rows, list)
@@ -435,15 +442,7 @@ def _vllm_harness_lines(data: dict[str, object]) -> list[str]:
         "runs in-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`) on both sides: on two cores its separate",
         "busy-polling process scattered the pairs by +-30%.",
         "",
-        "| repetition | agent tok/s | bare tok/s | ratio |",
-        "|---:|---:|---:|---:|",
-        *(
-            f"| {i} | {r['agent_tokens_per_s']:.1f} | {r['bare_tokens_per_s']:.1f} | {ratio:.3f} |"
-            for i, (r, ratio) in enumerate(zip(rows, ratios, strict=True), start=1)
-        ),
-        "",
-        f"- Target >= 0.98: median ratio **{median(ratios):.3f}** ({'met' if median(ratios) >= 0.98 else 'NOT met'}); "
-        f"ratio of the medians {of_medians:.3f}.",
+        *_pairs(rows, ratios, of_medians),
         "",
     ]
 
