@@ -528,7 +528,6 @@ def test_an_idle_baseline_without_a_reading_says_so():
         meter_on(Mute(lambda t: 50.0)).idle_power_w(3.0)
 
 
-@pytest.mark.xfail(strict=True, reason="energy.py: the note is set by measure_baseline but never reaches the report")
 def test_a_disabled_baseline_is_said_in_the_report(tmp_path: Path):
     meter = meter_on(Bench(lambda t: 50.0))
     meter.measure_baseline(BaselineConfig(enabled=False), tmp_path)

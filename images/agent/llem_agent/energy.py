@@ -598,7 +598,7 @@ class EnergyMeter:
             readings=_power_readings(self._backend),
             counter_step_s=self._steps[0] if self._steps else None,
             counter_aligned=self._aligned,
-        )
+        ).model_copy(update={"baseline_note": self._baseline_note})  # why there is none (baseline disabled)
 
 
 # A prefill is resolved by the trace only where it spans this many sampling intervals.
