@@ -434,3 +434,26 @@ def test_a_claim_taken_by_another_between_two_looks_is_not_ours(tmp_path: Path, 
     monkeypatch.setattr(claims, "observe", raced)
     assert board.claim("e001-c1") is None
     assert board.path("e001-c1").read_text() == "third@elsewhere:2:beef\n"
+
+
+def test_a_breakers_token_names_it_so_another_can_tell_it_died(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    path = tmp_path / "e001-c1"
+    path.write_text("w@elsewhere:1:cafe\n")
+    _age(path, 1000.0)
+    seen = observe(path)
+    assert seen is not None
+    token = path.with_name(f"{path.name}{_BREAK}{seen.key}")
+    contents: list[str] = []
+    real = claims.observe
+
+    def watching(p: Path):
+        if p == path:
+            contents.append(token.read_text())
+        return real(p)
+
+    monkeypatch.setattr(claims, "observe", watching)
+    assert break_claim(path, seen, 300.0) == "stale"
+    (content,) = contents
+    owner = Owner.parse(content)
+    assert owner is not None and owner.pid == os.getpid() and content.endswith("\n")
+    assert not token.exists()

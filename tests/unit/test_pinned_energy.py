@@ -822,9 +822,11 @@ def test_each_device_says_what_its_counter_and_trace_cover():
 def test_the_peak_groups_each_sweep_from_the_windows_own_start():
     from llem_agent.energy import _peak_total_power
 
-    # The window opens at 0.025 s; device 1 is read 40 ms after device 0 in each sweep.
-    zero = [Sample(0.025 + i * 0.1, 0, 300.0) for i in range(10)]
-    one = [Sample(0.065 + i * 0.1, 1, 50.0) for i in range(10)]
+    # The window opens at 0.025 s; device 1 is read 40 ms after device 0 in each sweep. Both
+    # peak in sweep 4 only (300 + 50 W); counted from anywhere but the window's start, device 1's
+    # reading of sweep 4 would fall in another sweep's bucket.
+    zero = [Sample(0.025 + i * 0.1, 0, 300.0 if i == 4 else 100.0) for i in range(10)]
+    one = [Sample(0.065 + i * 0.1, 1, 50.0 if i == 4 else 0.0) for i in range(10)]
     assert _peak_total_power(zero + one, 0.025, 0.1) == pytest.approx(350.0)
     # No interval: one bucket, each device's last reading.
     flat = [Sample(0.0, 0, 100.0), Sample(1.0, 0, 300.0), Sample(0.5, 1, 50.0)]
