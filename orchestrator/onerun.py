@@ -309,6 +309,9 @@ def run_one(
                 attempts=attempt,
                 devices=[f"gpu{g}" for g in gpus] or [f"cpu{c}" for c in cpus] or ["cpu"],
                 host=socket.gethostname(),
+                # What this attempt runs in (a resume or another worker may differ from the plan).
+                image="local" if launcher.kind == "local" else spec.image,
+                runner="local" if launcher.kind == "local" else "docker",
             )
             timeout = (
                 self.options.run_timeout_s if remaining_s is None else min(self.options.run_timeout_s, remaining_s)

@@ -411,6 +411,7 @@ class StudyRunner:
                 f"{study_dir}: the study's design changed since it ran (design hash {manifest.study_design_hash} "
                 f"-> {self.plan.study.design_hash}); run it as a new study instead of mixing results"
             )
+        self._check_resumed_runs(study_dir, manifest)
         for entry in manifest.runs:  # a completed run whose result is gone or damaged runs again
             problem = (
                 read_result(study_dir / "runs" / entry.run_id, entry.run_id)[1] if entry.status == "completed" else None
@@ -432,6 +433,32 @@ class StudyRunner:
         if not (study_dir / EXPERIMENTS_FILE).exists():
             self._write_design(study_dir)
         return self._open(study_dir, manifest)
+
+    def _check_resumed_runs(self, study_dir: Path, manifest: Manifest) -> None:
+        """Each run resumed is the run planned: its experiment's config hash (a reordered sweep
+        would otherwise resume into swapped experiment ids), and, where it completed, the image
+        and runner this resume would use (a completed run's numbers never sit beside another
+        image's). Runs still to run take this resume's image and runner."""
+        planned = {run.run_id: run for run in self.plan.runs}
+        for entry in manifest.runs:
+            run = planned.get(entry.run_id)
+            if run is None:
+                continue
+            if run.experiment.config_hash != entry.config_hash:
+                raise ConfigError(
+                    f"{study_dir}: run {entry.run_id} was planned as config {entry.config_hash}, this study makes it "
+                    f"{run.experiment.config_hash} (experiments reordered?); run it as a new study"
+                )
+            fresh = self._entry(run)
+            if entry.status != "completed":
+                entry.image, entry.runner = fresh.image, fresh.runner
+            elif (entry.image, entry.runner) != (fresh.image, fresh.runner):
+                engine = run.experiment.config.engine
+                raise ConfigError(
+                    f"{study_dir}: completed {engine} runs ran in {entry.image} ({entry.runner}); this resume would "
+                    f"run {fresh.image} ({fresh.runner}): resume with --image {engine}={entry.image} (and that "
+                    "runner), or run the study anew"
+                )
 
     def execute(self, worker: str | None = None) -> list[RunOutcome]:
         """Run every run that is pending (or was interrupted) under the study's policies, each
@@ -571,7 +598,9 @@ class StudyRunner:
         """The error a stopped study ends with: Ctrl-C / SIGTERM, the results directory failing
         (full, read-only, gone), or the environment breaking mid-study (daemon gone, device held)."""
         if isinstance(exc, KeyboardInterrupt):
-            return Interrupted(f"interrupted; completed results are kept in {self.study_dir} (--resume continues)")
+            return Interrupted(
+                f"interrupted; completed results are kept in {self.study_dir} (--resume-dir {self.study_dir} continues)"
+            )
         if isinstance(exc, OSError):
             return EnvironmentProblem(f"results directory {self.study_dir}: {exc.strerror or exc}")
         assert isinstance(exc, LlemError)

@@ -505,3 +505,52 @@ def test_a_claim_lost_while_queued_for_devices_never_starts_its_container(tmp_pa
     manifest = ManifestStore.load(study_dir)
     assert [manifest.run(r).status for r in ("e002-c1", "e001-c2", "e002-c2")] == ["completed"] * 3
     assert manifest.status == "running"  # the new owner concludes the study
+
+
+def test_resume_refuses_a_reordered_sweep_and_another_image_for_completed_runs(tmp_path, study_file):
+    runner = make_runner(tmp_path, study_file, FakeLauncher({"e002-c2": fail}))
+    runner.preflight()
+    study_dir = runner.prepare()
+    runner.execute()
+    # Swapped experiments: e001 would resume as batch size 2 into batch size 1's results. The design
+    # hash sees the order today; the run's own config hash is checked too (a manifest whose runs say
+    # other configs than the plan makes, as one planned by an llem whose design hash was order-blind).
+    reordered = tmp_path / "reordered.yaml"
+    reordered.write_text(study_file.read_text().replace("[1, 2]", "[2, 1]"))
+    with pytest.raises(ConfigError, match="design changed"):
+        make_runner(tmp_path, reordered, FakeLauncher()).resume(study_dir)
+    saved = (study_dir / "manifest.json").read_text()
+    store = ManifestStore(study_dir, ManifestStore.load(study_dir))
+    first, second = store.manifest.run("e001-c1").config_hash, store.manifest.run("e002-c1").config_hash
+    store.update_runs({"e001-c1": {"config_hash": second}, "e002-c1": {"config_hash": first}})
+    with pytest.raises(ConfigError, match=rf"run e001-c1 was planned as config {second}, this study makes it {first}"):
+        make_runner(tmp_path, study_file, FakeLauncher()).resume(study_dir)
+    (study_dir / "manifest.json").write_text(saved)
+    # Another image: completed runs' numbers would sit beside another image's.
+    other = make_runner(tmp_path, study_file, FakeLauncher())
+    other.options = dataclasses.replace(other.options, images={"pytorch": "llem/pytorch:other"})
+    said = r"completed pytorch runs ran in llem/pytorch:test \(docker\); this resume would run llem/pytorch:other"
+    with pytest.raises(ConfigError, match=said + r" \(docker\): resume with --image pytorch=llem/pytorch:test"):
+        other.resume(study_dir)
+    # The same image resumes, and the run still to run records what it ran in.
+    same = make_runner(tmp_path, study_file, FakeLauncher())
+    same.resume(study_dir)
+    same.execute()
+    manifest = ManifestStore.load(study_dir)
+    assert manifest.status == "completed" and manifest.run("e002-c2").image == "llem/pytorch:test"
+
+
+def test_a_run_records_the_image_its_attempt_ran_in(tmp_path, study_file):
+    runner = make_runner(tmp_path, study_file, FakeLauncher({"e001-c1": fail}))
+    runner.preflight()
+    study_dir = runner.prepare()
+    runner.execute()
+    # The failed run is resumed with another image: only runs still to run may change image.
+    completed = ManifestStore.load(study_dir)
+    store = ManifestStore(study_dir, completed)
+    store.update_runs({r.run_id: {"status": "failed"} for r in completed.runs})  # nothing completed
+    again = make_runner(tmp_path, study_file, FakeLauncher())
+    again.options = dataclasses.replace(again.options, images={"pytorch": "llem/pytorch:other"})
+    again.resume(study_dir)
+    again.execute()
+    assert {r.image for r in ManifestStore.load(study_dir).runs} == {"llem/pytorch:other"}  # was: the planned image
