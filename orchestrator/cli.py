@@ -266,6 +266,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("--json goes with --dry-run")
     if args.wait and args.executor != "slurm":
         raise ConfigError("--wait goes with --executor slurm")
+    if args.parallel is not None and args.executor == "slurm":
+        raise ConfigError("--parallel runs workers on this host; a Slurm job array's workers are --slurm-tasks N")
     study, plan = _load_plan(args)
     if args.dry_run and args.executor == "slurm":
         return _print_slurm_script(args, study, plan)

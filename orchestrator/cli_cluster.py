@@ -25,7 +25,7 @@ from orchestrator.cli import (
 )
 from orchestrator.errors import EXIT_OK, EXIT_RUNS_FAILED, ConfigError, EnvironmentProblem, Interrupted
 from orchestrator.plan import Plan, make_plan
-from orchestrator.study import Study, load_study
+from orchestrator.study import Study, load_planned_study
 from orchestrator.userconfig import UserConfig, load_user_config
 
 if TYPE_CHECKING:
@@ -146,11 +146,13 @@ def _worker_flags(args: argparse.Namespace) -> list[str]:
 
 
 def _print_slurm_script(args: argparse.Namespace, study: Study, plan: Plan) -> int:
+    from orchestrator.dryrun import print_text
     from orchestrator.slurm import script
 
     user = load_user_config()
     root = Path(args.results_dir) if args.results_dir else user.results_dir
     where = root.resolve() / f"{study.name}_<timestamp>"
+    print_text(plan, _console(stderr=True))  # the plan on stderr, the script alone on stdout
     # Plain print: the script must come out exactly, never wrapped or styled.
     print(script(where, plan, _slurm_options(args, user), _worker_flags(args), len(plan.runs)))
     return EXIT_OK
@@ -165,6 +167,7 @@ def _submit_slurm(args: argparse.Namespace, study: Study, plan: Plan, runner: St
 
     err, out = _console(stderr=True), _console()
     options = _slurm_options(args, user)
+    slurm.require_sbatch()  # before a study directory is planned and left waiting
     runner.preflight(here=False)
     study_dir = open_study(args, runner, describe=False)  # host.json: not this host's launchers
     runner.release()
@@ -229,15 +232,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         manifest = ManifestStore.load(study_dir)
     except (OSError, ValueError, UnicodeDecodeError):
         raise ConfigError(f"{study_dir}: no readable manifest.json; not a llem study directory") from None
-    # The study file it was planned from; on another host (a pod) that path may not exist: the
-    # copy in the study directory then (its relative model paths resolve against the study directory).
-    source = Path(manifest.study_file) if manifest.study_file else study_dir / "study.yaml"
-    if not source.exists():
-        source = study_dir / "study.yaml"
-    study = load_study(source, name_override=manifest.study_name)
+    # What was planned: the study directory's copy of the study file, never the live one.
+    study = load_planned_study(study_dir, manifest.study_file, name_override=manifest.study_name)
     if study.design_hash != manifest.study_design_hash:
         raise ConfigError(
-            f"{source} changed since {study_dir} was planned (design hash "
+            f"{study_dir}/study.yaml does not match its manifest (design hash "
             f"{manifest.study_design_hash} -> {study.design_hash}); plan the study anew"
         )
     if args.engine:  # this worker's image runs one engine (a Kubernetes pod)

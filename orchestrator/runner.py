@@ -426,13 +426,27 @@ class StudyRunner:
         for entry in manifest.runs:  # everything not completed runs again (its failure stays on record)
             if entry.status in ("failed", "skipped"):
                 entry.status = "pending"
-        manifest.study_file = str(self.plan.study.path.resolve())  # where this study's workers read it
+        manifest.study_file = str(self.plan.study.path.resolve())  # anchors the copy's relative paths
+        self._refresh_copy(study_dir)
         known = {entry.run_id for entry in manifest.runs}
         manifest.runs.extend(self._entry(run) for run in self.plan.runs if run.run_id not in known)
         manifest.n_cycles = max(manifest.n_cycles, self.plan.n_cycles)
         if not (study_dir / EXPERIMENTS_FILE).exists():
             self._write_design(study_dir)
         return self._open(study_dir, manifest)
+
+    def _refresh_copy(self, study_dir: Path) -> None:
+        """The study directory's copy is what its workers run: a resume from an edited file (the
+        same design, other runners or images) replaces it, keeping the earlier one beside it."""
+        copy, current = study_dir / STUDY_COPY, self.plan.study.path
+        try:
+            if copy.exists() and copy.read_bytes() == current.read_bytes():
+                return
+            if copy.exists():
+                copy.rename(study_dir / f"{STUDY_COPY}.before-{utc_now().replace(':', '')}")
+            shutil.copyfile(current, copy)
+        except OSError as exc:
+            raise EnvironmentProblem(f"cannot write into {study_dir}: {exc.strerror or exc}") from None
 
     def _check_resumed_runs(self, study_dir: Path, manifest: Manifest) -> None:
         """Each run resumed is the run planned: its experiment's config hash (a reordered sweep

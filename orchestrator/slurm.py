@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -153,6 +154,14 @@ def _fstype(path: Path) -> str | None:
         if (str(path) == point or str(path).startswith(point.rstrip("/") + "/")) and len(point) > len(best):
             best, kind = point, parts[2]
     return kind
+
+
+def require_sbatch() -> None:
+    """Slurm's client commands must be here before anything is planned for them."""
+    if shutil.which("sbatch") is None:
+        raise EnvironmentProblem(
+            "sbatch not found: --executor slurm runs on a Slurm submit host (Slurm's client commands on PATH)"
+        )
 
 
 def submit(script_path: Path) -> str:

@@ -239,6 +239,17 @@ def load_study(path: Path, name_override: str | None = None, max_experiments: in
     return study_from_data(_load_mapping(path), path, name_override, max_experiments)
 
 
+def load_planned_study(study_dir: Path, planned_from: str | None, name_override: str | None = None) -> Study:
+    """The study a study directory was planned from: the copy inside it (what was planned, never
+    the live file, which may have changed since: another ``runners:`` or image), its relative
+    paths anchored where the original file was, when that is still there (a worker on another
+    node or in a pod may not see it: then the copy's own directory)."""
+    copy = study_dir / "study.yaml"
+    original = Path(planned_from) if planned_from else None
+    anchor = original if original is not None and original.parent.is_dir() else copy
+    return study_from_data(_load_mapping(copy), anchor, name_override)
+
+
 def _deduplicate(results: list[Experiment | Skipped]) -> list[Experiment | Skipped]:
     """Identical configs (same hash) run once; later copies are reported as skipped."""
     seen: dict[str, int] = {}

@@ -554,3 +554,25 @@ def test_a_run_records_the_image_its_attempt_ran_in(tmp_path, study_file):
     again.resume(study_dir)
     again.execute()
     assert {r.image for r in ManifestStore.load(study_dir).runs} == {"llem/pytorch:other"}  # was: the planned image
+
+
+def test_workers_run_the_study_directorys_copy_not_the_live_file(tmp_path, study_file):
+    from orchestrator.study import load_planned_study
+
+    runner = make_runner(tmp_path, study_file, FakeLauncher())
+    runner.preflight()
+    study_dir = runner.prepare()
+    runner.release()
+    # Edited after submission: the same design, another runner (was: the workers ran it).
+    study_file.write_text(study_file.read_text() + "runners: {pytorch: local}\n")
+    assert load_study(study_file).runners == {"pytorch": "local"}
+    manifest = ManifestStore.load(study_dir)
+    planned = load_planned_study(study_dir, manifest.study_file, manifest.study_name)
+    assert planned.runners == {} and planned.design_hash == manifest.study_design_hash
+    assert planned.path == study_file  # relative paths (./model) still resolve where the file is
+    # A resume from the edited file makes it what the workers run, keeping the earlier copy.
+    resumed = make_runner(tmp_path, study_file, FakeLauncher())
+    resumed.resume(study_dir)
+    resumed.release()
+    assert load_planned_study(study_dir, manifest.study_file).runners == {"pytorch": "local"}
+    assert len(list(study_dir.glob("study.yaml.before-*"))) == 1

@@ -62,13 +62,21 @@ def test_dry_run_prints_the_script_and_writes_nothing(tmp_path, study_file):
     assert not (tmp_path / "results").exists()
 
 
-def test_no_sbatch_is_one_line_and_the_study_stays_submittable(tmp_path, study_file):
+def test_no_sbatch_is_one_line_before_anything_is_planned(tmp_path, study_file):
     done = run_llem("run", str(study_file), "--executor", "slurm", "--slurm-gpus", "0",
                     "--results-dir", str(tmp_path / "results"), env={"PATH": str(tmp_path)})  # fmt: skip
     assert done.returncode == EXIT_ENVIRONMENT
-    assert "sbatch not found" in done.stderr and "--resume-dir" in done.stderr and "Traceback" not in done.stderr
-    (study_dir,) = (tmp_path / "results").iterdir()
-    assert {e.status for e in ManifestStore.load(study_dir).runs} == {"pending"}
+    assert "sbatch not found" in done.stderr and "Traceback" not in done.stderr
+    # was: a study directory planned and left `running` for a submission that could never happen
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
+
+
+def test_parallel_with_slurm_is_refused_and_the_dry_run_shows_the_plan(tmp_path, study_file):
+    refused = run_llem("run", str(study_file), "--executor", "slurm", "--parallel", "2")
+    assert refused.returncode == 2 and "--slurm-tasks" in refused.stderr  # was: --parallel ignored without a word
+    shown = run_llem("run", str(study_file), "--executor", "slurm", "--dry-run", "--slurm-gpus", "0")
+    assert shown.returncode == EXIT_OK, shown.stderr
+    assert "run order: " in shown.stderr and "4 runs" in shown.stderr and shown.stdout.startswith("#!/bin/bash")
 
 
 def test_a_refused_submission_says_what_slurm_said(tmp_path, study_file):
