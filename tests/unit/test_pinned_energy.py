@@ -870,3 +870,20 @@ def test_a_zero_watt_cached_baseline_is_validated_without_dividing_by_zero(tmp_p
     config = BaselineConfig(strategy="validated", duration_seconds=10, validation_interval=2)
     resolve_baseline(Idle([0.0]), config, tmp_path, now=lambda: 1000.0)
     assert resolve_baseline(Idle([5.0]), config, tmp_path, now=lambda: 1001.0).source == "cache_validated"
+
+
+def test_the_replay_fixture_holds_the_counters_the_window_was_read_between():
+    bench = Bench(lambda t: 300.0)
+    meter = EnergyMeter(lambda: bench, interval_s=1.0, clock=bench.clock, external_factory=lambda n: Quiet()).open()  # type: ignore[arg-type, return-value]
+    meter.sleep = bench.sleep
+    meter.start()
+    bench.sleep(10.0)
+    r = meter.stop(WindowWork(7, 3, 1, [(0.0, 1.0, 10.0)]))
+    raw = meter.raw_trace()
+    assert raw is not None
+    # The fixture replays to the same energy: its two counter reads are the window's delta.
+    assert raw["end_mj"][0] - raw["start_mj"][0] == round(r.energy_j * 1000)  # type: ignore[operator]
+    assert raw["counter_step_s"] == pytest.approx(STEP_POLL_S)
+    assert raw["window"][1] - raw["window"][0] == pytest.approx(10.001)
+    assert raw["work"] == {"output_tokens": 7, "input_tokens": 3, "n_requests": 1,
+                           "batch_spans": [[0.0, 1.0, 10.0]], "static_batches": True}  # fmt: skip
