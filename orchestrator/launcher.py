@@ -115,6 +115,11 @@ class Launcher(Protocol):
     ) -> ContainerOutcome: ...
 
 
+# Labels of llem's worker image (images/worker): an engine image plus llem, for Kubernetes pods.
+LABEL_WORKER_IMAGE = "io.llem.worker"
+LABEL_BUILT_FROM = "io.llem.engine-image"
+
+
 def _docker_client() -> docker.DockerClient:
     try:
         client = docker.from_env(version="auto", timeout=60)
@@ -256,6 +261,12 @@ class DockerLauncher:
             return (
                 f"image {image} not found; pull it (llem pull, or docker pull {image}) or build it "
                 "(`make images` builds the pytorch one, `docker compose build <engine>-agent` any)"
+            )
+        labels = self.client.images.get(image_id).labels or {}
+        if labels.get(LABEL_WORKER_IMAGE) == "true":  # its entrypoint is llem, not llem-agent
+            return (
+                f"image {image} is llem's worker image (what the pods of llem k8s run), not an agent image: give "
+                f"the engine image it was built from (images/worker: {labels.get(LABEL_BUILT_FROM) or '<engine>'})"
             )
         theirs, ours = self.image_contract(image, image_id), contract_fingerprint()
         if theirs is None:

@@ -8,9 +8,11 @@ from pathlib import Path
 import docker
 import pytest
 
+from orchestrator import __version__
 from orchestrator.container import LABEL_STUDY
 from orchestrator.errors import EXIT_ENVIRONMENT, EXIT_RUNS_FAILED
 from orchestrator.locks import DeviceLocks
+from tests.conftest import REPO
 from tests.docker.conftest import labelled_containers
 from tests.helpers import run_llem
 
@@ -268,3 +270,14 @@ def test_codecarbon_sampler_through_a_real_container(tmp_path, tiny_model, docke
         assert "needs an image built with --build-arg AGENT_EXTRAS=codecarbon" in proc.stderr
     finally:
         docker_client.images.remove(tag, force=True)
+
+
+def test_the_worker_image_is_refused_as_an_agent_image(tmp_path: Path, docker_client):
+    """llem's Kubernetes worker image carries the engine and the contract fingerprint, so it
+    passed the contract check, then every run failed ("container exited 2 without result.json"):
+    its entrypoint is llem, not the agent."""
+    done = run_llem("run", str(REPO / "examples" / "quickstart.yaml"), "--image",
+                    f"pytorch=llem/pytorch-worker:{__version__}", "--results-dir", str(tmp_path / "r"))  # fmt: skip
+    assert done.returncode == EXIT_ENVIRONMENT, done.stderr
+    assert "is llem's worker image" in done.stderr and f"llem/pytorch:{__version__}" in done.stderr
+    assert "Traceback" not in done.stderr
