@@ -465,6 +465,12 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     k8s.add_argument("--namespace", metavar="NS", help="metadata.namespace of the Jobs")
     k8s.add_argument("--pods", type=int, metavar="N", help="pods per engine; default: one per run, at most 8")
     k8s.add_argument("--cpu", action="store_true", help="CPU pods: no nvidia.com/gpu limits")
+    k8s.add_argument("--cpus", default="4", metavar="N", help="CPU each pod requests = its limit (default 4)")
+    k8s.add_argument("--memory", default="16Gi", metavar="SIZE", help="memory each pod requests = its limit (16Gi)")
+    k8s.add_argument(
+        "--timeout", type=float, metavar="HOURS",
+        help="activeDeadlineSeconds of the Jobs (default: study_execution.wall_clock_timeout_hours, else none)",
+    )  # fmt: skip
     k8s.add_argument(
         "--image", action="append", default=[], metavar="ENGINE=IMAGE",
         help="the pods' image for an engine (default: the engine's worker image, <image>-worker: llem inside)",

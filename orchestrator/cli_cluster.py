@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rich.console import Console
+
 from llem_agent.contract import canonical_engine
 from orchestrator.cli import (
     PullLines,
@@ -20,6 +22,7 @@ from orchestrator.cli import (
     _NoEvents,
     _prepare_host,
     open_study,
+    plural,
     resolve_images,
     runner_options,
 )
@@ -303,7 +306,20 @@ def cmd_k8s(args: argparse.Namespace) -> int:
         raise ConfigError(f"--mount-path must be absolute, got {mount!r}")
     images = resolve_images(study.images, args.image, user)
     given = {canonical_engine(item.partition("=")[0]) for item in args.image}
-    pod_images = {e: ref if e in given else k8s.worker_image(ref) for e, ref in images.items()}
+    err = _console(stderr=True)
+    pod_images = {e: _pinned(ref if e in given else k8s.worker_image(ref), err) for e, ref in images.items()}
+    hours = args.timeout if args.timeout is not None else study.execution.wall_clock_timeout_hours
+    # Checked before anything is planned: a name or size the cluster would refuse is one line.
+    opts = k8s.K8sOptions(
+        results_pvc=args.pvc, mount_path=mount, images=pod_images, namespace=args.namespace,
+        model_cache_pvc=args.model_cache_pvc, hf_token_secret=args.hf_token_secret, pods=args.pods, gpus=not args.cpu,
+        cpus=args.cpus, memory=args.memory, deadline_s=None if hours is None else max(1, round(hours * 3600)),
+    )  # fmt: skip
+    for model in sorted({e.config.model for e in study.experiments}):
+        local = (study.path.parent / model) if not Path(model).is_absolute() else Path(model)
+        if local.is_dir() and not local.resolve().is_relative_to(root):
+            err.print(f"[yellow]warning[/] model {model} is a directory of this host, not on the pods' volume "
+                      f"({root}): the pods will not see it unless it is there at the same path")  # fmt: skip
     options = RunnerOptions(results_root=root, images=images, run_timeout_s=3600.0, gpu_indices=(), lock_dir=None,
                             lock_wait_s=None, hf_home=user.hf_home)  # fmt: skip
     runner = StudyRunner(plan, options, _PodLaunchers(), events=_NoEvents())
@@ -311,17 +327,33 @@ def cmd_k8s(args: argparse.Namespace) -> int:
     study_dir = runner.prepare(describe=False)
     runner.release()
     in_pod = Path(mount) / study_dir.relative_to(root)
-    opts = k8s.K8sOptions(
-        results_pvc=args.pvc, mount_path=mount, images=pod_images, namespace=args.namespace,
-        model_cache_pvc=args.model_cache_pvc, hf_token_secret=args.hf_token_secret, pods=args.pods, gpus=not args.cpu,
-    )  # fmt: skip
     for path in k8s.write(Path(args.out), k8s.jobs(in_pod, plan, opts, [])):
         print(path)
-    _console(stderr=True).print(
-        f"study {study.name}: {len(plan.runs)} runs planned in {study_dir}; "
+    err.print(
+        f"study {study.name}: {plural(len(plan.runs), 'run')} planned in {study_dir}; "
         f"kubectl apply -f {args.out} runs them, llem results {study_dir} reads them"
     )
     return EXIT_OK
+
+
+def _pinned(ref: str, err: Console) -> str:
+    """``ref`` by its registry digest (``name@sha256:...``) where this host has the image with
+    one: a tag can move between the plan and a pod's start, a digest cannot. Else the tag, said."""
+    if "@sha256:" in ref:
+        return ref
+    from orchestrator.launcher import DockerLauncher
+
+    try:
+        digests = [str(d) for d in DockerLauncher().describe([ref])[1][ref].get("repo_digests") or []]
+    except Exception:  # no Docker here, or the image is not: the tag it is, and say so
+        digests = []
+    repository = ref.rsplit(":", 1)[0] if ":" in ref.rsplit("/", 1)[-1] else ref
+    pinned = next((d for d in digests if d.startswith(repository + "@")), None)
+    if pinned is None:
+        err.print(f"[yellow]warning[/] {ref}: no registry digest on this host, the Jobs name it by tag (push or "
+                  "pull it first to pin it by digest)")  # fmt: skip
+        return ref
+    return pinned
 
 
 class _PodLaunchers(dict[str, "Launcher"]):

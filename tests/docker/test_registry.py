@@ -89,3 +89,24 @@ def test_an_image_no_registry_has_is_one_line_and_no_study_directory(tmp_path, r
     no_pull = run_llem("run", str(REPO / "examples" / "quickstart.yaml"), "--image", f"pytorch={ref}", "--no-pull",
                        "--results-dir", str(tmp_path / "results"))  # fmt: skip
     assert no_pull.returncode == EXIT_ENVIRONMENT and "not found" in no_pull.stderr
+
+
+def test_llem_k8s_names_an_image_this_host_has_by_its_digest(tmp_path, registry, docker_client):
+    """A tag can move between planning and a pod's start: the Jobs name the image by digest."""
+    worker = f"llem/pytorch-worker:{__version__}"
+    ref = f"{registry}/llem/pytorch-worker:test-{uuid.uuid4().hex[:8]}"
+    digest = push(docker_client, worker, ref)
+    docker_client.images.pull(*ref.rsplit(":", 1))  # here again, with the registry's digest
+    try:
+        done = run_llem("k8s", str(REPO / "examples" / "quickstart.yaml"), "--out", str(tmp_path / "k8s"),
+                        "--results-dir", str(tmp_path / "shared"), "--pvc", "results", "--cpu",
+                        "--image", f"pytorch={ref}")  # fmt: skip
+        assert done.returncode == EXIT_OK, done.stderr
+        (job,) = tmp_path.joinpath("k8s").glob("*.yaml")
+        assert f"image: {registry}/llem/pytorch-worker@{digest}" in job.read_text()  # was: by tag
+        untagged = run_llem("k8s", str(REPO / "examples" / "quickstart.yaml"), "--out", str(tmp_path / "k8s2"),
+                            "--results-dir", str(tmp_path / "shared"), "--pvc", "results", "--cpu",
+                            "--image", "pytorch=registry.invalid/llem/pytorch-worker:nowhere")  # fmt: skip
+        assert untagged.returncode == EXIT_OK and "no registry digest on this host" in untagged.stderr
+    finally:
+        docker_client.images.remove(ref)

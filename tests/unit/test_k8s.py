@@ -141,3 +141,19 @@ def test_pods_are_guaranteed_qos_and_runs_that_fail_never_count_against_the_back
         assert pod["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
         (token,) = [e for e in pod["containers"][0]["env"] if e["name"] == "HF_TOKEN"]
         assert token["valueFrom"]["secretKeyRef"]["optional"] is False  # a typo fails, never silently no token
+
+
+def test_a_name_the_cluster_would_refuse_plans_nothing_and_sizes_come_from_flags(tmp_path, mixed):
+    refused = run_llem("k8s", str(mixed), "--out", str(tmp_path / "k8s"), "--results-dir", str(tmp_path / "r"),
+                       "--pvc", "p", "--namespace", "Energy_Lab")  # fmt: skip
+    assert refused.returncode == 2 and "not a DNS label" in refused.stderr
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())  # was: planned, then refused
+    done = run_llem("k8s", str(mixed), "--out", str(tmp_path / "k8s"), "--results-dir", str(tmp_path / "r"),
+                    "--pvc", "p", "--cpus", "8", "--memory", "64Gi", "--timeout", "2")  # fmt: skip
+    assert done.returncode == EXIT_OK, done.stderr
+    # The model is a directory of this host outside the pods' volume: said.
+    assert "is a directory of this host, not on the pods' volume" in done.stderr
+    for doc in jobs(tmp_path / "k8s").values():
+        resources = doc["spec"]["template"]["spec"]["containers"][0]["resources"]
+        assert resources["requests"] == {"cpu": "8", "memory": "64Gi"}
+        assert doc["spec"]["activeDeadlineSeconds"] == 7200
