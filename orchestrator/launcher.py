@@ -262,7 +262,7 @@ class DockerLauncher:
                 f"image {image} not found; pull it (llem pull, or docker pull {image}) or build it "
                 "(`make images` builds the pytorch one, `docker compose build <engine>-agent` any)"
             )
-        labels = self.client.images.get(image_id).labels or {}
+        labels = getattr(self.client.images.get(image), "labels", None) or {}
         if labels.get(LABEL_WORKER_IMAGE) == "true":  # its entrypoint is llem, not llem-agent
             return (
                 f"image {image} is llem's worker image (what the pods of llem k8s run), not an agent image: give "
