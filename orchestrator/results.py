@@ -446,8 +446,11 @@ def load_manifest(study_dir: Path) -> tuple[Manifest, str]:
         raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     try:
         manifest = Manifest.model_validate_json(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{path} is unreadable: {str(exc).splitlines()[0]}") from None
+    except ValueError:
+        raise ConfigError(
+            f"{path} is damaged (not a manifest llem can read); each completed run's result.json is still under "
+            f"{study_dir}/runs"
+        ) from None
     return manifest, hashlib.sha256(raw).hexdigest()
 
 

@@ -403,8 +403,8 @@ class StudyRunner:
         except (ValueError, OSError, UnicodeDecodeError):
             raise ConfigError(
                 f"{study_dir}/{MANIFEST_FILE} is damaged and cannot be resumed from; every completed run's "
-                f"result.json is still under {study_dir}/runs: run the study anew (llem results reads the old "
-                "directory), or restore the manifest from a backup"
+                f"result.json is still under {study_dir}/runs: run the study anew, or restore the manifest from a "
+                "backup"
             ) from None
         if manifest.study_design_hash != self.plan.study.design_hash:
             raise ConfigError(

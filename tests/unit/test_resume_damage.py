@@ -6,6 +6,7 @@ import pytest
 
 from orchestrator.errors import ConfigError
 from orchestrator.manifest import ManifestStore
+from tests.helpers import run_llem
 from tests.unit.test_runner import FakeLauncher, make_runner, run_study
 
 
@@ -56,3 +57,13 @@ def test_results_of_a_study_with_a_lost_result_do_not_crash(tmp_path, study_file
     (runner.study_dir / "runs" / "e001-c2" / "result.json").write_text("{trunc")
     summary = summarise(runner.study_dir)
     assert summary.experiments[0].stats["output_tokens_per_s"].n == 0
+
+
+def test_a_damaged_manifest_is_one_plain_line_everywhere(tmp_path):
+    study_dir = tmp_path / "s_20260101T000000Z"
+    study_dir.mkdir()
+    (study_dir / "manifest.json").write_text('{"study_name": 3}')
+    for command in (["results", str(study_dir)], ["report", str(study_dir)]):
+        done = run_llem(*command)
+        assert done.returncode == 2 and "is damaged" in done.stderr, done.stderr
+        assert "validation error" not in done.stderr and "Traceback" not in done.stderr  # was: pydantic's text
