@@ -251,7 +251,8 @@ def open_study(args: argparse.Namespace, runner: StudyRunner, describe: bool = T
 
     if args.resume or args.resume_dir:
         root, name = runner.options.results_root, runner.plan.study.name
-        return runner.resume(Path(args.resume_dir) if args.resume_dir else newest_unfinished(root, name))
+        study_dir = Path(args.resume_dir) if args.resume_dir else newest_unfinished(root, name)
+        return runner.resume(study_dir, describe=describe)
     return runner.prepare(describe=describe)
 
 

@@ -77,7 +77,7 @@ def _follow_workers(args: argparse.Namespace, runner: StudyRunner, slots: list[S
     out, err = _console(), _console(stderr=True)
     study, plan = runner.plan.study, runner.plan
     where = "; ".join(slot.describe() for slot in slots)
-    err.print(f"study {study.name}: {len(plan.runs)} runs, {len(slots)} at a time ({where}) -> {study_dir}")
+    err.print(f"study {study.name}: {plural(len(plan.runs), 'run')}, {len(slots)} at a time ({where}) -> {study_dir}")
     board = ClaimBoard(study_dir)
     held = board.live_claims()
     if held:
@@ -89,7 +89,8 @@ def _follow_workers(args: argparse.Namespace, runner: StudyRunner, slots: list[S
         codes = run_workers(study_dir, slots, command, lambda done, n: err.print(f"{done}/{n} runs completed"))
     except KeyboardInterrupt:
         store.set_status("interrupted")
-        raise Interrupted(f"interrupted; completed results are kept in {study_dir} (--resume continues)") from None
+        hint = f"--resume-dir {study_dir} continues"
+        raise Interrupted(f"interrupted; completed results are kept in {study_dir} ({hint})") from None
     for i, code in enumerate(codes):
         if code not in (EXIT_OK, EXIT_RUNS_FAILED):
             log = (study_dir / "workers" / f"slot{i}.log").read_text(errors="replace").strip().splitlines()
@@ -106,7 +107,8 @@ def _follow_workers(args: argparse.Namespace, runner: StudyRunner, slots: list[S
     summary = summarise(study_dir, runner.options.factors)
     print_results(summary, out)
     if overlapped:
-        err.print(f"{overlapped} runs overlapped another run's measurement (overlapped_with in manifest.json)")
+        what = plural(overlapped, "run")
+        err.print(f"{what} overlapped another run's measurement (overlapped_with in manifest.json)")
     failed = [e for e in summary.manifest.runs if e.status != "completed"]
     out.print(f"{len(summary.manifest.runs) - len(failed)}/{len(summary.manifest.runs)} runs completed; "
               f"results in {study_dir}")  # fmt: skip
@@ -190,7 +192,7 @@ def _submit_slurm(args: argparse.Namespace, study: Study, plan: Plan, runner: St
             f"{exc}; the study is planned in {study_dir} (--resume-dir {study_dir} --executor slurm submits it again)"
         ) from None
     store.note(status="submitted", executor="slurm", job=job, script=str(path))
-    err.print(f"study {study.name}: {pending} runs submitted as Slurm job {job} ({path}) -> {study_dir}")
+    err.print(f"study {study.name}: {plural(pending, 'run')} submitted as Slurm job {job} ({path}) -> {study_dir}")
     if not args.wait:
         out.print(f"follow it: squeue -j {job}; llem results {study_dir}")
         return EXIT_OK
@@ -264,7 +266,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     runner.execute(worker=name)
     ran = events.finished
     completed = sum(1 for status in ran.values() if status == "completed")
-    print(f"worker {name}: ran {len(ran)} runs, {completed} completed", flush=True)
+    print(f"worker {name}: ran {plural(len(ran), 'run')}, {completed} completed", flush=True)
     return EXIT_OK if completed == len(ran) else EXIT_RUNS_FAILED
 
 

@@ -390,7 +390,7 @@ class StudyRunner:
             ((e.index, e.config_hash, e.config.model_dump(mode="json")) for e in study.experiments),
         )
 
-    def resume(self, study_dir: Path) -> Path:
+    def resume(self, study_dir: Path, describe: bool = True) -> Path:
         """Continue an earlier study: its completed runs stay, every other run runs again.
 
         The study's design must not have changed (same design hash): results of different
@@ -428,12 +428,30 @@ class StudyRunner:
                 entry.status = "pending"
         manifest.study_file = str(self.plan.study.path.resolve())  # anchors the copy's relative paths
         self._refresh_copy(study_dir)
+        self._note_resumed_host(study_dir, describe)
         known = {entry.run_id for entry in manifest.runs}
         manifest.runs.extend(self._entry(run) for run in self.plan.runs if run.run_id not in known)
         manifest.n_cycles = max(manifest.n_cycles, self.plan.n_cycles)
         if not (study_dir / EXPERIMENTS_FILE).exists():
             self._write_design(study_dir)
         return self._open(study_dir, manifest)
+
+    def _note_resumed_host(self, study_dir: Path, describe: bool) -> None:
+        """host.json keeps the host the study was planned on and gains, per resume, the host and
+        images that resume runs with (``resumed``): a resumed study may run elsewhere."""
+        path = study_dir / HOST_FILE
+        try:
+            facts = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            facts = {}
+        server, images = self._describe(self._images_by_engine()) if describe else ({}, {})
+        now = host_facts(server, images) | {"measurement": self.options.factors.as_dict(), "at": utc_now()}
+        facts = facts if isinstance(facts, dict) else {}
+        facts["resumed"] = [*facts.get("resumed", []), now]
+        try:
+            write_atomic(path, json.dumps(facts, indent=2))
+        except OSError as exc:
+            raise EnvironmentProblem(f"cannot write into {study_dir}: {exc.strerror or exc}") from None
 
     def _refresh_copy(self, study_dir: Path) -> None:
         """The study directory's copy is what its workers run: a resume from an edited file (the

@@ -91,7 +91,7 @@ def test_the_demo_study_as_a_two_task_array(tmp_path, slurm, tiny_model, docker_
     wait_for_job_end(submitted["job"], slurm)
     logs = sorted((study_dir / "slurm").glob(f"{submitted['job']}_*.out"))
     assert len(logs) == 2
-    ran = [int(m.group(1)) for log in logs for m in re.finditer(r"ran (\d+) runs", log.read_text())]
+    ran = [int(m.group(1)) for log in logs for m in re.finditer(r"ran (\d+) runs?\b", log.read_text())]
     assert sum(ran) == 4  # every run by exactly one task
     for run in doc["runs"]:
         result = json.loads((study_dir / "runs" / run["run_id"] / "result.json").read_text())

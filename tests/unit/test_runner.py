@@ -576,3 +576,18 @@ def test_workers_run_the_study_directorys_copy_not_the_live_file(tmp_path, study
     resumed.release()
     assert load_planned_study(study_dir, manifest.study_file).runners == {"pytorch": "local"}
     assert len(list(study_dir.glob("study.yaml.before-*"))) == 1
+
+
+def test_host_json_keeps_the_planning_host_and_adds_each_resumes(tmp_path, study_file):
+    runner = make_runner(tmp_path, study_file, FakeLauncher({"e001-c1": fail}))
+    runner.preflight()
+    study_dir = runner.prepare()
+    runner.execute()
+    planned = json.loads((study_dir / "host.json").read_text())
+    again = make_runner(tmp_path, study_file, FakeLauncher())
+    again.resume(study_dir)
+    again.release()
+    facts = json.loads((study_dir / "host.json").read_text())
+    assert {k: v for k, v in facts.items() if k != "resumed"} == planned  # the planning host stays
+    (resumed,) = facts["resumed"]  # was: host.json never said a resume ran, or where
+    assert resumed["hostname"] == planned["hostname"] and "at" in resumed
