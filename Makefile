@@ -177,7 +177,7 @@ bench: install images tiny-model slurm-node ## Benchmarks (overhead, harness, pl
 # pyproject.toml); a mutant no test notices is a number no test checks. It works in MUTANTS_DIR
 # (gitignored), a staging copy with both packages under src/ (mutmut names a mutant after its
 # file's path, which must be the import name), and mutmut mutates a copy of that copy: the source
-# tree is never written. About 15 minutes on 2 cores (niced); not part of make test.
+# tree is never written. About 10 minutes on 2 cores (niced); not part of make test.
 MUTANTS_DIR   ?= mutants
 MUTANTS_JOBS  ?= $(shell nproc)
 MUTANTS_SCOPE ?= \
@@ -211,7 +211,7 @@ MUTANTS_AWK := $$2 != "not checked" { split($$1, p, "."); m = total ? "all" : p[
 	s = c[m, "survived"] + 0; printf "%-22s %7d %7d %8d %8d %6.1f%%\n", m, k, t, s, n[m] - k - t - s, 100 * (k + t) / n[m] } }
 
 .PHONY: mutants
-mutants: install ## Mutation testing (mutmut) of the measurement core, about 15 min: score per module, survivors' diffs
+mutants: install ## Mutation testing (mutmut) of the measurement core, about 10 min: score per module, survivors' diffs
 	@rm -rf $(MUTANTS_DIR) && mkdir -p $(MUTANTS_DIR)/src $(MUTANTS_DIR)/images/tensorrt
 	@cp -r orchestrator images/agent/llem_agent $(MUTANTS_DIR)/src/
 	@cp -r tests pyproject.toml $(MUTANTS_DIR)/
