@@ -196,13 +196,13 @@ MUTANTS_SCOPE ?= \
 	llem_agent.telemetry.x_power_capped_fraction__mutmut_* llem_agent.telemetry.x_temperature_slope_c_per_s__mutmut_* \
 	llem_agent.telemetry.x__mean__mutmut_* llem_agent.telemetry.x_downsample__mutmut_* \
 	llem_agent.metrics.* llem_agent.baseline.* \
-	orchestrator.results.x_describe__mutmut_* orchestrator.results.xǁStatǁhalf_width__mutmut_* \
-	orchestrator.results.x_format_mean_ci__mutmut_* \
-	orchestrator.results.x__run_metrics__mutmut_* orchestrator.results.x_varying_keys__mutmut_* \
-	orchestrator.results.x_aggregate__mutmut_* orchestrator.results.x__experiment_warnings__mutmut_* \
-	orchestrator.results.x_overlaps__mutmut_* orchestrator.results.x__overlap_warnings__mutmut_* \
-	orchestrator.results.x__ranking_warnings__mutmut_* \
-	orchestrator.sweep.* orchestrator.study.x_design_hash__mutmut_* orchestrator.claims.*
+	llem.results.x_describe__mutmut_* llem.results.xǁStatǁhalf_width__mutmut_* \
+	llem.results.x_format_mean_ci__mutmut_* \
+	llem.results.x__run_metrics__mutmut_* llem.results.x_varying_keys__mutmut_* \
+	llem.results.x_aggregate__mutmut_* llem.results.x__experiment_warnings__mutmut_* \
+	llem.results.x_overlaps__mutmut_* llem.results.x__overlap_warnings__mutmut_* \
+	llem.results.x__ranking_warnings__mutmut_* \
+	llem.sweep.* llem.study.x_design_hash__mutmut_* llem.claims.*
 MUTMUT        := $(abspath $(VENV))/bin/mutmut
 # One row per module (or, with total=1, one for all) of `mutmut results --all true`; mutants
 # outside MUTANTS_SCOPE stay "not checked" and are not counted. Score: (killed + timeout) / counted.
@@ -213,7 +213,7 @@ MUTANTS_AWK := $$2 != "not checked" { split($$1, p, "."); m = total ? "all" : p[
 .PHONY: mutants
 mutants: install ## Mutation testing (mutmut) of the measurement core, about 10 min: score per module, survivors' diffs
 	@rm -rf $(MUTANTS_DIR) && mkdir -p $(MUTANTS_DIR)/src $(MUTANTS_DIR)/images/tensorrt
-	@cp -r orchestrator images/agent/llem_agent $(MUTANTS_DIR)/src/
+	@cp -r orchestrator $(MUTANTS_DIR)/src/llem && cp -r images/agent/llem_agent $(MUTANTS_DIR)/src/
 	@cp -r tests pyproject.toml $(MUTANTS_DIR)/
 	@cp images/tensorrt/Dockerfile $(MUTANTS_DIR)/images/tensorrt/  # two tests read it
 	@find $(MUTANTS_DIR) -name __pycache__ -prune -exec rm -rf {} +

@@ -1,3 +1,0 @@
-from orchestrator.cli import run
-
-run()

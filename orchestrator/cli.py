@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, NoReturn
 from rich.console import Console
 
 from llem_agent.contract import ENGINES, canonical_engine
-from orchestrator import __version__
-from orchestrator.claims import DEFAULT_STALE_AFTER_S
-from orchestrator.container import DEFAULT_PIDS_LIMIT
-from orchestrator.errors import (
+
+from . import __version__
+from .claims import DEFAULT_STALE_AFTER_S
+from .container import DEFAULT_PIDS_LIMIT
+from .errors import (
     EXIT_BROKEN_PIPE,
     EXIT_ENVIRONMENT,
     EXIT_INTERNAL,
@@ -36,16 +37,16 @@ from orchestrator.errors import (
     EnvironmentProblem,
     LlemError,
 )
-from orchestrator.locks import DEFAULT_LOCK_DIR
-from orchestrator.plan import Plan, make_plan
-from orchestrator.runners import RUNNER_KINDS
-from orchestrator.study import DEFAULT_CYCLES, MAX_EXPERIMENTS, MAX_RUNS, ExperimentOrder, Study, load_study
-from orchestrator.userconfig import UserConfig, load_user_config
+from .locks import DEFAULT_LOCK_DIR
+from .plan import Plan, make_plan
+from .runners import RUNNER_KINDS
+from .study import DEFAULT_CYCLES, MAX_EXPERIMENTS, MAX_RUNS, ExperimentOrder, Study, load_study
+from .userconfig import UserConfig, load_user_config
 
 if TYPE_CHECKING:
-    from orchestrator.launcher import DockerLauncher, Launcher
-    from orchestrator.results import ExperimentSummary, StudySummary
-    from orchestrator.runner import RunnerOptions, StudyRunner
+    from .launcher import DockerLauncher, Launcher
+    from .results import ExperimentSummary, StudySummary
+    from .runner import RunnerOptions, StudyRunner
 
 # One option, one meaning, in every command that touches study directories.
 RESULTS_DIR_HELP = "where study directories are (default: the user config's output.results_dir, else ./results)"
@@ -70,7 +71,7 @@ def resolve_images(study_images: dict[str, str], overrides: Sequence[str], user:
 
 def _gpus(spec: str | None) -> tuple[tuple[int, ...], dict[int, str]]:
     """The GPU indices the study may use (``--gpus``, else every one this process was given) and their UUIDs."""
-    from orchestrator.devices import allowed_gpus
+    from .devices import allowed_gpus
 
     return allowed_gpus(spec)
 
@@ -92,7 +93,7 @@ def baseline_cache_dir() -> Path:
 
 def runner_options(args: argparse.Namespace, study: Study, user: UserConfig) -> RunnerOptions:
     """Host settings of this invocation: CLI flags over the study's study_execution and the user config."""
-    from orchestrator.runner import RunnerOptions
+    from .runner import RunnerOptions
 
     if args.run_timeout <= 0:
         raise ConfigError(f"--run-timeout must be positive, got {args.run_timeout}")
@@ -166,8 +167,8 @@ def _load_plan(args: argparse.Namespace) -> tuple[Study, Plan]:
         )
     plan = make_plan(study, n_cycles=args.cycles, order=args.order)
     if args.dry_run:  # a real run's preflight checks these too; a dry run must not plan what cannot run
-        from orchestrator.datasets import resolve_dataset
-        from orchestrator.models import resolve_model_dir
+        from .datasets import resolve_dataset
+        from .models import resolve_model_dir
 
         distinct = {
             (e.config.model, e.config.dataset.source, e.config.dataset.n_prompts): e.config for e in study.experiments
@@ -212,9 +213,9 @@ class PullLines:
 
 def _launchers(study: Study, args: argparse.Namespace, user: UserConfig) -> tuple[dict[str, Launcher], DockerLauncher]:
     """The launcher of each engine of ``study`` (runner precedence: 002), and the Docker one."""
-    from orchestrator.launcher import DockerLauncher
-    from orchestrator.local import LocalLauncher
-    from orchestrator.runners import resolve_runners
+    from .launcher import DockerLauncher
+    from .local import LocalLauncher
+    from .runners import resolve_runners
 
     engines = {e.config.engine for e in study.experiments}
     choices = resolve_runners(engines, study=study.runners, cli=args.runner, user=user.runners())
@@ -229,8 +230,8 @@ def _launchers(study: Study, args: argparse.Namespace, user: UserConfig) -> tupl
 
 def _prepare_host(runner: StudyRunner, launchers: dict[str, Launcher], docker: DockerLauncher) -> None:
     """Checks, leftovers of dead llem processes removed, shared caches made: before any run here."""
-    from orchestrator.local import LocalLauncher
-    from orchestrator.reaper import reap_orphans
+    from .local import LocalLauncher
+    from .reaper import reap_orphans
 
     runner.preflight()
     for engine, launcher in sorted(launchers.items()):
@@ -247,7 +248,7 @@ def _prepare_host(runner: StudyRunner, launchers: dict[str, Launcher], docker: D
 
 def open_study(args: argparse.Namespace, runner: StudyRunner, describe: bool = True) -> Path:
     """The study directory this invocation runs: resumed (--resume, --resume-dir) or new."""
-    from orchestrator.runner import newest_unfinished
+    from .runner import newest_unfinished
 
     if args.resume or args.resume_dir:
         root, name = runner.options.results_root, runner.plan.study.name
@@ -257,10 +258,10 @@ def open_study(args: argparse.Namespace, runner: StudyRunner, describe: bool = T
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from orchestrator.cli_cluster import _print_slurm_script, _run_parallel, _slots, _submit_slurm
-    from orchestrator.display import ProgressDisplay, print_results
-    from orchestrator.results import aggregate
-    from orchestrator.runner import StudyRunner
+    from .cli_cluster import _print_slurm_script, _run_parallel, _slots, _submit_slurm
+    from .display import ProgressDisplay, print_results
+    from .results import aggregate
+    from .runner import StudyRunner
 
     out, err = _console(), _console(stderr=True)
     if args.json and not args.dry_run:
@@ -273,8 +274,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run and args.executor == "slurm":
         return _print_slurm_script(args, study, plan)
     if args.dry_run:
-        from orchestrator.devices import nvml_gpus
-        from orchestrator.dryrun import print_json, print_text
+        from .devices import nvml_gpus
+        from .dryrun import print_json, print_text
 
         allowed = set(_gpus(args.gpus)[0])  # the GPUs a run of this study would be given
         gpus = [g for g in nvml_gpus()[0] if g.index in allowed]
@@ -377,7 +378,7 @@ def _host_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list of every option
-    from orchestrator.cli_cluster import cmd_k8s, cmd_pull, cmd_worker
+    from .cli_cluster import cmd_k8s, cmd_pull, cmd_worker
 
     parser = argparse.ArgumentParser(
         prog="llem", description="Measure energy, throughput and latency of LLM inference."
@@ -535,8 +536,8 @@ def _console(stderr: bool = False) -> Console:
 def study_dir_arg(arg: str | None, user: UserConfig, results_dir: str | None = None) -> Path:
     """A study directory, or a results directory whose newest study is meant (default:
     --results-dir, else the user config's output.results_dir)."""
-    from orchestrator.manifest import MANIFEST_FILE
-    from orchestrator.results import newest_study
+    from .manifest import MANIFEST_FILE
+    from .results import newest_study
 
     path = Path(arg) if arg else Path(results_dir) if results_dir else user.results_dir
     if (path / MANIFEST_FILE).exists():
@@ -554,22 +555,22 @@ def _match_param(key: str, swept: Sequence[str], params: dict[str, object]) -> s
         return matches[0]
     if matches:
         raise ConfigError(f"--where {key}: ambiguous, matches {matches}")
-    from orchestrator.validation import did_you_mean
+    from .validation import did_you_mean
 
     raise ConfigError(f"--where: unknown parameter '{key}'{did_you_mean(key, [*swept, *params])}")
 
 
 def _summary(args: argparse.Namespace) -> StudySummary:
     """The summary of the study ``args.dir`` names, aggregated now (and written into it)."""
-    from orchestrator.results import summarise
+    from .results import summarise
 
     user = load_user_config()
     return summarise(study_dir_arg(args.dir, user, args.results_dir), user.factors())
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from orchestrator.display import print_results
-    from orchestrator.results import METRIC_BY_NAME
+    from .display import print_results
+    from .results import METRIC_BY_NAME
 
     summary = _summary(args)
     if args.json:
@@ -583,7 +584,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     for name in metrics or []:
         if name not in METRIC_BY_NAME:
-            from orchestrator.validation import did_you_mean
+            from .validation import did_you_mean
 
             raise ConfigError(f"--metrics: unknown metric '{name}'{did_you_mean(name, list(METRIC_BY_NAME))}")
     if args.sort:
@@ -609,7 +610,7 @@ def _param_text(value: object) -> str:
 
 def _sorted(rows: list[ExperimentSummary], key: str, swept: Sequence[str], reverse: bool) -> list[ExperimentSummary]:
     """Best first for a metric (its direction), ascending for a parameter; missing values last."""
-    from orchestrator.results import METRIC_BY_NAME
+    from .results import METRIC_BY_NAME
 
     metric = METRIC_BY_NAME.get(key)
     if metric is not None:
@@ -622,7 +623,7 @@ def _sorted(rows: list[ExperimentSummary], key: str, swept: Sequence[str], rever
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from orchestrator.report import write_report
+    from .report import write_report
 
     summary = _summary(args)
     out = Path(args.out) if args.out else None
@@ -638,7 +639,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from orchestrator.doctor import run_checks
+    from .doctor import run_checks
 
     engines = [canonical_engine(e) for e in args.engine] or ["pytorch"]
     for engine in engines:
@@ -690,7 +691,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from orchestrator.schema import all_schemas, write_schemas
+    from .schema import all_schemas, write_schemas
 
     if args.out is None:
         print(json.dumps(all_schemas(), indent=2))

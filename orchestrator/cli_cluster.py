@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from llem_agent.contract import canonical_engine
-from orchestrator.cli import (
+
+from .cli import (
     PullLines,
     _console,
     _host_options,
@@ -26,24 +27,24 @@ from orchestrator.cli import (
     resolve_images,
     runner_options,
 )
-from orchestrator.errors import EXIT_OK, EXIT_RUNS_FAILED, ConfigError, EnvironmentProblem, Interrupted
-from orchestrator.plan import Plan, make_plan
-from orchestrator.study import Study, load_planned_study
-from orchestrator.userconfig import UserConfig, load_user_config
+from .errors import EXIT_OK, EXIT_RUNS_FAILED, ConfigError, EnvironmentProblem, Interrupted
+from .plan import Plan, make_plan
+from .study import Study, load_planned_study
+from .userconfig import UserConfig, load_user_config
 
 if TYPE_CHECKING:
-    from orchestrator.launcher import Launcher
-    from orchestrator.onerun import RunOutcome
-    from orchestrator.parallel import Slot
-    from orchestrator.plan import PlannedRun
-    from orchestrator.runner import RunnerOptions, StudyRunner
-    from orchestrator.slurm import SlurmOptions
+    from .launcher import Launcher
+    from .onerun import RunOutcome
+    from .parallel import Slot
+    from .plan import PlannedRun
+    from .runner import RunnerOptions, StudyRunner
+    from .slurm import SlurmOptions
 
 
 def _slots(args: argparse.Namespace, study: Study, options: RunnerOptions) -> list[Slot]:
     """The parallel slots of this run (one: no parallelism)."""
-    from orchestrator.devices import devices_needed
-    from orchestrator.parallel import Slot, parse_parallel, plan_slots
+    from .devices import devices_needed
+    from .parallel import Slot, parse_parallel, plan_slots
 
     wanted = args.parallel if args.parallel is not None else study.execution.max_parallel_runs
     if wanted is None:
@@ -67,12 +68,12 @@ def _run_parallel(args: argparse.Namespace, study: Study, plan: Plan, runner: St
 
 
 def _follow_workers(args: argparse.Namespace, runner: StudyRunner, slots: list[Slot], study_dir: Path) -> int:
-    from orchestrator.claims import ClaimBoard
-    from orchestrator.display import print_results
-    from orchestrator.manifest import ManifestStore
-    from orchestrator.parallel import record_overlaps, run_workers
-    from orchestrator.results import summarise
-    from orchestrator.slurm import llem_command
+    from .claims import ClaimBoard
+    from .display import print_results
+    from .manifest import ManifestStore
+    from .parallel import record_overlaps, run_workers
+    from .results import summarise
+    from .slurm import llem_command
 
     out, err = _console(), _console(stderr=True)
     study, plan = runner.plan.study, runner.plan
@@ -116,7 +117,7 @@ def _follow_workers(args: argparse.Namespace, runner: StudyRunner, slots: list[S
 
 
 def _slurm_options(args: argparse.Namespace, user: UserConfig | None) -> SlurmOptions:
-    from orchestrator.slurm import SlurmOptions
+    from .slurm import SlurmOptions
 
     def pick(flag: str | None, key: str) -> str | None:
         return flag or (user.value(f"slurm.{key}") if user else None)
@@ -151,8 +152,8 @@ def _worker_flags(args: argparse.Namespace) -> list[str]:
 
 
 def _print_slurm_script(args: argparse.Namespace, study: Study, plan: Plan) -> int:
-    from orchestrator.dryrun import print_text
-    from orchestrator.slurm import script
+    from .dryrun import print_text
+    from .slurm import script
 
     user = load_user_config()
     root = Path(args.results_dir) if args.results_dir else user.results_dir
@@ -165,10 +166,10 @@ def _print_slurm_script(args: argparse.Namespace, study: Study, plan: Plan) -> i
 
 def _submit_slurm(args: argparse.Namespace, study: Study, plan: Plan, runner: StudyRunner, user: UserConfig) -> int:
     """Plan here, write the study directory and an sbatch script into it, submit, maybe follow."""
-    from orchestrator import slurm
-    from orchestrator.display import print_results
-    from orchestrator.manifest import CLAIMABLE, ManifestStore
-    from orchestrator.results import aggregate
+    from . import slurm
+    from .display import print_results
+    from .manifest import CLAIMABLE, ManifestStore
+    from .results import aggregate
 
     err, out = _console(stderr=True), _console()
     options = _slurm_options(args, user)
@@ -229,8 +230,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import dataclasses
     import socket
 
-    from orchestrator.manifest import ManifestStore
-    from orchestrator.runner import StudyRunner
+    from .manifest import ManifestStore
+    from .runner import StudyRunner
 
     study_dir = Path(args.dir)
     try:
@@ -295,8 +296,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 def cmd_k8s(args: argparse.Namespace) -> int:
     """Plan the study into --results-dir (the pods' volume) and write one Indexed Job per engine."""
-    from orchestrator import k8s
-    from orchestrator.runner import RunnerOptions, StudyRunner
+    from . import k8s
+    from .runner import RunnerOptions, StudyRunner
 
     if args.pods is not None and args.pods < 1:
         raise ConfigError(f"--pods must be at least 1, got {args.pods}")
@@ -343,7 +344,7 @@ def _pinned(ref: str, err: Console) -> str:
     one: a tag can move between the plan and a pod's start, a digest cannot. Else the tag, said."""
     if "@sha256:" in ref:
         return ref
-    from orchestrator.launcher import DockerLauncher
+    from .launcher import DockerLauncher
 
     try:
         digests = [str(d) for d in DockerLauncher().describe([ref])[1][ref].get("repo_digests") or []]
@@ -362,7 +363,7 @@ class _PodLaunchers(dict[str, "Launcher"]):
     """Every engine's runs execute in a pod, by the local runner of the worker there."""
 
     def __missing__(self, engine: str) -> Launcher:
-        from orchestrator.local import LocalLauncher
+        from .local import LocalLauncher
 
         return LocalLauncher(engine)
 

@@ -22,7 +22,8 @@ from llem_agent.contract import (
     ExperimentConfig,
     prompt_text,
 )
-from orchestrator.errors import ConfigError
+
+from .errors import ConfigError
 
 MAX_DATASET_BYTES = 1 << 30  # 1 GiB of prompts
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
 from llem_agent.contract import ExperimentConfig
-from orchestrator.errors import ConfigError, EnvironmentProblem
+
+from .errors import ConfigError, EnvironmentProblem
 
 T = TypeVar("T")
 

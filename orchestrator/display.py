@@ -9,9 +9,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from orchestrator.onerun import RunOutcome
-from orchestrator.plan import Plan, PlannedRun
-from orchestrator.results import (
+from .onerun import RunOutcome
+from .plan import Plan, PlannedRun
+from .results import (
     ExperimentSummary,
     Stat,
     StudySummary,
@@ -20,7 +20,7 @@ from orchestrator.results import (
     format_mean_ci,
     varying_keys,
 )
-from orchestrator.study import Study
+from .study import Study
 
 
 def experiment_labels(study: Study) -> list[str]:

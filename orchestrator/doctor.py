@@ -13,8 +13,9 @@ import docker.errors
 import requests.exceptions
 
 from llem_agent.contract import ENGINES, contract_fingerprint
-from orchestrator.devices import nvml_gpus
-from orchestrator.errors import LlemError
+
+from .devices import nvml_gpus
+from .errors import LlemError
 
 Status = Literal["ok", "warn", "fail"]
 GIB = 2**30
@@ -75,8 +76,8 @@ def nvidia_support(info: dict[str, Any]) -> str | None:
 
 
 def run_checks(required_engines: Sequence[str] = ("pytorch",), results_dir: Path | None = None) -> list[Check]:
-    from orchestrator.launcher import DockerLauncher
-    from orchestrator.userconfig import load_user_config
+    from .launcher import DockerLauncher
+    from .userconfig import load_user_config
 
     checks: list[Check] = []
     try:

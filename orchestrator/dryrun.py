@@ -9,11 +9,12 @@ from typing import Any
 from rich.console import Console
 
 from llem_agent.contract import unsupported_by_agent
-from orchestrator.devices import Gpu, devices_needed
-from orchestrator.display import experiment_labels
-from orchestrator.errors import ConfigError
-from orchestrator.models import VramEstimate, cached_snapshot, estimate_vram, hf_home, model_facts, resolve_model_dir
-from orchestrator.plan import Plan
+
+from .devices import Gpu, devices_needed
+from .display import experiment_labels
+from .errors import ConfigError
+from .models import VramEstimate, cached_snapshot, estimate_vram, hf_home, model_facts, resolve_model_dir
+from .plan import Plan
 
 
 def vram_estimates(plan: Plan) -> dict[int, VramEstimate | None]:

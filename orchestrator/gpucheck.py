@@ -59,9 +59,10 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from llem_agent.contract import RAW_TRACE_ENV, RAW_TRACE_FILE, ExperimentResult, write_atomic
-from orchestrator import __version__
-from orchestrator.devices import Gpu, nvml_gpus
-from orchestrator.errors import (
+
+from . import __version__
+from .devices import Gpu, nvml_gpus
+from .errors import (
     EXIT_CONFIG,
     EXIT_ENVIRONMENT,
     EXIT_INTERNAL,
@@ -749,7 +750,7 @@ class Children:
 
     def study(self, study: Path, results: Path, runner: str, gpu: int, log: Path, tick: Callable[[], None]) -> int:  # noqa: PLR0917
         """``llem run`` in a child; its exit code (llem's own one-line errors are in the log)."""
-        argv = ["-m", "orchestrator", "run", str(study), "--runner", runner, "--results-dir", str(results)]
+        argv = ["-m", __package__ or "llem", "run", str(study), "--runner", runner, "--results-dir", str(results)]
         return self._run([*argv, "--gpus", str(gpu)], log, tick)
 
     def harness(self, job: HarnessJob, rows: Path, log: Path, tick: Callable[[], None]) -> None:
@@ -906,8 +907,8 @@ class Check:
         if not self.plan.docker:
             record.status = "skipped: not asked (--docker)"
             return
-        from orchestrator.doctor import nvidia_support
-        from orchestrator.launcher import DockerLauncher
+        from .doctor import nvidia_support
+        from .launcher import DockerLauncher
 
         try:
             info = DockerLauncher().client.info()
@@ -1060,7 +1061,7 @@ def assumed_sizing(plan: Plan) -> Sizing:
 
 def dry_run(plan: Plan, layout: Layout | None) -> int:
     """Print the plan and its estimate with assumed decode steps; the study goes through llem's loader."""
-    from orchestrator.study import load_study
+    from .study import load_study
 
     sizing = assumed_sizing(plan)
     print(format_estimate(plan, sizing, estimate(plan, sizing)))

@@ -10,8 +10,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from orchestrator import __version__
-from orchestrator.devices import discover_gpus
+from . import __version__
+from .devices import discover_gpus
 
 
 def host_facts(docker: dict[str, Any], images: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -17,11 +17,11 @@ from typing import Any
 
 import yaml
 
-from orchestrator import __version__
-from orchestrator.container import NONROOT
-from orchestrator.devices import devices_needed
-from orchestrator.errors import ConfigError
-from orchestrator.plan import Plan
+from . import __version__
+from .container import NONROOT
+from .devices import devices_needed
+from .errors import ConfigError
+from .plan import Plan
 
 LABEL_PREFIX = "llem.dev"
 HF_MOUNT = "/llem/hf"

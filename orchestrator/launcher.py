@@ -23,10 +23,11 @@ from docker.models.containers import Container
 from docker.utils import parse_repository_tag
 
 from llem_agent.contract import CONTRACT_FINGERPRINT_PATH, contract_fingerprint, write_atomic
-from orchestrator import __version__
-from orchestrator.container import LABEL_HOST, LABEL_HOST_PID, LABEL_MANAGED, ContainerSpec, Mount
-from orchestrator.errors import EnvironmentProblem
-from orchestrator.procs import process_alive
+
+from . import __version__
+from .container import LABEL_HOST, LABEL_HOST_PID, LABEL_MANAGED, ContainerSpec, Mount
+from .errors import EnvironmentProblem
+from .procs import process_alive
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from llem_agent.contract import CONTAINER_RUN_DIR
-from orchestrator.container import SECRET_ENV, ContainerSpec, Mount
-from orchestrator.errors import EnvironmentProblem
-from orchestrator.launcher import ContainerOutcome, Liveness, supervise
+
+from .container import SECRET_ENV, ContainerSpec, Mount
+from .errors import EnvironmentProblem
+from .launcher import ContainerOutcome, Liveness, supervise
 
 # What must import for each engine's agent (in a child interpreter, never in the host).
 ENGINE_IMPORTS = {

@@ -11,8 +11,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from llem_agent.contract import write_atomic
-from orchestrator.claims import MANIFEST_LOCK, FileMutex
-from orchestrator.errors import EnvironmentProblem
+
+from .claims import MANIFEST_LOCK, FileMutex
+from .errors import EnvironmentProblem
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_SCHEMA_VERSION = "1"

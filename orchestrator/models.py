@@ -16,9 +16,10 @@ from functools import lru_cache
 from pathlib import Path
 
 from llem_agent.contract import ExperimentConfig
-from orchestrator.container import NONROOT
-from orchestrator.errors import ConfigError
-from orchestrator.yamlsafe import read_text
+
+from .container import NONROOT
+from .errors import ConfigError
+from .yamlsafe import read_text
 
 _DTYPE_BYTES = {"float32": 4.0, "float16": 2.0, "bfloat16": 2.0}
 _OVERHEAD = 0.15  # activations, CUDA context, allocator slack: 15% of weights (002)
@@ -27,7 +28,7 @@ _OVERHEAD = 0.15  # activations, CUDA context, allocator slack: 15% of weights (
 def hf_home() -> Path:
     """The host's Hugging Face cache: HF_HOME, else the user config's output.model_cache_dir,
     else ~/.cache/huggingface."""
-    from orchestrator.userconfig import load_user_config
+    from .userconfig import load_user_config
 
     return load_user_config().hf_home
 

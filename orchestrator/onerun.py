@@ -33,16 +33,17 @@ from llem_agent.contract import (
     RunRequest,
     write_atomic,
 )
-from orchestrator.container import SECRET_ENV, build_spec, dataset_target
-from orchestrator.devices import assign_devices
-from orchestrator.errors import EnvironmentProblem
-from orchestrator.launcher import ContainerOutcome, Liveness
-from orchestrator.locks import DeviceLocks, lock_names
-from orchestrator.manifest import RunEntry, RunFailure, utc_now
-from orchestrator.plan import PlannedRun
+
+from .container import SECRET_ENV, build_spec, dataset_target
+from .devices import assign_devices
+from .errors import EnvironmentProblem
+from .launcher import ContainerOutcome, Liveness
+from .locks import DeviceLocks, lock_names
+from .manifest import RunEntry, RunFailure, utc_now
+from .plan import PlannedRun
 
 if TYPE_CHECKING:
-    from orchestrator.runner import RunnerEvents, StudyRunner
+    from .runner import RunnerEvents, StudyRunner
 
 CONTAINER_LOG = "container.log"
 # Agent exception types that name a failure class of their own.

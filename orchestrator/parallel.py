@@ -21,9 +21,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.errors import ConfigError
-from orchestrator.manifest import ManifestStore, ProgressWatch, utc_now
-from orchestrator.results import measured_windows, overlaps
+from .errors import ConfigError
+from .manifest import ManifestStore, ProgressWatch, utc_now
+from .results import measured_windows, overlaps
 
 WORKERS_DIR = "workers"
 _STOP_GRACE_S = 120.0

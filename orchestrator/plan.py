@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from orchestrator.study import DEFAULT_CYCLES, DEFAULT_ORDER, Experiment, ExperimentOrder, Study
+from .study import DEFAULT_CYCLES, DEFAULT_ORDER, Experiment, ExperimentOrder, Study
 
 
 @dataclass(frozen=True)

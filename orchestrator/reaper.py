@@ -13,12 +13,12 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from orchestrator.claims import ClaimBoard
-from orchestrator.container import LABEL_HOST, LABEL_HOST_PID, LABEL_RUN, LABEL_STUDY_DIR
-from orchestrator.errors import LlemError
-from orchestrator.launcher import DockerLauncher
-from orchestrator.manifest import ManifestStore
-from orchestrator.procs import process_alive
+from .claims import ClaimBoard
+from .container import LABEL_HOST, LABEL_HOST_PID, LABEL_RUN, LABEL_STUDY_DIR
+from .errors import LlemError
+from .launcher import DockerLauncher
+from .manifest import ManifestStore
+from .procs import process_alive
 
 
 def mark_interrupted(study_dir: Path, run_id: str) -> None:

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from llem_agent.contract import RESULT_FILE, TELEMETRY_FILE
-from orchestrator import __version__
-from orchestrator.display import column_for, format_stat
-from orchestrator.results import (
+
+from . import __version__
+from .display import column_for, format_stat
+from .results import (
     HOST_FILE,
     METRIC_BY_NAME,
     StudySummary,

@@ -34,10 +34,11 @@ from typing import Any, Literal
 from pydantic_core import from_json
 
 from llem_agent.contract import EXPERIMENT_FILE, RESULT_FILE, write_atomic
-from orchestrator import __version__
-from orchestrator.errors import ConfigError
-from orchestrator.manifest import MANIFEST_FILE, Manifest, study_dirs
-from orchestrator.userconfig import MeasurementFactors
+
+from . import __version__
+from .errors import ConfigError
+from .manifest import MANIFEST_FILE, Manifest, study_dirs
+from .userconfig import MeasurementFactors
 
 EXPERIMENTS_FILE = "experiments.json"
 SUMMARY_JSON = "summary.json"
@@ -458,7 +459,7 @@ def experiment_label(params: dict[str, Any], swept: Sequence[str], engine: str) 
     """``engine`` (when swept) and ``key=value`` of each swept parameter; the engine alone otherwise.
     A parameter of another engine's section (``vllm.engine.max_num_seqs`` of a pytorch experiment)
     is not this experiment's: it is left out, never shown as ``=None``."""
-    from orchestrator.sweep import engine_scope
+    from .sweep import engine_scope
 
     parts = [f"{k}={params.get(k)}" for k in swept if k != "engine" and engine_scope(k) in (None, engine)]
     if "engine" in swept:

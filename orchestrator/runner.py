@@ -21,16 +21,17 @@ from llem_agent.contract import (
     unsupported_by_agent,
     write_atomic,
 )
-from orchestrator import __version__
-from orchestrator.claims import DEFAULT_STALE_AFTER_S, Claim, ClaimBoard, age_s
-from orchestrator.container import ContainerSpec, Mount
-from orchestrator.datasets import resolve_dataset
-from orchestrator.devices import assign_devices
-from orchestrator.errors import ConfigError, EnvironmentProblem, Interrupted, LlemError
-from orchestrator.hostinfo import host_facts
-from orchestrator.launcher import ContainerOutcome, Launcher, Liveness
-from orchestrator.locks import DeviceLocks, lock_names
-from orchestrator.manifest import (
+
+from . import __version__
+from .claims import DEFAULT_STALE_AFTER_S, Claim, ClaimBoard, age_s
+from .container import ContainerSpec, Mount
+from .datasets import resolve_dataset
+from .devices import assign_devices
+from .errors import ConfigError, EnvironmentProblem, Interrupted, LlemError
+from .hostinfo import host_facts
+from .launcher import ContainerOutcome, Launcher, Liveness
+from .locks import DeviceLocks, lock_names
+from .manifest import (
     CLAIMABLE,
     MANIFEST_FILE,
     Manifest,
@@ -42,18 +43,18 @@ from orchestrator.manifest import (
     study_dirs,
     utc_now,
 )
-from orchestrator.models import (
+from .models import (
     check_hf_cache_writable,
     check_readable_by_agent,
     resolve_adapter_dir,
     resolve_model_dir,
     resolve_trt_engine_dir,
 )
-from orchestrator.onerun import RunOutcome, image_for, read_result, run_one
-from orchestrator.plan import Plan, PlannedRun
-from orchestrator.policy import CircuitBreaker, WallClock
-from orchestrator.results import EXPERIMENTS_FILE, HOST_FILE, StudySummary, summarise, write_design
-from orchestrator.userconfig import MeasurementFactors
+from .onerun import RunOutcome, image_for, read_result, run_one
+from .plan import Plan, PlannedRun
+from .policy import CircuitBreaker, WallClock
+from .results import EXPERIMENTS_FILE, HOST_FILE, StudySummary, summarise, write_design
+from .userconfig import MeasurementFactors
 
 LABEL_EXTRAS = "io.llem.agent-extras"  # the agent extras an image was built with (Dockerfiles)
 STUDY_COPY = "study.yaml"

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from llem_agent.contract import ENGINES
-from orchestrator.errors import ConfigError
+
+from .errors import ConfigError
 
 RunnerKind = Literal["docker", "local"]
 RUNNER_KINDS: tuple[RunnerKind, ...] = ("docker", "local")

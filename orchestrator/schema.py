@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from llem_agent.contract import RESULT_SCHEMA_VERSION, ExperimentConfig, ExperimentResult
-from orchestrator.study import StudyExecution
+
+from .study import StudyExecution
 
 _SCALAR = {"type": ["string", "number", "integer", "boolean", "null"]}
 

@@ -18,11 +18,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator import __version__
-from orchestrator.devices import devices_needed
-from orchestrator.errors import ConfigError, EnvironmentProblem
-from orchestrator.manifest import CLAIMABLE, ProgressWatch
-from orchestrator.plan import Plan
+from . import __version__
+from .devices import devices_needed
+from .errors import ConfigError, EnvironmentProblem
+from .manifest import CLAIMABLE, ProgressWatch
+from .plan import Plan
 
 SLURM_DIR = "slurm"
 SCRIPT = "job.sbatch"

@@ -14,11 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 
 from llem_agent.contract import ENGINES, ExperimentConfig, canonical_engine, canonical_json, config_hash
-from orchestrator import yamlsafe
-from orchestrator.errors import ConfigError
-from orchestrator.runners import RunnerKind, parse_runner
-from orchestrator.sweep import count_configs, deep_merge, expand
-from orchestrator.validation import describe, did_you_mean, has_unknown_key, model_at
+
+from . import yamlsafe
+from .errors import ConfigError
+from .runners import RunnerKind, parse_runner
+from .sweep import count_configs, deep_merge, expand
+from .validation import describe, did_you_mean, has_unknown_key, model_at
 
 STUDY_KEYS = ("name", "base", "sweep", "experiments", "study_execution", "runners")
 ExperimentOrder = Literal["sequential", "interleave", "shuffle", "reverse", "latin_square"]

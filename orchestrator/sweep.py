@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from llem_agent.contract import ENGINE_ALIASES, ENGINES, canonical_engine
-from orchestrator.errors import ConfigError
+
+from .errors import ConfigError
 
 Scalar = str | int | float | bool | None
 _ENGINE_PREFIXES = set(ENGINES) | set(ENGINE_ALIASES)

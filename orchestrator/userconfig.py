@@ -21,10 +21,11 @@ from platformdirs import user_config_path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llem_agent.contract import ENGINES, canonical_engine
-from orchestrator import __version__, yamlsafe
-from orchestrator.errors import ConfigError
-from orchestrator.runners import RunnerKind, parse_runner
-from orchestrator.validation import did_you_mean
+
+from . import __version__, yamlsafe
+from .errors import ConfigError
+from .runners import RunnerKind, parse_runner
+from .validation import did_you_mean
 
 CONFIG_ENV = "LLEM_CONFIG"
 # Prebuilt images are published to ghcr.io (the images workflow); `make images` builds the

@@ -23,7 +23,8 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from llem_agent.contract.config import MAX_CONFIG_FILE_BYTES
-from orchestrator.errors import ConfigError
+
+from .errors import ConfigError
 
 MAX_FILE_BYTES = MAX_CONFIG_FILE_BYTES  # 16 MiB: a 100,000-experiment study is a few hundred KiB
 MAX_DEPTH = 64  # no study nests deeper than a handful of levels

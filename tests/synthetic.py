@@ -15,6 +15,10 @@ import random
 from pathlib import Path
 from typing import Any
 
+from llem.manifest import Manifest, RunEntry, RunFailure, SkippedEntry
+from llem.plan import make_plan
+from llem.results import HOST_FILE, write_design
+from llem.study import study_from_data
 from llem_agent.contract import (
     EXPERIMENT_FILE,
     RESULT_FILE,
@@ -30,10 +34,6 @@ from llem_agent.contract import (
 )
 from llem_agent.contract.result import Distribution
 from llem_agent.telemetry import write_parquet
-from orchestrator.manifest import Manifest, RunEntry, RunFailure, SkippedEntry
-from orchestrator.plan import make_plan
-from orchestrator.results import HOST_FILE, write_design
-from orchestrator.study import study_from_data
 from tests.factories import make_result
 
 

@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from orchestrator.claims import ClaimBoard
-from orchestrator.manifest import CLAIMABLE, Manifest, ManifestStore, RunEntry
+from llem.claims import ClaimBoard
+from llem.manifest import CLAIMABLE, Manifest, ManifestStore, RunEntry
 
 SCHEDULED_RUNS = 1_000
 

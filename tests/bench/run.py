@@ -25,7 +25,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from orchestrator import __version__
+from llem import __version__
 from tests.bench.cluster import SCHEDULED_RUNS, claim_rates, slurm_overhead
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,8 +6,8 @@ import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
-from orchestrator.report import pareto_front
-from orchestrator.results import summarise
+from llem.report import pareto_front
+from llem.results import summarise
 from tests.helpers import run_llem
 from tests.synthetic import make_study_dir
 

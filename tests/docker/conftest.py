@@ -14,8 +14,8 @@ import docker
 import docker.errors
 import pytest
 
-from orchestrator import __version__
-from orchestrator.container import LABEL_MANAGED
+from llem import __version__
+from llem.container import LABEL_MANAGED
 from tests.conftest import REPO, mark_folder
 
 IMAGE = f"llem/pytorch:{__version__}"

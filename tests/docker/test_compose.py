@@ -80,8 +80,8 @@ def test_gpu_service_reserves_the_named_nvidia_device(compose):
 
 @pytest.mark.parametrize("compose", compose_commands(), ids=" ".join)
 def test_engine_services_default_to_ghcr_images_and_valid_experiments(compose):
+    from llem.userconfig import DEFAULT_IMAGE
     from llem_agent.contract import ExperimentConfig
-    from orchestrator.userconfig import DEFAULT_IMAGE
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLEM_")}
     proc = subprocess.run(

@@ -14,9 +14,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from orchestrator.container import LABEL_STUDY_DIR
-from orchestrator.errors import EXIT_ENVIRONMENT, EXIT_INTERRUPTED, EXIT_RUNS_FAILED
-from orchestrator.locks import DeviceLocks
+from llem.container import LABEL_STUDY_DIR
+from llem.errors import EXIT_ENVIRONMENT, EXIT_INTERRUPTED, EXIT_RUNS_FAILED
+from llem.locks import DeviceLocks
 from tests.helpers import llem_executable, run_llem
 
 STUDY = """

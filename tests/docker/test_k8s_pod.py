@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from orchestrator import __version__
-from orchestrator.errors import EXIT_OK
+from llem import __version__
+from llem.errors import EXIT_OK
 from tests.helpers import run_llem
 
 WORKER_IMAGE = f"llem/pytorch-worker:{__version__}"

@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from orchestrator.errors import EXIT_INTERRUPTED, EXIT_OK
+from llem.errors import EXIT_INTERRUPTED, EXIT_OK
 from tests.conftest import REPO
 from tests.helpers import llem_executable, run_llem
 

@@ -11,8 +11,8 @@ import uuid
 import docker
 import pytest
 
-from orchestrator import __version__
-from orchestrator.errors import EXIT_ENVIRONMENT, EXIT_OK
+from llem import __version__
+from llem.errors import EXIT_ENVIRONMENT, EXIT_OK
 from tests.conftest import REPO
 from tests.helpers import run_llem
 

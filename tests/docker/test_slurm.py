@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.container import LABEL_STUDY_DIR
-from orchestrator.errors import EXIT_OK
+from llem.container import LABEL_STUDY_DIR
+from llem.errors import EXIT_OK
 from tests.conftest import REPO
 from tests.helpers import run_llem
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import docker
 import pytest
 
-from orchestrator import __version__
-from orchestrator.container import LABEL_STUDY
-from orchestrator.errors import EXIT_ENVIRONMENT, EXIT_RUNS_FAILED
-from orchestrator.locks import DeviceLocks
+from llem import __version__
+from llem.container import LABEL_STUDY
+from llem.errors import EXIT_ENVIRONMENT, EXIT_RUNS_FAILED
+from llem.locks import DeviceLocks
 from tests.conftest import REPO
 from tests.docker.conftest import labelled_containers
 from tests.helpers import run_llem

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator import claims
-from orchestrator.claims import (
+from llem import claims
+from llem.claims import (
     GARBAGE_GRACE_S,
     ClaimBoard,
     FileMutex,
@@ -21,7 +21,7 @@ from orchestrator.claims import (
     owner_dead,
     owner_token,
 )
-from orchestrator.manifest import Manifest, ManifestStore, RunEntry
+from llem.manifest import Manifest, ManifestStore, RunEntry
 
 RUNS = [f"e{i:03d}-c1" for i in range(1, 41)]
 

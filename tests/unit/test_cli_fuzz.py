@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import main
-from orchestrator.errors import EXIT_CONFIG
+from llem.cli import main
+from llem.errors import EXIT_CONFIG
 from tests.conftest import REPO
 
 SEEDS = [

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from llem.study import study_from_data
 from llem_agent.contract import ExperimentConfig, refusal_reason, unsupported_by_agent
-from orchestrator.study import study_from_data
 
 
 def cfg(**data):
@@ -97,7 +97,7 @@ def test_quantisation_table_matches_the_schema():
 def test_vram_from_the_hub_cache_and_from_config_json_alone(tmp_path):
     import json
 
-    from orchestrator.models import cached_snapshot, estimate_vram, model_facts
+    from llem.models import cached_snapshot, estimate_vram, model_facts
 
     snap = tmp_path / "hub" / "models--org--name" / "snapshots" / "abc123"
     snap.mkdir(parents=True)

@@ -3,8 +3,8 @@ from pathlib import Path
 import docker.types
 import pytest
 
-from orchestrator.container import LABEL_MANAGED, LABEL_RUN, LABEL_STUDY, build_spec
-from orchestrator.launcher import _run_kwargs
+from llem.container import LABEL_MANAGED, LABEL_RUN, LABEL_STUDY, build_spec
+from llem.launcher import _run_kwargs
 
 
 def spec(model_dir: Path | None = None, gpus: tuple[int, ...] = (), uid: int = 1000):
@@ -121,8 +121,8 @@ def test_adapter_and_engine_cache_mounts():
 
 
 def test_parallel_engines_lock_as_many_gpus_as_they_use():
+    from llem.devices import devices_needed
     from llem_agent.contract import ExperimentConfig
-    from orchestrator.devices import devices_needed
 
     vllm = ExperimentConfig.model_validate(
         {"model": "m", "engine": "vllm", "vllm": {"engine": {"tensor_parallel_size": 2, "pipeline_parallel_size": 2}}}

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from llem.errors import EnvironmentProblem
+from llem.launcher import DockerLauncher
 from llem_agent.contract import CONTRACT_FINGERPRINT_PATH, contract_fingerprint
-from orchestrator.errors import EnvironmentProblem
-from orchestrator.launcher import DockerLauncher
 
 
 def _tar(name: str, text: str) -> bytes:

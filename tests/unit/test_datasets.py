@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from llem.cli import main
+from llem.datasets import resolve_dataset
+from llem.errors import ConfigError
 from llem_agent.contract import ExperimentConfig, RunRequest
-from orchestrator.cli import main
-from orchestrator.datasets import resolve_dataset
-from orchestrator.errors import ConfigError
 from tests.unit.test_runner import FakeLauncher, make_runner
 
 

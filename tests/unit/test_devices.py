@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from orchestrator.devices import allowed_gpus, nvml_gpus
-from orchestrator.errors import EXIT_CONFIG, EXIT_ENVIRONMENT, ConfigError, EnvironmentProblem
+from llem.devices import allowed_gpus, nvml_gpus
+from llem.errors import EXIT_CONFIG, EXIT_ENVIRONMENT, ConfigError, EnvironmentProblem
 from tests.helpers import run_llem
 
 NO_PERMISSION, DRIVER_NOT_LOADED, GPU_IS_LOST = 4, 9, 15

@@ -15,6 +15,11 @@ from types import SimpleNamespace
 import pytest
 from pydantic import ValidationError
 
+from llem.devices import Gpu
+from llem.dryrun import _verdict, likely_oom
+from llem.launcher import ContainerOutcome, Liveness
+from llem.models import VramEstimate
+from llem.onerun import collect
 from llem_agent.contract import (
     DatasetConfig,
     EnergyReport,
@@ -46,11 +51,6 @@ from llem_agent.telemetry import (
     temperature_slope_c_per_s,
     validity_flags,
 )
-from orchestrator.devices import Gpu
-from orchestrator.dryrun import _verdict, likely_oom
-from orchestrator.launcher import ContainerOutcome, Liveness
-from orchestrator.models import VramEstimate
-from orchestrator.onerun import collect
 from tests.unit.test_measure import DummyEngine, no_nvml
 
 # --- 6. beam search invents no latencies -------------------------------------------------

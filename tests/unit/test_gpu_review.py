@@ -11,6 +11,10 @@ from types import SimpleNamespace
 import pytest
 from pydantic import ValidationError
 
+from llem.devices import Gpu, refuse_mig
+from llem.doctor import nvidia_support
+from llem.errors import ConfigError, EnvironmentProblem
+from llem.models import check_hf_cache_writable
 from llem_agent.contract import BaselineConfig, ExperimentConfig
 from llem_agent.energy import BaselineFailed, EnergyMeter, NvmlBackend, WindowWork, energy_report
 from llem_agent.engines.args import TENSORRT_BUILD_ONLY, tensorrt_llm_kwargs
@@ -18,10 +22,6 @@ from llem_agent.engines.tensorrt import build_key
 from llem_agent.measure import GpuNotVisible, check_visible_gpus
 from llem_agent.metrics import BatchObservation, latency, request_records
 from llem_agent.telemetry import Sample
-from orchestrator.devices import Gpu, refuse_mig
-from orchestrator.doctor import nvidia_support
-from orchestrator.errors import ConfigError, EnvironmentProblem
-from orchestrator.models import check_hf_cache_writable
 
 # --- 4. one unsupported NVML field must not drop the sample ------------------------------
 

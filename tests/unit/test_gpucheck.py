@@ -12,10 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llem_agent.contract import BaselineReport, ExperimentResult, GpuFacts, ValidityFlag
-from llem_agent.energy import PowerReading, WindowWork, energy_report
-from llem_agent.telemetry import Sample, write_parquet
-from orchestrator.gpucheck import (
+from llem.gpucheck import (
     GpuCheckError,
     Sizing,
     StageRecord,
@@ -26,6 +23,9 @@ from orchestrator.gpucheck import (
     render,
     size_windows,
 )
+from llem_agent.contract import BaselineReport, ExperimentResult, GpuFacts, ValidityFlag
+from llem_agent.energy import PowerReading, WindowWork, energy_report
+from llem_agent.telemetry import Sample, write_parquet
 from tests.conftest import REPO
 from tests.synthetic import make_study_dir
 

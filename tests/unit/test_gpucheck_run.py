@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from llem_agent.contract import RAW_TRACE_FILE
-from orchestrator.devices import Gpu
-from orchestrator.errors import EXIT_RUNS_FAILED
-from orchestrator.gpucheck import (
+from llem.devices import Gpu
+from llem.errors import EXIT_RUNS_FAILED
+from llem.gpucheck import (
     Children,
     GpuCheckError,
     HarnessJob,
@@ -33,7 +32,8 @@ from orchestrator.gpucheck import (
     study_text,
     total_s,
 )
-from orchestrator.study import load_study
+from llem.study import load_study
+from llem_agent.contract import RAW_TRACE_FILE
 from tests.conftest import REPO
 from tests.unit.test_gpucheck import PAIRS, study
 
@@ -68,7 +68,7 @@ def test_the_default_plan_fits_six_minutes_on_an_h100_by_the_cost_model():
 
 def test_dry_run_prints_the_plan_and_estimate_without_a_gpu_or_torch():
     probe = (
-        "import sys; from orchestrator.gpucheck import main; code = main(['--dry-run']); "
+        "import sys; from llem.gpucheck import main; code = main(['--dry-run']); "
         "assert 'torch' not in sys.modules, 'the host imported torch'; raise SystemExit(code)"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False, cwd=REPO)

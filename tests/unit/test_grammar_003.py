@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import ConfigError
-from orchestrator.plan import make_plan
-from orchestrator.study import load_study
+from llem.errors import ConfigError
+from llem.plan import make_plan
+from llem.study import load_study
 
 
 def study(tmp_path: Path, text: str, name: str = "study.yaml"):

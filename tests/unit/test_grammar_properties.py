@@ -11,9 +11,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrator.errors import ConfigError
-from orchestrator.plan import Plan, cycle_orders, make_plan, williams_rows
-from orchestrator.study import study_from_data
+from llem.errors import ConfigError
+from llem.plan import Plan, cycle_orders, make_plan, williams_rows
+from llem.study import study_from_data
 
 ORIGIN = Path("/nonexistent/study.yaml")
 # Fields whose distinct values give distinct, valid experiments.

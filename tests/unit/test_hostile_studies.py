@@ -28,14 +28,14 @@ import pytest
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
+from llem import yamlsafe
+from llem.errors import ConfigError
+from llem.models import model_facts
+from llem.study import StudyExecution, load_study, study_from_data
+from llem.userconfig import UserConfigFile, load_user_config
 from llem_agent.contract import ExperimentConfig, RunRequest, config_hash
 from llem_agent.contract.config import MAX_CONFIG_FILE_BYTES
 from llem_agent.main import load_request
-from orchestrator import yamlsafe
-from orchestrator.errors import ConfigError
-from orchestrator.models import model_facts
-from orchestrator.study import StudyExecution, load_study, study_from_data
-from orchestrator.userconfig import UserConfigFile, load_user_config
 from tests.helpers import llem_executable
 
 MEMORY_LIMIT = 2 << 30  # a regression fails with MemoryError, not by eating the machine
@@ -530,7 +530,7 @@ def test_json_schema_documents_the_ranges():
 
 
 def test_a_prompt_file_is_read_no_further_than_its_bound_whatever_its_size_says(tmp_path, monkeypatch):
-    from orchestrator import datasets
+    from llem import datasets
 
     path = tmp_path / "p.jsonl"
     path.write_text('{"prompt": "hello"}\n' * 100)

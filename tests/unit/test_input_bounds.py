@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import cli
-from orchestrator.cli import main
-from orchestrator.errors import ConfigError
-from orchestrator.yamlsafe import load
+from llem import cli
+from llem.cli import main
+from llem.errors import ConfigError
+from llem.yamlsafe import load
 
 BOMB = "model: gpt2\npassthrough_kwargs:\n  a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"  {chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n" for i in range(9)
@@ -89,7 +89,7 @@ def test_a_model_directory_without_a_model_is_found_out_up_front(tmp_path, capsy
 
 
 def test_the_readability_check_never_leaves_the_model_directory(tmp_path):
-    from orchestrator.models import check_readable_by_agent
+    from llem.models import check_readable_by_agent
 
     model = tmp_path / "m"
     model.mkdir()

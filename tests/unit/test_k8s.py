@@ -9,9 +9,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from orchestrator.errors import EXIT_OK, ConfigError
-from orchestrator.k8s import DNS_LABEL, K8sOptions, job_name
-from orchestrator.manifest import ManifestStore
+from llem.errors import EXIT_OK, ConfigError
+from llem.k8s import DNS_LABEL, K8sOptions, job_name
+from llem.manifest import ManifestStore
 from tests.helpers import run_llem
 
 MIXED = """

@@ -13,9 +13,9 @@ from typing import Any
 import docker.errors
 import pytest
 
-from orchestrator.container import LABEL_HOST, LABEL_HOST_PID, LABEL_MANAGED, ContainerSpec, Mount
-from orchestrator.errors import EnvironmentProblem
-from orchestrator.launcher import DockerLauncher
+from llem.container import LABEL_HOST, LABEL_HOST_PID, LABEL_MANAGED, ContainerSpec, Mount
+from llem.errors import EnvironmentProblem
+from llem.launcher import DockerLauncher
 
 
 class Stopped(Exception):

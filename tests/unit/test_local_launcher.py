@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import local
-from orchestrator.container import build_spec
-from orchestrator.errors import EnvironmentProblem
-from orchestrator.launcher import Liveness
-from orchestrator.local import LocalLauncher
+from llem import local
+from llem.container import build_spec
+from llem.errors import EnvironmentProblem
+from llem.launcher import Liveness
+from llem.local import LocalLauncher
 from tests.conftest import REPO
 
 # Stands in for `python -m llem_agent EXPERIMENT`: records what it was given, then acts out
@@ -155,7 +155,7 @@ def test_the_agent_dies_with_llem_even_by_sigkill(tmp_path, fake_python):
         "from pathlib import Path\n"
         "sys.path.insert(0, sys.argv[3])\n"
         "from tests.unit.test_local_launcher import spec_for\n"
-        "from orchestrator.local import LocalLauncher\n"
+        "from llem.local import LocalLauncher\n"
         "os.environ['FAKE_AGENT'] = 'hang'\n"
         "LocalLauncher('pytorch', python=sys.argv[2]).run(spec_for(Path(sys.argv[1])), 60, Path(sys.argv[1]) / 'log')\n"
     )

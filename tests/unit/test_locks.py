@@ -5,7 +5,7 @@ import sys
 import textwrap
 import time
 
-from orchestrator.locks import CPU_LOCK, DeviceLocks, lock_names
+from llem.locks import CPU_LOCK, DeviceLocks, lock_names
 
 
 def test_lock_names():
@@ -39,7 +39,7 @@ def test_lock_is_freed_when_the_holder_is_sigkilled(tmp_path):
     code = textwrap.dedent(
         f"""
         import time, sys
-        from orchestrator.locks import DeviceLocks
+        from llem.locks import DeviceLocks
         locks = DeviceLocks(["gpu0"], __import__("pathlib").Path({str(tmp_path)!r}))
         assert locks.try_acquire()
         print("held", flush=True)

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli_cluster import parse_cpuset
-from orchestrator.errors import ConfigError
-from orchestrator.locks import lock_names
-from orchestrator.parallel import Slot, parse_parallel, plan_slots
-from orchestrator.results import overlaps
+from llem.cli_cluster import parse_cpuset
+from llem.errors import ConfigError
+from llem.locks import lock_names
+from llem.parallel import Slot, parse_parallel, plan_slots
+from llem.results import overlaps
 
 
 def test_gpu_slots_are_disjoint_and_sized_by_the_largest_run():
@@ -75,7 +75,7 @@ time.sleep(600)
 PARENT = """
 import sys
 from pathlib import Path
-from orchestrator.parallel import Slot, run_workers
+from llem.parallel import Slot, run_workers
 run_workers(Path(sys.argv[1]), [Slot((), (0,)), Slot((), (1,))], [sys.executable, "-c", sys.argv[2], sys.argv[3]],
             lambda done, total: None, poll_s=0.05)
 """

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import claims
-from orchestrator.claims import (
+from llem import claims
+from llem.claims import (
     _ASIDE,
     _BREAK,
     BREAK_TOKEN_STALE_S,

@@ -12,10 +12,9 @@ from typing import Any, ClassVar
 
 import pytest
 
-from llem_agent.contract import RESULT_FILE
-from orchestrator import claims
-from orchestrator.claims import DEFAULT_STALE_AFTER_S, GARBAGE_GRACE_S, ClaimBoard, Seen, owner_token
-from orchestrator.results import (
+from llem import claims
+from llem.claims import DEFAULT_STALE_AFTER_S, GARBAGE_GRACE_S, ClaimBoard, Seen, owner_token
+from llem.results import (
     CV_WARNING,
     KEY_METRICS,
     METRIC_BY_NAME,
@@ -28,7 +27,8 @@ from orchestrator.results import (
     overlaps,
     varying_keys,
 )
-from orchestrator.study import design_hash, study_from_data
+from llem.study import design_hash, study_from_data
+from llem_agent.contract import RESULT_FILE
 from tests.synthetic import make_study_dir
 
 # Student's t, 97.5th percentile, from printed tables: 2 and 4 degrees of freedom.
@@ -221,7 +221,7 @@ def test_each_metric_is_ranked_by_its_own_direction():
 
 
 def test_best_first_per_metric_direction():
-    from orchestrator.cli import _sorted
+    from llem.cli import _sorted
 
     rows = [
         _summary(1, {"output_tokens_per_s": Stat(3, 10.0), "j_per_output_token": Stat(3, 0.5)}),
@@ -350,7 +350,7 @@ def test_what_a_holder_is_said_to_be():
     ],
 )
 def test_a_mean_and_its_interval_to_four_significant_figures(mean: float, half: float | None, text: str):
-    from orchestrator.results import format_mean_ci
+    from llem.results import format_mean_ci
 
     assert format_mean_ci(mean, half) == text
     assert format_mean_ci(0.123456, 0.01, digits=2) == "0.12 ± 0.01"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.errors import ConfigError
-from orchestrator.sweep import count_configs, deep_merge, expand, set_dotted
+from llem.errors import ConfigError
+from llem.sweep import count_configs, deep_merge, expand, set_dotted
 
 SHARED = {"model": "m", "engine": "pytorch"}
 

@@ -4,8 +4,8 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.plan import cycle_orders, make_plan, williams_rows
-from orchestrator.study import load_study
+from llem.plan import cycle_orders, make_plan, williams_rows
+from llem.study import load_study
 
 
 def study_of(tmp_path: Path, n: int, execution: str = ""):

@@ -1,4 +1,4 @@
-from orchestrator.policy import CircuitBreaker, WallClock
+from llem.policy import CircuitBreaker, WallClock
 
 
 def test_breaker_opens_after_threshold_and_a_good_probe_closes_it():

@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from orchestrator.claims import ClaimBoard
-from orchestrator.manifest import Manifest, ManifestStore, RunEntry
-from orchestrator.reaper import mark_interrupted
+from llem.claims import ClaimBoard
+from llem.manifest import Manifest, ManifestStore, RunEntry
+from llem.reaper import mark_interrupted
 
 
 def _study(tmp_path: Path) -> Path:
@@ -43,7 +43,7 @@ def test_a_zombie_is_not_alive():
     import sys
     import time
 
-    from orchestrator.procs import process_alive
+    from llem.procs import process_alive
 
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     deadline = time.monotonic() + 10

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from orchestrator.report import PLOTLY_BASIC, _bars, render
-from orchestrator.results import summarise
+from llem.report import PLOTLY_BASIC, _bars, render
+from llem.results import summarise
 from tests.synthetic import make_study_dir
 
 

@@ -13,9 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llem_agent.contract import RESULT_FILE
-from orchestrator.report import pareto_front
-from orchestrator.results import (
+from llem.report import pareto_front
+from llem.results import (
     EXPERIMENTS_FILE,
     HOST_FILE,
     ExperimentSummary,
@@ -26,7 +25,8 @@ from orchestrator.results import (
     format_mean_ci,
     summarise,
 )
-from orchestrator.userconfig import MeasurementFactors
+from llem.userconfig import MeasurementFactors
+from llem_agent.contract import RESULT_FILE
 from tests.synthetic import make_study_dir
 
 T_975_DF2 = 4.302652729911275  # Student's t, 97.5th percentile, 2 degrees of freedom (tables)
@@ -179,7 +179,7 @@ def test_metrics_cache_follows_the_result_file(tmp_path: Path):
 
 
 def test_a_label_leaves_out_the_parameters_of_another_engines_section():
-    from orchestrator.results import experiment_label
+    from llem.results import experiment_label
 
     swept = ["engine", "pytorch.batch_size", "vllm.engine.max_num_seqs"]
     # was: "pytorch pytorch.batch_size=4 vllm.engine.max_num_seqs=None"

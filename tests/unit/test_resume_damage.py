@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.errors import ConfigError
-from orchestrator.manifest import ManifestStore
+from llem.errors import ConfigError
+from llem.manifest import ManifestStore
 from tests.helpers import run_llem
 from tests.unit.test_runner import FakeLauncher, make_runner, run_study
 
@@ -49,7 +49,7 @@ def test_a_garbage_manifest_is_one_line_that_says_how_to_recover(tmp_path, study
 
 
 def test_results_of_a_study_with_a_lost_result_do_not_crash(tmp_path, study_file):
-    from orchestrator.results import summarise
+    from llem.results import summarise
 
     runner, _ = run_study(tmp_path, study_file, FakeLauncher())
     assert runner.study_dir is not None

@@ -16,17 +16,17 @@ from typing import Any
 
 import pytest
 
+from llem.claims import ClaimBoard
+from llem.container import ContainerSpec
+from llem.errors import ConfigError, EnvironmentProblem, Interrupted
+from llem.launcher import ContainerOutcome
+from llem.locks import DeviceLocks
+from llem.manifest import Manifest, ManifestStore
+from llem.models import resolve_model_dir
+from llem.plan import make_plan
+from llem.runner import RunnerOptions, StudyRunner, newest_unfinished
+from llem.study import load_study
 from llem_agent.contract import RunError, RunRequest
-from orchestrator.claims import ClaimBoard
-from orchestrator.container import ContainerSpec
-from orchestrator.errors import ConfigError, EnvironmentProblem, Interrupted
-from orchestrator.launcher import ContainerOutcome
-from orchestrator.locks import DeviceLocks
-from orchestrator.manifest import Manifest, ManifestStore
-from orchestrator.models import resolve_model_dir
-from orchestrator.plan import make_plan
-from orchestrator.runner import RunnerOptions, StudyRunner, newest_unfinished
-from orchestrator.study import load_study
 from tests.factories import make_result
 
 Behaviour = Callable[[Path, RunRequest], ContainerOutcome]
@@ -316,7 +316,7 @@ def test_newest_unfinished_and_a_locked_study_directory(tmp_path, study_file):
 
 
 def test_model_files_must_be_readable_by_the_unprivileged_agent(tmp_path):
-    from orchestrator.models import check_readable_by_agent
+    from llem.models import check_readable_by_agent
 
     (tmp_path / "m").mkdir()
     weights = tmp_path / "m" / "model.safetensors"
@@ -332,7 +332,7 @@ def test_model_files_must_be_readable_by_the_unprivileged_agent(tmp_path):
 def test_phase_watch_reports_phases_batches_and_downloads(tmp_path: Path):
     import json as _json
 
-    from orchestrator.onerun import PhaseWatch
+    from llem.onerun import PhaseWatch
 
     class Events:
         def __init__(self) -> None:
@@ -557,7 +557,7 @@ def test_a_run_records_the_image_its_attempt_ran_in(tmp_path, study_file):
 
 
 def test_workers_run_the_study_directorys_copy_not_the_live_file(tmp_path, study_file):
-    from orchestrator.study import load_planned_study
+    from llem.study import load_planned_study
 
     runner = make_runner(tmp_path, study_file, FakeLauncher())
     runner.preflight()

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from llem.errors import ConfigError
+from llem.manifest import ManifestStore
+from llem.runners import parse_runner, resolve_runners
 from llem_agent.contract import RunRequest
-from orchestrator.errors import ConfigError
-from orchestrator.manifest import ManifestStore
-from orchestrator.runners import parse_runner, resolve_runners
 from tests.unit.test_runner import FakeLauncher, make_runner
 
 
@@ -107,8 +107,8 @@ def test_the_token_file_is_removed_when_the_run_never_starts(tmp_path: Path, mon
     """A device lock refused while the run waits: the secret written for it must not stay behind."""
     import tempfile
 
-    from orchestrator.errors import EnvironmentProblem
-    from orchestrator.locks import DeviceLocks
+    from llem.errors import EnvironmentProblem
+    from llem.locks import DeviceLocks
 
     monkeypatch.setenv("HF_TOKEN", "hf_planted")
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))

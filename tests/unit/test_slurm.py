@@ -8,14 +8,14 @@ import stat
 import threading
 from pathlib import Path
 
+from llem import slurm
+from llem.errors import EXIT_ENVIRONMENT, EXIT_OK
+from llem.launcher import ContainerOutcome
+from llem.manifest import ManifestStore
+from llem.plan import make_plan
+from llem.slurm import SlurmOptions, script, shared_storage_warning
+from llem.study import load_study
 from llem_agent.contract import RunRequest
-from orchestrator import slurm
-from orchestrator.errors import EXIT_ENVIRONMENT, EXIT_OK
-from orchestrator.launcher import ContainerOutcome
-from orchestrator.manifest import ManifestStore
-from orchestrator.plan import make_plan
-from orchestrator.slurm import SlurmOptions, script, shared_storage_warning
-from orchestrator.study import load_study
 from tests.helpers import run_llem
 from tests.unit.test_runner import FakeLauncher, make_runner, ok
 

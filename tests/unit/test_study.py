@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import ConfigError
-from orchestrator.study import load_study
+from llem.errors import ConfigError
+from llem.study import load_study
 
 
 def write(tmp_path: Path, text: str, name: str = "study.yaml") -> Path:

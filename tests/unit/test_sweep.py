@@ -1,7 +1,7 @@
 import pytest
 
-from orchestrator.errors import ConfigError
-from orchestrator.sweep import count_configs, deep_merge, engine_scope, expand, set_dotted
+from llem.errors import ConfigError
+from llem.sweep import count_configs, deep_merge, engine_scope, expand, set_dotted
 
 
 def test_independent_axes_form_a_cartesian_product_in_order():

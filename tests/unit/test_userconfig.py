@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import resolve_images
-from orchestrator.errors import ConfigError
-from orchestrator.userconfig import load_user_config
+from llem.cli import resolve_images
+from llem.errors import ConfigError
+from llem.userconfig import load_user_config
 
 
 def _write(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, text: str) -> Path:
