@@ -125,12 +125,13 @@ LINT_WORKFLOWS   ?= $(wildcard .github/workflows/*.yml)
 LINT_DOCKERFILES ?= $(wildcard images/*/Dockerfile tests/*/Dockerfile*)
 
 .PHONY: lint
-lint: install ## ruff lint + format check; zizmor and the workflow schema on .github/workflows; hadolint on the Dockerfiles
+lint: install ## ruff lint + format check; zizmor and the workflow schema on .github/workflows; hadolint on the Dockerfiles; import-linter's layering contracts
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/zizmor --offline --strict-collection --persona auditor --no-progress --color never $(LINT_WORKFLOWS)
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows $(LINT_WORKFLOWS)
 	$(VENV)/bin/hadolint --config .hadolint.yaml --no-color $(LINT_DOCKERFILES)
+	$(VENV)/bin/lint-imports --no-cache
 
 .PHONY: typecheck
 typecheck: install ## mypy --strict on the host package and the agent

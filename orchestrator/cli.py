@@ -5,16 +5,14 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
-import gc
 import json
 import os
 import signal
 import sys
 import tempfile
 import threading
-import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, NoReturn
@@ -25,7 +23,8 @@ from llem_agent.contract import ENGINES, canonical_engine
 
 from . import __version__
 from .claims import DEFAULT_STALE_AFTER_S
-from .container import DEFAULT_PIDS_LIMIT
+from .cli_flags import host_options, options_from_args
+from .display import PullLines, console
 from .errors import (
     EXIT_BROKEN_PIPE,
     EXIT_ENVIRONMENT,
@@ -37,344 +36,128 @@ from .errors import (
     EnvironmentProblem,
     LlemError,
 )
-from .locks import DEFAULT_LOCK_DIR
-from .plan import Plan, make_plan
+from .execution import NoEvents
+from .options import Options
+from .plan import Plan, PlannedRun
 from .runners import RUNNER_KINDS
-from .study import DEFAULT_CYCLES, MAX_EXPERIMENTS, MAX_RUNS, ExperimentOrder, Study, load_study
+from .session import gc_paused, launchers, load_plan, plural, prepare_host, runner_options
+from .study import MAX_EXPERIMENTS, MAX_RUNS, ExperimentOrder
 from .userconfig import UserConfig, load_user_config
 
 if TYPE_CHECKING:
-    from .launcher import DockerLauncher, Launcher
+    from .display import ProgressDisplay
+    from .execution import RunOutcome
     from .results import ExperimentSummary, StudySummary
-    from .runner import RunnerOptions, StudyRunner
 
 # One option, one meaning, in every command that touches study directories.
 RESULTS_DIR_HELP = "where study directories are (default: the user config's output.results_dir, else ./results)"
 ORDERS: tuple[ExperimentOrder, ...] = ("sequential", "interleave", "shuffle", "reverse", "latin_square")
 
 
-def resolve_images(study_images: dict[str, str], overrides: Sequence[str], user: UserConfig) -> dict[str, str]:
-    """Image per engine; later wins: ``llem/<engine>:<version>``, the user config, the study's
-    ``runners:``, ``LLEM_IMAGE_<ENGINE>``, ``--image``."""
-    images: dict[str, str] = {}
-    for engine in ENGINES:
-        setting = user.settings[f"images.{engine}"]
-        from_env = setting.source.startswith("env ")
-        images[engine] = setting.value if from_env else study_images.get(engine, setting.value)
-    for item in overrides:
-        engine, sep, ref = item.partition("=")
-        if not sep or not ref or canonical_engine(engine) not in ENGINES:
-            raise ConfigError(f"--image expects ENGINE=IMAGE with ENGINE one of {list(ENGINES)}, got {item!r}")
-        images[canonical_engine(engine)] = ref
-    return images
-
-
-def _gpus(spec: str | None) -> tuple[tuple[int, ...], dict[int, str]]:
-    """The GPU indices the study may use (``--gpus``, else every one this process was given) and their UUIDs."""
-    from .devices import allowed_gpus
-
-    return allowed_gpus(spec)
-
-
-def ensure_shared_dirs(paths: Sequence[Path | None]) -> None:
-    """Create the directories every run's container mounts (HF cache, baseline cache)."""
-    for shared in paths:
-        if shared is not None and not shared.exists():
-            shared.mkdir(parents=True)
-            if os.getuid() == 0:  # llem's unprivileged agent (root group) writes into it
-                os.chmod(shared, 0o2775)
-
-
-def baseline_cache_dir() -> Path:
-    """Idle baselines cached across runs and studies: LLEM_BASELINE_CACHE, else the user cache."""
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llem" / "baselines"
-    return Path(os.environ.get("LLEM_BASELINE_CACHE", default)).expanduser()
-
-
-def runner_options(args: argparse.Namespace, study: Study, user: UserConfig) -> RunnerOptions:
-    """Host settings of this invocation: CLI flags over the study's study_execution and the user config."""
-    from .runner import RunnerOptions
-
-    if args.run_timeout <= 0:
-        raise ConfigError(f"--run-timeout must be positive, got {args.run_timeout}")
-    if not 0.001 <= args.sample_interval <= 10:
-        raise ConfigError(f"--sample-interval must be between 0.001 and 10 seconds, got {args.sample_interval}")
-    if args.stall_timeout <= 0:
-        raise ConfigError(f"--stall-timeout must be positive, got {args.stall_timeout}")
-    if args.timeout is not None and args.timeout <= 0:
-        raise ConfigError(f"--timeout must be positive hours, got {args.timeout}")
-    execution = study.execution
-    breaker = execution.max_consecutive_failures
-    if args.fail_fast:
-        breaker = 1
-    elif args.no_circuit_breaker:
-        breaker = 0
-    hours = args.timeout if args.timeout is not None else execution.wall_clock_timeout_hours
-    gpu_indices, gpu_uuids = _gpus(args.gpus)
-    return RunnerOptions(
-        results_root=Path(args.results_dir) if args.results_dir else user.results_dir,
-        images=resolve_images(study.images, args.image, user),
-        run_timeout_s=args.run_timeout,
-        gpu_indices=gpu_indices,
-        gpu_uuids=gpu_uuids,
-        lock_dir=None if args.no_lock else Path(args.lock_dir),
-        lock_wait_s=0.0 if args.no_wait else None,
-        hf_home=user.hf_home,
-        factors=user.factors(),
-        baseline_cache=baseline_cache_dir(),
-        engine_cache=baseline_cache_dir().parent / "engines",
-        stall_timeout_s=args.stall_timeout,
-        sample_interval_s=args.sample_interval,
-        container_memory=container_memory(args.container_memory),
-        pids_limit=args.pids_limit or None,
-        max_consecutive_failures=breaker,
-        circuit_breaker_cooldown_s=execution.circuit_breaker_cooldown_seconds,
-        wall_clock_limit_s=None if hours is None else hours * 3600.0,
-    )
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Python's cycle collector off while a study is expanded, planned or printed.
-
-    Those steps allocate hundreds of thousands of objects that all stay alive (configs, runs,
-    their JSON), and each allocation burst triggers collections that walk every one of them for
-    nothing: a 100,000-experiment dry run spent 40% of its time there (17.5-19.5 s vs 10.1-12.7
-    s with the collector off, same peak memory). Reference counting still frees what is dropped.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-@_gc_paused()
-def _load_plan(args: argparse.Namespace) -> tuple[Study, Plan]:
-    """The study and its plan, within the size limits (a dry run also checks its models and prompt files)."""
-    for flag, value in (("--max-experiments", args.max_experiments), ("--max-runs", args.max_runs)):
-        if value < 1:
-            raise ConfigError(f"{flag} must be at least 1, got {value}")
-    study = load_study(Path(args.study), name_override=args.name, max_experiments=args.max_experiments)
-    cycles = args.cycles or study.execution.n_cycles or DEFAULT_CYCLES
-    if len(study.experiments) * cycles > args.max_runs:
-        raise ConfigError(
-            f"{args.study}: {len(study.experiments):,} experiments x {cycles:,} cycles = "
-            f"{len(study.experiments) * cycles:,} runs, more than the limit of {args.max_runs:,} "
-            "(--max-runs raises it if you mean it)"
-        )
-    plan = make_plan(study, n_cycles=args.cycles, order=args.order)
-    if args.dry_run:  # a real run's preflight checks these too; a dry run must not plan what cannot run
-        from .datasets import resolve_dataset
-        from .models import resolve_model_dir
-
-        distinct = {
-            (e.config.model, e.config.dataset.source, e.config.dataset.n_prompts): e.config for e in study.experiments
-        }
-        for config in distinct.values():  # once per model and prompt source, not per experiment
-            resolve_model_dir(config.model, study.path.parent)
-            resolve_dataset(config, study.path.parent)
-    return study, plan
-
-
-def container_memory(flag: str | None) -> str | None:
-    """--container-memory: a size, ``none`` (no limit), or by default 90% of this host's memory,
-    so that one runaway run cannot take the machine (and the study's records) down with it."""
-    if flag is not None:
-        return None if flag.lower() == "none" else flag
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-    return f"{int(total * 0.9) // 2**20}m"
-
-
-class PullLines:
-    """Pull progress as a line every few seconds (terminals and Slurm logs alike)."""
-
-    def __init__(self, console: Console, every_s: float = 3.0, why: str | None = None) -> None:
-        """``why``: said with the first line (``llem run`` pulls only what this host lacks;
-        ``llem pull`` pulls what it has too, since a tag may have moved)."""
-        self.console, self.every_s, self.why = console, every_s, why
-        self._last: dict[str, float] = {}
-
-    def __call__(self, image: str, done_bytes: int, total_bytes: int) -> None:
-        now = time.monotonic()
-        if image not in self._last:
-            self.console.print(f"pulling {image}" + (f" ({self.why})" if self.why else ""))
-        elif now - self._last[image] < self.every_s:
-            return
-        self._last[image] = now
-        if total_bytes:
-            self.console.print(f"  {image}: {done_bytes / 2**20:,.0f} of {total_bytes / 2**20:,.0f} MiB")
-
-
-def _launchers(study: Study, args: argparse.Namespace, user: UserConfig) -> tuple[dict[str, Launcher], DockerLauncher]:
-    """The launcher of each engine of ``study`` (runner precedence: 002), and the Docker one."""
-    from .launcher import DockerLauncher
-    from .local import LocalLauncher
-    from .runners import resolve_runners
-
-    engines = {e.config.engine for e in study.experiments}
-    choices = resolve_runners(engines, study=study.runners, cli=args.runner, user=user.runners())
-    # Connects on first use: a study run entirely by the local runner needs no Docker.
-    on_pull = None if getattr(args, "no_pull", False) else PullLines(_console(stderr=True), why="not on this host")
-    docker = DockerLauncher(contract_cache=baseline_cache_dir().parent / "contracts", on_pull=on_pull)
-    return {
-        engine: LocalLauncher(engine, chosen_by=choice.source) if choice.kind == "local" else docker
-        for engine, choice in choices.items()
-    }, docker
-
-
-def _prepare_host(runner: StudyRunner, launchers: dict[str, Launcher], docker: DockerLauncher) -> None:
-    """Checks, leftovers of dead llem processes removed, shared caches made: before any run here."""
-    from .local import LocalLauncher
-    from .reaper import reap_orphans
-
-    runner.preflight()
-    for engine, launcher in sorted(launchers.items()):
-        if isinstance(launcher, LocalLauncher):
-            _console(stderr=True).print(
-                f"{engine}: local runner ({launcher.chosen_by}); the agent runs as a process on this host"
-            )
-    if any(launcher is docker for launcher in launchers.values()):
-        for name in reap_orphans(docker):
-            _console(stderr=True).print(f"removed orphan container {name} (its llem process is gone)")
-    options = runner.options
-    ensure_shared_dirs([options.hf_home, options.baseline_cache, options.engine_cache])
-
-
-def open_study(args: argparse.Namespace, runner: StudyRunner, describe: bool = True) -> Path:
-    """The study directory this invocation runs: resumed (--resume, --resume-dir) or new."""
-    from .runner import newest_unfinished
-
-    if args.resume or args.resume_dir:
-        root, name = runner.options.results_root, runner.plan.study.name
-        study_dir = Path(args.resume_dir) if args.resume_dir else newest_unfinished(root, name)
-        return runner.resume(study_dir, describe=describe)
-    return runner.prepare(describe=describe)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
+    """``llem run``: flags to options, the study to whoever runs it (this process through the
+    Python API, parallel workers, a Slurm job array), the results printed."""
+    from .api import run_plan
     from .cli_cluster import _print_slurm_script, _run_parallel, _slots, _submit_slurm
-    from .display import ProgressDisplay, print_results
-    from .results import aggregate
-    from .runner import StudyRunner
+    from .display import print_results
 
-    out, err = _console(), _console(stderr=True)
+    out, err = console(), console(stderr=True)
     if args.json and not args.dry_run:
         raise ConfigError("--json goes with --dry-run")
     if args.wait and args.executor != "slurm":
         raise ConfigError("--wait goes with --executor slurm")
     if args.parallel is not None and args.executor == "slurm":
         raise ConfigError("--parallel runs workers on this host; a Slurm job array's workers are --slurm-tasks N")
-    study, plan = _load_plan(args)
+    options = options_from_args(args)
+    study, plan = load_plan(Path(args.study), options, check_files=args.dry_run)
     if args.dry_run and args.executor == "slurm":
         return _print_slurm_script(args, study, plan)
     if args.dry_run:
-        from .devices import nvml_gpus
-        from .dryrun import print_json, print_text
-
-        allowed = set(_gpus(args.gpus)[0])  # the GPUs a run of this study would be given
-        gpus = [g for g in nvml_gpus()[0] if g.index in allowed]
-        with _gc_paused():
-            if args.json:
-                print_json(plan, gpus)
-            else:
-                print_text(plan, out, gpus)
-        return EXIT_OK
+        return _print_dry_run(plan, options, out, as_json=args.json)
     user = load_user_config()
-    options = runner_options(args, study, user)
+    host = runner_options(options, study, user)
+    slots = _slots(args, study, host)
+    if args.executor != "slurm" and len(slots) == 1:  # this process runs it: the Python API's path
+        with _Progress(err) as progress:
+            done = run_plan(study, plan, options, progress)
+        print_results(done.summary, out)
+        failed = [r for r in done.runs if r.status != "completed"]
+        out.print(f"{len(done.runs) - len(failed)}/{len(done.runs)} runs completed; results in {done.directory}")
+        return EXIT_RUNS_FAILED if failed else EXIT_OK
+    from .runner import StudyRunner
+
     for skipped in study.skipped:
         err.print(f"[yellow]skipping[/] grid point {skipped.index + 1}: {skipped.reason}")
-    launchers, docker = _launchers(study, args, user)
-    runner = StudyRunner(plan, options, launchers, events=_NoEvents())
+    engines, docker = launchers(study, options, user, on_pull=PullLines(err, why="not on this host"))
+    runner = StudyRunner(plan, host, engines, events=NoEvents())
     if args.executor == "slurm":
         return _submit_slurm(args, study, plan, runner, user)
-    slots = _slots(args, study, options)
-    _prepare_host(runner, launchers, docker)
-    if len(slots) > 1:
-        return _run_parallel(args, study, plan, runner, slots)
-    study_dir = open_study(args, runner)
-    if args.resume or args.resume_dir:
-        done = runner.completed_count()
-        err.print(f"resuming study {study.name} in {study_dir}: {done} of {len(plan.runs)} runs completed, "
-                  f"{len(plan.runs) - done} to run")  # fmt: skip
-    else:
-        err.print(f"study {study.name}: {plural(len(plan.runs), 'run')} -> {study_dir}")
-    with ProgressDisplay(plan, err, done=runner.completed_count()) as display:
-        runner.events = display
-        outcomes = runner.execute()
-    summary = runner.summary or aggregate(study_dir, options.factors)
-    print_results(summary, out)
-    failed = [o for o in outcomes if o.entry.status != "completed"]
-    out.print(f"{len(outcomes) - len(failed)}/{len(outcomes)} runs completed; results in {study_dir}")
-    return EXIT_RUNS_FAILED if failed else EXIT_OK
+    prepare_host(runner, engines, docker, lambda text: err.print(text, markup=False, highlight=False))
+    return _run_parallel(args, study, plan, runner, slots)
 
 
-class _NoEvents:
-    def run_started(self, *args: object) -> None: ...
+def _print_dry_run(plan: Plan, options: Options, out: Console, as_json: bool) -> int:
+    from .devices import allowed_gpus, nvml_gpus
+    from .dryrun import print_json, print_text
 
-    def run_finished(self, *args: object) -> None: ...
+    allowed = set(allowed_gpus(options.gpus)[0])  # the GPUs a run of this study would be given
+    gpus = [g for g in nvml_gpus()[0] if g.index in allowed]
+    with gc_paused():
+        if as_json:
+            print_json(plan, gpus)
+        else:
+            print_text(plan, out, gpus)
+    return EXIT_OK
 
-    def waiting_for_devices(self, *args: object) -> None: ...
 
-    def pausing(self, *args: object) -> None: ...
+class _Progress:
+    """The Python API's events on a terminal: its lines on stderr, and a progress bar while runs go."""
 
-    def run_phase(self, *args: object) -> None: ...
+    def __init__(self, err: Console) -> None:
+        self.err = err
+        self.pulling = PullLines(err, why="not on this host")
+        self._display: ProgressDisplay | None = None
 
+    def __enter__(self) -> _Progress:
+        return self
 
-def _host_options(parser: argparse.ArgumentParser) -> None:
-    """Options of where and how runs execute: ``llem run`` and ``llem worker`` share them."""
-    parser.add_argument(
-        "--no-pull", action="store_true", help="refuse an image that is not on this host instead of pulling it"
-    )
-    parser.add_argument("--image", action="append", default=[], metavar="ENGINE=IMAGE", help="image for an engine")
-    parser.add_argument(
-        "--runner",
-        choices=RUNNER_KINDS,
-        help="where every engine's runs execute: docker (one container per run) or local (a host process); "
-        "LLEM_RUNNER_<ENGINE> and the user config's runners: win over it, it wins over the study's runners:",
-    )
-    parser.add_argument(
-        "--gpus",
-        help="GPUs the study may use, by NVML index or UUID, e.g. 0,1 or GPU-5c1e... (default: every GPU "
-        "this process was given: CUDA_VISIBLE_DEVICES, else all NVML sees)",
-    )
-    parser.add_argument("--run-timeout", type=float, default=3600.0, metavar="S", help="per-run timeout in seconds")
-    parser.add_argument(
-        "--stall-timeout",
-        type=float,
-        default=600.0,
-        metavar="S",
-        help="kill a run whose agent shows no progress for S seconds while measuring (default 600)",
-    )
-    parser.add_argument(
-        "--sample-interval",
-        type=float,
-        default=0.1,
-        metavar="S",
-        help="GPU telemetry sampling interval in seconds (default 0.1 = 10 Hz)",
-    )
-    parser.add_argument(
-        "--container-memory", metavar="SIZE",
-        help="memory limit of each run's container, e.g. 16g, or none (default: 90%% of this host's memory)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--pids-limit", type=int, default=DEFAULT_PIDS_LIMIT, metavar="N",
-        help=f"processes and threads per run container, 0 for no limit (default {DEFAULT_PIDS_LIMIT})",
-    )  # fmt: skip
-    parser.add_argument("--lock-dir", default=str(DEFAULT_LOCK_DIR), help="directory of the device lock files")
-    parser.add_argument("--no-lock", action="store_true", help="take no device locks (scheduling is done elsewhere)")
-    parser.add_argument(
-        "--no-wait", action="store_true", help="fail at once when a device is locked, instead of waiting"
-    )
-    breaker = parser.add_mutually_exclusive_group()
-    breaker.add_argument("--fail-fast", action="store_true", help="stop the study at the first failed run")
-    breaker.add_argument("--no-circuit-breaker", action="store_true", help="never stop the study for failures")
-    parser.add_argument("--timeout", type=float, metavar="HOURS", help="wall-clock limit of the whole study")
+    def __exit__(self, *exc: object) -> None:
+        if self._display is not None:
+            self._display.__exit__(None, None, None)
+
+    def note(self, text: str) -> None:
+        self.err.print(text, markup=False, highlight=False)
+
+    def study_started(self, plan: Plan, study_dir: Path, completed: int, resumed: bool) -> None:
+        from .display import ProgressDisplay
+
+        name, total = plan.study.name, len(plan.runs)
+        if resumed:
+            self.err.print(f"resuming study {name} in {study_dir}: {completed} of {total} runs completed, "
+                           f"{total - completed} to run")  # fmt: skip
+        else:
+            self.err.print(f"study {name}: {plural(total, 'run')} -> {study_dir}")
+        self._display = ProgressDisplay(plan, self.err, done=completed).__enter__()
+
+    def run_started(self, run: PlannedRun, position: int, total: int) -> None:
+        if self._display is not None:
+            self._display.run_started(run, position, total)
+
+    def run_phase(self, run: PlannedRun, phase: str, detail: str) -> None:
+        if self._display is not None:
+            self._display.run_phase(run, phase, detail)
+
+    def run_finished(self, outcome: RunOutcome) -> None:
+        if self._display is not None:
+            self._display.run_finished(outcome)
+
+    def waiting_for_devices(self, names: list[str]) -> None:
+        if self._display is not None:
+            self._display.waiting_for_devices(names)
+
+    def pausing(self, seconds: float) -> None:
+        if self._display is not None:
+            self._display.pausing(seconds)
 
 
 def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list of every option
@@ -393,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     run.add_argument("--order", choices=ORDERS, help="experiment order (default: study_execution, else shuffle)")
     run.add_argument("--name", help="study name (default: name: in the file, else the file name)")
     run.add_argument("--results-dir", metavar="DIR", help=RESULTS_DIR_HELP)
-    _host_options(run)
+    host_options(run)
     resume = run.add_mutually_exclusive_group()
     resume.add_argument("--resume", action="store_true", help="continue the newest unfinished run of this study")
     resume.add_argument("--resume-dir", metavar="DIR", help="continue the study in DIR")
@@ -444,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
         help=f"a claim not refreshed for S seconds is a dead worker's, and its run is claimed again "
         f"(default {DEFAULT_STALE_AFTER_S:.0f})",
     )  # fmt: skip
-    _host_options(worker)
+    host_options(worker)
     worker.set_defaults(func=cmd_worker)
     pull = sub.add_parser("pull", help="pull the images a study needs (and check they speak this llem's contract)")
     pull.add_argument("study", help="study or experiment YAML file")
@@ -521,18 +304,6 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     return parser
 
 
-def plural(n: int, word: str) -> str:
-    """``1 run``, ``2 runs``, ``1,000 runs``."""
-    return f"{n:,} {word}{'' if n == 1 else 's'}"
-
-
-def _console(stderr: bool = False) -> Console:
-    # Pipes and CI logs get a wide, fixed width instead of rich's 80-column fallback, and lines
-    # that are never wrapped: a long path or error stays on one line for copy and grep.
-    tty = (sys.stderr if stderr else sys.stdout).isatty()
-    return Console(stderr=stderr, width=None if tty else 150, soft_wrap=not tty)
-
-
 def study_dir_arg(arg: str | None, user: UserConfig, results_dir: str | None = None) -> Path:
     """A study directory, or a results directory whose newest study is meant (default:
     --results-dir, else the user config's output.results_dir)."""
@@ -589,7 +360,7 @@ def cmd_results(args: argparse.Namespace) -> int:
             raise ConfigError(f"--metrics: unknown metric '{name}'{did_you_mean(name, list(METRIC_BY_NAME))}")
     if args.sort:
         rows = _sorted(rows, args.sort, summary.swept, reverse=args.reverse)
-    out = _console()
+    out = console()
     print_results(summary, out, rows, metrics)
     return EXIT_OK
 
@@ -650,7 +421,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"ok": not failed, "checks": [c.as_dict() for c in checks]}, indent=2))
         return EXIT_ENVIRONMENT if failed else EXIT_OK
-    out = _console()
+    out = console()
     table = Table(title="llem doctor")
     for column in ("", "check", "detail"):
         table.add_column(column)
@@ -673,7 +444,7 @@ def cmd_config(args: argparse.Namespace) -> int:
         data = {key: {"value": s.value, "source": s.source} for key, s in user.settings.items()}
         print(json.dumps({"config_file": str(user.path), "found": user.file_found, "settings": data}, indent=2))
         return EXIT_OK
-    out = _console()
+    out = console()
     state = "" if user.file_found else ": not found, so defaults apply (create it to change them)"
     out.print(f"user config {user.path}{state}")
     table = Table(title="effective configuration")

@@ -14,31 +14,27 @@ from rich.console import Console
 
 from llem_agent.contract import canonical_engine
 
-from .cli import (
-    PullLines,
-    _console,
-    _host_options,
-    _launchers,
-    _load_plan,
-    _NoEvents,
-    _prepare_host,
-    open_study,
-    plural,
-    resolve_images,
-    runner_options,
-)
+from .cli_flags import host_options, options_from_args
+from .display import PullLines, console
 from .errors import EXIT_OK, EXIT_RUNS_FAILED, ConfigError, EnvironmentProblem, Interrupted
+from .execution import NoEvents
 from .plan import Plan, make_plan
+from .session import launchers as make_launchers
+from .session import load_plan, open_study, plural, prepare_host, resolve_images, runner_options
 from .study import Study, load_planned_study
 from .userconfig import UserConfig, load_user_config
 
 if TYPE_CHECKING:
+    from .execution import RunnerOptions, RunOutcome
     from .launcher import Launcher
-    from .onerun import RunOutcome
     from .parallel import Slot
     from .plan import PlannedRun
-    from .runner import RunnerOptions, StudyRunner
+    from .runner import StudyRunner
     from .slurm import SlurmOptions
+
+
+def _say(text: str) -> None:
+    console(stderr=True).print(text, markup=False, highlight=False)
 
 
 def _slots(args: argparse.Namespace, study: Study, options: RunnerOptions) -> list[Slot]:
@@ -60,7 +56,7 @@ def _run_parallel(args: argparse.Namespace, study: Study, plan: Plan, runner: St
     This process keeps the study directory's lock while its workers run, so a second `llem run
     --resume` of it is refused in one line; runs that workers of another llem still hold (one
     killed a moment ago, Slurm tasks) are named, and the workers wait for them."""
-    study_dir = open_study(args, runner)
+    study_dir = open_study(options_from_args(args), runner)
     try:
         return _follow_workers(args, runner, slots, study_dir)
     finally:
@@ -75,7 +71,7 @@ def _follow_workers(args: argparse.Namespace, runner: StudyRunner, slots: list[S
     from .results import summarise
     from .slurm import llem_command
 
-    out, err = _console(), _console(stderr=True)
+    out, err = console(), console(stderr=True)
     study, plan = runner.plan.study, runner.plan
     where = "; ".join(slot.describe() for slot in slots)
     err.print(f"study {study.name}: {plural(len(plan.runs), 'run')}, {len(slots)} at a time ({where}) -> {study_dir}")
@@ -139,7 +135,7 @@ def _slurm_options(args: argparse.Namespace, user: UserConfig | None) -> SlurmOp
 def _worker_flags(args: argparse.Namespace) -> list[str]:
     """The host options of this invocation that the workers must run with too."""
     defaults = argparse.ArgumentParser()
-    _host_options(defaults)  # only what differs from the workers' own defaults is passed on
+    host_options(defaults)  # only what differs from the workers' own defaults is passed on
     flags = [f"--image={image}" for image in args.image]
     for name in ("runner", "run_timeout", "stall_timeout", "sample_interval", "container_memory", "pids_limit",
                  "lock_dir", "timeout"):  # fmt: skip
@@ -158,7 +154,7 @@ def _print_slurm_script(args: argparse.Namespace, study: Study, plan: Plan) -> i
     user = load_user_config()
     root = Path(args.results_dir) if args.results_dir else user.results_dir
     where = root.resolve() / f"{study.name}_<timestamp>"
-    print_text(plan, _console(stderr=True))  # the plan on stderr, the script alone on stdout
+    print_text(plan, console(stderr=True))  # the plan on stderr, the script alone on stdout
     # Plain print: the script must come out exactly, never wrapped or styled.
     print(script(where, plan, _slurm_options(args, user), _worker_flags(args), len(plan.runs)))
     return EXIT_OK
@@ -171,11 +167,11 @@ def _submit_slurm(args: argparse.Namespace, study: Study, plan: Plan, runner: St
     from .manifest import CLAIMABLE, ManifestStore
     from .results import aggregate
 
-    err, out = _console(stderr=True), _console()
+    err, out = console(stderr=True), console()
     options = _slurm_options(args, user)
     slurm.require_sbatch()  # before a study directory is planned and left waiting
     runner.preflight(here=False)
-    study_dir = open_study(args, runner, describe=False)  # host.json: not this host's launchers
+    study_dir = open_study(options_from_args(args), runner, describe=False)  # host.json: not this host's launchers
     runner.release()
     warning = slurm.shared_storage_warning(study_dir)
     if warning:
@@ -256,13 +252,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
     args.results_dir = str(study_dir.parent)
     user = load_user_config()
     options = dataclasses.replace(
-        runner_options(args, study, user), claim_stale_s=args.stale_after, cpuset=parse_cpuset(args.cpuset)
+        runner_options(options_from_args(args), study, user),
+        claim_stale_s=args.stale_after,
+        cpuset=parse_cpuset(args.cpuset),
     )
-    launchers, docker = _launchers(study, args, user)
+    launchers, docker = make_launchers(
+        study, options_from_args(args), user, on_pull=PullLines(console(stderr=True), why="not on this host")
+    )
     name = args.worker_id or f"{socket.gethostname()}:{os.getpid()}"
     events = _WorkerLog(name)
     runner = StudyRunner(plan, options, launchers, events=events)
-    _prepare_host(runner, launchers, docker)
+    prepare_host(runner, launchers, docker, _say)
     runner.attach(study_dir)
     runner.execute(worker=name)
     ran = events.finished
@@ -275,12 +275,14 @@ def cmd_pull(args: argparse.Namespace) -> int:
     """Pull every image the study's docker-run engines use (also those already here: a tag may
     have moved), check each speaks this llem's contract, and print its digest."""
 
-    study, _ = _load_plan(args)
+    study, _ = load_plan(Path(args.study), options_from_args(args))
     user = load_user_config()
     images = resolve_images(study.images, args.image, user)
-    launchers, docker = _launchers(study, args, user)
+    launchers, docker = make_launchers(
+        study, options_from_args(args), user, on_pull=PullLines(console(stderr=True), why="not on this host")
+    )
     wanted = sorted({images[e] for e, launcher in launchers.items() if launcher.kind == "docker"})
-    progress = PullLines(_console(stderr=True))
+    progress = PullLines(console(stderr=True))
     problems = []
     for image in wanted:
         problem = docker.pull(image, progress) or docker.image_problem(image)
@@ -297,11 +299,12 @@ def cmd_pull(args: argparse.Namespace) -> int:
 def cmd_k8s(args: argparse.Namespace) -> int:
     """Plan the study into --results-dir (the pods' volume) and write one Indexed Job per engine."""
     from . import k8s
-    from .runner import RunnerOptions, StudyRunner
+    from .execution import RunnerOptions
+    from .runner import StudyRunner
 
     if args.pods is not None and args.pods < 1:
         raise ConfigError(f"--pods must be at least 1, got {args.pods}")
-    study, plan = _load_plan(args)
+    study, plan = load_plan(Path(args.study), options_from_args(args))
     user = load_user_config()
     root = (Path(args.results_dir) if args.results_dir else user.results_dir).resolve()
     mount = args.mount_path or str(root)
@@ -309,7 +312,7 @@ def cmd_k8s(args: argparse.Namespace) -> int:
         raise ConfigError(f"--mount-path must be absolute, got {mount!r}")
     images = resolve_images(study.images, args.image, user)
     given = {canonical_engine(item.partition("=")[0]) for item in args.image}
-    err = _console(stderr=True)
+    err = console(stderr=True)
     pod_images = {e: _pinned(ref if e in given else k8s.worker_image(ref), err) for e, ref in images.items()}
     hours = args.timeout if args.timeout is not None else study.execution.wall_clock_timeout_hours
     # Checked before anything is planned: a name or size the cluster would refuse is one line.
@@ -325,7 +328,7 @@ def cmd_k8s(args: argparse.Namespace) -> int:
                       f"({root}): the pods will not see it unless it is there at the same path")  # fmt: skip
     options = RunnerOptions(results_root=root, images=images, run_timeout_s=3600.0, gpu_indices=(), lock_dir=None,
                             lock_wait_s=None, hf_home=user.hf_home)  # fmt: skip
-    runner = StudyRunner(plan, options, _PodLaunchers(), events=_NoEvents())
+    runner = StudyRunner(plan, options, _PodLaunchers(), events=NoEvents())
     runner.preflight(here=False)
     study_dir = runner.prepare(describe=False)
     runner.release()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Sequence
 from types import TracebackType
 
@@ -9,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .onerun import RunOutcome
+from .execution import RunOutcome
 from .plan import Plan, PlannedRun
 from .results import (
     ExperimentSummary,
@@ -21,6 +23,34 @@ from .results import (
     varying_keys,
 )
 from .study import Study
+
+
+def console(stderr: bool = False) -> Console:
+    """A console for llem's output. Pipes and CI logs get a wide, fixed width instead of rich's
+    80-column fallback, and lines that are never wrapped: a long path or error stays on one line
+    for copy and grep."""
+    tty = (sys.stderr if stderr else sys.stdout).isatty()
+    return Console(stderr=stderr, width=None if tty else 150, soft_wrap=not tty)
+
+
+class PullLines:
+    """Pull progress as a line every few seconds (terminals and Slurm logs alike)."""
+
+    def __init__(self, console: Console, every_s: float = 3.0, why: str | None = None) -> None:
+        """``why``: said with the first line (``llem run`` pulls only what this host lacks;
+        ``llem pull`` pulls what it has too, since a tag may have moved)."""
+        self.console, self.every_s, self.why = console, every_s, why
+        self._last: dict[str, float] = {}
+
+    def __call__(self, image: str, done_bytes: int, total_bytes: int) -> None:
+        now = time.monotonic()
+        if image not in self._last:
+            self.console.print(f"pulling {image}" + (f" ({self.why})" if self.why else ""))
+        elif now - self._last[image] < self.every_s:
+            return
+        self._last[image] = now
+        if total_bytes:
+            self.console.print(f"  {image}: {done_bytes / 2**20:,.0f} of {total_bytes / 2**20:,.0f} MiB")
 
 
 def experiment_labels(study: Study) -> list[str]:

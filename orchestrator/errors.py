@@ -37,3 +37,10 @@ class Interrupted(LlemError):
     """The user (or a SIGTERM) stopped the study."""
 
     exit_code = EXIT_INTERRUPTED
+
+
+class RunFailed(LlemError):
+    """``llem.run_experiment``: the experiment's run did not complete (its failure says why;
+    the run directory keeps its log and error)."""
+
+    exit_code = EXIT_RUNS_FAILED

@@ -12,7 +12,6 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -37,13 +36,11 @@ from llem_agent.contract import (
 from .container import SECRET_ENV, build_spec, dataset_target
 from .devices import assign_devices
 from .errors import EnvironmentProblem
-from .launcher import ContainerOutcome, Liveness
+from .execution import RunnerEvents, RunnerOptions, RunOutcome
+from .launcher import ContainerOutcome, Launcher, Liveness
 from .locks import DeviceLocks, lock_names
-from .manifest import RunEntry, RunFailure, utc_now
+from .manifest import ManifestStore, RunFailure, utc_now
 from .plan import PlannedRun
-
-if TYPE_CHECKING:
-    from .runner import RunnerEvents, StudyRunner
 
 CONTAINER_LOG = "container.log"
 # Agent exception types that name a failure class of their own.
@@ -55,13 +52,6 @@ def image_for(engine: str, images: dict[str, str]) -> str:
         return images[engine]
     except KeyError:
         raise EnvironmentProblem(f"no image configured for engine '{engine}' (have: {sorted(images)})") from None
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    run: PlannedRun
-    entry: RunEntry
-    result: ExperimentResult | None
 
 
 def _archive_attempt(run_dir: Path, attempt: int) -> None:
@@ -223,49 +213,66 @@ def download_dir(hf_home: Path, model: str, model_dir: Path | None) -> Path | No
     return hf_home / "hub" / ("models--" + model.replace("/", "--"))
 
 
+@dataclass(frozen=True)
+class RunInputs:
+    """Everything one run is given (not the runner that gives it): where its study lives and
+    that study's manifest, the host's options, its engine's launcher, and the model, adapter,
+    prebuilt engine and prompt files found for its experiment."""
+
+    study_dir: Path
+    study_name: str
+    store: ManifestStore
+    options: RunnerOptions
+    launcher: Launcher
+    events: RunnerEvents
+    model_dir: Path | None = None
+    adapter_dir: Path | None = None
+    engine_dir: Path | None = None
+    dataset: Path | None = None
+
+
 def run_one(
-    self: StudyRunner, run: PlannedRun, remaining_s: float | None, still_ours: Callable[[], bool] = lambda: True
+    inputs: RunInputs, run: PlannedRun, remaining_s: float | None, still_ours: Callable[[], bool] = lambda: True
 ) -> RunOutcome:
     """Launch ``run`` through its engine's launcher under its device locks and record how it ended."""
-    assert self._store is not None and self.study_dir is not None
     config: ExperimentConfig = run.experiment.config
-    run_dir = self.study_dir / "runs" / run.run_id
+    run_dir = inputs.study_dir / "runs" / run.run_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    attempt = self._store.manifest.run(run.run_id).attempts + 1
+    attempt = inputs.store.manifest.run(run.run_id).attempts + 1
     _archive_attempt(run_dir, attempt - 1)
     if os.getuid() == 0:
         os.chmod(run_dir, 0o2775)  # the unprivileged agent writes here through the root group
-    gpus = assign_devices(config, list(self.options.gpu_indices))
-    cpus = () if gpus else self.options.cpuset  # a parallel slot's cores pin CPU runs only
-    uuids = tuple(self.options.gpu_uuids[g] for g in gpus if g in self.options.gpu_uuids)
-    model_dir = self._model_dirs.get(run.experiment.index)
-    adapter_dir = self._adapter_dirs.get(run.experiment.index)
+    gpus = assign_devices(config, list(inputs.options.gpu_indices))
+    cpus = () if gpus else inputs.options.cpuset  # a parallel slot's cores pin CPU runs only
+    uuids = tuple(inputs.options.gpu_uuids[g] for g in gpus if g in inputs.options.gpu_uuids)
+    model_dir = inputs.model_dir
+    adapter_dir = inputs.adapter_dir
     # The token file lives exactly as long as this run: removed however the run ends (a lock
     # refused, Ctrl-C while queued, a failed start).
     with token_file(may_download(config, model_dir, adapter_dir)) as secret:
-        engine_cache = self.options.engine_cache if config.engine == "tensorrt" else None
-        launcher = self.launcher_for(config.engine)
+        engine_cache = inputs.options.engine_cache if config.engine == "tensorrt" else None
+        launcher = inputs.launcher
         spec = build_spec(
-            image=image_for(config.engine, self.options.images),
-            study_id=self.study_dir.name,
+            image=image_for(config.engine, inputs.options.images),
+            study_id=inputs.study_dir.name,
             run_id=run.run_id,
             run_dir=run_dir.resolve(),
-            hf_home=self.options.hf_home,
+            hf_home=inputs.options.hf_home,
             model_dir=model_dir,
             gpu_indices=gpus,
             host_uid=os.getuid(),
             host_gid=os.getgid(),
             host_pid=os.getpid(),
-            memory_limit=self.options.container_memory,
-            baseline_cache=self.options.baseline_cache,
+            memory_limit=inputs.options.container_memory,
+            baseline_cache=inputs.options.baseline_cache,
             adapter_dir=adapter_dir,
             engine_cache=engine_cache,
             engine=config.engine,
             gpu_uuids=uuids,
-            prebuilt_engine=self._engine_dirs.get(run.experiment.index),
-            dataset_file=self._datasets.get(run.experiment.index),
+            prebuilt_engine=inputs.engine_dir,
+            dataset_file=inputs.dataset,
             token_file=secret,
-            pids_limit=self.options.pids_limit,
+            pids_limit=inputs.options.pids_limit,
             cpuset=cpus,
         )
 
@@ -275,7 +282,7 @@ def run_one(
 
         request = RunRequest(
             run_id=run.run_id,
-            study_name=self.plan.study.name,
+            study_name=inputs.study_name,
             cycle=run.cycle,
             config_hash=run.experiment.config_hash,
             config=config,
@@ -283,25 +290,23 @@ def run_one(
             adapter_path=seen(CONTAINER_ADAPTER_DIR),
             engine_cache_dir=seen(CONTAINER_ENGINE_CACHE),
             engine_path=seen(CONTAINER_TRT_ENGINE_DIR),
-            dataset_path=seen(dataset_target(dataset))
-            if (dataset := self._datasets.get(run.experiment.index))
-            else None,
+            dataset_path=seen(dataset_target(inputs.dataset)) if inputs.dataset else None,
             gpus=[str(g) for g in gpus],
             gpu_uuids=list(uuids) if len(uuids) == len(gpus) else None,
             baseline_cache_dir=seen(CONTAINER_BASELINE_DIR),
-            sample_interval_s=self.options.sample_interval_s,
+            sample_interval_s=inputs.options.sample_interval_s,
             runner="local" if launcher.kind == "local" else "docker",
         )
         write_atomic(run_dir / EXPERIMENT_FILE, request.model_dump_json(indent=2))
-        lock_dir = self.options.lock_dir
+        lock_dir = inputs.options.lock_dir
         locks = DeviceLocks(lock_names(gpus, cpus) if lock_dir else [], lock_dir or Path("."))
-        if not locks.acquire(self.options.lock_wait_s, on_wait=self.events.waiting_for_devices):
+        if not locks.acquire(inputs.options.lock_wait_s, on_wait=inputs.events.waiting_for_devices):
             raise EnvironmentProblem(
                 f"devices {locks.names} are locked by another study (lock files in {lock_dir}); "
                 "wait for it, or run without --no-wait to queue behind it"
             )
         with locks:
-            self._store.update_run(
+            inputs.store.update_run(
                 run.run_id,
                 status="running",
                 started_at=utc_now(),
@@ -315,18 +320,21 @@ def run_one(
                 runner="local" if launcher.kind == "local" else "docker",
             )
             timeout = (
-                self.options.run_timeout_s if remaining_s is None else min(self.options.run_timeout_s, remaining_s)
+                inputs.options.run_timeout_s if remaining_s is None else min(inputs.options.run_timeout_s, remaining_s)
             )
             watch = PhaseWatch(
-                run, run_dir / HEARTBEAT_FILE, download_dir(self.options.hf_home, config.model, model_dir), self.events
+                run,
+                run_dir / HEARTBEAT_FILE,
+                download_dir(inputs.options.hf_home, config.model, model_dir),
+                inputs.events,
             )
-            liveness = Liveness(run_dir / HEARTBEAT_FILE, self.options.stall_timeout_s, on_poll=watch.poll)
+            liveness = Liveness(run_dir / HEARTBEAT_FILE, inputs.options.stall_timeout_s, on_poll=watch.poll)
             outcome = launcher.run(spec, max(timeout, 1.0), run_dir / CONTAINER_LOG, liveness)
     result, failure = collect(run_dir, run.run_id, outcome)
     if not still_ours():  # judged dead (stale claim) and claimed by another worker: its record stands
-        entry = self._store.refresh().run(run.run_id)
+        entry = inputs.store.refresh().run(run.run_id)
         return RunOutcome(run=run, entry=entry, result=None)
-    entry = self._store.update_run(
+    entry = inputs.store.update_run(
         run.run_id,
         status="completed" if result is not None else "failed",
         finished_at=utc_now(),

@@ -8,10 +8,10 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from filelock import FileLock, Timeout
 
@@ -23,11 +23,12 @@ from llem_agent.contract import (
 )
 
 from . import __version__
-from .claims import DEFAULT_STALE_AFTER_S, Claim, ClaimBoard, age_s
+from .claims import Claim, ClaimBoard, age_s
 from .container import ContainerSpec, Mount
 from .datasets import resolve_dataset
 from .devices import assign_devices
 from .errors import ConfigError, EnvironmentProblem, Interrupted, LlemError
+from .execution import RunnerEvents, RunnerOptions, RunOutcome
 from .hostinfo import host_facts
 from .launcher import ContainerOutcome, Launcher, Liveness
 from .locks import DeviceLocks, lock_names
@@ -50,54 +51,13 @@ from .models import (
     resolve_model_dir,
     resolve_trt_engine_dir,
 )
-from .onerun import RunOutcome, image_for, read_result, run_one
+from .onerun import RunInputs, image_for, read_result, run_one
 from .plan import Plan, PlannedRun
 from .policy import CircuitBreaker, WallClock
 from .results import EXPERIMENTS_FILE, HOST_FILE, StudySummary, summarise, write_design
-from .userconfig import MeasurementFactors
 
 LABEL_EXTRAS = "io.llem.agent-extras"  # the agent extras an image was built with (Dockerfiles)
 STUDY_COPY = "study.yaml"
-
-
-@dataclass(frozen=True)
-class RunnerOptions:
-    """Host settings of one invocation (CLI flags, environment), not part of the study."""
-
-    results_root: Path
-    images: dict[str, str]
-    run_timeout_s: float
-    gpu_indices: tuple[int, ...]
-    lock_dir: Path | None
-    lock_wait_s: float | None
-    hf_home: Path
-    baseline_cache: Path | None = None
-    stall_timeout_s: float = 600.0
-    sample_interval_s: float = 0.1
-    container_memory: str | None = None
-    pids_limit: int | None = None  # processes + threads per run container (None: no limit)
-    max_consecutive_failures: int = 10
-    circuit_breaker_cooldown_s: float = 60.0
-    wall_clock_limit_s: float | None = None
-    factors: MeasurementFactors = field(default_factory=MeasurementFactors)
-    engine_cache: Path | None = None  # TensorRT-LLM engine builds, mounted into tensorrt runs
-    gpu_uuids: dict[int, str] = field(default_factory=dict)  # index -> UUID of every GPU the study may use
-    cpuset: tuple[int, ...] = ()  # CPU cores this process's CPU runs are pinned to (a parallel slot)
-    claim_stale_s: float = DEFAULT_STALE_AFTER_S  # a worker's claim not refreshed for this long is a dead worker's
-
-
-class RunnerEvents(Protocol):
-    """Progress callbacks; the rich display implements them, tests may record them."""
-
-    def run_started(self, run: PlannedRun, position: int, total: int) -> None: ...
-
-    def run_finished(self, outcome: RunOutcome) -> None: ...
-
-    def waiting_for_devices(self, names: list[str]) -> None: ...
-
-    def pausing(self, seconds: float) -> None: ...
-
-    def run_phase(self, run: PlannedRun, phase: str, detail: str) -> None: ...
 
 
 @dataclass
@@ -201,7 +161,7 @@ class StudyRunner:
         ``here=False`` (a study other hosts will run: Slurm, Kubernetes): the settings and the
         model and prompt files only; each worker checks its own devices and images.
         """
-        base = self.plan.study.path.parent
+        base = self.plan.study.base_dir
         for exp in self.plan.study.experiments:
             refused = unsupported_by_agent(exp.config, exp.config.engine)
             if refused == ["engine"]:
@@ -373,7 +333,7 @@ class StudyRunner:
             study_name=study.name,
             study_id=study_dir.name,
             study_design_hash=study.design_hash,
-            study_file=str(study.path.resolve()),
+            study_file=str(study.anchor),
             llem_version=__version__,
             n_cycles=self.plan.n_cycles,
             experiment_order=self.plan.order,
@@ -427,7 +387,7 @@ class StudyRunner:
         for entry in manifest.runs:  # everything not completed runs again (its failure stays on record)
             if entry.status in ("failed", "skipped"):
                 entry.status = "pending"
-        manifest.study_file = str(self.plan.study.path.resolve())  # anchors the copy's relative paths
+        manifest.study_file = str(self.plan.study.anchor)  # anchors the copy's relative paths
         self._refresh_copy(study_dir)
         self._note_resumed_host(study_dir, describe)
         known = {entry.run_id for entry in manifest.runs}
@@ -726,4 +686,18 @@ class StudyRunner:
     def _run_one(
         self, run: PlannedRun, remaining_s: float | None, still_ours: Callable[[], bool] = lambda: True
     ) -> RunOutcome:
-        return run_one(self, run, remaining_s, still_ours)
+        assert self._store is not None and self.study_dir is not None
+        index = run.experiment.index
+        inputs = RunInputs(
+            study_dir=self.study_dir,
+            study_name=self.plan.study.name,
+            store=self._store,
+            options=self.options,
+            launcher=self.launcher_for(run.experiment.config.engine),
+            events=self.events,
+            model_dir=self._model_dirs.get(index),
+            adapter_dir=self._adapter_dirs.get(index),
+            engine_dir=self._engine_dirs.get(index),
+            dataset=self._datasets.get(index),
+        )
+        return run_one(inputs, run, remaining_s, still_ours)

@@ -118,6 +118,19 @@ class Study:
     design_hash: str
     images: dict[str, str] = field(default_factory=dict)
     runners: dict[str, RunnerKind] = field(default_factory=dict)  # engine -> docker | local (runners:)
+    # Where relative paths are anchored when that is not beside ``path``: a study the Python API
+    # was given as a mapping, written to a file of its own, anchors them at the caller's directory.
+    origin: Path | None = None
+
+    @property
+    def base_dir(self) -> Path:
+        """The directory relative paths in the study (models, prompt files, ``base:``) start from."""
+        return (self.origin or self.path).parent
+
+    @property
+    def anchor(self) -> Path:
+        """The file a study directory records as the study's origin (``manifest.study_file``)."""
+        return (self.origin or self.path).resolve()
 
 
 def _read_yaml(path: Path) -> Any:

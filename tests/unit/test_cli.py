@@ -309,7 +309,7 @@ def test_a_reader_that_stops_early_is_not_an_internal_error(tmp_path: Path):
 
 def test_a_long_line_is_never_wrapped_when_stderr_is_not_a_terminal(capsys: pytest.CaptureFixture[str]):
     """A long path or error on a pipe or in a CI log stays on one line (copy, grep)."""
-    from llem.cli import _console
+    from llem.display import console as _console
 
     path = "/results/" + "d" * 90 + "/" + "e" * 90 + "/runs/e001-c1/container.log"
     _console(stderr=True).print(f"  ✗ e001-c1  load: engine failed, see {path}")
@@ -330,6 +330,6 @@ def test_no_flag_is_taken_for_another_by_its_prefix():
 
 
 def test_counts_are_said_in_the_singular_for_one():
-    from llem.cli import plural
+    from llem.session import plural
 
     assert (plural(1, "run"), plural(2, "run"), plural(1000, "run")) == ("1 run", "2 runs", "1,000 runs")

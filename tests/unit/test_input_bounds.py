@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from llem import cli
+from llem import session as cli  # planning moved below the command line (issue 21)
 from llem.cli import main
 from llem.errors import ConfigError
 from llem.yamlsafe import load

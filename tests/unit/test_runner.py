@@ -19,12 +19,13 @@ import pytest
 from llem.claims import ClaimBoard
 from llem.container import ContainerSpec
 from llem.errors import ConfigError, EnvironmentProblem, Interrupted
+from llem.execution import RunnerOptions
 from llem.launcher import ContainerOutcome
 from llem.locks import DeviceLocks
 from llem.manifest import Manifest, ManifestStore
 from llem.models import resolve_model_dir
 from llem.plan import make_plan
-from llem.runner import RunnerOptions, StudyRunner, newest_unfinished
+from llem.runner import StudyRunner, newest_unfinished
 from llem.study import load_study
 from llem_agent.contract import RunError, RunRequest
 from tests.factories import make_result

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from llem.cli import resolve_images
 from llem.errors import ConfigError
+from llem.session import resolve_images
 from llem.userconfig import load_user_config
 
 
