@@ -12,17 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llem.gpucheck import (
-    GpuCheckError,
-    Sizing,
-    StageRecord,
-    Step,
-    Window,
-    analyse,
-    choose_tokens_out,
-    render,
-    size_windows,
-)
+from llem.gpucheck_analysis import StageRecord, analyse, render
+from llem.gpucheck_plan import GpuCheckError, Sizing, Step, Window, choose_tokens_out, size_windows
 from llem_agent.contract import BaselineReport, ExperimentResult, GpuFacts, ValidityFlag
 from llem_agent.energy import PowerReading, WindowWork, energy_report
 from llem_agent.telemetry import Sample, write_parquet

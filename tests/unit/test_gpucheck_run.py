@@ -16,22 +16,10 @@ import pytest
 
 from llem.devices import Gpu
 from llem.errors import EXIT_RUNS_FAILED
-from llem.gpucheck import (
-    Children,
-    GpuCheckError,
-    HarnessJob,
-    Plan,
-    Probe,
-    Step,
-    assumed_sizing,
-    child_env,
-    estimate,
-    main,
-    provenance,
-    read_rows,
-    study_text,
-    total_s,
-)
+from llem.gpucheck import main
+from llem.gpucheck_children import Children, HarnessJob, Probe, child_env, provenance
+from llem.gpucheck_plan import GpuCheckError, Plan, Step, assumed_sizing, estimate, study_text, total_s
+from llem.gpucheck_stages import read_rows
 from llem.study import load_study
 from llem_agent.contract import RAW_TRACE_FILE
 from tests.conftest import REPO
