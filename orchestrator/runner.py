@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +13,14 @@ from filelock import FileLock, Timeout
 
 from llem_agent.contract import (
     HEARTBEAT_FILE,
-    refusal_reason,
-    unsupported_by_agent,
-    write_atomic,
 )
 
-from . import __version__
+from . import opening
 from .claims import Claim, ClaimBoard, age_s
 from .container import ContainerSpec, Mount
-from .datasets import resolve_dataset
-from .devices import assign_devices
 from .errors import ConfigError, EnvironmentProblem, Interrupted, LlemError
 from .execution import RunnerEvents, RunnerOptions, RunOutcome
-from .hostinfo import host_facts
 from .launcher import ContainerOutcome, Launcher, Liveness
-from .locks import DeviceLocks, lock_names
 from .manifest import (
     CLAIMABLE,
     MANIFEST_FILE,
@@ -39,25 +28,15 @@ from .manifest import (
     ManifestStore,
     RunEntry,
     RunFailure,
-    SkippedEntry,
     StudyStatus,
-    study_dirs,
     utc_now,
-)
-from .models import (
-    check_hf_cache_writable,
-    check_readable_by_agent,
-    resolve_adapter_dir,
-    resolve_model_dir,
-    resolve_trt_engine_dir,
 )
 from .onerun import RunInputs, image_for, read_result, run_one
 from .plan import Plan, PlannedRun
 from .policy import CircuitBreaker, WallClock
-from .results import EXPERIMENTS_FILE, HOST_FILE, StudySummary, summarise, write_design
-
-LABEL_EXTRAS = "io.llem.agent-extras"  # the agent extras an image was built with (Dockerfiles)
-STUDY_COPY = "study.yaml"
+from .preflight import Found, images_by_engine, preflight
+from .preflight import describe as describe_launchers
+from .results import StudySummary, summarise
 
 
 @dataclass
@@ -103,33 +82,6 @@ class _ClaimGuard:
         return self.inner.run(spec, timeout_s, log_path, liveness)
 
 
-def newest_unfinished(root: Path, name: str) -> Path:
-    """The newest study directory of ``name`` under ``root`` whose study did not complete."""
-    candidates = [
-        (manifest.created_at, path)
-        for manifest, path in study_dirs(root, f"{name}_*")
-        if manifest.study_name == name and manifest.status != "completed"
-    ]
-    if not candidates:
-        raise ConfigError(f"no unfinished study named '{name}' under {root}; nothing to resume")
-    return max(candidates)[1]
-
-
-def _new_study_dir(root: Path, name: str) -> Path:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    for attempt in range(1, 100):
-        path = root / (f"{name}_{stamp}" if attempt == 1 else f"{name}_{stamp}-{attempt}")
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise EnvironmentProblem(f"cannot create a study directory under {root}: {exc.strerror or exc}") from None
-    raise EnvironmentProblem(f"cannot create a new study directory under {root}")
-
-
 class StudyRunner:
     """Executes a plan through a launcher and keeps the manifest true at every step."""
 
@@ -147,75 +99,19 @@ class StudyRunner:
         self.events = events
         self.study_dir: Path | None = None
         self._store: ManifestStore | None = None
-        self._model_dirs: dict[int, Path | None] = {}
-        self._adapter_dirs: dict[int, Path | None] = {}
-        self._engine_dirs: dict[int, Path | None] = {}
-        self._datasets: dict[int, Path | None] = {}
+        self._found = Found()  # the files the preflight found for each experiment
         self._study_lock: FileLock | None = None
         self._guard: Callable[[], bool] | None = None  # while a claimed run goes: is it still ours?
         self.summary: StudySummary | None = None
 
     def preflight(self, here: bool = True) -> None:
-        """Everything that can fail before a results directory exists: settings, models, images, Docker.
+        """Everything that can fail before a results directory exists (:func:`.preflight.preflight`);
+        what it finds for each experiment is what its runs mount."""
+        self._found = preflight(self.plan, self.options, self.launcher_for, here)
 
-        ``here=False`` (a study other hosts will run: Slurm, Kubernetes): the settings and the
-        model and prompt files only; each worker checks its own devices and images.
-        """
-        base = self.plan.study.base_dir
-        for exp in self.plan.study.experiments:
-            refused = unsupported_by_agent(exp.config, exp.config.engine)
-            if refused == ["engine"]:
-                raise ConfigError(f"engine '{exp.config.engine}' has no agent in llem {__version__} yet")
-            if refused:
-                engine = exp.config.engine
-                raise ConfigError(
-                    f"experiment {exp.index + 1}: the {engine} agent of llem {__version__} does not apply "
-                    f"{', '.join(refusal_reason(engine, p) for p in refused)}; remove it rather than get results "
-                    "that ignore it"
-                )
-            model_dir = self._model_dirs[exp.index] = resolve_model_dir(exp.config.model, base)
-            if model_dir is not None:
-                check_readable_by_agent(model_dir, os.getuid())
-            adapter_dir = self._adapter_dirs[exp.index] = resolve_adapter_dir(exp.config, base)
-            if adapter_dir is not None:
-                check_readable_by_agent(adapter_dir, os.getuid())
-            dataset = self._datasets[exp.index] = resolve_dataset(exp.config, base)
-            if dataset is not None:
-                check_readable_by_agent(dataset.parent, os.getuid(), only=dataset)
-            engine_dir = self._engine_dirs[exp.index] = resolve_trt_engine_dir(exp.config, base)
-            if engine_dir is not None:
-                check_readable_by_agent(engine_dir, os.getuid())
-            if here:
-                assign_devices(exp.config, list(self.options.gpu_indices))  # raises when too few GPUs
-        hub_models = sorted({e.config.model for e in self.plan.study.experiments if self._model_dirs[e.index] is None})
-        if hub_models:  # downloads land in the mounted cache, written by the agent's uid
-            check_hf_cache_writable(self.options.hf_home, os.getuid(), hub_models[0])
-        if not here:
-            return
-        for engine_name, images in self._images_by_engine().items():
-            self.launcher_for(engine_name).check(images)
-        self._check_extras()
-        self._check_devices_free()
-
-    def _check_devices_free(self) -> None:
-        """With --no-wait a locked device ends the study: find out before a study directory exists."""
-        lock_dir = self.options.lock_dir
-        if lock_dir is None or self.options.lock_wait_s != 0:
-            return
-        names = sorted(
-            {
-                n
-                for e in self.plan.study.experiments
-                for n in lock_names(assign_devices(e.config, list(self.options.gpu_indices)), self.options.cpuset)
-            }
-        )
-        probe = DeviceLocks(names, lock_dir)
-        if not probe.try_acquire():
-            raise EnvironmentProblem(
-                f"devices {names} are locked by another study (lock files in {lock_dir}); "
-                "wait for it, or run without --no-wait to queue behind it"
-            )
-        probe.release()
+    def _launcher_facts(self) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        """What this host's launchers say about themselves and the study's images (host.json)."""
+        return describe_launchers(images_by_engine(self.plan, self.options), self.launcher_for)
 
     def launcher_for(self, engine: str) -> Launcher:
         """The launcher that runs ``engine``'s experiments (during a claimed run: one that makes
@@ -228,52 +124,6 @@ class StudyRunner:
         else:
             launcher = self.launcher
         return launcher if self._guard is None else _ClaimGuard(launcher, self._guard)
-
-    def _images_by_engine(self) -> dict[str, set[str]]:
-        out: dict[str, set[str]] = {}
-        for exp in self.plan.study.experiments:
-            out.setdefault(exp.config.engine, set()).add(image_for(exp.config.engine, self.options.images))
-        return out
-
-    def _describe(self, images_by_engine: dict[str, set[str]]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-        """What each engine's launcher says about itself and its images (for host.json)."""
-        server: dict[str, dict[str, Any]] = {}
-        images: dict[str, dict[str, Any]] = {}
-        runners: dict[str, str] = {}
-        for engine, refs in sorted(images_by_engine.items()):
-            launcher = self.launcher_for(engine)
-            runners[engine] = launcher.kind
-            facts, described = launcher.describe(refs)
-            server.setdefault(launcher.kind, facts)
-            images |= described
-        return {**server.get("docker", server.get("local", {})), "runners": runners}, images
-
-    def _check_extras(self) -> None:
-        """energy_sampler zeus/codecarbon needs an image built with that agent extra; images
-        say which they have in a label (an image without the label is left to the agent)."""
-        needs: dict[str, dict[str, int]] = {}
-        for exp in self.plan.study.experiments:
-            if exp.config.energy_sampler in ("zeus", "codecarbon"):
-                image = image_for(exp.config.engine, self.options.images)
-                needs.setdefault(image, {})[exp.config.energy_sampler] = exp.index
-        if not needs:
-            return
-        described: dict[str, dict[str, Any]] = {}
-        for exp in self.plan.study.experiments:
-            image = image_for(exp.config.engine, self.options.images)
-            if image in needs and image not in described:
-                described |= self.launcher_for(exp.config.engine).describe({image})[1]
-        for image, wanted in needs.items():
-            labels = (described.get(image) or {}).get("labels") or {}
-            if LABEL_EXTRAS not in labels:
-                continue
-            have = {x.strip() for x in str(labels[LABEL_EXTRAS]).split(",") if x.strip()}
-            for extra, index in wanted.items():
-                if extra not in have:
-                    raise ConfigError(
-                        f"experiment {index + 1}: energy_sampler {extra} needs an image built with "
-                        f"--build-arg AGENT_EXTRAS={extra}; {image} has {', '.join(sorted(have)) or 'no extras'}"
-                    )
 
     def _entry(self, run: PlannedRun) -> RunEntry:
         engine = run.experiment.config.engine
@@ -317,141 +167,19 @@ class StudyRunner:
             self._study_lock = None
 
     def prepare(self, describe: bool = True) -> Path:
-        """Create the study directory with a copy of the study file and an all-pending manifest
+        """Create the study directory (:func:`.opening.create`) and run it from this process
         (``describe=False``: host.json without this host's launchers, for runs elsewhere)."""
-        study = self.plan.study
-        study_dir = _new_study_dir(self.options.results_root, study.name)
-        try:
-            shutil.copyfile(study.path, study_dir / STUDY_COPY)
-            server, images = self._describe(self._images_by_engine()) if describe else ({}, {})
-            facts = host_facts(server, images) | {"measurement": self.options.factors.as_dict()}
-            write_atomic(study_dir / HOST_FILE, json.dumps(facts, indent=2))
-            self._write_design(study_dir)
-        except OSError as exc:
-            raise EnvironmentProblem(f"cannot write into {study_dir}: {exc.strerror or exc}") from None
-        manifest = Manifest(
-            study_name=study.name,
-            study_id=study_dir.name,
-            study_design_hash=study.design_hash,
-            study_file=str(study.anchor),
-            llem_version=__version__,
-            n_cycles=self.plan.n_cycles,
-            experiment_order=self.plan.order,
-            shuffle_seed=self.plan.seed,
-            runs=[self._entry(run) for run in self.plan.runs],
-            skipped=[SkippedEntry(index=s.index, reason=s.reason) for s in study.skipped],
-        )
+        study_dir, manifest = opening.create(self.plan, self.options, self._entry, self._facts(describe))
         return self._open(study_dir, manifest)
-
-    def _write_design(self, study_dir: Path) -> None:
-        study = self.plan.study
-        write_design(
-            study_dir,
-            study.design_hash,
-            ((e.index, e.config_hash, e.config.model_dump(mode="json")) for e in study.experiments),
-        )
 
     def resume(self, study_dir: Path, describe: bool = True) -> Path:
-        """Continue an earlier study: its completed runs stay, every other run runs again.
-
-        The study's design must not have changed (same design hash): results of different
-        parameter spaces are never mixed. More cycles than before are added as new runs.
-        """
-        try:
-            manifest = ManifestStore.load(study_dir)
-        except FileNotFoundError:
-            raise ConfigError(f"{study_dir} is not a llem study directory (no {MANIFEST_FILE})") from None
-        except (ValueError, OSError, UnicodeDecodeError):
-            raise ConfigError(
-                f"{study_dir}/{MANIFEST_FILE} is damaged and cannot be resumed from; every completed run's "
-                f"result.json is still under {study_dir}/runs: run the study anew, or restore the manifest from a "
-                "backup"
-            ) from None
-        if manifest.study_design_hash != self.plan.study.design_hash:
-            raise ConfigError(
-                f"{study_dir}: the study's design changed since it ran (design hash {manifest.study_design_hash} "
-                f"-> {self.plan.study.design_hash}); run it as a new study instead of mixing results"
-            )
-        self._check_resumed_runs(study_dir, manifest)
-        for entry in manifest.runs:  # a completed run whose result is gone or damaged runs again
-            problem = (
-                read_result(study_dir / "runs" / entry.run_id, entry.run_id)[1] if entry.status == "completed" else None
-            )
-            if problem is not None:
-                problem = problem.splitlines()[0][:160]
-                entry.status = "failed"
-                entry.failure = RunFailure(kind="lost_result", message=f"{problem} when the study was resumed")
-                manifest.history.append(
-                    {"status": "result_lost", "run": entry.run_id, "detail": problem, "at": utc_now()}
-                )
-        for entry in manifest.runs:  # everything not completed runs again (its failure stays on record)
-            if entry.status in ("failed", "skipped"):
-                entry.status = "pending"
-        manifest.study_file = str(self.plan.study.anchor)  # anchors the copy's relative paths
-        self._refresh_copy(study_dir)
-        self._note_resumed_host(study_dir, describe)
-        known = {entry.run_id for entry in manifest.runs}
-        manifest.runs.extend(self._entry(run) for run in self.plan.runs if run.run_id not in known)
-        manifest.n_cycles = max(manifest.n_cycles, self.plan.n_cycles)
-        if not (study_dir / EXPERIMENTS_FILE).exists():
-            self._write_design(study_dir)
+        """Continue an earlier study (:func:`.opening.resume`): its completed runs stay, every
+        other run runs again."""
+        manifest = opening.resume(study_dir, self.plan, self.options, self._entry, self._facts(describe))
         return self._open(study_dir, manifest)
 
-    def _note_resumed_host(self, study_dir: Path, describe: bool) -> None:
-        """host.json keeps the host the study was planned on and gains, per resume, the host and
-        images that resume runs with (``resumed``): a resumed study may run elsewhere."""
-        path = study_dir / HOST_FILE
-        try:
-            facts = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            facts = {}
-        server, images = self._describe(self._images_by_engine()) if describe else ({}, {})
-        now = host_facts(server, images) | {"measurement": self.options.factors.as_dict(), "at": utc_now()}
-        facts = facts if isinstance(facts, dict) else {}
-        facts["resumed"] = [*facts.get("resumed", []), now]
-        try:
-            write_atomic(path, json.dumps(facts, indent=2))
-        except OSError as exc:
-            raise EnvironmentProblem(f"cannot write into {study_dir}: {exc.strerror or exc}") from None
-
-    def _refresh_copy(self, study_dir: Path) -> None:
-        """The study directory's copy is what its workers run: a resume from an edited file (the
-        same design, other runners or images) replaces it, keeping the earlier one beside it."""
-        copy, current = study_dir / STUDY_COPY, self.plan.study.path
-        try:
-            if copy.exists() and copy.read_bytes() == current.read_bytes():
-                return
-            if copy.exists():
-                copy.rename(study_dir / f"{STUDY_COPY}.before-{utc_now().replace(':', '')}")
-            shutil.copyfile(current, copy)
-        except OSError as exc:
-            raise EnvironmentProblem(f"cannot write into {study_dir}: {exc.strerror or exc}") from None
-
-    def _check_resumed_runs(self, study_dir: Path, manifest: Manifest) -> None:
-        """Each run resumed is the run planned: its experiment's config hash (a reordered sweep
-        would otherwise resume into swapped experiment ids), and, where it completed, the image
-        and runner this resume would use (a completed run's numbers never sit beside another
-        image's). Runs still to run take this resume's image and runner."""
-        planned = {run.run_id: run for run in self.plan.runs}
-        for entry in manifest.runs:
-            run = planned.get(entry.run_id)
-            if run is None:
-                continue
-            if run.experiment.config_hash != entry.config_hash:
-                raise ConfigError(
-                    f"{study_dir}: run {entry.run_id} was planned as config {entry.config_hash}, this study makes it "
-                    f"{run.experiment.config_hash} (experiments reordered?); run it as a new study"
-                )
-            fresh = self._entry(run)
-            if entry.status != "completed":
-                entry.image, entry.runner = fresh.image, fresh.runner
-            elif (entry.image, entry.runner) != (fresh.image, fresh.runner):
-                engine = run.experiment.config.engine
-                raise ConfigError(
-                    f"{study_dir}: completed {engine} runs ran in {entry.image} ({entry.runner}); this resume would "
-                    f"run {fresh.image} ({fresh.runner}): resume with --image {engine}={entry.image} (and that "
-                    "runner), or run the study anew"
-                )
+    def _facts(self, describe: bool) -> opening.Facts:
+        return self._launcher_facts if describe else lambda: ({}, {})
 
     def execute(self, worker: str | None = None) -> list[RunOutcome]:
         """Run every run that is pending (or was interrupted) under the study's policies, each
@@ -695,9 +423,9 @@ class StudyRunner:
             options=self.options,
             launcher=self.launcher_for(run.experiment.config.engine),
             events=self.events,
-            model_dir=self._model_dirs.get(index),
-            adapter_dir=self._adapter_dirs.get(index),
-            engine_dir=self._engine_dirs.get(index),
-            dataset=self._datasets.get(index),
+            model_dir=self._found.model_dirs.get(index),
+            adapter_dir=self._found.adapter_dirs.get(index),
+            engine_dir=self._found.engine_dirs.get(index),
+            dataset=self._found.datasets.get(index),
         )
         return run_one(inputs, run, remaining_s, still_ours)

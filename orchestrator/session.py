@@ -217,7 +217,7 @@ def prepare_host(runner: StudyRunner, launchers: dict[str, Launcher], docker: Do
 
 def open_study(options: Options, runner: StudyRunner, describe: bool = True) -> Path:
     """The study directory this invocation runs: resumed (``resume``, ``resume_dir``) or new."""
-    from .runner import newest_unfinished
+    from .opening import newest_unfinished
 
     if options.resume or options.resume_dir:
         root, name = runner.options.results_root, runner.plan.study.name

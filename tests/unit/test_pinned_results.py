@@ -221,7 +221,7 @@ def test_each_metric_is_ranked_by_its_own_direction():
 
 
 def test_best_first_per_metric_direction():
-    from llem.cli import _sorted
+    from llem.cli_results import _sorted
 
     rows = [
         _summary(1, {"output_tokens_per_s": Stat(3, 10.0), "j_per_output_token": Stat(3, 0.5)}),
