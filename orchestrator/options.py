@@ -20,7 +20,7 @@ class Options:
     """Host settings of one study run; ``None`` means the study's ``study_execution``, the user
     config or llem's default, in that order (the same precedence as the command line's flags)."""
 
-    results_dir: Path | None = None  # --results-dir (default: user config output.results_dir, else ./results)
+    results_dir: str | Path | None = None  # --results-dir (default: user config output.results_dir, else ./results)
     name: str | None = None  # --name (default: name: in the file, else the file name)
     cycles: int | None = None  # --cycles
     order: ExperimentOrder | None = None  # --order
@@ -32,12 +32,12 @@ class Options:
     sample_interval_s: float = 0.1  # --sample-interval
     container_memory: str | None = None  # --container-memory: a size or "none" (default 90% of memory)
     pids_limit: int = DEFAULT_PIDS_LIMIT  # --pids-limit (0: no limit)
-    lock_dir: Path | None = DEFAULT_LOCK_DIR  # --lock-dir; None: take no device locks (--no-lock)
+    lock_dir: str | Path | None = DEFAULT_LOCK_DIR  # --lock-dir; None: take no device locks (--no-lock)
     wait_for_devices: bool = True  # False: --no-wait
     failures: Failures = "breaker"  # the study's circuit breaker; --fail-fast; --no-circuit-breaker
     timeout_hours: float | None = None  # --timeout: the whole study's wall clock
     pull: bool = True  # False: --no-pull
     resume: bool = False  # --resume: the newest unfinished study of this name
-    resume_dir: Path | None = None  # --resume-dir
+    resume_dir: str | Path | None = None  # --resume-dir
     max_experiments: int = MAX_EXPERIMENTS  # --max-experiments
     max_runs: int = MAX_RUNS  # --max-runs
