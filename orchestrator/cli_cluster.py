@@ -26,7 +26,7 @@ from .userconfig import UserConfig, load_user_config
 
 if TYPE_CHECKING:
     from .execution import RunnerOptions, RunOutcome
-    from .launcher import Launcher
+    from .launching import Launcher
     from .parallel import Slot
     from .plan import PlannedRun
     from .runner import StudyRunner

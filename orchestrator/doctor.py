@@ -9,9 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import docker.errors
-import requests.exceptions
-
 from llem_agent.contract import ENGINES, contract_fingerprint
 
 from .devices import nvml_gpus
@@ -101,12 +98,10 @@ def run_checks(required_engines: Sequence[str] = ("pytorch",), results_dir: Path
 
     launcher = DockerLauncher()
     try:
-        client = launcher.client
-        version = client.version()
-        info = client.info()
+        version, info = launcher.server()
         detail = f"Docker {version.get('Version')} (API {version.get('ApiVersion')})"
         checks.append(Check("Docker daemon", "ok", detail))
-    except (LlemError, docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+    except LlemError as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         checks.append(
             Check(

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
-import math
 import os
 import signal
 import socket
 import tarfile
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import docker
 import docker.errors
@@ -27,94 +24,8 @@ from llem_agent.contract import CONTRACT_FINGERPRINT_PATH, contract_fingerprint,
 from . import __version__
 from .container import LABEL_HOST, LABEL_HOST_PID, LABEL_MANAGED, ContainerSpec, Mount
 from .errors import EnvironmentProblem
+from .launching import ContainerOutcome, Liveness, PullProgress, supervise
 from .procs import process_alive
-
-
-@dataclass(frozen=True)
-class ContainerOutcome:
-    """How a run's container ended. ``exit_code`` is None when it never ran to an exit."""
-
-    exit_code: int | None
-    timed_out: bool
-    oom_killed: bool
-    duration_s: float
-    hung: bool = False
-
-
-@dataclass(frozen=True)
-class Liveness:
-    """How the launcher decides an agent is hung: its heartbeat file went stale."""
-
-    heartbeat: Path
-    stall_timeout_s: float
-    poll_s: float = 1.0
-    on_poll: Callable[[], None] | None = None  # called about every poll_s while the agent runs
-
-    def stale(self, started_at: float) -> bool:
-        """No beat for ``stall_timeout_s``, or for the agent's own ``patience_s`` where it said
-        a measured batch takes longer (three times warm-up's slowest batch)."""
-        try:
-            last = self.heartbeat.stat().st_mtime
-        except FileNotFoundError:
-            last = started_at  # not started beating yet: count from the container's start
-        silent = time.time() - last
-        if silent <= self.stall_timeout_s:
-            return False
-        return silent > max(self.stall_timeout_s, _patience_s(self.heartbeat))
-
-
-def _patience_s(heartbeat: Path) -> float:
-    """The ``patience_s`` the agent wrote into its heartbeat (0 where none, or unreadable)."""
-    try:
-        value = json.loads(heartbeat.read_text(encoding="utf-8")).get("patience_s", 0)
-    except (OSError, ValueError, AttributeError):
-        return 0.0
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else 0.0
-
-
-def supervise(
-    exited: Callable[[float], bool],
-    kill: Callable[[], None],
-    timeout_s: float,
-    liveness: Liveness | None,
-    *,
-    start: float,
-    started_at: float,
-) -> tuple[bool, bool]:
-    """Wait for a run to end, whatever runs it: ``exited(seconds)`` waits at most that long and
-    says whether it ended. Kills it at ``timeout_s`` (monotonic, since ``start``) or when its
-    heartbeat goes stale (wall clock, since ``started_at``); polls progress in between.
-    Returns (timed_out, hung)."""
-    while True:
-        left = timeout_s - (time.monotonic() - start)
-        if exited(max(0.1, min(left, liveness.poll_s if liveness else left))):
-            return False, False
-        timed_out = time.monotonic() - start >= timeout_s
-        hung = not timed_out and liveness is not None and liveness.stale(started_at)
-        if timed_out or hung:
-            kill()
-            return timed_out, hung
-        if liveness is not None and liveness.on_poll is not None:
-            liveness.on_poll()
-
-
-class Launcher(Protocol):
-    """Where one run executes: in a container (docker) or as a host process (local); faked in
-    unit tests. Who schedules the runs is the study runner's business, not the launcher's."""
-
-    kind: str
-
-    def agent_path(self, mount: Mount) -> str:
-        """Where the agent sees a mounted host directory."""
-
-    def check(self, images: Iterable[str]) -> None: ...
-
-    def describe(self, images: Iterable[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]: ...
-
-    def run(
-        self, spec: ContainerSpec, timeout_s: float, log_path: Path, liveness: Liveness | None = None
-    ) -> ContainerOutcome: ...
-
 
 # Labels of llem's worker image (images/worker): an engine image plus llem, for Kubernetes pods.
 LABEL_WORKER_IMAGE = "io.llem.worker"
@@ -211,10 +122,6 @@ def _run_kwargs(spec: ContainerSpec) -> dict[str, Any]:
 _LAYER_DONE = ("Pull complete", "Already exists", "Download complete")
 
 
-class PullProgress(Protocol):
-    def __call__(self, image: str, done_bytes: int, total_bytes: int) -> None: ...
-
-
 class DockerLauncher:
     """Runs agent containers with the Docker SDK: start, wait with a timeout, keep the log, remove."""
 
@@ -242,6 +149,15 @@ class DockerLauncher:
         if self._client is None:
             self._client = self._factory()
         return self._client
+
+    def server(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The Docker daemon's version and info (``llem doctor``); a daemon that does not answer
+        is an EnvironmentProblem of one line."""
+        try:
+            client = self.client
+            return client.version(), client.info()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise EnvironmentProblem(_first_line(exc)) from None
 
     def check(self, images: Iterable[str]) -> None:
         """Fail early, before any results directory exists, when Docker or an image is missing,

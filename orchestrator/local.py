@@ -36,7 +36,7 @@ from llem_agent.contract import CONTAINER_RUN_DIR
 
 from .container import SECRET_ENV, ContainerSpec, Mount
 from .errors import EnvironmentProblem
-from .launcher import ContainerOutcome, Liveness, supervise
+from .launching import ContainerOutcome, Liveness, supervise
 
 # What must import for each engine's agent (in a child interpreter, never in the host).
 ENGINE_IMPORTS = {

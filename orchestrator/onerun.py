@@ -37,7 +37,7 @@ from .container import SECRET_ENV, build_spec, dataset_target
 from .devices import assign_devices
 from .errors import EnvironmentProblem
 from .execution import RunnerEvents, RunnerOptions, RunOutcome
-from .launcher import ContainerOutcome, Launcher, Liveness
+from .launching import ContainerOutcome, Launcher, Liveness
 from .locks import DeviceLocks, lock_names
 from .manifest import ManifestStore, RunFailure, utc_now
 from .plan import PlannedRun

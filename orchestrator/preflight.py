@@ -17,7 +17,7 @@ from .datasets import resolve_dataset
 from .devices import assign_devices
 from .errors import ConfigError, EnvironmentProblem
 from .execution import RunnerOptions
-from .launcher import Launcher
+from .launching import Launcher
 from .locks import DeviceLocks, lock_names
 from .models import (
     check_hf_cache_writable,

@@ -20,7 +20,7 @@ from .claims import Claim, ClaimBoard, age_s
 from .container import ContainerSpec, Mount
 from .errors import ConfigError, EnvironmentProblem, Interrupted, LlemError
 from .execution import RunnerEvents, RunnerOptions, RunOutcome
-from .launcher import ContainerOutcome, Launcher, Liveness
+from .launching import ContainerOutcome, Launcher, Liveness
 from .manifest import (
     CLAIMABLE,
     MANIFEST_FILE,

@@ -23,7 +23,8 @@ from .study import DEFAULT_CYCLES, Study, load_study
 from .userconfig import UserConfig
 
 if TYPE_CHECKING:
-    from .launcher import DockerLauncher, Launcher, PullProgress
+    from .launcher import DockerLauncher
+    from .launching import Launcher, PullProgress
     from .runner import StudyRunner
 
 Say = Callable[[str], None]

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from llem.devices import Gpu
 from llem.dryrun import _verdict, likely_oom
-from llem.launcher import ContainerOutcome, Liveness
+from llem.launching import ContainerOutcome, Liveness
 from llem.models import VramEstimate
 from llem.onerun import collect
 from llem_agent.contract import (

@@ -20,7 +20,7 @@ import pytest
 from llem import local
 from llem.container import build_spec
 from llem.errors import EnvironmentProblem
-from llem.launcher import Liveness
+from llem.launching import Liveness
 from llem.local import LocalLauncher
 from tests.conftest import REPO
 

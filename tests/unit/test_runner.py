@@ -20,7 +20,7 @@ from llem.claims import ClaimBoard
 from llem.container import ContainerSpec
 from llem.errors import ConfigError, EnvironmentProblem, Interrupted
 from llem.execution import RunnerOptions
-from llem.launcher import ContainerOutcome
+from llem.launching import ContainerOutcome
 from llem.locks import DeviceLocks
 from llem.manifest import Manifest, ManifestStore
 from llem.models import resolve_model_dir

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from llem import slurm
 from llem.errors import EXIT_ENVIRONMENT, EXIT_OK
-from llem.launcher import ContainerOutcome
+from llem.launching import ContainerOutcome
 from llem.manifest import ManifestStore
 from llem.plan import make_plan
 from llem.slurm import SlurmOptions, script, shared_storage_warning
