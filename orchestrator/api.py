@@ -170,7 +170,9 @@ def _as_study(source: StudySource, options: Options) -> Iterator[Study]:
     """A study file, loaded; a mapping (or one ExperimentConfig) written to a file of its own
     for the study directory's copy, its relative paths anchored at the current directory."""
     if isinstance(source, str | Path):
-        yield load_study_file(Path(source), name_override=options.name, max_experiments=options.max_experiments)
+        yield load_study_file(
+            Path(source), name_override=options.name, max_experiments=options.max_experiments, profile=options.profile
+        )
         return
     if isinstance(source, ExperimentConfig):
         data: dict[str, Any] = source.model_dump(mode="json", exclude_unset=True)
@@ -185,7 +187,7 @@ def _as_study(source: StudySource, options: Options) -> Iterator[Study]:
         path = Path(folder) / f"{name}.yaml"
         path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
         anchor = Path.cwd() / path.name
-        study = study_from_data(data, anchor, options.name, options.max_experiments)
+        study = study_from_data(data, anchor, options.name, options.max_experiments, options.profile)
         yield dataclasses.replace(study, path=path, origin=anchor)
 
 

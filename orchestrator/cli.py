@@ -39,6 +39,7 @@ from .errors import (
 from .execution import NoEvents
 from .options import Options
 from .plan import Plan, PlannedRun
+from .profiles import PROFILES
 from .runners import RUNNER_KINDS
 from .session import gc_paused, launchers, load_plan, plural, prepare_host, runner_options
 from .study import MAX_EXPERIMENTS, MAX_RUNS, ExperimentOrder
@@ -69,6 +70,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("--parallel runs workers on this host; a Slurm job array's workers are --slurm-tasks N")
     options = options_from_args(args)
     study, plan = load_plan(Path(args.study), options, check_files=args.dry_run)
+    if options.profile is not None:
+        err.print(PROFILES[options.profile].describe(), markup=False, highlight=False)
     if args.dry_run and args.executor == "slurm":
         return _print_slurm_script(args, study, plan)
     if args.dry_run:
@@ -174,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     run.add_argument("--cycles", type=int, help="number of cycles (default: study_execution.n_cycles, else 3)")
     run.add_argument("--order", choices=ORDERS, help="experiment order (default: study_execution, else shuffle)")
     run.add_argument("--name", help="study name (default: name: in the file, else the file name)")
+    run.add_argument(
+        "--profile", choices=sorted(PROFILES),
+        help="execution-protocol shorthand: " + "; ".join(p.describe() for p in PROFILES.values())
+        + " (--cycles and --order win over it)",
+    )  # fmt: skip
     run.add_argument("--results-dir", metavar="DIR", help=RESULTS_DIR_HELP)
     host_options(run)
     resume = run.add_mutually_exclusive_group()

@@ -235,7 +235,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except (OSError, ValueError, UnicodeDecodeError):
         raise ConfigError(f"{study_dir}: no readable manifest.json; not a llem study directory") from None
     # What was planned: the study directory's copy of the study file, never the live one.
-    study = load_planned_study(study_dir, manifest.study_file, name_override=manifest.study_name)
+    profile = (manifest.protocol or {}).get("profile")  # applied again, as when it was planned
+    study = load_planned_study(study_dir, manifest.study_file, name_override=manifest.study_name, profile=profile)
     if study.design_hash != manifest.study_design_hash:
         raise ConfigError(
             f"{study_dir}/study.yaml does not match its manifest (design hash "

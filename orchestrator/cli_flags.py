@@ -96,4 +96,5 @@ def options_from_args(args: argparse.Namespace) -> Options:
         resume_dir=Path(str(resume_dir)) if resume_dir else None,
         max_experiments=flag("max_experiments", MAX_EXPERIMENTS),
         max_runs=flag("max_runs", MAX_RUNS),
+        profile=flag("profile"),
     )

@@ -15,6 +15,7 @@ from .display import experiment_labels
 from .errors import ConfigError
 from .models import VramEstimate, cached_snapshot, estimate_vram, hf_home, model_facts, resolve_model_dir
 from .plan import Plan
+from .session import plural
 
 
 def vram_estimates(plan: Plan) -> dict[int, VramEstimate | None]:
@@ -99,7 +100,8 @@ def print_text(plan: Plan, console: Console, gpus: list[Gpu] | None = None) -> N
     oom = _oom_verdicts(plan, vram, gpus or [])
     console.print(f"study [bold]{study.name}[/]  design {study.design_hash}")
     console.print(
-        f"{len(study.experiments)} experiments × {plan.n_cycles} cycles = {len(plan.runs)} runs, order {plan.order}"
+        f"{plural(len(study.experiments), 'experiment')} × {plural(plan.n_cycles, 'cycle')} = "
+        f"{plural(len(plan.runs), 'run')}, order {plan.order}"
     )
     labels = experiment_labels(study)
     for exp in study.experiments:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from llem_agent.contract import ExperimentResult
 
@@ -39,6 +39,16 @@ class RunnerOptions:
     gpu_uuids: dict[int, str] = field(default_factory=dict)  # index -> UUID of every GPU the study may use
     cpuset: tuple[int, ...] = ()  # CPU cores this process's CPU runs are pinned to (a parallel slot)
     claim_stale_s: float = DEFAULT_STALE_AFTER_S  # a worker's claim not refreshed for this long is a dead worker's
+    # Pauses between runs and between cycles; None: the study's study_execution (None there: 0).
+    config_gap_s: float | None = None
+    cycle_gap_s: float | None = None
+    profile: str | None = None  # --profile the study was planned with (recorded in the manifest's protocol)
+
+    def gaps_s(self, execution: Any) -> tuple[float, float]:
+        """The pauses this invocation makes (between runs, between cycles) for a study's execution."""
+        config = self.config_gap_s if self.config_gap_s is not None else execution.config_gap_seconds
+        cycle = self.cycle_gap_s if self.cycle_gap_s is not None else execution.cycle_gap_seconds
+        return float(config or 0.0), float(cycle or 0.0)
 
 
 class RunnerEvents(Protocol):

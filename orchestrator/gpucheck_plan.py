@@ -260,7 +260,7 @@ gpu_telemetry: true
 sweep:
   batch:
 {groups}
-study_execution: {{n_cycles: {plan.cycles}, experiment_order: interleave, config_gap_seconds: 0}}
+study_execution: {{n_cycles: {plan.cycles}, experiment_order: interleave, config_gap_seconds: 0, cycle_gap_seconds: 0}}
 """
 
 

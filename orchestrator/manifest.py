@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -84,6 +84,11 @@ class Manifest(BaseModel):
     n_cycles: int
     experiment_order: str
     shuffle_seed: int | None
+    protocol: dict[str, Any] | None = Field(
+        default=None,
+        description="The whole measurement protocol it was planned with: --profile, cycles, order, seed, pauses, "
+        "circuit breaker, timeouts, sampling interval (what a resume runs with is in host.json's resumed).",
+    )
     runs: list[RunEntry]
     skipped: list[SkippedEntry] = Field(default_factory=list)
     history: list[dict[str, str]] = Field(

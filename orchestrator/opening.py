@@ -76,10 +76,31 @@ def create(plan: Plan, options: RunnerOptions, entry_for: EntryFor, launcher_fac
         n_cycles=plan.n_cycles,
         experiment_order=plan.order,
         shuffle_seed=plan.seed,
+        protocol=protocol(plan, options),
         runs=[entry_for(run) for run in plan.runs],
         skipped=[SkippedEntry(index=s.index, reason=s.reason) for s in study.skipped],
     )
     return study_dir, manifest
+
+
+def protocol(plan: Plan, options: RunnerOptions) -> dict[str, Any]:
+    """The measurement protocol this invocation runs ``plan`` with (002 measurement_protocol)."""
+    config_gap, cycle_gap = options.gaps_s(plan.study.execution)
+    wall = options.wall_clock_limit_s
+    return {
+        "profile": options.profile,
+        "n_cycles": plan.n_cycles,
+        "experiment_order": plan.order,
+        "shuffle_seed": plan.seed,
+        "config_gap_seconds": config_gap,
+        "cycle_gap_seconds": cycle_gap,
+        "max_consecutive_failures": options.max_consecutive_failures,
+        "circuit_breaker_cooldown_seconds": options.circuit_breaker_cooldown_s,
+        "wall_clock_timeout_hours": None if wall is None else wall / 3600.0,
+        "run_timeout_seconds": options.run_timeout_s,
+        "stall_timeout_seconds": options.stall_timeout_s,
+        "sample_interval_seconds": options.sample_interval_s,
+    }
 
 
 def _write_design(study_dir: Path, plan: Plan) -> None:
@@ -109,9 +130,13 @@ def resume(study_dir: Path, plan: Plan, options: RunnerOptions, entry_for: Entry
             "backup"
         ) from None
     if manifest.study_design_hash != plan.study.design_hash:
+        planned = (manifest.protocol or {}).get("profile")
+        hint = ""
+        if planned != plan.study.profile:  # a profile fills experiment fields: resume with the same one
+            hint = f" (it was planned with {f'--profile {planned}' if planned else 'no --profile'})"
         raise ConfigError(
             f"{study_dir}: the study's design changed since it ran (design hash {manifest.study_design_hash} "
-            f"-> {plan.study.design_hash}); run it as a new study instead of mixing results"
+            f"-> {plan.study.design_hash}){hint}; run it as a new study instead of mixing results"
         )
     _check_resumed_runs(study_dir, manifest, plan, entry_for)
     for entry in manifest.runs:  # a completed run whose result is gone or damaged runs again
@@ -128,7 +153,7 @@ def resume(study_dir: Path, plan: Plan, options: RunnerOptions, entry_for: Entry
             entry.status = "pending"
     manifest.study_file = str(plan.study.anchor)  # anchors the copy's relative paths
     _refresh_copy(study_dir, plan)
-    _note_resumed_host(study_dir, options, launcher_facts)
+    _note_resumed_host(study_dir, plan, options, launcher_facts)
     known = {entry.run_id for entry in manifest.runs}
     manifest.runs.extend(entry_for(run) for run in plan.runs if run.run_id not in known)
     manifest.n_cycles = max(manifest.n_cycles, plan.n_cycles)
@@ -137,7 +162,7 @@ def resume(study_dir: Path, plan: Plan, options: RunnerOptions, entry_for: Entry
     return manifest
 
 
-def _note_resumed_host(study_dir: Path, options: RunnerOptions, launcher_facts: Facts) -> None:
+def _note_resumed_host(study_dir: Path, plan: Plan, options: RunnerOptions, launcher_facts: Facts) -> None:
     """host.json keeps the host the study was planned on and gains, per resume, the host and
     images that resume runs with (``resumed``): a resumed study may run elsewhere."""
     path = study_dir / HOST_FILE
@@ -146,7 +171,11 @@ def _note_resumed_host(study_dir: Path, options: RunnerOptions, launcher_facts: 
     except (OSError, ValueError):
         facts = {}
     server, images = launcher_facts()
-    now = host_facts(server, images) | {"measurement": options.factors.as_dict(), "at": utc_now()}
+    now = host_facts(server, images) | {
+        "measurement": options.factors.as_dict(),
+        "protocol": protocol(plan, options),
+        "at": utc_now(),
+    }
     facts = facts if isinstance(facts, dict) else {}
     facts["resumed"] = [*facts.get("resumed", []), now]
     try:

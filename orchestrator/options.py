@@ -41,3 +41,4 @@ class Options:
     resume_dir: str | Path | None = None  # --resume-dir
     max_experiments: int = MAX_EXPERIMENTS  # --max-experiments
     max_runs: int = MAX_RUNS  # --max-runs
+    profile: Literal["quick", "publication"] | None = None  # --profile: execution-protocol shorthand (profiles.py)

@@ -238,7 +238,8 @@ class StudyRunner:
                 continue
             if loop.previous is not None:
                 new_cycle = run.cycle != loop.previous.cycle
-                self._sleep(execution.cycle_gap_seconds if new_cycle else execution.config_gap_seconds)
+                config_gap, cycle_gap = self.options.gaps_s(execution)
+                self._sleep(cycle_gap if new_cycle else config_gap)
             loop.current = loop.previous = run
             loop.position += 1
             self.events.run_started(run, loop.position, len(loop.todo))

@@ -103,6 +103,7 @@ def runner_options(options: Options, study: Study, user: UserConfig) -> RunnerOp
     breaker = {"fail_fast": 1, "never": 0}.get(options.failures, execution.max_consecutive_failures)
     hours = options.timeout_hours if options.timeout_hours is not None else execution.wall_clock_timeout_hours
     gpu_indices, gpu_uuids = allowed_gpus(options.gpus)
+    machine = user.gaps_s(gpus=bool(gpu_indices))
     return RunnerOptions(
         results_root=Path(options.results_dir) if options.results_dir else user.results_dir,
         images=resolve_images(study.images, options.images, user),
@@ -122,6 +123,9 @@ def runner_options(options: Options, study: Study, user: UserConfig) -> RunnerOp
         max_consecutive_failures=breaker,
         circuit_breaker_cooldown_s=execution.circuit_breaker_cooldown_seconds,
         wall_clock_limit_s=None if hours is None else hours * 3600.0,
+        config_gap_s=execution.config_gap_seconds if execution.config_gap_seconds is not None else machine[0],
+        cycle_gap_s=execution.cycle_gap_seconds if execution.cycle_gap_seconds is not None else machine[1],
+        profile=study.profile,
     )
 
 
@@ -157,7 +161,9 @@ def load_plan(source: Path | Study, options: Options, check_files: bool = False)
         if len(study.experiments) > options.max_experiments:
             raise ConfigError(f"{study.path}: more than {options.max_experiments:,} experiments")
     else:
-        study = load_study(Path(source), name_override=options.name, max_experiments=options.max_experiments)
+        study = load_study(
+            Path(source), name_override=options.name, max_experiments=options.max_experiments, profile=options.profile
+        )
     cycles = options.cycles or study.execution.n_cycles or DEFAULT_CYCLES
     if len(study.experiments) * cycles > options.max_runs:
         raise ConfigError(

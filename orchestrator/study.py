@@ -17,6 +17,7 @@ from llem_agent.contract import ENGINES, ExperimentConfig, canonical_engine, can
 
 from . import yamlsafe
 from .errors import ConfigError
+from .profiles import get_profile
 from .runners import RunnerKind, parse_runner
 from .sweep import count_configs, deep_merge, expand
 from .validation import describe, did_you_mean, has_unknown_key, model_at
@@ -49,11 +50,19 @@ class StudyExecution(BaseModel):
     shuffle_seed: int | None = Field(
         default=None, ge=0, le=2**63 - 1, description="0 to 2^63 - 1. None: derived from the study design hash."
     )
-    config_gap_seconds: float = Field(
-        default=0.0, ge=0.0, le=MAX_GAP_SECONDS, description="Pause between runs (thermal recovery), 0-86,400 s."
+    config_gap_seconds: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=MAX_GAP_SECONDS,
+        description="Pause between runs (thermal recovery), 0-86,400 s. None: the machine's default (user config "
+        "study_execution.config_gap_seconds, else 60 s) between GPU runs, 0 s between CPU runs.",
     )
-    cycle_gap_seconds: float = Field(
-        default=0.0, ge=0.0, le=MAX_GAP_SECONDS, description="Pause between cycles (thermal reset), 0-86,400 s."
+    cycle_gap_seconds: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=MAX_GAP_SECONDS,
+        description="Pause between cycles (thermal reset), 0-86,400 s. None: the machine's default (user config "
+        "study_execution.cycle_gap_seconds, else 300 s) between GPU cycles, 0 s on CPU.",
     )
     max_consecutive_failures: int = Field(
         default=10, ge=0, le=MAX_CYCLES, description="Circuit breaker: 0 off, 1 fail fast."
@@ -121,6 +130,7 @@ class Study:
     # Where relative paths are anchored when that is not beside ``path``: a study the Python API
     # was given as a mapping, written to a file of its own, anchors them at the caller's directory.
     origin: Path | None = None
+    profile: str | None = None  # --profile this study was loaded with (profiles.py)
 
     @property
     def base_dir(self) -> Path:
@@ -247,13 +257,18 @@ def _validate(index: int, raw: dict[str, Any], origin: Path) -> Experiment | Ski
     return Experiment(index=index, config=config, config_hash=config_hash(config))
 
 
-def load_study(path: Path, name_override: str | None = None, max_experiments: int = MAX_EXPERIMENTS) -> Study:
-    """Parse ``path``: a study when it has ``sweep:`` or ``experiments:``, else one experiment."""
+def load_study(
+    path: Path, name_override: str | None = None, max_experiments: int = MAX_EXPERIMENTS, profile: str | None = None
+) -> Study:
+    """Parse ``path``: a study when it has ``sweep:`` or ``experiments:``, else one experiment
+    (``profile``: --profile, applied as profiles.py says)."""
     path = Path(path)
-    return study_from_data(_load_mapping(path), path, name_override, max_experiments)
+    return study_from_data(_load_mapping(path), path, name_override, max_experiments, profile)
 
 
-def load_planned_study(study_dir: Path, planned_from: str | None, name_override: str | None = None) -> Study:
+def load_planned_study(
+    study_dir: Path, planned_from: str | None, name_override: str | None = None, profile: str | None = None
+) -> Study:
     """The study a study directory was planned from: the copy inside it (what was planned, never
     the live file, which may have changed since: another ``runners:`` or image), its relative
     paths anchored where the original file was, when that is still there (a worker on another
@@ -261,7 +276,7 @@ def load_planned_study(study_dir: Path, planned_from: str | None, name_override:
     copy = study_dir / "study.yaml"
     original = Path(planned_from) if planned_from else None
     anchor = original if original is not None and original.parent.is_dir() else copy
-    return study_from_data(_load_mapping(copy), anchor, name_override)
+    return study_from_data(_load_mapping(copy), anchor, name_override, profile=profile)
 
 
 def _deduplicate(results: list[Experiment | Skipped]) -> list[Experiment | Skipped]:
@@ -280,9 +295,16 @@ def _deduplicate(results: list[Experiment | Skipped]) -> list[Experiment | Skipp
 
 
 def study_from_data(
-    data: dict[str, Any], path: Path, name_override: str | None = None, max_experiments: int = MAX_EXPERIMENTS
+    data: dict[str, Any],
+    path: Path,
+    name_override: str | None = None,
+    max_experiments: int = MAX_EXPERIMENTS,
+    profile: str | None = None,
 ) -> Study:
-    """Build a Study from an already-loaded mapping; ``path`` anchors relative paths and names."""
+    """Build a Study from an already-loaded mapping; ``path`` anchors relative paths and names;
+    ``profile`` fills the experiment fields it names where the study is silent and sets its
+    study_execution fields."""
+    shorthand = get_profile(profile)
     base_ref = data.get("base")
     shared = {k: v for k, v in data.items() if k not in STUDY_KEYS}
     if base_ref is not None:
@@ -291,6 +313,8 @@ def study_from_data(
         base_path = (path.parent / base_ref).resolve()
         base = {k: v for k, v in _load_mapping(base_path).items() if k not in STUDY_KEYS}
         shared = deep_merge(base, shared)
+    if shorthand is not None:
+        shared = deep_merge(shorthand.experiment, shared)
     sweep, explicit = data.get("sweep"), data.get("experiments")
     if sweep is not None and not isinstance(sweep, dict):
         raise ConfigError(f"{path}: sweep: expected a mapping of axes, got {type(sweep).__name__}")
@@ -303,6 +327,8 @@ def study_from_data(
         execution = StudyExecution.model_validate(execution_data)
     except ValidationError as exc:
         raise ConfigError(f"{path}: study_execution: {explain(exc, StudyExecution)[0]}") from None
+    if shorthand is not None:
+        execution = execution.model_copy(update=shorthand.execution)
     images, runners = _validate_runners(data.get("runners"), path)
 
     size = count_configs(shared, sweep, explicit)
@@ -336,4 +362,5 @@ def study_from_data(
         design_hash=design_hash(experiments),
         images=images,
         runners=runners,
+        profile=profile,
     )

@@ -32,6 +32,9 @@ CONFIG_ENV = "LLEM_CONFIG"
 # pytorch one locally under the same name.
 GHCR_OWNER = "llem-project"
 DEFAULT_IMAGE = f"ghcr.io/{GHCR_OWNER}/llem/{{engine}}:{__version__}"
+# 002's thermal pauses between GPU runs and between cycles, where neither study nor user config says.
+DEFAULT_CONFIG_GAP_S = 60.0
+DEFAULT_CYCLE_GAP_S = 300.0
 
 
 def config_path() -> Path:
@@ -63,8 +66,17 @@ class SlurmSection(_Section):
     sbatch_lines: list[str] = Field(default_factory=list, max_length=1000)  # extra "#SBATCH ..." lines, verbatim
 
 
+class ExecutionSection(_Section):
+    """This machine's thermal pauses (002): used where a study's study_execution leaves them unset,
+    between runs that have GPUs (CPU runs do not pause by default)."""
+
+    config_gap_seconds: float | None = Field(default=None, ge=0.0, le=86_400.0)
+    cycle_gap_seconds: float | None = Field(default=None, ge=0.0, le=86_400.0)
+
+
 class UserConfigFile(_Section):
     output: OutputSection = Field(default_factory=OutputSection)
+    study_execution: ExecutionSection = Field(default_factory=ExecutionSection)
     slurm: SlurmSection = Field(default_factory=SlurmSection)
     runners: dict[str, str] = Field(default_factory=dict)
     images: dict[str, str] = Field(default_factory=dict)
@@ -131,6 +143,14 @@ class UserConfig:
     def runners(self) -> dict[str, RunnerKind]:
         """Runners set in the user config file (or LLEM_RUNNER_<ENGINE>): engine -> docker | local."""
         return {e: self.value(f"runners.{e}") for e in ENGINES if self.value(f"runners.{e}") is not None}
+
+    def gaps_s(self, gpus: bool) -> tuple[float, float]:
+        """This machine's pauses (between runs, between cycles) where a study is silent: the user
+        config's (002: 60 s and 300 s by default) between GPU runs; none between CPU runs, whose
+        package cools in seconds and whose runs are short."""
+        if not gpus:
+            return 0.0, 0.0
+        return self.value("study_execution.config_gap_seconds"), self.value("study_execution.cycle_gap_seconds")
 
     def factors(self) -> MeasurementFactors:
         keys = ("datacenter_pue", "carbon_intensity_gco2_kwh", "datacenter_location")
@@ -252,6 +272,8 @@ def load_user_config() -> UserConfig:
         _env_float("LLEM_CARBON_INTENSITY", 0.0, 5000.0))  # fmt: skip
     put("measurement.datacenter_location", None, m.datacenter_location, "LLEM_DATACENTER_LOCATION",
         os.environ.get("LLEM_DATACENTER_LOCATION") or None)  # fmt: skip
+    put("study_execution.config_gap_seconds", DEFAULT_CONFIG_GAP_S, cfg.study_execution.config_gap_seconds, None)
+    put("study_execution.cycle_gap_seconds", DEFAULT_CYCLE_GAP_S, cfg.study_execution.cycle_gap_seconds, None)
     for key in ("partition", "account", "time"):
         put(f"slurm.{key}", None, getattr(cfg.slurm, key), None)
     put("slurm.sbatch_lines", [], cfg.slurm.sbatch_lines or None, None)

@@ -312,7 +312,7 @@ def test_the_walk_finds_the_fields_it_should():
     paths = {".".join(p) for p, _ in EXPERIMENT_NUMBERS}
     assert {"max_output_tokens", "pytorch.batch_size", "warmup.thermal_floor_seconds", "random_seed"} <= paths
     assert {"vllm.engine.speculative_config.num_speculative_tokens", "tensorrt.kv_cache.max_tokens"} <= paths
-    assert len(EXPERIMENT_NUMBERS) > 60 and len(STUDY_NUMBERS) == 8 and len(USER_NUMBERS) == 2
+    assert len(EXPERIMENT_NUMBERS) > 60 and len(STUDY_NUMBERS) == 8 and len(USER_NUMBERS) == 4  # PUE, CO2, 2 pauses
 
 
 @pytest.mark.parametrize("model", [m for root in USER_MODELS for m in models(root)], ids=lambda m: m.__name__)

@@ -1,0 +1,176 @@
+"""The execution protocol (issue 22 s1.5, s1.6, s1.8): --profile quick|publication, this machine's
+thermal pauses from the user config, and the whole protocol recorded with the study."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llem.errors import ConfigError
+from llem.execution import RunnerOptions
+from llem.manifest import ManifestStore
+from llem.options import Options
+from llem.plan import make_plan
+from llem.profiles import PROFILES
+from llem.runner import StudyRunner
+from llem.session import load_plan, runner_options
+from llem.study import StudyExecution, load_planned_study, load_study
+from llem.userconfig import load_user_config
+from tests.unit.test_runner import FakeLauncher, Recorder
+
+SILENT = "name: p\nmodel: ./model\nsweep:\n  pytorch.batch_size: [1, 2]\n"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "model").mkdir(exist_ok=True)
+    (tmp_path / "model" / "config.json").write_text("{}")
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_quick_sets_the_execution_and_fills_what_the_experiments_leave_unset(tmp_path):
+    path = write(tmp_path, SILENT + "warmup: {n_warmup: 3}\nstudy_execution: {n_cycles: 4, config_gap_seconds: 9}\n")
+    study = load_study(path, profile="quick")
+    # study_execution: the profile's, over the study's (4 cycles, 9 s) -- how the collection runs.
+    assert study.execution.n_cycles == 1 and study.execution.experiment_order == "sequential"
+    assert (study.execution.config_gap_seconds, study.execution.cycle_gap_seconds) == (0.0, 0.0)
+    for exp in study.experiments:
+        assert exp.config.warmup.n_warmup == 3  # the study said 3: it stays
+        assert exp.config.warmup.thermal_floor_seconds == 30.0  # unset there: the profile's
+        assert exp.config.baseline.strategy == "cached"
+    plain = load_study(path)
+    assert [e.config.warmup.thermal_floor_seconds for e in plain.experiments] == [60.0, 60.0]  # the default
+    assert plain.design_hash != study.design_hash  # what each experiment is changed: a different design
+    assert study.profile == "quick" and plain.profile is None
+
+
+def test_a_swept_field_beats_the_profile_and_explicit_flags_beat_it_too(tmp_path):
+    path = write(tmp_path, SILENT.replace("[1, 2]\n", "[1, 2]\n  baseline.strategy: [validated, fresh]\n"))
+    study, plan = load_plan(path, Options(profile="publication", cycles=2, order="sequential"))
+    assert sorted({e.config.baseline.strategy for e in study.experiments}) == ["fresh", "validated"]
+    assert all(e.config.warmup.convergence_detection for e in study.experiments)  # filled by publication
+    assert study.execution.n_cycles == 5 and study.execution.experiment_order == "latin_square"
+    assert (plan.n_cycles, plan.order) == (2, "sequential")  # --cycles 2 --order sequential win
+
+
+def test_an_unknown_profile_is_one_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"^unknown profile 'slow' \(one of quick, publication\)$"):
+        load_study(write(tmp_path, SILENT), profile="slow")
+
+
+def test_each_profile_says_what_it_sets():
+    line = PROFILES["quick"].describe()
+    assert line.startswith("profile quick (a first look: one cycle, no pauses): n_cycles 1, ")
+    assert "where experiments are silent: warmup.n_warmup 1, warmup.thermal_floor_seconds 30.0" in line
+
+
+def test_gaps_are_this_machines_between_gpu_runs_and_none_on_cpu(tmp_path, monkeypatch):
+    path = write(tmp_path, SILENT)
+    study = load_study(path)
+    assert study.execution.config_gap_seconds is None  # silent: the machine decides
+    user = load_user_config()
+    assert user.gaps_s(gpus=True) == (60.0, 300.0)  # 002's defaults
+    assert user.gaps_s(gpus=False) == (0.0, 0.0)
+    config = tmp_path / "config.yaml"
+    config.write_text("study_execution: {config_gap_seconds: 15, cycle_gap_seconds: 120}\n")
+    monkeypatch.setenv("LLEM_CONFIG", str(config))
+    user = load_user_config()
+    assert user.gaps_s(gpus=True) == (15.0, 120.0)
+    assert user.settings["study_execution.cycle_gap_seconds"].source == f"user config {config}"
+    cpu = runner_options(Options(), study, user)  # this host has no GPU
+    assert (cpu.config_gap_s, cpu.cycle_gap_s) == (0.0, 0.0)
+    monkeypatch.setattr("llem.devices.allowed_gpus", lambda spec: ((0,), {0: "GPU-0"}))
+    gpu = runner_options(Options(), study, user)
+    assert (gpu.config_gap_s, gpu.cycle_gap_s) == (15.0, 120.0)
+    explicit = load_study(write(tmp_path, SILENT + "study_execution: {config_gap_seconds: 2}\n"))
+    assert runner_options(Options(), explicit, user).gaps_s(explicit.execution) == (2.0, 120.0)  # the study's wins
+
+
+def test_a_bad_gap_in_the_user_config_is_one_line(tmp_path, monkeypatch):
+    config = tmp_path / "config.yaml"
+    config.write_text("study_execution: {config_gap_seconds: -1}\n")
+    monkeypatch.setenv("LLEM_CONFIG", str(config))
+    with pytest.raises(ConfigError, match=r"study_execution.config_gap_seconds: Input should be greater than"):
+        load_user_config()
+
+
+def test_runner_pauses_are_the_resolved_ones(tmp_path):
+    path = write(tmp_path, SILENT + "study_execution: {n_cycles: 2, experiment_order: interleave}\n")
+    study = load_study(path)
+    options = RunnerOptions(results_root=tmp_path / "r", images={"pytorch": "x"}, run_timeout_s=10,
+                            gpu_indices=(), lock_dir=None, lock_wait_s=1, hf_home=tmp_path / "hf",
+                            config_gap_s=0.01, cycle_gap_s=0.02)  # fmt: skip
+    events = Recorder()
+    runner = StudyRunner(make_plan(study), options, FakeLauncher(), events)
+    runner.preflight()
+    runner.prepare()
+    runner.execute()
+    gaps = [e for e in events.events if e.startswith("gap")]
+    # e001-c1 e002-c1 | e001-c2 e002-c2: a run gap, a cycle gap, a run gap.
+    assert gaps == ["gap 0.01", "gap 0.02", "gap 0.01"]
+
+
+def test_the_whole_protocol_is_recorded_and_workers_reapply_the_profile(tmp_path):
+    path = write(tmp_path, SILENT)
+    options = Options(profile="quick", run_timeout_s=100.0, failures="fail_fast", timeout_hours=2.0)
+    study, plan = load_plan(path, options)
+    host = dataclasses.replace(runner_options(options, study, load_user_config()), results_root=tmp_path / "r")
+    runner = StudyRunner(plan, host, FakeLauncher(), Recorder())
+    runner.preflight()
+    study_dir = runner.prepare()
+    runner.release()
+    manifest = ManifestStore.load(study_dir)
+    assert manifest.protocol == {
+        "profile": "quick",
+        "n_cycles": 1,
+        "experiment_order": "sequential",
+        "shuffle_seed": plan.seed,
+        "config_gap_seconds": 0.0,
+        "cycle_gap_seconds": 0.0,
+        "max_consecutive_failures": 1,  # --fail-fast
+        "circuit_breaker_cooldown_seconds": 60.0,
+        "wall_clock_timeout_hours": 2.0,
+        "run_timeout_seconds": 100.0,
+        "stall_timeout_seconds": 600.0,
+        "sample_interval_seconds": 0.1,
+    }
+    # A worker loads the copy (which has no profile in it) and applies the recorded one again.
+    again = load_planned_study(study_dir, manifest.study_file, manifest.study_name, profile="quick")
+    assert again.design_hash == manifest.study_design_hash
+    assert load_planned_study(study_dir, manifest.study_file, manifest.study_name).design_hash != again.design_hash
+    # A resume without the profile is refused, and told which one it was planned with.
+    _, plain_plan = load_plan(path, Options())
+    other = StudyRunner(plain_plan, host, FakeLauncher(), Recorder())
+    with pytest.raises(ConfigError, match=r"design changed .* \(it was planned with --profile quick\)"):
+        other.resume(study_dir)
+
+
+def test_old_manifests_without_a_protocol_still_load(tmp_path):
+    path = write(tmp_path, SILENT)
+    runner = StudyRunner(make_plan(load_study(path)), RunnerOptions(
+        results_root=tmp_path / "r", images={"pytorch": "x"}, run_timeout_s=10, gpu_indices=(), lock_dir=None,
+        lock_wait_s=1, hf_home=tmp_path / "hf"), FakeLauncher(), Recorder())  # fmt: skip
+    runner.preflight()
+    study_dir = runner.prepare()
+    runner.release()
+    data = json.loads((study_dir / "manifest.json").read_text())
+    del data["protocol"]
+    (study_dir / "manifest.json").write_text(json.dumps(data))
+    assert ManifestStore.load(study_dir).protocol is None
+
+
+def test_study_execution_gaps_stay_strict():
+    with pytest.raises(ValueError, match="config_gap_seconds"):
+        StudyExecution.model_validate({"config_gap_seconds": True})
+
+
+def test_python_dash_m_llem_runs_the_command():
+    """``python -m llem`` (and, in a checkout, ``python -m orchestrator``) is the llem command."""
+    proc = subprocess.run([sys.executable, "-m", "llem", "--version"], capture_output=True, text=True, check=False)
+    assert (proc.returncode, proc.stdout.strip()) == (0, "llem 0.1.0")
