@@ -11,6 +11,7 @@ from pathlib import Path
 from llem_agent import environment
 from llem_agent.contract import ExperimentConfig, ExperimentResult, Memory, PhaseTimings, RunRequest, WarmupReport
 from llem_agent.energy import EnergyMeter, WindowWork
+from llem_agent.energy.rapl import RaplMeter
 from llem_agent.engines.base import Engine, RunDirs
 from llem_agent.metrics import (
     BatchObservation,
@@ -22,7 +23,6 @@ from llem_agent.metrics import (
     untimed_reasons,
 )
 from llem_agent.prompts import PromptSets, load_prompt_sets
-from llem_agent.rapl import RaplMeter
 from llem_agent.warmup import run_warmup
 
 PhaseCallback = Callable[[str], None]
