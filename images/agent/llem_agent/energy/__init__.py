@@ -1,6 +1,7 @@
 """Energy over the measured window: the run's GPUs through NVML, its CPU packages through RAPL,
 and optionally an external tool (Zeus, CodeCarbon).
 
+- ``errors``: llem's energy exceptions, and the one place the vendors' errors become them.
 - ``nvml``: the only module that talks to NVML (devices, counters, power readings).
 - ``sampler``: one thread that samples every device at a fixed interval.
 - ``report``: the window's energy report from counters and trace (pure functions).
@@ -9,15 +10,20 @@ and optionally an external tool (Zeus, CodeCarbon).
 - ``external``: the optional samplers, Zeus and CodeCarbon.
 """
 
+from llem_agent.energy.errors import (
+    BaselineFailed,
+    EnergyUnavailable,
+    NvmlUnavailable,
+    RaplUnavailable,
+    SamplerUnavailable,
+)
 from llem_agent.energy.meter import EnergyMeter, disabled_meter, nvml_meter
 from llem_agent.energy.nvml import (
     DEFAULT_INTERVAL_S,
     MAX_STEP_WAIT_S,
     STEP_POLL_S,
-    BaselineFailed,
     EnergyBackend,
     NvmlBackend,
-    NvmlUnavailable,
     PowerReading,
     visible_gpu_uuids,
 )
@@ -31,10 +37,13 @@ __all__ = [
     "BaselineFailed",
     "EnergyBackend",
     "EnergyMeter",
+    "EnergyUnavailable",
     "NvmlBackend",
     "NvmlUnavailable",
     "PowerReading",
+    "RaplUnavailable",
     "Sampler",
+    "SamplerUnavailable",
     "WindowWork",
     "disabled_meter",
     "energy_report",

@@ -23,11 +23,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from llem_agent.energy.errors import SamplerUnavailable, import_vendor
+
 J_PER_KWH = 3.6e6
-
-
-class SamplerUnavailable(RuntimeError):
-    """The chosen sampler's package is not in this image."""
 
 
 @dataclass
@@ -76,16 +74,12 @@ class ZeusSampler:
 
     def __init__(self, nvml_indices: list[int]) -> None:
         """``nvml_indices``: the run's GPUs as NVML numbers them in this process."""
-        try:
-            import zeus
-            from zeus.monitor import ZeusMonitor
-        except ImportError:
-            raise SamplerUnavailable(
-                "energy_sampler: zeus needs the zeus extra (pip install 'llem-agent[zeus]')"
-            ) from None
+        missing = SamplerUnavailable("energy_sampler: zeus needs the zeus extra (pip install 'llem-agent[zeus]')")
+        zeus = import_vendor("zeus", missing)
+        monitor = import_vendor("zeus.monitor", missing)
         self._version = getattr(zeus, "__version__", None)
         with _cuda_devices_as_indices(nvml_indices):
-            self._monitor: Any = ZeusMonitor(gpu_indices=list(range(len(nvml_indices))))
+            self._monitor: Any = monitor.ZeusMonitor(gpu_indices=list(range(len(nvml_indices))))
 
     def start(self) -> None:
         # sync_execution=False: Zeus's default synchronises CUDA, which creates a context on every
@@ -109,16 +103,15 @@ class CodeCarbonSampler:
     polls_gpu = True
 
     def __init__(self, interval_s: float = 1.0) -> None:
-        try:
-            import codecarbon
-            from codecarbon import OfflineEmissionsTracker
-        except ImportError:
-            raise SamplerUnavailable(
+        codecarbon = import_vendor(
+            "codecarbon",
+            SamplerUnavailable(
                 "energy_sampler: codecarbon needs the codecarbon extra (pip install 'llem-agent[codecarbon]')"
-            ) from None
+            ),
+        )
         self._version = getattr(codecarbon, "__version__", None)
         # Energy is all llem takes from it: the country only sets CodeCarbon's own CO2 figure.
-        self._tracker: Any = OfflineEmissionsTracker(
+        self._tracker: Any = codecarbon.OfflineEmissionsTracker(
             country_iso_code="USA", measure_power_secs=interval_s, save_to_file=False, log_level="error"
         )
 

@@ -10,15 +10,14 @@ from typing import Any
 
 from llem_agent.baseline import resolve_baseline
 from llem_agent.contract import BaselineConfig, BaselineReport, EnergyReport, GpuFacts
+from llem_agent.energy.errors import BaselineFailed, NvmlUnavailable
 from llem_agent.energy.external import ExternalSampler, make_sampler
 from llem_agent.energy.nvml import (
     DEFAULT_INTERVAL_S,
     MAX_STEP_WAIT_S,
     STEP_POLL_S,
-    BaselineFailed,
     EnergyBackend,
     NvmlBackend,
-    NvmlUnavailable,
     _nvml_indices,
     _power_readings,
 )

@@ -18,13 +18,13 @@ ones NVML sees in this container, which are exactly the devices the host gave th
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal, Protocol
 
 from llem_agent.contract import GpuFacts
+from llem_agent.energy.errors import NvmlUnavailable, import_vendor, nvml_errors, nvml_optional
 from llem_agent.telemetry import Sample
 
 DEFAULT_INTERVAL_S = 0.1
@@ -52,14 +52,6 @@ class PowerReading:
     def shift_s(self) -> float:
         """How far the samples are moved back in time before integrating."""
         return AVERAGE_WINDOW_S / 2 if self.kind == "average_1s" else 0.0
-
-
-class NvmlUnavailable(RuntimeError):
-    """NVML cannot be used here (no driver, no device, or no energy counter)."""
-
-
-class BaselineFailed(RuntimeError):
-    """The idle baseline got no power reading from a device: no baseline rather than 0 W."""
 
 
 class EnergyBackend(Protocol):
@@ -98,7 +90,7 @@ def visible_gpu_uuids() -> list[str]:
 
 
 class NvmlBackend:
-    """Real NVML, through nvidia-ml-py. Vendor errors become ``NvmlUnavailable`` here only.
+    """Real NVML, through nvidia-ml-py; its errors become llem's through ``energy.errors``.
 
     ``only``: the UUIDs of the run's GPUs. NVML enumerates every GPU of the machine whatever
     CUDA_VISIBLE_DEVICES says (a process on the host sees them all), so the meter keeps just
@@ -116,11 +108,8 @@ class NvmlBackend:
     def open(self) -> NvmlBackend:
         if self._only is not None and not self._only:
             raise NvmlUnavailable("no GPU was given to this run (CPU run)")
-        try:
-            import pynvml
-        except ImportError as exc:
-            raise NvmlUnavailable("nvidia-ml-py is not installed") from exc
-        try:
+        pynvml = import_vendor("pynvml", NvmlUnavailable("nvidia-ml-py is not installed"))
+        with nvml_errors(pynvml, "NVML unavailable"):
             pynvml.nvmlInit()
             count = pynvml.nvmlDeviceGetCount()
             numbered = [(i, pynvml.nvmlDeviceGetHandleByIndex(i)) for i in range(count)]
@@ -130,8 +119,6 @@ class NvmlBackend:
             self._indices = [i for i, _ in numbered]
             self._handles = [h for _, h in numbered]
             self._names = [str(pynvml.nvmlDeviceGetName(h)) for h in self._handles]
-        except pynvml.NVMLError as exc:
-            raise NvmlUnavailable(f"NVML unavailable: {exc}") from exc
         if not self._handles:
             raise NvmlUnavailable("NVML sees none of this run's GPUs" if self._only else "NVML sees no GPU here")
         self._nvml = pynvml
@@ -141,9 +128,13 @@ class NvmlBackend:
     def _field(self, handle: object, field: int, scope: int | None = None) -> float | None:
         """One NVML field value in watts (mW from the driver), or None where it has none."""
         nvml = self._nvml
-        try:
+
+        def one() -> Any:
             (value,) = nvml.nvmlDeviceGetFieldValues(handle, [field if scope is None else (field, scope)])
-        except (nvml.NVMLError, TypeError, ValueError):
+            return value
+
+        value = nvml_optional(nvml, one, TypeError, ValueError)
+        if value is None:
             return None
         return float(value.value.uiVal) / 1000.0 if value.nvmlReturn == 0 else None
 
@@ -151,9 +142,7 @@ class NvmlBackend:
         """Instant power where the driver has it, else the averaged one on Ampere (but GA100)
         and newer; module scope on a superchip (C2C link to a Grace CPU)."""
         nvml = self._nvml
-        module = False
-        with contextlib.suppress(nvml.NVMLError, AttributeError):
-            module = bool(nvml.nvmlDeviceGetC2cModeInfoV(handle).isC2cEnabled)
+        module = bool(nvml_optional(nvml, lambda: nvml.nvmlDeviceGetC2cModeInfoV(handle).isC2cEnabled, AttributeError))
         module = module or any(chip in name for chip in ("GH200", "GB200", "GB300"))
         module_scope = getattr(nvml, "NVML_POWER_SCOPE_MODULE", None)
         instant = getattr(nvml, "NVML_FI_DEV_POWER_INSTANT", None)
@@ -180,10 +169,8 @@ class NvmlBackend:
 
     def total_energy_mj(self, index: int) -> int:
         nvml = self._nvml
-        try:
+        with nvml_errors(nvml, f"GPU {index} ({self._names[index]}) has no total-energy counter"):
             return int(nvml.nvmlDeviceGetTotalEnergyConsumption(self._handles[index]))
-        except nvml.NVMLError as exc:
-            raise NvmlUnavailable(f"GPU {index} ({self._names[index]}) has no total-energy counter: {exc}") from exc
 
     def read_power(self, index: int) -> float:
         """The reading :meth:`power_readings` names: instant (module scope on a superchip whose
@@ -206,10 +193,7 @@ class NvmlBackend:
         nvml, handle = self._nvml, self._handles[index]
 
         def field(call: Callable[[], Any]) -> Any:
-            try:
-                return call()
-            except nvml.NVMLError:
-                return None
+            return nvml_optional(nvml, call)
 
         memory = field(lambda: nvml.nvmlDeviceGetMemoryInfo(handle))
         reasons = getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or (
@@ -235,10 +219,7 @@ class NvmlBackend:
         nvml = self._nvml
 
         def ask(call: Callable[[], Any]) -> Any:
-            try:
-                return call()
-            except nvml.NVMLError:
-                return None
+            return nvml_optional(nvml, call)
 
         driver = ask(nvml.nvmlSystemGetDriverVersion)
         cuda = ask(nvml.nvmlSystemGetCudaDriverVersion_v2)
@@ -261,17 +242,16 @@ class NvmlBackend:
         return out
 
     def close(self) -> None:
-        with contextlib.suppress(self._nvml.NVMLError if self._nvml else Exception):
-            if self._nvml is not None:
-                self._nvml.nvmlShutdown()
+        if self._nvml is not None:
+            nvml_optional(self._nvml, self._nvml.nvmlShutdown)
 
 
 def _averages_power_usage(nvml: Any, handle: object, name: str) -> bool:
     """Whether ``nvmlDeviceGetPowerUsage`` is a one-second average here: on Ampere and newer,
     except GA100 (A100, A30, A800), whose reading is instantaneous, as on Volta and Turing."""
-    try:
-        arch = int(nvml.nvmlDeviceGetArchitecture(handle))
-    except (nvml.NVMLError, AttributeError, TypeError, ValueError):
+    unknown = (AttributeError, TypeError, ValueError)
+    arch = nvml_optional(nvml, lambda: int(nvml.nvmlDeviceGetArchitecture(handle)), *unknown)
+    if arch is None:
         return False  # unknown: said as instant, as the driver documents the call
     ampere = int(getattr(nvml, "NVML_DEVICE_ARCH_AMPERE", 7))
     ga100 = any(chip in name for chip in ("A100", "A30", "A800"))

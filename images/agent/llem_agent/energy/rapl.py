@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from llem_agent.energy.errors import RaplUnavailable, rapl_errors, rapl_missing
+
 POWERCAP = Path("/sys/class/powercap")
 
 
@@ -22,13 +24,14 @@ class RaplMeter:
     def __init__(self, root: Path = POWERCAP) -> None:
         self.zones = _zones(root) if root.exists() else []
         self._start: list[int] = []
-        self.reason: str | None = None if self.zones else f"no RAPL counters under {root}"
+        self.reason: str | None = None if self.zones else str(rapl_missing(root))
 
     def _read(self) -> list[int] | None:
         try:
-            return [int((z / "energy_uj").read_text()) for z in self.zones]
-        except (OSError, ValueError) as exc:  # e.g. permission denied: energy_uj is root-only on new kernels
-            self.reason = f"RAPL unreadable: {exc}"
+            with rapl_errors():
+                return [int((z / "energy_uj").read_text()) for z in self.zones]
+        except RaplUnavailable as exc:
+            self.reason = str(exc)
             return None
 
     def start(self) -> None:
