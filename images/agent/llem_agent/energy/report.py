@@ -1,13 +1,13 @@
-"""The window's energy report from counters and the power trace, and an external tool's figure
-over it (pure functions: no NVML, no clock)."""
+"""The GPUs' energy report over the window from their counters and power trace (pure functions:
+no NVML, no clock)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-from llem_agent.contract import BaselineReport, DeviceEnergy, EnergyReport, ExternalEnergyReport
-from llem_agent.energy.external import ExternalEnergy, ExternalSampler
+from llem_agent.contract import BaselineReport, DeviceEnergy, EnergyReport
 from llem_agent.energy.nvml import MAX_STEP_WAIT_S, STEP_POLL_S, PowerReading
+from llem_agent.energy.source import WindowWork
 from llem_agent.telemetry import (
     Sample,
     WindowFacts,
@@ -20,21 +20,6 @@ from llem_agent.telemetry import (
     validity_flags,
     window_samples,
 )
-
-
-@dataclass(frozen=True)
-class WindowWork:
-    """What happened in the window, for the per-unit energies and the attribution."""
-
-    output_tokens: int
-    input_tokens: int
-    n_requests: int
-    # (start, first token, end) of each batch, seconds since the window opened.
-    batch_spans: list[tuple[float, float, float]]
-    # Every batch prefilled all its requests before its first token (static batching); False
-    # where prefill and decode interleave (continuous batching: vLLM, TensorRT-LLM).
-    static_batches: bool = True
-
 
 # A prefill is resolved by the trace only where it spans this many sampling intervals.
 MIN_PREFILL_SAMPLES = 5
@@ -198,56 +183,6 @@ def energy_report(
         counter_aligned=counter_aligned if all_counters else None,
         energy_uncertainty_j=edge_s * mean_power + 0.002 * len(names) if all_counters and mean_power else None,
     )
-
-
-# Flags about llem's own trace that mean nothing while another tool does the polling.
-_TRACE_FLAGS = frozenset({"sampling_gap", "counter_trace_disagree"})
-
-
-def with_external(
-    report: EnergyReport, sampler: ExternalSampler, measured: ExternalEnergy, work: WindowWork, duration_s: float
-) -> EnergyReport:
-    """The run's energy from the optional sampler, llem's own counter and trace kept beside it."""
-    energy = measured.energy_j
-    external = ExternalEnergyReport(
-        sampler=sampler.name,  # type: ignore[arg-type]
-        version=measured.version,
-        energy_j=energy,
-        parts_j=measured.parts_j,
-        note=measured.note,
-    )
-    if energy is None:
-        return report.model_copy(update={"external": external})
-    tokens = work.output_tokens + work.input_tokens
-    update: dict[str, object] = {
-        "energy_j": energy,
-        "source": sampler.name,
-        "unavailable_reason": None,
-        "external": external,
-        "j_per_output_token": energy / work.output_tokens if work.output_tokens else None,
-        "j_per_token": energy / tokens if tokens else None,
-        "j_per_request": energy / work.n_requests if work.n_requests else None,
-        "mean_power_w": energy / duration_s if duration_s > 0 else None,
-    }
-    baseline = report.baseline
-    if sampler.polls_gpu:
-        # llem's sampler was off (CodeCarbon polled): no trace to split or cross-check, and the
-        # GPU idle baseline does not describe a GPU + CPU + RAM total.
-        update |= {
-            "flags": [f for f in report.flags if f.code not in _TRACE_FLAGS],
-            "trace_energy_j": None,
-            "prefill_energy_j": None,
-            "decode_energy_j": None,
-            "prefill_decode_note": "not measured: CodeCarbon polled the GPUs, so llem kept no power trace",
-            "adjusted_energy_j": None,
-            "baseline_note": "not subtracted: the baseline is GPU idle power, CodeCarbon's total covers GPU, CPU "
-            "and RAM"
-            if baseline
-            else report.baseline_note,
-        }
-    elif baseline is not None:
-        update["adjusted_energy_j"] = energy - baseline.subtracted_power_w * duration_s
-    return report.model_copy(update=update)
 
 
 def _peak_total_power(samples: list[Sample], start_s: float, interval_s: float) -> float | None:
