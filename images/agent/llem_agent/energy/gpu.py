@@ -34,7 +34,7 @@ class NvmlSource:
     reason, so a CPU run is never mistaken for a 0 J run.
     """
 
-    polls_gpu = True
+    polls_gpu = True  # its sampler thread, unless another source polls them (own_poller)
 
     def __init__(
         self,

@@ -47,8 +47,8 @@ class WindowWork:
 class EnergySource(Protocol):
     """One source of the window's energy, driven by the meter with the others as its peers."""
 
-    # It samples the GPUs in a thread of its own (CodeCarbon): then no other source may, one
-    # poller per device.
+    # It samples the GPUs in a thread of its own (CodeCarbon, llem's NVML sampler). One poller
+    # per device: where another source does, the GPUs' source keeps its own thread off.
     polls_gpu: bool
 
     def start(self, window: Window) -> None:
