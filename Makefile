@@ -182,15 +182,18 @@ bench: install images tiny-model slurm-node ## Benchmarks (overhead, harness, pl
 MUTANTS_DIR   ?= mutants
 MUTANTS_JOBS  ?= $(shell nproc)
 MUTANTS_SCOPE ?= \
-	llem_agent.energy.x_energy_report__mutmut_* llem_agent.energy.x_phase_split__mutmut_* \
-	llem_agent.energy.x__shifted__mutmut_* llem_agent.energy.x__peak_total_power__mutmut_* \
-	llem_agent.energy.x_with_external__mutmut_* llem_agent.energy.x__averages_power_usage__mutmut_* \
-	llem_agent.energy.x__power_readings__mutmut_* llem_agent.energy.xǁSamplerǁ* \
-	llem_agent.energy.xǁEnergyMeterǁ_idle_samples__mutmut_* llem_agent.energy.xǁEnergyMeterǁ_mean_power__mutmut_* \
-	llem_agent.energy.xǁEnergyMeterǁidle_power_w__mutmut_* llem_agent.energy.xǁEnergyMeterǁloaded_idle__mutmut_* \
-	llem_agent.energy.xǁEnergyMeterǁmeasure_baseline__mutmut_* llem_agent.energy.xǁEnergyMeterǁ_counters__mutmut_* \
-	llem_agent.energy.xǁEnergyMeterǁ_on_step__mutmut_* llem_agent.energy.xǁEnergyMeterǁstart__mutmut_* \
-	llem_agent.energy.xǁEnergyMeterǁstop__mutmut_* llem_agent.energy.xǁEnergyMeterǁ_nvml_report__mutmut_* \
+	llem_agent.energy.report.x_energy_report__mutmut_* llem_agent.energy.report.x_phase_split__mutmut_* \
+	llem_agent.energy.report.x__shifted__mutmut_* llem_agent.energy.report.x__peak_total_power__mutmut_* \
+	llem_agent.energy.external.x_with_external__mutmut_* llem_agent.energy.external.xǁExternalSourceǁmeasured__mutmut_* \
+	llem_agent.energy.nvml.x__averages_power_usage__mutmut_* llem_agent.energy.nvml.x__power_readings__mutmut_* \
+	llem_agent.energy.sampler.xǁSamplerǁ* \
+	llem_agent.energy.gpu.xǁNvmlSourceǁ_idle_samples__mutmut_* llem_agent.energy.gpu.xǁNvmlSourceǁ_mean_power__mutmut_* \
+	llem_agent.energy.gpu.xǁNvmlSourceǁidle_power_w__mutmut_* llem_agent.energy.gpu.xǁNvmlSourceǁloaded_idle__mutmut_* \
+	llem_agent.energy.gpu.xǁNvmlSourceǁmeasure_baseline__mutmut_* llem_agent.energy.gpu.xǁNvmlSourceǁ_counters__mutmut_* \
+	llem_agent.energy.gpu.xǁNvmlSourceǁ_on_step__mutmut_* llem_agent.energy.gpu.xǁNvmlSourceǁstart__mutmut_* \
+	llem_agent.energy.gpu.xǁNvmlSourceǁstop__mutmut_* llem_agent.energy.gpu.xǁNvmlSourceǁmeasured__mutmut_* \
+	llem_agent.energy.gpu.xǁNvmlSourceǁ_report__mutmut_* llem_agent.energy.meter.xǁEnergyMeterǁopen__mutmut_* \
+	llem_agent.energy.meter.xǁEnergyMeterǁstart__mutmut_* llem_agent.energy.meter.xǁEnergyMeterǁstop__mutmut_* \
 	llem_agent.telemetry.x_device_trace__mutmut_* llem_agent.telemetry.x_integrate_j__mutmut_* \
 	llem_agent.telemetry.x_window_samples__mutmut_* llem_agent.telemetry.x_max_gap_s__mutmut_* \
 	llem_agent.telemetry.x_validity_flags__mutmut_* llem_agent.telemetry.x_throttle_events__mutmut_* \

@@ -15,6 +15,8 @@ from llem_agent.contract import (
     CONTAINER_MODEL_DIR,
     CONTAINER_RUN_DIR,
     CONTAINER_TRT_ENGINE_DIR,
+    DEFAULT_ENGINE,
+    ENGINE_SECTIONS,
     EXPERIMENT_FILE,
     RAW_TRACE_ENV,
 )
@@ -39,9 +41,6 @@ AGENT_USER = "llem"  # its name: the images have no passwd entry for the host's 
 # Writable caches for the agent's libraries, on the /tmp tmpfs (the root filesystem is read-only):
 # torch inductor (torch.compile, vLLM at start-up), Triton, and anything that honours XDG.
 CONTAINER_CACHE_ROOT = "/tmp/llem-cache"
-# Engines whose workers are separate processes (vLLM's engine core, TensorRT-LLM's MPI worker,
-# even at tensor-parallel 1): they exchange through shared memory and pin host memory.
-MULTIPROCESS_ENGINES = frozenset({"vllm", "tensorrt"})
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,7 @@ class ContainerSpec:
     # Only inside a container: a name and HOME for a uid without a passwd entry, writable caches
     # on the tmpfs, and NVIDIA_VISIBLE_DEVICES=void on a CPU run.
     container_environment: dict[str, str] | None = None
-    engine: str = "pytorch"
+    engine: str = DEFAULT_ENGINE
     gpu_uuids: tuple[str, ...] = ()
     memory_limit: str | None = None
     pids_limit: int | None = DEFAULT_PIDS_LIMIT
@@ -139,7 +138,7 @@ def build_spec(
     baseline_cache: Path | None = None,
     adapter_dir: Path | None = None,
     engine_cache: Path | None = None,
-    engine: str = "pytorch",
+    engine: str = DEFAULT_ENGINE,
     gpu_uuids: tuple[str, ...] = (),
     prebuilt_engine: Path | None = None,
     dataset_file: Path | None = None,
@@ -179,10 +178,12 @@ def build_spec(
     if token_file is not None:
         mounts.append(Mount(token_file, CONTAINER_TOKEN_FILE, read_only=True))
         environment["HF_TOKEN_PATH"] = CONTAINER_TOKEN_FILE
-    # Several GPUs in one run (tensor / pipeline parallelism), or an engine with worker processes:
-    # NCCL and the workers exchange through shared memory and, on GPUs, pin host memory
-    # (NVIDIA's limits). A CPU run pins nothing, and some hosts forbid raising memlock at all.
-    multiprocess = len(gpu_indices) > 1 or engine in MULTIPROCESS_ENGINES
+    # Several GPUs in one run (tensor / pipeline parallelism), or an engine whose workers are
+    # processes of their own (its section's multiprocess trait: vLLM's engine core, TensorRT-LLM's
+    # MPI worker, even at tensor-parallel 1): NCCL and the workers exchange through shared memory
+    # and, on GPUs, pin host memory (NVIDIA's limits). A CPU run pins nothing, and some hosts
+    # forbid raising memlock at all.
+    multiprocess = len(gpu_indices) > 1 or ENGINE_SECTIONS[engine].multiprocess
     ulimits = ((("memlock", -1, -1),) if gpu_indices else ()) + (("stack", 67108864, 67108864),)
     return ContainerSpec(
         image=image,

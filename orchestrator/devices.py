@@ -332,14 +332,9 @@ def _pick(entry: str, spec: str, given: Sequence[Gpu], view: NvmlView, visible: 
 
 
 def devices_needed(config: ExperimentConfig) -> int:
-    """How many GPUs one run of ``config`` occupies: tensor x pipeline parallel size (vLLM,
-    TensorRT-LLM); the PyTorch agent runs one process on one GPU."""
-    if config.engine == "vllm" and config.vllm and config.vllm.engine:
-        engine = config.vllm.engine
-        return (engine.tensor_parallel_size or 1) * (engine.pipeline_parallel_size or 1)
-    if config.engine == "tensorrt" and config.tensorrt:
-        return (config.tensorrt.tensor_parallel_size or 1) * (config.tensorrt.pipeline_parallel_size or 1)
-    return 1
+    """How many GPUs one run of ``config`` occupies, as its engine's section says: tensor x
+    pipeline parallel size (vLLM, TensorRT-LLM); the PyTorch agent runs one process on one GPU."""
+    return config.engine_section().devices_needed()
 
 
 def assign_devices(config: ExperimentConfig, allowed: list[int]) -> tuple[int, ...]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from llem_agent.contract import ENGINES, contract_fingerprint
+from llem_agent.contract import DEFAULT_ENGINE, ENGINE_SECTIONS, ENGINES, contract_fingerprint
 
 from .devices import nvml_gpus
 from .errors import LlemError
@@ -72,7 +72,7 @@ def nvidia_support(info: dict[str, Any]) -> str | None:
     return None
 
 
-def run_checks(required_engines: Sequence[str] = ("pytorch",), results_dir: Path | None = None) -> list[Check]:
+def run_checks(required_engines: Sequence[str] = (DEFAULT_ENGINE,), results_dir: Path | None = None) -> list[Check]:
     from .launcher import DockerLauncher
     from .userconfig import load_user_config
 
@@ -137,7 +137,8 @@ def run_checks(required_engines: Sequence[str] = ("pytorch",), results_dir: Path
                 checks.append(Check(f"{engine} image", "ok", f"{image} (contract {ours})"))
             else:
                 status: Status = "fail" if engine in required_engines else "warn"
-                fix = "make images" if engine == "pytorch" else f"docker pull {image}, or set images.{engine}"
+                made = ENGINE_SECTIONS[engine].make_images
+                fix = "make images" if made else f"docker pull {image}, or set images.{engine}"
                 checks.append(Check(f"{engine} image", status, problem, fix))
 
     checks.append(disk_check("results disk", results_dir or user.results_dir, "--results-dir / output.results_dir"))

@@ -32,18 +32,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from llem_agent.contract import CONTAINER_RUN_DIR
+from llem_agent.contract import CONTAINER_RUN_DIR, ENGINE_SECTIONS
 
 from .container import SECRET_ENV, ContainerSpec, Mount
 from .errors import EnvironmentProblem
 from .launching import ContainerOutcome, Liveness, supervise
 
-# What must import for each engine's agent (in a child interpreter, never in the host).
-ENGINE_IMPORTS = {
-    "pytorch": "torch, transformers, llem_agent.engines.pytorch",
-    "vllm": "vllm, llem_agent.engines.vllm",
-    "tensorrt": "tensorrt_llm, llem_agent.engines.tensorrt",
-}
+# What must import for each engine's agent (in a child interpreter, never in the host), as each
+# engine's config section says (its import_check trait).
+ENGINE_IMPORTS = {engine: ", ".join(section.import_check()) for engine, section in ENGINE_SECTIONS.items()}
 # The Docker runner's exit codes for a process ended by a signal (128 + N).
 _SIGNAL_BASE = 128
 _GRACE_S = 10.0

@@ -22,6 +22,8 @@ from .errors import ConfigError
 from .yamlsafe import read_text
 
 _DTYPE_BYTES = {"float32": 4.0, "float16": 2.0, "bfloat16": 2.0}
+# Bytes per weight of the quantisation methods the estimate knows (the others: as their dtype).
+_QUANT_WEIGHT_BYTES = {"bnb_4bit": 0.5, "bnb_8bit": 1.0}
 _OVERHEAD = 0.15  # activations, CUDA context, allocator slack: 15% of weights (002)
 
 
@@ -68,14 +70,15 @@ def resolve_model_dir(model: str, base_dir: Path) -> Path | None:
 
 
 def resolve_trt_engine_dir(config: ExperimentConfig, base_dir: Path) -> Path | None:
-    """The host directory of a prebuilt TensorRT engine (``tensorrt.engine_path``, relative to the study)."""
-    section = config.tensorrt
-    if config.engine != "tensorrt" or section is None or section.engine_path is None:
+    """The host directory of a prebuilt engine (``tensorrt.engine_path``, relative to the study),
+    where the engine's section names one."""
+    engine_path = config.engine_section().prebuilt_engine()
+    if engine_path is None:
         return None
-    path = Path(section.engine_path).expanduser()
+    path = Path(engine_path).expanduser()
     path = path if path.is_absolute() else base_dir / path
     if not (path / "config.json").is_file():
-        raise ConfigError(f"tensorrt.engine_path: no TensorRT engine (config.json) in {path}")
+        raise ConfigError(f"{config.engine}.engine_path: no TensorRT engine (config.json) in {path}")
     return path.resolve()
 
 
@@ -225,13 +228,7 @@ class VramEstimate:
 
 
 def _batch(config: ExperimentConfig) -> int:
-    if config.pytorch and config.pytorch.batch_size:
-        return config.pytorch.batch_size
-    if config.vllm and config.vllm.engine and config.vllm.engine.max_num_seqs:
-        return config.vllm.engine.max_num_seqs
-    if config.tensorrt and config.tensorrt.max_batch_size:
-        return config.tensorrt.max_batch_size
-    return 1
+    return config.engine_section().max_batch() or 1
 
 
 def estimate_vram(config: ExperimentConfig, facts: ModelFacts) -> VramEstimate:
@@ -240,11 +237,7 @@ def estimate_vram(config: ExperimentConfig, facts: ModelFacts) -> VramEstimate:
     The KV width uses the key/value heads, so grouped-query attention is not overcounted.
     Without an explicit dtype the GPU default (bfloat16) is assumed.
     """
-    weight_bytes = _DTYPE_BYTES[config.dtype or "bfloat16"]
-    if config.pytorch and config.pytorch.load_in_4bit:
-        weight_bytes = 0.5
-    elif config.pytorch and config.pytorch.load_in_8bit:
-        weight_bytes = 1.0
+    weight_bytes = _QUANT_WEIGHT_BYTES.get(config.quantisation() or "", _DTYPE_BYTES[config.dtype or "bfloat16"])
     kv_bytes = _DTYPE_BYTES[config.dtype or "bfloat16"]
     sequence = (config.max_input_tokens or 256) + (config.max_output_tokens or 256)
     weights = facts.n_params * weight_bytes / 1e9

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from llem_agent.energy import EnergyMeter, WindowWork
-from llem_agent.external import CodeCarbonSampler, SamplerUnavailable, ZeusSampler, make_sampler
+from llem_agent.energy.external import CodeCarbonSampler, SamplerUnavailable, ZeusSampler, make_sampler
 from tests.unit.test_energy import ReplayNvml
 
 WORK = WindowWork(output_tokens=100, input_tokens=50, n_requests=4, batch_spans=[(0.0, 0.05, 0.3)])

@@ -31,6 +31,7 @@ from llem_agent.contract import (
     config_hash,
 )
 from llem_agent.energy import EnergyMeter, NvmlBackend, PowerReading, Sampler, WindowWork, energy_report
+from llem_agent.energy.external import ZeusSampler
 from llem_agent.engines.args import (
     PassthroughError,
     check_passthrough,
@@ -39,7 +40,6 @@ from llem_agent.engines.args import (
     vllm_sampling_kwargs,
 )
 from llem_agent.engines.tensorrt import MPI_LOOPBACK_ENV, TensorRTEngine
-from llem_agent.external import ZeusSampler
 from llem_agent.heartbeat import Heartbeat
 from llem_agent.measure import run_measurement
 from llem_agent.metrics import BEAM_SEARCH_UNTIMED, BatchObservation, latency, request_records, untimed_reasons

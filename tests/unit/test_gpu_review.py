@@ -273,7 +273,7 @@ def test_zeus_windows_do_not_synchronise(monkeypatch: pytest.MonkeyPatch):
 
     monkeypatch.setitem(sys.modules, "zeus", SimpleNamespace(__version__="0.11"))
     monkeypatch.setitem(sys.modules, "zeus.monitor", SimpleNamespace(ZeusMonitor=Monitor))
-    from llem_agent.external import ZeusSampler
+    from llem_agent.energy.external import ZeusSampler
 
     sampler = ZeusSampler([0])
     sampler.start()

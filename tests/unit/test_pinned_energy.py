@@ -27,7 +27,7 @@ from llem_agent.energy import (
     energy_report,
     with_external,
 )
-from llem_agent.external import ExternalEnergy
+from llem_agent.energy.external import ExternalEnergy
 from llem_agent.telemetry import Sample
 
 WORK = WindowWork(output_tokens=400, input_tokens=100, n_requests=5, batch_spans=[])
@@ -703,14 +703,14 @@ class FakeNvml:
     ],
 )
 def test_which_devices_average_their_power_reading(arch: int | None, name: str, averaged: bool):
-    from llem_agent.energy import _averages_power_usage
+    from llem_agent.energy.nvml import _averages_power_usage
 
     nvml = FakeNvml(arch)
     assert _averages_power_usage(nvml, nvml.handle, name) is averaged
 
 
 def test_the_ampere_number_comes_from_the_driver_where_it_has_one():
-    from llem_agent.energy import _averages_power_usage
+    from llem_agent.energy.nvml import _averages_power_usage
 
     later = FakeNvml(arch=7, ampere=8)  # a driver numbering architectures otherwise
     assert _averages_power_usage(later, later.handle, "NVIDIA A10") is False
@@ -719,7 +719,7 @@ def test_the_ampere_number_comes_from_the_driver_where_it_has_one():
 
 
 def test_a_backend_that_does_not_say_reads_instantaneous_power_at_gpu_scope():
-    from llem_agent.energy import _power_readings
+    from llem_agent.energy.nvml import _power_readings
 
     assert _power_readings(Bench(lambda t: 1.0)) == [PowerReading("instant", "gpu", "gpu")]
 
@@ -820,7 +820,7 @@ def test_each_device_says_what_its_counter_and_trace_cover():
 
 
 def test_the_peak_groups_each_sweep_from_the_windows_own_start():
-    from llem_agent.energy import _peak_total_power
+    from llem_agent.energy.report import _peak_total_power
 
     # The window opens at 0.025 s; device 1 is read 40 ms after device 0 in each sweep. Both
     # peak in sweep 4 only (300 + 50 W); counted from anywhere but the window's start, device 1's

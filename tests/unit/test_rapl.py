@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from llem_agent.rapl import RaplMeter
+from llem_agent.energy.rapl import RaplMeter
 
 
 def zone(root: Path, name: str, energy_uj: int, max_uj: int = 262_143_328_850) -> Path:

@@ -22,7 +22,6 @@ from llem_agent.metrics import (
     untimed_reasons,
 )
 from llem_agent.prompts import PromptSets, load_prompt_sets
-from llem_agent.rapl import RaplMeter
 from llem_agent.warmup import run_warmup
 
 PhaseCallback = Callable[[str], None]
@@ -138,8 +137,6 @@ def run_measurement(
     prepared = [engine.prepare(batch) for batch in measured]  # tokenizing is not what we measure
     observations: list[BatchObservation] = []
     spans: list[tuple[float, float, float]] = []
-    rapl = RaplMeter()
-    rapl.start()
     meter.start()
     window_start, window_started_at = time.perf_counter(), time.time()
     for ready in prepared:
@@ -157,7 +154,6 @@ def run_measurement(
     input_tokens = sum(r.input_tokens for r in records)
     static = all(o.static for o in observations)
     energy = meter.stop(WindowWork(output_tokens, input_tokens, len(records), spans, static_batches=static))
-    cpu_j = rapl.stop()
     cache = prefix_cache_report(
         records,
         warm=warm_cache,
@@ -165,13 +161,7 @@ def run_measurement(
         engine_cache=keeps_cache,
         reset=reset,
     )
-    energy = energy.model_copy(
-        update={
-            "cpu_energy_j": cpu_j,
-            "cpu_energy_note": None if cpu_j is not None else rapl.reason,
-            "flags": [*energy.flags, *prefix_cache_flags(cache, len(records))],
-        }
-    )
+    energy = energy.model_copy(update={"flags": [*energy.flags, *prefix_cache_flags(cache, len(records))]})
 
     on_phase("report")
     n_params = engine.n_parameters()

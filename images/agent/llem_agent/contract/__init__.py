@@ -4,7 +4,9 @@ from llem_agent.contract.atomic import write_atomic
 from llem_agent.contract.config import (
     BUILTIN_PROMPT_SETS,
     DECODER_PRESETS,
+    DEFAULT_ENGINE,
     ENGINE_ALIASES,
+    ENGINE_SECTIONS,
     ENGINES,
     HUB_PROMPT_SETS,
     MAX_PROMPT_LINE_BYTES,
@@ -18,7 +20,7 @@ from llem_agent.contract.config import (
     canonical_engine,
     prompt_text,
 )
-from llem_agent.contract.engine_sections import PyTorchConfig, TensorRTConfig, VLLMConfig
+from llem_agent.contract.engine_sections import EngineSection, PyTorchConfig, TensorRTConfig, VLLMConfig
 from llem_agent.contract.fingerprint import CONTRACT_FINGERPRINT_PATH, contract_fingerprint
 from llem_agent.contract.result import (
     RESULT_SCHEMA_VERSION,
@@ -77,8 +79,10 @@ __all__ = [
     "CONTRACT_FINGERPRINT_PATH",
     "CONTRACT_VERSION",
     "DECODER_PRESETS",
+    "DEFAULT_ENGINE",
     "ENGINES",
     "ENGINE_ALIASES",
+    "ENGINE_SECTIONS",
     "ERROR_FILE",
     "EXPERIMENT_FILE",
     "HEARTBEAT_FILE",
@@ -101,6 +105,7 @@ __all__ = [
     "DeviceEnergy",
     "Distribution",
     "EnergyReport",
+    "EngineSection",
     "ExperimentConfig",
     "ExperimentResult",
     "ExternalEnergyReport",

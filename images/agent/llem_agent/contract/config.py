@@ -16,6 +16,7 @@ from pydantic import Field, field_validator, model_validator
 from llem_agent.contract.engine_sections import (
     MAX_PENALTY,
     MAX_TOKENS,
+    EngineSection,
     PyTorchConfig,
     Section,
     TensorRTConfig,
@@ -25,11 +26,17 @@ from llem_agent.contract.engine_sections import (
 from llem_agent.contract.support import DECODING_SUPPORT, DTYPE_SUPPORT, LORA_SUPPORT, QUANTISATION_SUPPORT
 
 EngineName = Literal["pytorch", "vllm", "tensorrt"]
+DEFAULT_ENGINE: EngineName = "pytorch"
 ENGINE_ALIASES: dict[str, str] = {"transformers": "pytorch"}
-ENGINES: tuple[str, ...] = ("pytorch", "vllm", "tensorrt")
 
 DType = Literal["float32", "float16", "bfloat16"]
-ENGINE_SECTIONS: dict[str, type[Section]] = {"pytorch": PyTorchConfig, "vllm": VLLMConfig, "tensorrt": TensorRTConfig}
+# Each engine's section, whose traits the host and the agent ask instead of the engine's name.
+ENGINE_SECTIONS: dict[str, type[EngineSection]] = {
+    "pytorch": PyTorchConfig,
+    "vllm": VLLMConfig,
+    "tensorrt": TensorRTConfig,
+}
+ENGINES: tuple[str, ...] = tuple(ENGINE_SECTIONS)
 
 # llem's decoder presets; explicit decoder fields override the preset's values.
 DECODER_PRESETS: dict[str, dict[str, Any]] = {
@@ -171,7 +178,7 @@ class ExperimentConfig(Section):
     """One experiment: model, engine and how to measure it (003 Config Reference)."""
 
     model: str = Field(min_length=1, description="Hugging Face model id or local path.")
-    engine: EngineName = "pytorch"
+    engine: EngineName = DEFAULT_ENGINE
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     dtype: DType | None = Field(default=None, description="None: bfloat16 on GPU, float32 on CPU (recorded).")
     random_seed: int = Field(default=42, ge=0, le=MAX_SEED, description="0 to 2^32 - 1.")
@@ -214,19 +221,19 @@ class ExperimentConfig(Section):
             data = {("pytorch" if k == "transformers" else k): v for k, v in data.items()}
         return data
 
+    def engine_section(self) -> EngineSection:
+        """The engine's own section, or its defaults where the config has none: what the traits
+        of this config's engine are asked of (only the engine's section may be given)."""
+        section: EngineSection | None = getattr(self, self.engine)
+        return section if section is not None else ENGINE_SECTIONS[self.engine]()
+
     def quantisation(self) -> str | None:
         """The weight quantisation method this config asks for, or None."""
-        if self.pytorch and (self.pytorch.load_in_4bit or self.pytorch.load_in_8bit):
-            return "bnb_4bit" if self.pytorch.load_in_4bit else "bnb_8bit"
-        if self.vllm and self.vllm.engine and self.vllm.engine.quantization:
-            return self.vllm.engine.quantization
-        if self.tensorrt and self.tensorrt.quant and self.tensorrt.quant.quant_algo:
-            return self.tensorrt.quant.quant_algo
-        return None
+        return self.engine_section().quantisation()
 
     def decoding_mode(self) -> str:
         """greedy, sampling or beam: what the engine will do with this config."""
-        if (self.pytorch and (self.pytorch.num_beams or 1) > 1) or (self.vllm and self.vllm.beam_search):
+        if self.engine_section().uses_beam_search():
             return "beam"
         return "greedy" if self.decoder.greedy else "sampling"
 

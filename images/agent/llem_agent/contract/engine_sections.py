@@ -3,11 +3,16 @@
 Every field defaults to None, meaning "the engine's own default" (001): the engine resolves
 it at run time and records the effective value. Field names follow the engines' own
 argument names so that mapping them is mechanical.
+
+Each section also carries its engine's traits (``EngineSection``): what the host and the agent
+ask of an engine (the GPUs a run takes, whether its workers are processes of their own, what
+must import for its agent) instead of branching on the engine's name. Traits are class
+variables and methods, not fields: the schema and the contract fingerprint do not see them.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -60,8 +65,56 @@ def check_finite_json(value: Any, where: str) -> None:
             raise ValueError(f"{where} holds a {type(item).__name__}, which JSON cannot carry: {item!r}")
 
 
-class PyTorchConfig(Section):
+class EngineSection(Section):
+    """Base of an engine's section, with the traits each engine answers for itself. A config
+    without the section asks a default one (``ExperimentConfig.engine_section``)."""
+
+    # The agent's engine class, "module:Class" (llem_agent.engines imports it on demand).
+    agent: ClassVar[str] = ""
+    # The engine's own packages, which must import where its agent runs (checked before the
+    # agent's module by the local runner's probe).
+    stack_imports: ClassVar[tuple[str, ...]] = ()
+    # Its workers are processes of their own even on one GPU (vLLM's engine core, TensorRT-LLM's
+    # MPI worker): they exchange through shared memory and pin host memory.
+    multiprocess: ClassVar[bool] = False
+    # It compiles engines worth keeping from run to run (TensorRT-LLM): the host mounts a cache.
+    builds_engines: ClassVar[bool] = False
+    # `make images` builds its image from images/<engine>/; the others' images are pulled.
+    make_images: ClassVar[bool] = False
+
+    @classmethod
+    def import_check(cls) -> tuple[str, ...]:
+        """What must import for this engine's agent: its stack, then the agent's module."""
+        return (*cls.stack_imports, cls.agent.partition(":")[0])
+
+    def devices_needed(self) -> int:
+        """How many GPUs one run occupies: one, unless the section spreads the model."""
+        return 1
+
+    def max_batch(self) -> int | None:
+        """The most sequences the engine runs at once as configured; None: its own default."""
+        return None
+
+    def quantisation(self) -> str | None:
+        """The weight quantisation method this section asks for, or None."""
+        return None
+
+    def uses_beam_search(self) -> bool:
+        """Whether the section asks for beam search."""
+        return False
+
+    def prebuilt_engine(self) -> str | None:
+        """The directory of a prebuilt engine to run (``engine_path``), relative to the study; None
+        where the engine builds or loads its own."""
+        return None
+
+
+class PyTorchConfig(EngineSection):
     """Transformers engine (003 ``pytorch:``, every field of the 004 audit)."""
+
+    agent = "llem_agent.engines.pytorch:PyTorchEngine"
+    stack_imports = ("torch", "transformers")
+    make_images = True
 
     batch_size: int | None = Field(
         default=None, ge=1, le=MAX_SEQUENCES, description="Prompts per generate call, 1-65,536. Default 1."
@@ -114,6 +167,17 @@ class PyTorchConfig(Section):
         if self.autocast_dtype is not None and not self.autocast_enabled:
             raise ValueError("autocast_dtype needs autocast_enabled: true")
         return self
+
+    def max_batch(self) -> int | None:
+        return self.batch_size
+
+    def quantisation(self) -> str | None:
+        if self.load_in_4bit or self.load_in_8bit:
+            return "bnb_4bit" if self.load_in_4bit else "bnb_8bit"
+        return None
+
+    def uses_beam_search(self) -> bool:
+        return (self.num_beams or 1) > 1
 
 
 class VLLMAttentionConfig(Section):
@@ -207,8 +271,12 @@ class VLLMBeamSearchConfig(Section):
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
 
 
-class VLLMConfig(Section):
+class VLLMConfig(EngineSection):
     """vLLM engine (003 ``vllm:``)."""
+
+    agent = "llem_agent.engines.vllm:VLLMEngine"
+    stack_imports = ("vllm",)
+    multiprocess = True
 
     engine: VLLMEngineConfig | None = None
     sampling: VLLMSamplingConfig | None = None
@@ -219,6 +287,21 @@ class VLLMConfig(Section):
         if self.beam_search is not None and self.sampling is not None and (self.sampling.n or 1) > 1:
             raise ValueError("vllm.beam_search and vllm.sampling.n > 1 are exclusive")
         return self
+
+    def devices_needed(self) -> int:
+        """Tensor x pipeline parallel size."""
+        if self.engine is None:
+            return 1
+        return (self.engine.tensor_parallel_size or 1) * (self.engine.pipeline_parallel_size or 1)
+
+    def max_batch(self) -> int | None:
+        return self.engine.max_num_seqs if self.engine else None
+
+    def quantisation(self) -> str | None:
+        return self.engine.quantization if self.engine else None
+
+    def uses_beam_search(self) -> bool:
+        return self.beam_search is not None
 
 
 QuantAlgo = Literal[
@@ -273,8 +356,13 @@ class TensorRTSamplingConfig(Section):
     n: int | None = Field(default=None, ge=1, le=MAX_SEQUENCES)
 
 
-class TensorRTConfig(Section):
+class TensorRTConfig(EngineSection):
     """TensorRT-LLM engine (003 ``tensorrt:``)."""
+
+    agent = "llem_agent.engines.tensorrt:TensorRTEngine"
+    stack_imports = ("tensorrt_llm",)
+    multiprocess = True
+    builds_engines = True
 
     max_batch_size: int | None = Field(default=None, ge=1, le=MAX_SEQUENCES)
     tensor_parallel_size: int | None = Field(default=None, ge=1, le=MAX_DEVICES)
@@ -318,3 +406,16 @@ class TensorRTConfig(Section):
         if self.engine_path is not None and (self.fast_build is not None or self.quant is not None):
             raise ValueError("fast_build and quant shape a build; a prebuilt engine (engine_path) was built already")
         return self
+
+    def devices_needed(self) -> int:
+        """Tensor x pipeline parallel size."""
+        return (self.tensor_parallel_size or 1) * (self.pipeline_parallel_size or 1)
+
+    def max_batch(self) -> int | None:
+        return self.max_batch_size
+
+    def quantisation(self) -> str | None:
+        return self.quant.quant_algo if self.quant else None
+
+    def prebuilt_engine(self) -> str | None:
+        return self.engine_path

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import importlib
 
+from llem_agent.contract.config import ENGINE_SECTIONS
 from llem_agent.engines.base import Engine
 
-_REGISTRY: dict[str, str] = {
-    "pytorch": "llem_agent.engines.pytorch:PyTorchEngine",
-    "vllm": "llem_agent.engines.vllm:VLLMEngine",
-    "tensorrt": "llem_agent.engines.tensorrt:TensorRTEngine",
-}
+# "module:Class" of each engine's agent, as its config section names it (its ``agent`` trait).
+_REGISTRY: dict[str, str] = {name: section.agent for name, section in ENGINE_SECTIONS.items()}
 
 
 class EngineUnavailable(RuntimeError):

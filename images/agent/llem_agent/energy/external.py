@@ -11,7 +11,8 @@ run's ``energy_j`` (``source`` says which), with llem's counter and trace kept b
   poller per device): the trace then has just the window's first and last reading.
 
 ``auto`` picks Zeus when it is installed and a GPU is present, else NVML (003: Zeus > NVML >
-CodeCarbon). Import errors say which extra to install.
+CodeCarbon). Import errors say which extra to install. ``ExternalSource`` is the sampler as one
+of the meter's energy sources; :func:`with_external` writes its figure into the report.
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from llem_agent.contract import EnergyReport, ExternalEnergyReport
+from llem_agent.energy.errors import SamplerUnavailable, import_vendor
+from llem_agent.energy.source import Window, WindowWork
+
 J_PER_KWH = 3.6e6
-
-
-class SamplerUnavailable(RuntimeError):
-    """The chosen sampler's package is not in this image."""
 
 
 @dataclass
@@ -76,16 +77,12 @@ class ZeusSampler:
 
     def __init__(self, nvml_indices: list[int]) -> None:
         """``nvml_indices``: the run's GPUs as NVML numbers them in this process."""
-        try:
-            import zeus
-            from zeus.monitor import ZeusMonitor
-        except ImportError:
-            raise SamplerUnavailable(
-                "energy_sampler: zeus needs the zeus extra (pip install 'llem-agent[zeus]')"
-            ) from None
+        missing = SamplerUnavailable("energy_sampler: zeus needs the zeus extra (pip install 'llem-agent[zeus]')")
+        zeus = import_vendor("zeus", missing)
+        monitor = import_vendor("zeus.monitor", missing)
         self._version = getattr(zeus, "__version__", None)
         with _cuda_devices_as_indices(nvml_indices):
-            self._monitor: Any = ZeusMonitor(gpu_indices=list(range(len(nvml_indices))))
+            self._monitor: Any = monitor.ZeusMonitor(gpu_indices=list(range(len(nvml_indices))))
 
     def start(self) -> None:
         # sync_execution=False: Zeus's default synchronises CUDA, which creates a context on every
@@ -109,16 +106,15 @@ class CodeCarbonSampler:
     polls_gpu = True
 
     def __init__(self, interval_s: float = 1.0) -> None:
-        try:
-            import codecarbon
-            from codecarbon import OfflineEmissionsTracker
-        except ImportError:
-            raise SamplerUnavailable(
+        codecarbon = import_vendor(
+            "codecarbon",
+            SamplerUnavailable(
                 "energy_sampler: codecarbon needs the codecarbon extra (pip install 'llem-agent[codecarbon]')"
-            ) from None
+            ),
+        )
         self._version = getattr(codecarbon, "__version__", None)
         # Energy is all llem takes from it: the country only sets CodeCarbon's own CO2 figure.
-        self._tracker: Any = OfflineEmissionsTracker(
+        self._tracker: Any = codecarbon.OfflineEmissionsTracker(
             country_iso_code="USA", measure_power_secs=interval_s, save_to_file=False, log_level="error"
         )
 
@@ -145,3 +141,76 @@ def make_sampler(choice: str | None, nvml_indices: list[int]) -> ExternalSampler
     if choice == "auto" and nvml_indices and importlib.util.find_spec("zeus") is not None:
         return ZeusSampler(nvml_indices)
     return None
+
+
+class ExternalSource:
+    """An external sampler as one of the meter's energy sources: its figure becomes the run's
+    energy (:func:`with_external`), llem's own counter and trace kept beside it."""
+
+    def __init__(self, sampler: ExternalSampler) -> None:
+        self.sampler = sampler
+        self.polls_gpu = sampler.polls_gpu
+        self._measured: ExternalEnergy | None = None
+
+    def start(self, window: Window) -> None:
+        self.sampler.start()
+
+    def stop(self, window: Window) -> None:
+        self._measured = self.sampler.stop()
+
+    def measured(self, report: EnergyReport, work: WindowWork, window: Window) -> EnergyReport:
+        if self._measured is None:
+            return report
+        return with_external(report, self.sampler, self._measured, work, window.duration_s)
+
+    def close(self) -> None: ...
+
+
+# Flags about llem's own trace that mean nothing while another tool does the polling.
+_TRACE_FLAGS = frozenset({"sampling_gap", "counter_trace_disagree"})
+
+
+def with_external(
+    report: EnergyReport, sampler: ExternalSampler, measured: ExternalEnergy, work: WindowWork, duration_s: float
+) -> EnergyReport:
+    """The run's energy from the optional sampler, llem's own counter and trace kept beside it."""
+    energy = measured.energy_j
+    external = ExternalEnergyReport(
+        sampler=sampler.name,  # type: ignore[arg-type]
+        version=measured.version,
+        energy_j=energy,
+        parts_j=measured.parts_j,
+        note=measured.note,
+    )
+    if energy is None:
+        return report.model_copy(update={"external": external})
+    tokens = work.output_tokens + work.input_tokens
+    update: dict[str, object] = {
+        "energy_j": energy,
+        "source": sampler.name,
+        "unavailable_reason": None,
+        "external": external,
+        "j_per_output_token": energy / work.output_tokens if work.output_tokens else None,
+        "j_per_token": energy / tokens if tokens else None,
+        "j_per_request": energy / work.n_requests if work.n_requests else None,
+        "mean_power_w": energy / duration_s if duration_s > 0 else None,
+    }
+    baseline = report.baseline
+    if sampler.polls_gpu:
+        # llem's sampler was off (CodeCarbon polled): no trace to split or cross-check, and the
+        # GPU idle baseline does not describe a GPU + CPU + RAM total.
+        update |= {
+            "flags": [f for f in report.flags if f.code not in _TRACE_FLAGS],
+            "trace_energy_j": None,
+            "prefill_energy_j": None,
+            "decode_energy_j": None,
+            "prefill_decode_note": "not measured: CodeCarbon polled the GPUs, so llem kept no power trace",
+            "adjusted_energy_j": None,
+            "baseline_note": "not subtracted: the baseline is GPU idle power, CodeCarbon's total covers GPU, CPU "
+            "and RAM"
+            if baseline
+            else report.baseline_note,
+        }
+    elif baseline is not None:
+        update["adjusted_energy_j"] = energy - baseline.subtracted_power_w * duration_s
+    return report.model_copy(update=update)
