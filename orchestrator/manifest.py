@@ -12,10 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llem_agent.contract import write_atomic
 
-from .claims import MANIFEST_LOCK, FileMutex
+from .claims import FileMutex
 from .errors import EnvironmentProblem
+from .studydir import MANIFEST_FILE, StudyDir, study_dirs
 
-MANIFEST_FILE = "manifest.json"
 MANIFEST_SCHEMA_VERSION = "1"
 RunStatus = Literal["pending", "running", "completed", "failed", "interrupted", "skipped"]
 StudyStatus = Literal["running", "completed", "failed", "interrupted", "circuit_open", "timed_out"]
@@ -106,9 +106,10 @@ class ManifestStore:
     """
 
     def __init__(self, study_dir: Path, manifest: Manifest) -> None:
-        self.path = study_dir / MANIFEST_FILE
+        self.dir = StudyDir(study_dir)
+        self.path = self.dir.manifest_file
         self.manifest = manifest
-        self._mutex = FileMutex(study_dir / MANIFEST_LOCK)
+        self._mutex = FileMutex(self.dir.manifest_lock)
 
     def save(self) -> None:
         self.manifest.updated_at = utc_now()
@@ -165,8 +166,10 @@ class ManifestStore:
             self.save()
 
     def _reload(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.manifest = self.load(self.path.parent)
+        """The manifest as the file has it (the one in memory while there is no file yet)."""
+        found = self.dir.manifest_if_present()
+        if found is not None:
+            self.manifest = found
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -178,7 +181,9 @@ class ManifestStore:
 
     @staticmethod
     def load(study_dir: Path) -> Manifest:
-        return Manifest.model_validate_json((study_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
+        """The study's manifest (:meth:`StudyDir.manifest`: ConfigError, in one line, when it is
+        missing, unreadable or damaged)."""
+        return StudyDir(study_dir).manifest()
 
 
 class ProgressWatch:
@@ -191,9 +196,8 @@ class ProgressWatch:
 
     def poll(self) -> Manifest | None:
         """The manifest now (None while it cannot be read), reporting progress if it moved."""
-        try:
-            manifest = ManifestStore.load(self.study_dir)
-        except (OSError, ValueError):
+        manifest = StudyDir(self.study_dir).poll_manifest()
+        if manifest is None:
             return None
         now = (sum(1 for e in manifest.runs if e.status == "completed"), len(manifest.runs))
         if now != self._last:
@@ -202,10 +206,19 @@ class ProgressWatch:
         return manifest
 
 
-def study_dirs(root: Path, pattern: str = "*") -> Iterator[tuple[Manifest, Path]]:
-    """Every study directory under ``root`` (matching ``pattern``) with a readable manifest."""
-    for path in root.glob(f"{pattern}/{MANIFEST_FILE}"):
-        try:
-            yield ManifestStore.load(path.parent), path.parent
-        except (OSError, ValueError):
-            continue
+# MANIFEST_FILE and study_dirs are the study directory's (studydir.py); named here too for callers of old.
+__all__ = [
+    "CLAIMABLE",
+    "MANIFEST_FILE",
+    "MANIFEST_SCHEMA_VERSION",
+    "Manifest",
+    "ManifestStore",
+    "ProgressWatch",
+    "RunEntry",
+    "RunFailure",
+    "RunStatus",
+    "SkippedEntry",
+    "StudyStatus",
+    "study_dirs",
+    "utc_now",
+]
