@@ -1,100 +1,28 @@
-"""``manifest.json``: the status of every run of a study, rewritten atomically on each change."""
+"""``manifest.json``: the status of every run of a study, rewritten atomically on each change
+(its models are in manifestmodel.py; studydir.py is its one reader)."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from llem_agent.contract import write_atomic
 
 from .claims import FileMutex
 from .errors import EnvironmentProblem
+from .manifestmodel import (
+    CLAIMABLE,
+    MANIFEST_SCHEMA_VERSION,
+    Manifest,
+    RunEntry,
+    RunFailure,
+    RunStatus,
+    SkippedEntry,
+    StudyStatus,
+    utc_now,
+)
 from .studydir import MANIFEST_FILE, StudyDir, study_dirs
-
-MANIFEST_SCHEMA_VERSION = "1"
-RunStatus = Literal["pending", "running", "completed", "failed", "interrupted", "skipped"]
-StudyStatus = Literal["running", "completed", "failed", "interrupted", "circuit_open", "timed_out"]
-# Runs a worker may claim: not started, stopped early, or "running" under a dead worker's claim
-# (--resume makes failed and skipped runs pending again; a completed run never runs again).
-CLAIMABLE: frozenset[str] = frozenset({"pending", "running", "interrupted"})
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-class RunFailure(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    kind: str = Field(
-        description="agent_error | timeout | hung | oom | killed | no_result | corrupt_result "
-        "| circuit_open | timed_out"
-    )
-    type: str | None = None
-    message: str
-
-
-class RunEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    run_id: str
-    experiment_index: int
-    cycle: int
-    config_hash: str
-    status: RunStatus = "pending"
-    image: str
-    runner: Literal["docker", "local"] = "docker"
-    devices: list[str] = Field(default_factory=list)
-    host: str | None = Field(default=None, description="The host the run ran on (its last attempt).")
-    overlapped_with: list[str] = Field(
-        default_factory=list, description="Runs measured while this one was (parallel runs): they shared the host."
-    )
-    started_at: str | None = None
-    finished_at: str | None = None
-    wall_s: float | None = None
-    exit_code: int | None = None
-    failure: RunFailure | None = None
-    attempts: int = 0
-
-
-class SkippedEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    index: int
-    reason: str
-
-
-class Manifest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    schema_version: str = MANIFEST_SCHEMA_VERSION
-    study_name: str
-    study_id: str
-    study_design_hash: str
-    study_file: str | None = Field(default=None, description="The study file it was planned from (workers read it).")
-    llem_version: str
-    status: StudyStatus = "running"
-    created_at: str = Field(default_factory=utc_now)
-    updated_at: str = Field(default_factory=utc_now)
-    n_cycles: int
-    experiment_order: str
-    shuffle_seed: int | None
-    runs: list[RunEntry]
-    skipped: list[SkippedEntry] = Field(default_factory=list)
-    history: list[dict[str, str]] = Field(
-        default_factory=list, description="Every status the study has had, oldest first, with its time."
-    )
-
-    def run(self, run_id: str) -> RunEntry:
-        for entry in self.runs:
-            if entry.run_id == run_id:
-                return entry
-        raise KeyError(run_id)
 
 
 class ManifestStore:
@@ -179,6 +107,11 @@ class ManifestStore:
         except (TimeoutError, PermissionError) as exc:
             raise EnvironmentProblem(f"cannot lock {self.path}: {exc}") from None
 
+    @classmethod
+    def attach(cls, study_dir: Path) -> ManifestStore:
+        """Join the study as it is (a worker, a follower): its manifest, by the one reader."""
+        return cls(study_dir, StudyDir(study_dir).manifest())
+
     @staticmethod
     def load(study_dir: Path) -> Manifest:
         """The study's manifest (:meth:`StudyDir.manifest`: ConfigError, in one line, when it is
@@ -206,7 +139,8 @@ class ProgressWatch:
         return manifest
 
 
-# MANIFEST_FILE and study_dirs are the study directory's (studydir.py); named here too for callers of old.
+# The models are manifestmodel.py's, MANIFEST_FILE and study_dirs the study directory's
+# (studydir.py): all named here too, for callers of old.
 __all__ = [
     "CLAIMABLE",
     "MANIFEST_FILE",

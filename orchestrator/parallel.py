@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
-from .manifest import ProgressWatch, utc_now
+from .manifest import ManifestStore, ProgressWatch, utc_now
 from .results import measured_windows, overlaps
 from .studydir import StudyDir
 
@@ -153,7 +153,7 @@ def _stop(procs: Sequence[subprocess.Popen[bytes]]) -> None:
 def record_overlaps(study_dir: Path) -> int:
     """Write into each run's manifest entry the runs whose measured windows overlapped its own;
     the number of runs that overlapped another."""
-    store = StudyDir(study_dir).attach()
+    store = ManifestStore.attach(study_dir)
     found = overlaps(measured_windows(study_dir, store.manifest), {e.run_id: e.host for e in store.manifest.runs})
     store.update_runs({run_id: {"overlapped_with": sorted(others)} for run_id, others in found.items()})
     return len(found)

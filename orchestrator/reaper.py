@@ -17,15 +17,16 @@ from .claims import ClaimBoard
 from .container import LABEL_HOST, LABEL_HOST_PID, LABEL_RUN, LABEL_STUDY_DIR
 from .errors import LlemError
 from .launcher import DockerLauncher
+from .manifest import ManifestStore
 from .procs import process_alive
-from .studydir import StudyDir, final_status
+from .studydir import final_status
 
 
 def mark_interrupted(study_dir: Path, run_id: str) -> None:
     """Record in the manifest that the orphan's run never finished, and that the study stopped
     unless other workers still hold runs of it (they go on, and the last of them concludes)."""
     try:
-        store = StudyDir(study_dir).attach()
+        store = ManifestStore.attach(study_dir)
         entry = next((r for r in store.refresh().runs if r.run_id == run_id), None)
         if entry is not None and entry.status == "running":
             store.update_run(run_id, status="interrupted")

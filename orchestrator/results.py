@@ -4,7 +4,7 @@ A study directory (:mod:`studydir`) holds ``manifest.json`` (every run's status)
 ``experiments.json`` (the resolved design) and ``runs/<run_id>/result.json``, each read through
 its one reader. From them this module builds a :class:`StudySummary`: per run and per experiment
 every metric of :mod:`stats` and its statistics, with warnings where the spread is too wide to
-rank configurations; :mod:`summaryfiles` writes it out (summary.json, summary.csv,
+rank configurations (:mod:`summary`, which writes it out: summary.json, summary.csv,
 summary.parquet, runs.csv, runs.parquet).
 
 Energy at the wall (``wall_energy_j`` = ``energy_j`` x PUE) and ``co2e_g`` (wall energy x grid
@@ -19,21 +19,18 @@ import itertools
 import json
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from llem_agent.contract import RESULT_FILE, ExperimentResult, write_atomic
 
-from . import __version__
 from .manifest import Manifest
-from .stats import ALL_METRICS, KEY_METRICS, METRIC_BY_NAME, METRICS, METRICS_KEY, Stat, describe
+from .stats import ALL_METRICS, KEY_METRICS, METRIC_BY_NAME, METRICS, METRICS_KEY, describe
 from .studydir import EXPERIMENTS_FILE, HOST_FILE, RunDir, StudyDir, newest_study, read_json
-from .summaryfiles import write_summaries
+from .summary import ExperimentSummary, RunRecord, StudySummary, run_rows, summary_rows, write_summaries
 from .userconfig import MeasurementFactors
 
-SUMMARY_SCHEMA_VERSION = "1"
 # A coefficient of variation above this makes a single experiment's mean doubtful.
 CV_WARNING = 0.10
 J_PER_KWH = 3.6e6
@@ -56,90 +53,6 @@ def varying_keys(params: Sequence[dict[str, Any]]) -> list[str]:
         return []
     keys = set().union(*params)
     return sorted(k for k in keys if len({json.dumps(p.get(k), sort_keys=True) for p in params}) > 1)
-
-
-@dataclass
-class RunRecord:
-    """One run as the study directory tells it."""
-
-    run_id: str
-    experiment: int  # 1-based, as users see it
-    cycle: int
-    status: str
-    failure_kind: str | None
-    failure_message: str | None
-    wall_s: float | None
-    metrics: dict[str, float | None]
-    flags: list[str]
-    unavailable_reason: str | None = None
-
-
-@dataclass
-class ExperimentSummary:
-    index: int  # 1-based
-    config_hash: str
-    engine: str
-    label: str
-    params: dict[str, Any]
-    runs: int
-    completed: int
-    stats: dict[str, Stat]
-    flags: dict[str, int]
-    warnings: list[str] = field(default_factory=list)
-
-
-@dataclass
-class StudySummary:
-    study_dir: Path
-    manifest: Manifest
-    swept: list[str]
-    experiments: list[ExperimentSummary]
-    runs: list[RunRecord]
-    factors: MeasurementFactors
-    warnings: list[str]
-    energy_unavailable: str | None
-    manifest_sha256: str
-
-    def as_json(self) -> dict[str, Any]:
-        m = self.manifest
-        return {
-            "schema_version": SUMMARY_SCHEMA_VERSION,
-            "llem_version": __version__,
-            "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
-            "study_name": m.study_name,
-            "study_id": m.study_id,
-            "study_status": m.status,
-            "study_design_hash": m.study_design_hash,
-            "manifest_sha256": self.manifest_sha256,
-            "n_cycles": m.n_cycles,
-            "experiment_order": m.experiment_order,
-            "factors": self.factors.as_dict(),
-            "swept": self.swept,
-            "energy_unavailable_reason": self.energy_unavailable,
-            "warnings": self.warnings,
-            "metrics": {m.name: {"label": m.label, "better": m.better} for m in ALL_METRICS},
-            "experiments": [
-                {
-                    "experiment": e.index,
-                    "config_hash": e.config_hash,
-                    "engine": e.engine,
-                    "label": e.label,
-                    "params": e.params,
-                    "runs": e.runs,
-                    "completed": e.completed,
-                    "flags": e.flags,
-                    "warnings": e.warnings,
-                    "metrics": {name: s.as_dict() for name, s in e.stats.items()},
-                }
-                for e in self.experiments
-            ],
-            "not_completed": [
-                {"run_id": r.run_id, "status": r.status, "kind": r.failure_kind, "message": r.failure_message}
-                for r in self.runs
-                if r.status != "completed"
-            ],
-            "skipped_grid_points": [{"index": s.index + 1, "reason": s.reason} for s in m.skipped],
-        }
 
 
 def write_design(study_dir: Path, design_hash: str, experiments: Iterable[tuple[int, str, dict[str, Any]]]) -> None:
@@ -424,14 +337,14 @@ def summarise(study_dir: Path, current_factors: MeasurementFactors | None = None
 
 
 # EXPERIMENTS_FILE, HOST_FILE and newest_study are the study directory's (studydir.py),
-# METRIC_BY_NAME the metrics' (stats.py); named here too for callers of old.
+# METRIC_BY_NAME the metrics' (stats.py), the summary's classes and writers summary.py's:
+# named here too, for callers of old.
 __all__ = [
     "CV_WARNING",
     "EXPERIMENTS_FILE",
     "HOST_FILE",
     "J_PER_KWH",
     "METRIC_BY_NAME",
-    "SUMMARY_SCHEMA_VERSION",
     "ExperimentSummary",
     "RunRecord",
     "StudySummary",
@@ -442,7 +355,10 @@ __all__ = [
     "newest_study",
     "overlaps",
     "run_data",
+    "run_rows",
     "summarise",
+    "summary_rows",
     "varying_keys",
     "write_design",
+    "write_summaries",
 ]

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic_core import from_json
 
@@ -46,10 +46,8 @@ from llem_agent.contract import (
 )
 
 from .errors import ConfigError, EnvironmentProblem
+from .manifestmodel import Manifest, StudyStatus, utc_now
 from .yamlsafe import Unreadable, read_bytes
-
-if TYPE_CHECKING:
-    from .manifest import Manifest, ManifestStore, StudyStatus
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_LOCK = ".manifest.lock"
@@ -303,8 +301,6 @@ class StudyDir:
             return None
 
     def _read_manifest(self) -> tuple[Manifest, str] | None:
-        from .manifest import Manifest
-
         path = self.manifest_file
         try:
             raw = read_bytes(path, MANIFEST_FILE, MAX_JSON_BYTES)
@@ -320,12 +316,6 @@ class StudyDir:
                 f"under {self.runs_dir}"
             ) from None
         return manifest, hashlib.sha256(raw).hexdigest()
-
-    def attach(self) -> ManifestStore:
-        """Join the study as it is (a worker, a follower): its manifest, read by the one reader."""
-        from .manifest import ManifestStore
-
-        return ManifestStore(self.path, self.manifest())
 
     # --- the other files read back ---------------------------------------------------------
 
@@ -382,8 +372,6 @@ class StudyDir:
     def copy_study_file(self, source: Path) -> None:
         """Make study.yaml a copy of ``source``: what the study's workers run. A resume from an
         edited file (the same design, other runners or images) keeps the earlier copy beside it."""
-        from .manifest import utc_now
-
         copy = self.study_copy
         try:
             if copy.exists() and copy.read_bytes() == source.read_bytes():

@@ -89,7 +89,7 @@ def test_the_manifest_and_the_digest_of_its_bytes(tmp_path: Path):
     assert manifest.study_name == "s" and [r.status for r in manifest.runs] == ["completed", "failed"]
     assert digest == hashlib.sha256(study.manifest_file.read_bytes()).hexdigest()
     assert study.is_study() and study.manifest() == manifest == ManifestStore.load(study.path)
-    assert study.attach().manifest == manifest
+    assert ManifestStore.attach(study.path).manifest == manifest
 
 
 def test_a_missing_manifest_is_not_a_study_directory(tmp_path: Path):

@@ -1,4 +1,6 @@
-"""The summary files a study directory gets from ``llem results`` (and at the end of a study):
+"""A study's summary (:class:`StudySummary`: its experiments' statistics and its runs, as
+results.py aggregates them) and the files it is written to (by ``llem results`` and at the end
+of a study):
 
 - ``runs.csv`` / ``runs.parquet``: one row per run (every run, failed and skipped included),
   its parameters, status and every metric: the long table to load into pandas.
@@ -16,15 +18,104 @@ import csv
 import io
 import json
 import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from llem_agent.contract import write_atomic
 
+from . import __version__
+from .manifestmodel import Manifest
+from .stats import ALL_METRICS, Stat
 from .studydir import StudyDir
+from .userconfig import MeasurementFactors
 
-if TYPE_CHECKING:
-    from .results import StudySummary
+SUMMARY_SCHEMA_VERSION = "1"
+
+
+@dataclass
+class RunRecord:
+    """One run as the study directory tells it."""
+
+    run_id: str
+    experiment: int  # 1-based, as users see it
+    cycle: int
+    status: str
+    failure_kind: str | None
+    failure_message: str | None
+    wall_s: float | None
+    metrics: dict[str, float | None]
+    flags: list[str]
+    unavailable_reason: str | None = None
+
+
+@dataclass
+class ExperimentSummary:
+    index: int  # 1-based
+    config_hash: str
+    engine: str
+    label: str
+    params: dict[str, Any]
+    runs: int
+    completed: int
+    stats: dict[str, Stat]
+    flags: dict[str, int]
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StudySummary:
+    study_dir: Path
+    manifest: Manifest
+    swept: list[str]
+    experiments: list[ExperimentSummary]
+    runs: list[RunRecord]
+    factors: MeasurementFactors
+    warnings: list[str]
+    energy_unavailable: str | None
+    manifest_sha256: str
+
+    def as_json(self) -> dict[str, Any]:
+        m = self.manifest
+        return {
+            "schema_version": SUMMARY_SCHEMA_VERSION,
+            "llem_version": __version__,
+            "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "study_name": m.study_name,
+            "study_id": m.study_id,
+            "study_status": m.status,
+            "study_design_hash": m.study_design_hash,
+            "manifest_sha256": self.manifest_sha256,
+            "n_cycles": m.n_cycles,
+            "experiment_order": m.experiment_order,
+            "factors": self.factors.as_dict(),
+            "swept": self.swept,
+            "energy_unavailable_reason": self.energy_unavailable,
+            "warnings": self.warnings,
+            "metrics": {m.name: {"label": m.label, "better": m.better} for m in ALL_METRICS},
+            "experiments": [
+                {
+                    "experiment": e.index,
+                    "config_hash": e.config_hash,
+                    "engine": e.engine,
+                    "label": e.label,
+                    "params": e.params,
+                    "runs": e.runs,
+                    "completed": e.completed,
+                    "flags": e.flags,
+                    "warnings": e.warnings,
+                    "metrics": {name: s.as_dict() for name, s in e.stats.items()},
+                }
+                for e in self.experiments
+            ],
+            "not_completed": [
+                {"run_id": r.run_id, "status": r.status, "kind": r.failure_kind, "message": r.failure_message}
+                for r in self.runs
+                if r.status != "completed"
+            ],
+            "skipped_grid_points": [{"index": s.index + 1, "reason": s.reason} for s in m.skipped],
+        }
 
 
 def run_rows(summary: StudySummary) -> list[dict[str, Any]]:
