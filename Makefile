@@ -200,8 +200,8 @@ MUTANTS_SCOPE ?= \
 	llem_agent.telemetry.x_power_capped_fraction__mutmut_* llem_agent.telemetry.x_temperature_slope_c_per_s__mutmut_* \
 	llem_agent.telemetry.x__mean__mutmut_* llem_agent.telemetry.x_downsample__mutmut_* \
 	llem_agent.metrics.* llem_agent.baseline.* \
-	llem.results.x_describe__mutmut_* llem.results.xǁStatǁhalf_width__mutmut_* \
-	llem.results.x_format_mean_ci__mutmut_* \
+	llem.stats.x_describe__mutmut_* llem.stats.xǁStatǁhalf_width__mutmut_* \
+	llem.stats.x_format_mean_ci__mutmut_* \
 	llem.results.x__run_metrics__mutmut_* llem.results.x_varying_keys__mutmut_* \
 	llem.results.x_aggregate__mutmut_* llem.results.x__experiment_warnings__mutmut_* \
 	llem.results.x_overlaps__mutmut_* llem.results.x__overlap_warnings__mutmut_* \

@@ -31,8 +31,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-CLAIMS_DIR = "claims"
-MANIFEST_LOCK = ".manifest.lock"
+from .studydir import StudyDir
+
 DEFAULT_STALE_AFTER_S = 300.0  # a worker refreshes its claims every stale_after / 10
 GARBAGE_GRACE_S = 5.0  # a claim holding no token this long after it was made: its writer died
 BREAK_TOKEN_STALE_S = 30.0  # a break takes milliseconds; a token this old belongs to a dead breaker
@@ -287,12 +287,13 @@ class ClaimBoard:
     """The claims of one study directory (``<study>/claims/<run id>``)."""
 
     def __init__(self, study_dir: Path, worker: str | None = None, stale_after_s: float = DEFAULT_STALE_AFTER_S):
-        self.dir = study_dir / CLAIMS_DIR
+        self.study = StudyDir(study_dir)
+        self.dir = self.study.claims_dir
         self.worker = worker
         self.stale_after_s = stale_after_s
 
     def path(self, run_id: str) -> Path:
-        return self.dir / run_id
+        return self.study.claim_file(run_id)
 
     def claim(self, run_id: str) -> Claim | None:
         """Claim ``run_id``; None when a live worker holds it (or another breaker won it)."""

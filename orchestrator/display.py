@@ -13,15 +13,8 @@ from rich.table import Table
 
 from .execution import RunOutcome
 from .plan import Plan, PlannedRun
-from .results import (
-    ExperimentSummary,
-    Stat,
-    StudySummary,
-    experiment_label,
-    flatten,
-    format_mean_ci,
-    varying_keys,
-)
+from .results import ExperimentSummary, StudySummary, experiment_label, flatten, varying_keys
+from .stats import Stat, format_mean_ci
 from .study import Study
 
 

@@ -1,105 +1,28 @@
-"""``manifest.json``: the status of every run of a study, rewritten atomically on each change."""
+"""``manifest.json``: the status of every run of a study, rewritten atomically on each change
+(its models are in manifestmodel.py; studydir.py is its one reader)."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from llem_agent.contract import write_atomic
 
-from .claims import MANIFEST_LOCK, FileMutex
+from .claims import FileMutex
 from .errors import EnvironmentProblem
-
-MANIFEST_FILE = "manifest.json"
-MANIFEST_SCHEMA_VERSION = "1"
-RunStatus = Literal["pending", "running", "completed", "failed", "interrupted", "skipped"]
-StudyStatus = Literal["running", "completed", "failed", "interrupted", "circuit_open", "timed_out"]
-# Runs a worker may claim: not started, stopped early, or "running" under a dead worker's claim
-# (--resume makes failed and skipped runs pending again; a completed run never runs again).
-CLAIMABLE: frozenset[str] = frozenset({"pending", "running", "interrupted"})
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-class RunFailure(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    kind: str = Field(
-        description="agent_error | timeout | hung | oom | killed | no_result | corrupt_result "
-        "| circuit_open | timed_out"
-    )
-    type: str | None = None
-    message: str
-
-
-class RunEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    run_id: str
-    experiment_index: int
-    cycle: int
-    config_hash: str
-    status: RunStatus = "pending"
-    image: str
-    runner: Literal["docker", "local"] = "docker"
-    devices: list[str] = Field(default_factory=list)
-    host: str | None = Field(default=None, description="The host the run ran on (its last attempt).")
-    overlapped_with: list[str] = Field(
-        default_factory=list, description="Runs measured while this one was (parallel runs): they shared the host."
-    )
-    started_at: str | None = None
-    finished_at: str | None = None
-    wall_s: float | None = None
-    exit_code: int | None = None
-    failure: RunFailure | None = None
-    attempts: int = 0
-
-
-class SkippedEntry(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    index: int
-    reason: str
-
-
-class Manifest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    schema_version: str = MANIFEST_SCHEMA_VERSION
-    study_name: str
-    study_id: str
-    study_design_hash: str
-    study_file: str | None = Field(default=None, description="The study file it was planned from (workers read it).")
-    llem_version: str
-    status: StudyStatus = "running"
-    created_at: str = Field(default_factory=utc_now)
-    updated_at: str = Field(default_factory=utc_now)
-    n_cycles: int
-    experiment_order: str
-    shuffle_seed: int | None
-    protocol: dict[str, Any] | None = Field(
-        default=None,
-        description="The whole measurement protocol it was planned with: --profile, cycles, order, seed, pauses, "
-        "circuit breaker, timeouts, sampling interval (what a resume runs with is in host.json's resumed).",
-    )
-    runs: list[RunEntry]
-    skipped: list[SkippedEntry] = Field(default_factory=list)
-    history: list[dict[str, str]] = Field(
-        default_factory=list, description="Every status the study has had, oldest first, with its time."
-    )
-
-    def run(self, run_id: str) -> RunEntry:
-        for entry in self.runs:
-            if entry.run_id == run_id:
-                return entry
-        raise KeyError(run_id)
+from .manifestmodel import (
+    CLAIMABLE,
+    MANIFEST_SCHEMA_VERSION,
+    Manifest,
+    RunEntry,
+    RunFailure,
+    RunStatus,
+    SkippedEntry,
+    StudyStatus,
+    utc_now,
+)
+from .studydir import MANIFEST_FILE, StudyDir, study_dirs
 
 
 class ManifestStore:
@@ -111,9 +34,10 @@ class ManifestStore:
     """
 
     def __init__(self, study_dir: Path, manifest: Manifest) -> None:
-        self.path = study_dir / MANIFEST_FILE
+        self.dir = StudyDir(study_dir)
+        self.path = self.dir.manifest_file
         self.manifest = manifest
-        self._mutex = FileMutex(study_dir / MANIFEST_LOCK)
+        self._mutex = FileMutex(self.dir.manifest_lock)
 
     def save(self) -> None:
         self.manifest.updated_at = utc_now()
@@ -170,8 +94,10 @@ class ManifestStore:
             self.save()
 
     def _reload(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.manifest = self.load(self.path.parent)
+        """The manifest as the file has it (the one in memory while there is no file yet)."""
+        found = self.dir.manifest_if_present()
+        if found is not None:
+            self.manifest = found
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -181,9 +107,16 @@ class ManifestStore:
         except (TimeoutError, PermissionError) as exc:
             raise EnvironmentProblem(f"cannot lock {self.path}: {exc}") from None
 
+    @classmethod
+    def attach(cls, study_dir: Path) -> ManifestStore:
+        """Join the study as it is (a worker, a follower): its manifest, by the one reader."""
+        return cls(study_dir, StudyDir(study_dir).manifest())
+
     @staticmethod
     def load(study_dir: Path) -> Manifest:
-        return Manifest.model_validate_json((study_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
+        """The study's manifest (:meth:`StudyDir.manifest`: ConfigError, in one line, when it is
+        missing, unreadable or damaged)."""
+        return StudyDir(study_dir).manifest()
 
 
 class ProgressWatch:
@@ -196,9 +129,8 @@ class ProgressWatch:
 
     def poll(self) -> Manifest | None:
         """The manifest now (None while it cannot be read), reporting progress if it moved."""
-        try:
-            manifest = ManifestStore.load(self.study_dir)
-        except (OSError, ValueError):
+        manifest = StudyDir(self.study_dir).poll_manifest()
+        if manifest is None:
             return None
         now = (sum(1 for e in manifest.runs if e.status == "completed"), len(manifest.runs))
         if now != self._last:
@@ -207,10 +139,20 @@ class ProgressWatch:
         return manifest
 
 
-def study_dirs(root: Path, pattern: str = "*") -> Iterator[tuple[Manifest, Path]]:
-    """Every study directory under ``root`` (matching ``pattern``) with a readable manifest."""
-    for path in root.glob(f"{pattern}/{MANIFEST_FILE}"):
-        try:
-            yield ManifestStore.load(path.parent), path.parent
-        except (OSError, ValueError):
-            continue
+# The models are manifestmodel.py's, MANIFEST_FILE and study_dirs the study directory's
+# (studydir.py): all named here too, for callers of old.
+__all__ = [
+    "CLAIMABLE",
+    "MANIFEST_FILE",
+    "MANIFEST_SCHEMA_VERSION",
+    "Manifest",
+    "ManifestStore",
+    "ProgressWatch",
+    "RunEntry",
+    "RunFailure",
+    "RunStatus",
+    "SkippedEntry",
+    "StudyStatus",
+    "study_dirs",
+    "utc_now",
+]

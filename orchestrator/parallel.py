@@ -24,8 +24,8 @@ from pathlib import Path
 from .errors import ConfigError
 from .manifest import ManifestStore, ProgressWatch, utc_now
 from .results import measured_windows, overlaps
+from .studydir import StudyDir
 
-WORKERS_DIR = "workers"
 _STOP_GRACE_S = 120.0
 _PR_SET_PDEATHSIG = 1
 
@@ -105,13 +105,13 @@ def run_workers(
     die without asking (SIGKILL), the kernel asks them (PR_SET_PDEATHSIG). Each worker's log is
     appended to: what an earlier attempt of the study logged stays.
     """
-    folder = study_dir / WORKERS_DIR
-    folder.mkdir(exist_ok=True)
+    study = StudyDir(study_dir)
+    study.workers_dir.mkdir(exist_ok=True)
     procs: list[subprocess.Popen[bytes]] = []
     tie = functools.partial(_tie_to_parent, os.getpid())
     try:
         for i, slot in enumerate(slots):
-            with (folder / f"slot{i}.log").open("ab") as log:
+            with study.worker_log(i).open("ab") as log:
                 argv = [*command, "--worker-id", f"slot{i}", *slot.flags()]
                 log.write(f"--- {utc_now()} {shlex.join(argv)}\n".encode())
                 log.flush()
@@ -153,7 +153,7 @@ def _stop(procs: Sequence[subprocess.Popen[bytes]]) -> None:
 def record_overlaps(study_dir: Path) -> int:
     """Write into each run's manifest entry the runs whose measured windows overlapped its own;
     the number of runs that overlapped another."""
-    store = ManifestStore(study_dir, ManifestStore.load(study_dir))
+    store = ManifestStore.attach(study_dir)
     found = overlaps(measured_windows(study_dir, store.manifest), {e.run_id: e.host for e in store.manifest.runs})
     store.update_runs({run_id: {"overlapped_with": sorted(others)} for run_id, others in found.items()})
     return len(found)

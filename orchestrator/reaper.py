@@ -19,18 +19,21 @@ from .errors import LlemError
 from .launcher import DockerLauncher
 from .manifest import ManifestStore
 from .procs import process_alive
+from .studydir import final_status
 
 
 def mark_interrupted(study_dir: Path, run_id: str) -> None:
     """Record in the manifest that the orphan's run never finished, and that the study stopped
     unless other workers still hold runs of it (they go on, and the last of them concludes)."""
     try:
-        store = ManifestStore(study_dir, ManifestStore.load(study_dir))
+        store = ManifestStore.attach(study_dir)
         entry = next((r for r in store.refresh().runs if r.run_id == run_id), None)
         if entry is not None and entry.status == "running":
             store.update_run(run_id, status="interrupted")
-        if store.manifest.status == "running" and not ClaimBoard(study_dir).live_claims():
-            store.set_status("interrupted")
+        statuses = [e.status for e in store.manifest.runs]
+        final = final_status(statuses, "interrupted", held=ClaimBoard(study_dir).live_claims())
+        if store.manifest.status == "running" and final is not None:
+            store.set_status(final.status, detail=final.detail)
     except (OSError, ValueError, LlemError):
         return
 

@@ -14,25 +14,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from llem_agent.contract import RESULT_FILE, TELEMETRY_FILE
+from llem_agent.contract import AgentEnvironment
 
 from . import __version__
 from .display import column_for, format_stat
-from .results import (
-    HOST_FILE,
-    METRIC_BY_NAME,
-    StudySummary,
-    describe,
-    read_json,
-)
+from .results import StudySummary
+from .stats import METRIC_BY_NAME, describe
+from .studydir import StudyDir
 
-REPORT_FILE = "report.html"
 # Effect plots per swept parameter: (metric, axis title, scale to display units).
 EFFECT_METRICS = (
     ("j_per_output_token", "J / output token", 1.0),
     ("output_tokens_per_s", "output tokens / s", 1.0),
     ("e2e_p50_s", "e2e latency p50 (ms)", 1e3),
 )
+# The experiments table's metric columns (display.py's headers and scales).
+TABLE_METRICS = ("output_tokens_per_s", "j_per_output_token", "energy_j", "mean_power_w", "ttft_p50_s", "e2e_p50_s")
 MAX_TRACE_RUNS = 24
 MAX_EFFECT_PARAMS = 12
 _PLOT_CONFIG = {"displaylogo": False, "responsive": True}
@@ -209,8 +206,9 @@ def _traces(summary: StudySummary) -> tuple[str, str]:
     from plotly.subplots import make_subplots
 
     found = []
+    study = StudyDir(summary.study_dir)
     for r in summary.runs:
-        path = summary.study_dir / "runs" / r.run_id / TELEMETRY_FILE
+        path = study.run(r.run_id).telemetry_file
         if r.status == "completed" and path.exists():
             found.append((r, path))
     title = "Power and temperature traces"
@@ -273,8 +271,7 @@ def _warnings(summary: StudySummary) -> tuple[str, str]:
 
 
 def _experiments_table(summary: StudySummary) -> tuple[str, str]:
-    columns = [column_for(c) for c in ("output_tokens_per_s", "j_per_output_token", "energy_j", "mean_power_w",
-                                        "ttft_p50_s", "e2e_p50_s")]  # fmt: skip
+    columns = [column_for(c) for c in TABLE_METRICS]
     head = "".join(f"<th>{html.escape(k)}</th>" for k in summary.swept) or "<th>experiment</th>"
     head += "<th>runs ok</th>" + "".join(f"<th>{html.escape(header)}</th>" for _, header, _ in columns)
     rows = []
@@ -292,28 +289,22 @@ def _experiments_table(summary: StudySummary) -> tuple[str, str]:
     return "Experiments", body
 
 
-def _engine_text(engine: str | None, env: dict[str, Any]) -> str | None:
+def _engine_text(engine: str, env: AgentEnvironment) -> str:
     """``vllm 0.33.0``; for pytorch the engine is Transformers, whose version has its own row."""
-    if engine is None:
-        return None
-    version = env.get("engine_version")
-    if engine == "pytorch" and version == env.get("transformers_version"):
+    version = env.engine_version
+    if engine == "pytorch" and version == env.transformers_version:
         return "pytorch (Transformers generate)"
     return f"{engine} {version}" if version else engine
 
 
 def _environment(summary: StudySummary) -> tuple[str, str]:
-    host = read_json(summary.study_dir / HOST_FILE)
-    env: dict[str, Any] = {}
-    engine = None
-    for r in summary.runs:
-        if r.status == "completed":
-            result = read_json(summary.study_dir / "runs" / r.run_id / RESULT_FILE)
-            env = result.get("environment", {}) if isinstance(result, dict) else {}
-            engine = result.get("engine") if isinstance(result, dict) else None
-            break
+    study = StudyDir(summary.study_dir)
+    host = study.host()
+    first = next((r for r in summary.runs if r.status == "completed"), None)
+    result = study.run(first.run_id).read_result()[0] if first is not None else None
+    env = result.environment if result is not None else None
     facts: list[tuple[str, Any]] = []
-    if isinstance(host, dict):
+    if host is not None:
         docker = host.get("docker") or {}
         facts += [
             ("host", host.get("hostname")),
@@ -326,14 +317,15 @@ def _environment(summary: StudySummary) -> tuple[str, str]:
                 ", ".join(f"{k} ({(v or {}).get('id', '?')[:19]})" for k, v in (host.get("images") or {}).items()),
             ),
         ]
+    gpus = env.gpus if env is not None else []
     facts += [
-        ("engine", _engine_text(engine, env)),
-        ("torch", env.get("torch_version")),
-        ("transformers", env.get("transformers_version")),
-        ("device", env.get("device")),
-        ("GPUs in the container", ", ".join(g.get("name", "?") for g in env.get("gpus", [])) or "none"),
-        ("driver", next((g.get("driver_version") for g in env.get("gpus", [])), None)),
-        ("CUDA runtime", env.get("cuda_runtime")),
+        ("engine", _engine_text(result.engine, env) if result is not None and env is not None else None),
+        ("torch", env.torch_version if env is not None else None),
+        ("transformers", env.transformers_version if env is not None else None),
+        ("device", env.device if env is not None else None),
+        ("GPUs in the container", ", ".join(g.name for g in gpus) or "none"),
+        ("driver", next((g.driver_version for g in gpus), None)),
+        ("CUDA runtime", env.cuda_runtime if env is not None else None),
     ]
     f = summary.factors
     facts += [
@@ -399,6 +391,6 @@ def write_report(summary: StudySummary, out: Path | None = None) -> Path:
     """Write the report (atomically) to ``out``, default ``<study>/report.html``."""
     from llem_agent.contract import write_atomic
 
-    path = out or summary.study_dir / REPORT_FILE
+    path = out or StudyDir(summary.study_dir).report_file
     write_atomic(path, render(summary))
     return path

@@ -23,13 +23,11 @@ from .devices import devices_needed
 from .errors import ConfigError, EnvironmentProblem
 from .manifest import CLAIMABLE, ProgressWatch
 from .plan import Plan
+from .studydir import FINAL_STATUSES, StudyDir
 
-SLURM_DIR = "slurm"
-SCRIPT = "job.sbatch"
 # File systems every node of a cluster can see; anything else gets a warning.
 SHARED_FS = {"nfs", "nfs4", "lustre", "gpfs", "beegfs", "cephfs", "glusterfs", "fuse.glusterfs", "panfs", "wekafs",
              "fuse.sshfs", "cifs", "smb3", "fuse.juicefs", "virtiofs"}  # fmt: skip
-FINAL = {"completed", "failed", "interrupted", "circuit_open", "timed_out"}
 
 
 @dataclass(frozen=True)
@@ -69,11 +67,11 @@ def script(study_dir: Path, plan: Plan, options: SlurmOptions, worker_flags: Seq
     """The sbatch script of the study's job array, readable on its own."""
     tasks = options.tasks or max(1, min(pending, 8))
     gpus = options.gpus if options.gpus is not None else gpus_per_run(plan, options.partition)
-    out = study_dir / SLURM_DIR
+    study = StudyDir(study_dir)
     header = [
         f"--job-name={_header_value(f'llem-{plan.study.name}'[:80])}",
         f"--array=0-{tasks - 1}",
-        f"--output={_header_value(f'{out}/%A_%a.out')}",
+        f"--output={_header_value(f'{study.slurm_dir}/%A_%a.out')}",
     ]
     chosen = (("partition", options.partition), ("account", options.account), ("time", options.time))
     header += [f"--{key}={value}" for key, value in chosen if value]
@@ -100,7 +98,7 @@ def script(study_dir: Path, plan: Plan, options: SlurmOptions, worker_flags: Seq
         "#!/bin/bash",
         f"# llem {__version__}: study {plan.study.name}, {len(plan.runs)} runs ({pending} to run) by a job array",
         f"# of {tasks} tasks. Each task runs `llem worker`, which claims pending runs one by one",
-        f"# ({study_dir}/claims/) until none is left; a run whose task dies is claimed again.",
+        f"# ({study.claims_dir}/) until none is left; a run whose task dies is claimed again.",
         "# What is left after the job:  llem run STUDY --resume-dir THIS_STUDY_DIR --executor slurm",
         *(f"#SBATCH {h}" for h in header),
         "set -euo pipefail",
@@ -214,9 +212,9 @@ def follow(
     while True:
         manifest = watch.poll()
         if manifest is None:
-            raise EnvironmentProblem(f"cannot read {study_dir}/manifest.json while following job {job_id}")
+            raise EnvironmentProblem(f"cannot read {StudyDir(study_dir).manifest_file} while following job {job_id}")
         left = sum(1 for e in manifest.runs if e.status != "completed")
-        final = manifest.status in FINAL
+        final = manifest.status in FINAL_STATUSES
         if final and not any(e.status in CLAIMABLE for e in manifest.runs):
             return manifest.status, left
         if not job_alive(job_id):
@@ -228,11 +226,12 @@ def follow(
 
 
 def write_script(study_dir: Path, text: str) -> Path:
-    folder = study_dir / SLURM_DIR
+    study = StudyDir(study_dir)
+    folder = study.slurm_dir
     folder.mkdir(exist_ok=True)
     if os.getuid() == 0:
         os.chmod(folder, 0o2775)
-    path = folder / SCRIPT
+    path = study.slurm_script
     path.write_text(text, encoding="utf-8")
     path.chmod(0o755)
     return path

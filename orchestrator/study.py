@@ -19,6 +19,7 @@ from . import yamlsafe
 from .errors import ConfigError
 from .profiles import get_profile
 from .runners import RunnerKind, parse_runner
+from .studydir import StudyDir
 from .sweep import count_configs, deep_merge, expand
 from .validation import describe, did_you_mean, has_unknown_key, model_at
 
@@ -273,7 +274,7 @@ def load_planned_study(
     the live file, which may have changed since: another ``runners:`` or image), its relative
     paths anchored where the original file was, when that is still there (a worker on another
     node or in a pod may not see it: then the copy's own directory)."""
-    copy = study_dir / "study.yaml"
+    copy = StudyDir(study_dir).study_copy
     original = Path(planned_from) if planned_from else None
     anchor = original if original is not None and original.parent.is_dir() else copy
     return study_from_data(_load_mapping(copy), anchor, name_override, profile=profile)

@@ -6,9 +6,10 @@ before Python's recursion limit is near; and the document's size *with every ali
 expanded* is counted on the composed node graph before anything is built, so an alias bomb
 (a few lines that expand to billions of nodes) is refused in linear time and memory.
 
-``read_text`` reads the file itself within a bound: a device (``/dev/zero``), a FIFO or a
-socket is refused without reading it (or waiting for a writer), and a regular file is read
-at most ``MAX_FILE_BYTES`` + 1 bytes, however large it says it is (``/proc`` files say 0).
+``read_text`` (and ``read_bytes``, which the study directory's JSON files are read through) reads
+the file itself within a bound: a device (``/dev/zero``), a FIFO or a socket is refused without
+reading it (or waiting for a writer), and a regular file is read at most ``MAX_FILE_BYTES`` + 1
+bytes (or the bound given), however large it says it is (``/proc`` files say 0).
 """
 
 from __future__ import annotations
@@ -129,38 +130,60 @@ def load(text: str, origin: str, max_nodes: int = MAX_EXPANDED_NODES) -> Any:
         loader.dispose()
 
 
-def read_text(path: Path, what: str, limit: int = MAX_FILE_BYTES) -> str | None:
-    """The UTF-8 text of the user's file ``path`` (``what`` names it in messages), or None when
-    it does not exist; ConfigError when it is not a regular file, is over ``limit`` bytes or is
-    not UTF-8. Reads at most ``limit`` + 1 bytes."""
+class Unreadable(ConfigError):
+    """A file llem will not read (missing aside): the message names it; ``reason`` is the short
+    why ("Permission denied", "a FIFO, not a regular file"), for a caller's own wording."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def read_bytes(path: Path, what: str, limit: int = MAX_FILE_BYTES) -> bytes | None:
+    """The bytes of ``path`` (``what`` names it in messages), or None when it does not exist;
+    :class:`Unreadable` when it cannot be read, is not a regular file or is over ``limit``
+    bytes. Reads at most ``limit`` + 1 bytes, and never waits for a FIFO's writer."""
     try:
         # O_NONBLOCK: opening a FIFO with no writer returns at once instead of waiting for one.
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except FileNotFoundError:
         return None
     except IsADirectoryError:
-        raise ConfigError(f"{what} is a directory: {path}") from None
+        raise Unreadable(f"{what} is a directory: {path}", "a directory") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+        why = exc.strerror or str(exc)
+        raise Unreadable(f"cannot read {what} {path}: {why}", why) from None
     except ValueError:  # a NUL byte in the path
-        raise ConfigError(f"{what} {str(path)!r} is not a valid path") from None
+        raise Unreadable(f"{what} {str(path)!r} is not a valid path", "not a valid path") from None
     try:
         mode = os.fstat(fd).st_mode
         if stat.S_ISDIR(mode):
-            raise ConfigError(f"{what} is a directory: {path}")
+            raise Unreadable(f"{what} is a directory: {path}", "a directory")
         if not stat.S_ISREG(mode):
-            raise ConfigError(
-                f"{what} {path} is a {_kind(mode)}, not a regular file; llem reads only regular files of at most "
-                f"{limit // 2**20} MiB"
+            kind = f"a {_kind(mode)}, not a regular file"
+            raise Unreadable(
+                f"{what} {path} is {kind}; llem reads only regular files of at most {limit // 2**20} MiB", kind
             )
         with os.fdopen(fd, "rb", closefd=False) as handle:
             data = handle.read(limit + 1)
     except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+        why = exc.strerror or str(exc)
+        raise Unreadable(f"cannot read {what} {path}: {why}", why) from None
     finally:
         os.close(fd)
     if len(data) > limit:
-        raise ConfigError(f"{what} {path} is larger than {limit // 2**20} MiB; llem reads at most that much")
+        size = f"larger than {limit // 2**20} MiB"
+        raise Unreadable(f"{what} {path} is {size}; llem reads at most that much", size)
+    return data
+
+
+def read_text(path: Path, what: str, limit: int = MAX_FILE_BYTES) -> str | None:
+    """The UTF-8 text of the user's file ``path`` (``what`` names it in messages), or None when
+    it does not exist; ConfigError when it is not a regular file, is over ``limit`` bytes or is
+    not UTF-8. Reads at most ``limit`` + 1 bytes."""
+    data = read_bytes(path, what, limit)
+    if data is None:
+        return None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

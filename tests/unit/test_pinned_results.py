@@ -16,17 +16,14 @@ from llem import claims
 from llem.claims import DEFAULT_STALE_AFTER_S, GARBAGE_GRACE_S, ClaimBoard, Seen, owner_token
 from llem.results import (
     CV_WARNING,
-    KEY_METRICS,
-    METRIC_BY_NAME,
     ExperimentSummary,
-    Stat,
     _experiment_warnings,
     _ranking_warnings,
     aggregate,
-    describe,
     overlaps,
     varying_keys,
 )
+from llem.stats import KEY_METRICS, METRIC_BY_NAME, Stat, describe
 from llem.study import design_hash, study_from_data
 from llem_agent.contract import RESULT_FILE
 from tests.synthetic import make_study_dir
@@ -350,7 +347,7 @@ def test_what_a_holder_is_said_to_be():
     ],
 )
 def test_a_mean_and_its_interval_to_four_significant_figures(mean: float, half: float | None, text: str):
-    from llem.results import format_mean_ci
+    from llem.stats import format_mean_ci
 
     assert format_mean_ci(mean, half) == text
     assert format_mean_ci(0.123456, 0.01, digits=2) == "0.12 ± 0.01"

@@ -27,6 +27,13 @@ def test_an_orphans_run_is_interrupted_and_the_study_too_when_nobody_else_runs_i
     assert manifest.run("e001-c1").status == "interrupted" and manifest.status == "interrupted"
 
 
+def test_the_interrupted_study_says_what_is_left_by_the_one_rule(tmp_path: Path) -> None:
+    study_dir = _study(tmp_path)
+    mark_interrupted(study_dir, "e001-c1")
+    last = ManifestStore.load(study_dir).history[-1]
+    assert last["status"] == "interrupted" and last["detail"] == "0 of 2 runs completed; 1 interrupted, 1 running"
+
+
 def test_the_study_goes_on_while_another_worker_holds_a_run_of_it(tmp_path: Path) -> None:
     study_dir = _study(tmp_path)
     assert ClaimBoard(study_dir, worker="alive").claim("e002-c1") is not None  # this process: alive

@@ -18,13 +18,11 @@ from llem.results import (
     EXPERIMENTS_FILE,
     HOST_FILE,
     ExperimentSummary,
-    Stat,
     _ranking_warnings,
     aggregate,
-    describe,
-    format_mean_ci,
     summarise,
 )
+from llem.stats import Stat, describe, format_mean_ci
 from llem.userconfig import MeasurementFactors
 from llem_agent.contract import RESULT_FILE
 from tests.synthetic import make_study_dir
