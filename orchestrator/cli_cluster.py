@@ -20,7 +20,7 @@ from .errors import EXIT_OK, EXIT_RUNS_FAILED, ConfigError, EnvironmentProblem, 
 from .execution import NoEvents
 from .plan import Plan, make_plan
 from .session import launchers as make_launchers
-from .session import load_plan, open_study, plural, prepare_host, resolve_images, runner_options
+from .session import load_plan, open_study, plural, prepare_host, resolve_images, results_root, runner_options
 from .study import Study, load_planned_study
 from .userconfig import UserConfig, load_user_config
 
@@ -152,7 +152,7 @@ def _print_slurm_script(args: argparse.Namespace, study: Study, plan: Plan) -> i
     from .slurm import script
 
     user = load_user_config()
-    root = Path(args.results_dir) if args.results_dir else user.results_dir
+    root = results_root(options_from_args(args), study, user)
     where = root.resolve() / f"{study.name}_<timestamp>"
     print_text(plan, console(stderr=True))  # the plan on stderr, the script alone on stdout
     # Plain print: the script must come out exactly, never wrapped or styled.
@@ -307,7 +307,7 @@ def cmd_k8s(args: argparse.Namespace) -> int:
         raise ConfigError(f"--pods must be at least 1, got {args.pods}")
     study, plan = load_plan(Path(args.study), options_from_args(args))
     user = load_user_config()
-    root = (Path(args.results_dir) if args.results_dir else user.results_dir).resolve()
+    root = results_root(options_from_args(args), study, user).resolve()
     mount = args.mount_path or str(root)
     if not mount.startswith("/"):
         raise ConfigError(f"--mount-path must be absolute, got {mount!r}")

@@ -87,6 +87,14 @@ def container_memory(flag: str | None) -> str | None:
     return f"{int(total * 0.9) // 2**20}m"
 
 
+def results_root(options: Options, study: Study, user: UserConfig) -> Path:
+    """Where the study directory goes: --results-dir, else the study's output_dir, else the user
+    config's output.results_dir (else ./results)."""
+    if options.results_dir:
+        return Path(options.results_dir)
+    return study.output_dir if study.output_dir is not None else user.results_dir
+
+
 def runner_options(options: Options, study: Study, user: UserConfig) -> RunnerOptions:
     """Host settings of this invocation: ``options`` over the study's study_execution and the user config."""
     from .devices import allowed_gpus
@@ -105,7 +113,7 @@ def runner_options(options: Options, study: Study, user: UserConfig) -> RunnerOp
     gpu_indices, gpu_uuids = allowed_gpus(options.gpus)
     machine = user.gaps_s(gpus=bool(gpu_indices))
     return RunnerOptions(
-        results_root=Path(options.results_dir) if options.results_dir else user.results_dir,
+        results_root=results_root(options, study, user),
         images=resolve_images(study.images, options.images, user),
         run_timeout_s=options.run_timeout_s,
         gpu_indices=gpu_indices,

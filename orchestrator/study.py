@@ -132,6 +132,8 @@ class Study:
     # was given as a mapping, written to a file of its own, anchors them at the caller's directory.
     origin: Path | None = None
     profile: str | None = None  # --profile this study was loaded with (profiles.py)
+    # output_dir (003): where its study directory goes, anchored at the study file; --results-dir wins.
+    output_dir: Path | None = None
 
     @property
     def base_dir(self) -> Path:
@@ -339,12 +341,20 @@ def study_from_data(
             "(--max-experiments raises it if you mean it)"
         )
     raws = expand(shared, sweep, explicit) if (sweep or explicit) else expand(shared, None, None) or [shared]
-    results = _deduplicate([_validate(i, raw, path) for i, raw in enumerate(raws)])
+    validated = [_validate(i, raw, path) for i, raw in enumerate(raws)]
+    # Before duplicates go: output_dir is not part of an experiment's identity (its config hash).
+    output_dirs = sorted({r.config.output_dir for r in validated if isinstance(r, Experiment) and r.config.output_dir})
+    results = _deduplicate(validated)
     experiments = tuple(r for r in results if isinstance(r, Experiment))
     skipped = tuple(r for r in results if isinstance(r, Skipped))
     if not experiments:
         first = skipped[0].reason if skipped else "the file defines no experiment"
         raise ConfigError(f"{path}: no valid experiment remains ({len(skipped)} skipped; first: {first})")
+    if len(output_dirs) > 1:
+        raise ConfigError(
+            f"{path}: experiments name {len(output_dirs)} output_dir values ({', '.join(output_dirs)}); a study "
+            "writes one study directory: set output_dir once, at the top level"
+        )
     # Renumber so experiment indices are dense in design order.
     experiments = tuple(Experiment(i, e.config, e.config_hash) for i, e in enumerate(experiments))
 
@@ -364,4 +374,5 @@ def study_from_data(
         images=images,
         runners=runners,
         profile=profile,
+        output_dir=(path.parent / output_dirs[0]) if output_dirs else None,
     )

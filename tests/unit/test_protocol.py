@@ -174,3 +174,31 @@ def test_python_dash_m_llem_runs_the_command():
     """``python -m llem`` (and, in a checkout, ``python -m orchestrator``) is the llem command."""
     proc = subprocess.run([sys.executable, "-m", "llem", "--version"], capture_output=True, text=True, check=False)
     assert (proc.returncode, proc.stdout.strip()) == (0, "llem 0.1.0")
+
+
+def test_output_dir_is_where_the_study_directory_goes(tmp_path):
+    """003's output_dir: applied (it was accepted, then refused before any run), anchored at the
+    study file, --results-dir over it, never part of what an experiment is."""
+    from llem.session import results_root
+    from llem_agent.contract import config_hash
+
+    path = write(tmp_path, SILENT + "output_dir: ./elsewhere\n")
+    study = load_study(path)
+    assert study.output_dir == tmp_path / "elsewhere"
+    assert results_root(Options(), study, load_user_config()) == tmp_path / "elsewhere"
+    assert results_root(Options(results_dir=tmp_path / "flag"), study, load_user_config()) == tmp_path / "flag"
+    plain = load_study(write(tmp_path, SILENT))
+    assert [e.config_hash for e in study.experiments] == [e.config_hash for e in plain.experiments]
+    assert study.design_hash == plain.design_hash
+    assert config_hash(study.experiments[0].config) == plain.experiments[0].config_hash
+    host = runner_options(Options(), study, load_user_config())
+    runner = StudyRunner(make_plan(study), host, FakeLauncher(), Recorder())
+    runner.preflight()  # no longer refused as a field the agent does not apply
+    assert runner.prepare().parent == tmp_path / "elsewhere"
+    runner.release()
+
+
+def test_two_output_dirs_in_one_study_are_refused(tmp_path):
+    path = write(tmp_path, SILENT.replace("[1, 2]\n", "[1, 2]\n  output_dir: [a, b]\n"))
+    with pytest.raises(ConfigError, match=r"experiments name 2 output_dir values \(a, b\); a study writes one"):
+        load_study(path)

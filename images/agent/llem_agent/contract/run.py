@@ -80,7 +80,8 @@ def config_hash(config: ExperimentConfig) -> str:
     """16 hex chars of SHA-256 over the canonical explicit config.
 
     Fields left at None ("the engine's default") are dropped, so adding a new optional
-    field to the schema does not change the identity of existing experiments.
+    field to the schema does not change the identity of existing experiments; ``output_dir``
+    (where results go, not what is measured) is never part of it.
     """
-    explicit = config.model_dump(mode="json", exclude_none=True)
+    explicit = config.model_dump(mode="json", exclude_none=True, exclude={"output_dir"})
     return hashlib.sha256(canonical_json(explicit).encode()).hexdigest()[:16]

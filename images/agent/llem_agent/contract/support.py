@@ -70,6 +70,7 @@ _UNIVERSAL = frozenset(
         "baseline.cache_ttl_seconds",
         "baseline.validation_interval",
         "baseline.drift_threshold",
+        "output_dir",  # applied by the host: where the study directory goes (not part of the config hash)
     }
 )
 # The engine versions llem's images pin (images/vllm, images/tensorrt).
