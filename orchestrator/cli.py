@@ -295,8 +295,13 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     doctor.add_argument("--json", action="store_true", help="print the checks as JSON")
     doctor.add_argument("--results-dir", metavar="DIR", help=RESULTS_DIR_HELP)
     doctor.set_defaults(func=cmd_doctor)
-    config = sub.add_parser("config", help="show the effective user configuration and where each value came from")
+    config = sub.add_parser(
+        "config", help="show the effective user configuration, where each value came from, and the engines here"
+    )
     config.add_argument("--json", action="store_true", help="print it as JSON")
+    config.add_argument(
+        "--verbose", action="store_true", help="also the detailed environment: host, OS, CPU, memory, GPUs, Docker"
+    )
     config.set_defaults(func=cmd_config)
     schema = sub.add_parser("schema", help="JSON Schemas of experiment, study and result files")
     schema.add_argument(
@@ -343,10 +348,16 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     from rich.table import Table
 
+    from .doctor import engine_status, environment
+
     user = load_user_config()
+    engines = engine_status(user.images())
+    facts = environment() if args.verbose else None
     if args.json:
         data = {key: {"value": s.value, "source": s.source} for key, s in user.settings.items()}
-        print(json.dumps({"config_file": str(user.path), "found": user.file_found, "settings": data}, indent=2))
+        doc = {"config_file": str(user.path), "found": user.file_found, "settings": data,
+               "engines": [e.as_dict() for e in engines]}  # fmt: skip
+        print(json.dumps(doc | ({"environment": facts} if facts is not None else {}), indent=2))
         return EXIT_OK
     out = console()
     state = "" if user.file_found else ": not found, so defaults apply (create it to change them)"
@@ -357,6 +368,20 @@ def cmd_config(args: argparse.Namespace) -> int:
     for key, setting in user.settings.items():
         table.add_row(key, "–" if setting.value is None else str(setting.value), setting.source)
     out.print(table)
+    installed = Table(title="engines on this host")
+    for column in ("engine", "image", "docker runner", "local runner"):
+        installed.add_column(column)
+    for e in engines:
+        image = {True: "image here", False: "not here (llem pull)", None: "Docker not answering"}[e.image_here]
+        installed.add_row(e.engine, e.image, image, "importable" if e.importable else "not installed")
+    out.print(installed)
+    if facts is not None:
+        env = Table(title="environment")
+        for column in ("fact", "value"):
+            env.add_column(column)
+        for key, value in facts.items():
+            env.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
+        out.print(env)
     carbon = user.value("measurement.carbon_intensity_gco2_kwh")
     if carbon is None:
         out.print("CO2e is not computed: set measurement.carbon_intensity_gco2_kwh or LLEM_CARBON_INTENSITY (gCO2/kWh)")

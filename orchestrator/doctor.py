@@ -144,3 +144,61 @@ def run_checks(required_engines: Sequence[str] = (DEFAULT_ENGINE,), results_dir:
     checks.append(disk_check("results disk", results_dir or user.results_dir, "--results-dir / output.results_dir"))
     checks.append(disk_check("model cache disk", user.hf_home, "output.model_cache_dir / HF_HOME"))
     return checks
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    """Where an engine can run on this host (``llem config``): its image here, its package importable here."""
+
+    engine: str
+    image: str
+    image_here: bool | None  # None: Docker does not answer
+    importable: bool  # the host's Python has the engine's packages (the local runner's need)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "engine": self.engine,
+            "image": self.image,
+            "image_here": self.image_here,
+            "importable": self.importable,
+        }
+
+
+def engine_status(images: dict[str, str]) -> list[EngineStatus]:
+    """Each engine's image (present on this host?) and whether the host's Python can import it:
+    a look, not a check (``llem doctor`` checks the images' contract)."""
+    import importlib.util
+
+    from .launcher import DockerLauncher
+
+    launcher = DockerLauncher()
+    try:
+        launcher.server()
+        reachable = True
+    except LlemError:
+        reachable = False
+    out = []
+    for engine in ENGINES:
+        packages = {m.split(".")[0] for m in ENGINE_SECTIONS[engine].import_check()} - {"llem_agent"}
+        importable = all(importlib.util.find_spec(name) is not None for name in sorted(packages))
+        here = launcher.has_image(images[engine]) if reachable else None
+        out.append(EngineStatus(engine, images[engine], here, importable))
+    return out
+
+
+def environment() -> dict[str, Any]:
+    """The detailed environment (``llem config --verbose``): this host's facts as host.json
+    records them, Docker's version, the GPUs NVML sees and the variables that choose devices."""
+    from .hostinfo import host_facts
+    from .launcher import DockerLauncher
+
+    try:
+        version, _ = DockerLauncher().server()
+        docker = {"version": version.get("Version"), "api_version": version.get("ApiVersion")}
+    except LlemError as exc:
+        docker = {"unreachable": str(exc)}
+    facts = host_facts(docker, {})
+    facts.pop("images", None)
+    variables = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "DOCKER_HOST", "HF_HOME", "LLEM_CONFIG")
+    facts["environment"] = {name: os.environ.get(name) for name in variables}
+    return facts

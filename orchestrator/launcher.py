@@ -195,6 +195,16 @@ class DockerLauncher:
             )
         return None
 
+    def has_image(self, image: str) -> bool:
+        """Whether this host has ``image`` (never pulls)."""
+        try:
+            self.client.images.get(image)
+            return True
+        except docker.errors.ImageNotFound:
+            return False
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise EnvironmentProblem(_first_line(exc)) from None
+
     def _image_id(self, image: str) -> str | None:
         """The local image's id; a missing one is pulled first when this launcher pulls."""
         try:

@@ -84,3 +84,48 @@ def test_image_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.setenv("LLEM_IMAGE_PYTORCH", "from/env:1")
     images = resolve_images({"pytorch": "from/study:1"}, ["vllm=from/flag:2"], load_user_config())
     assert images["pytorch"] == "from/env:1" and images["vllm"] == "from/flag:2"
+
+
+def test_llem_config_says_which_engines_this_host_has(monkeypatch, capsys):
+    """003: `llem config` also says which engines are installed; --verbose the environment."""
+    import json
+
+    from llem.cli import main
+    from llem.launcher import DockerLauncher
+
+    monkeypatch.setattr(DockerLauncher, "server", lambda self: ({"Version": "27.0", "ApiVersion": "1.46"}, {}))
+    monkeypatch.setattr(DockerLauncher, "has_image", lambda self, image: image.endswith("/pytorch:0.1.0"))
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: object() if name == "vllm" else None)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-abc")
+    assert main(["config", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [(e["engine"], e["image_here"], e["importable"]) for e in doc["engines"]] == [
+        ("pytorch", True, False),
+        ("vllm", False, True),
+        ("tensorrt", False, False),
+    ]
+    assert "environment" not in doc
+    assert main(["config", "--json", "--verbose"]) == 0
+    env = json.loads(capsys.readouterr().out)["environment"]
+    assert env["docker"] == {"version": "27.0", "api_version": "1.46"}
+    assert env["environment"]["CUDA_VISIBLE_DEVICES"] == "GPU-abc"
+    assert main(["config"]) == 0
+    table = capsys.readouterr().out
+    assert "engines on this host" in table and "not here (llem pull)" in table and "importable" in table
+
+
+def test_llem_config_without_docker_says_so(monkeypatch, capsys):
+    import json
+
+    from llem.cli import main
+    from llem.errors import EnvironmentProblem
+    from llem.launcher import DockerLauncher
+
+    def no_daemon(self):
+        raise EnvironmentProblem("Cannot connect to the Docker daemon")
+
+    monkeypatch.setattr(DockerLauncher, "server", no_daemon)
+    assert main(["config", "--json", "--verbose"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert {e["image_here"] for e in doc["engines"]} == {None}
+    assert doc["environment"]["docker"] == {"unreachable": "Cannot connect to the Docker daemon"}
