@@ -217,7 +217,9 @@ def _run_study(study: Study, options: Options, forward: _Forward, plan: Plan | N
     user = load_user_config()
     host = runner_options(options, study, user)
     for skipped in study.skipped:
-        forward.note(f"skipping grid point {skipped.index + 1}: {skipped.reason}")
+        forward.note(f"skipping {skipped.describe()}")
+    for warning in study.warnings:
+        forward.note(f"warning: {warning}")
     engines, docker = launchers(study, options, user, on_pull=forward.pulling)
     runner = StudyRunner(plan, host, engines, events=forward)
     prepare_host(runner, engines, docker, forward.note)

@@ -89,7 +89,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runner import StudyRunner
 
     for skipped in study.skipped:
-        err.print(f"[yellow]skipping[/] grid point {skipped.index + 1}: {skipped.reason}")
+        err.print(f"[yellow]skipping[/] {skipped.describe()}")
+    for warning in study.warnings:
+        err.print(f"[yellow]warning[/] {warning}")
     engines, docker = launchers(study, options, user, on_pull=PullLines(err, why="not on this host"))
     runner = StudyRunner(plan, host, engines, events=NoEvents())
     if args.executor == "slurm":

@@ -194,7 +194,8 @@ def print_results(
             reason = f"{run.failure_kind}: {run.failure_message}" if run.failure_kind else run.status
             console.print(f"[red]{run.status}[/] {run.run_id}: {reason}")
     for skipped in summary.manifest.skipped:
-        console.print(f"[yellow]skipped[/] grid point {skipped.index + 1}: {skipped.reason}")
+        where = f" ({skipped.point})" if skipped.point else ""
+        console.print(f"[yellow]skipped[/] grid point {skipped.index + 1}{where}: {skipped.reason}")
     for e in shown:
         for warning in e.warnings:
             console.print(f"[yellow]warning[/] experiment {e.index}: {warning}")

@@ -77,7 +77,8 @@ def plan_document(plan: Plan, gpus: list[Gpu] | None = None) -> dict[str, Any]:
             }
             for exp in study.experiments
         ],
-        "skipped": [{"index": s.index, "config": s.raw, "reason": s.reason} for s in study.skipped],
+        "skipped": [{"index": s.index, "point": s.point, "config": s.raw, "reason": s.reason} for s in study.skipped],
+        "warnings": list(study.warnings),
         "runs": [
             {"index": r.experiment.index, "cycle": r.cycle, "config_hash": r.experiment.config_hash, "run_id": r.run_id}
             for r in plan.runs
@@ -113,9 +114,11 @@ def print_text(plan: Plan, console: Console, gpus: list[Gpu] | None = None) -> N
         if refused:
             console.print(f"       [yellow]would be refused:[/] the agent does not apply {', '.join(refused)} yet")
     if study.skipped:
-        console.print(f"skipping {len(study.skipped)} invalid grid points (nothing will run for them):")
+        console.print(f"skipping {plural(len(study.skipped), 'invalid grid point')} (nothing will run for them):")
     for skipped in study.skipped:
-        console.print(f"  [yellow]✗[/] grid point {skipped.index + 1}: {skipped.reason}")
+        console.print(f"  [yellow]✗[/] {skipped.describe()}")
+    for warning in study.warnings:
+        console.print(f"[yellow]warning[/] {warning}")
     console.print(_verdict(oom, gpus or []))
     console.print("run order: " + " ".join(r.run_id for r in plan.runs))
 

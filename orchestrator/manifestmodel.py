@@ -62,6 +62,7 @@ class SkippedEntry(BaseModel):
 
     index: int
     reason: str
+    point: str = Field(default="", description="What makes it this grid point: its swept values.")
 
 
 class Manifest(BaseModel):

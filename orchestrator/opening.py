@@ -78,7 +78,7 @@ def create(plan: Plan, options: RunnerOptions, entry_for: EntryFor, launcher_fac
         shuffle_seed=plan.seed,
         protocol=protocol(plan, options),
         runs=[entry_for(run) for run in plan.runs],
-        skipped=[SkippedEntry(index=s.index, reason=s.reason) for s in study.skipped],
+        skipped=[SkippedEntry(index=s.index, reason=s.reason, point=s.point) for s in study.skipped],
     )
     return study_dir, manifest
 

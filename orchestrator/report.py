@@ -258,7 +258,10 @@ def _warnings(summary: StudySummary) -> tuple[str, str]:
         for r in summary.runs
         if r.status != "completed"
     ]
-    skipped = [f"<li>grid point {s.index + 1}: {html.escape(s.reason)}</li>" for s in summary.manifest.skipped]
+    skipped = [
+        f"<li>grid point {s.index + 1}{html.escape(f' ({s.point})' if s.point else '')}: {html.escape(s.reason)}</li>"
+        for s in summary.manifest.skipped
+    ]
     body = "<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>" if items else "<p>No warnings.</p>"
     if failed:
         body += (

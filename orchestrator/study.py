@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import re
@@ -114,6 +115,11 @@ class Skipped:
     index: int
     raw: dict[str, Any]
     reason: str
+    point: str = ""  # what makes it this grid point: its swept values ("engine=tensorrt, dtype=float32")
+
+    def describe(self) -> str:
+        """``grid point 3 (engine=tensorrt, dtype=float32): <reason>``."""
+        return f"grid point {self.index + 1}{f' ({self.point})' if self.point else ''}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -134,6 +140,7 @@ class Study:
     profile: str | None = None  # --profile this study was loaded with (profiles.py)
     # output_dir (003): where its study directory goes, anchored at the study file; --results-dir wins.
     output_dir: Path | None = None
+    warnings: tuple[str, ...] = ()  # said before it runs (dry run, llem run), never a refusal
 
     @property
     def base_dir(self) -> Path:
@@ -246,6 +253,32 @@ def explain(exc: ValidationError, model: type[BaseModel]) -> tuple[str, bool]:
     return f"{path}: expected {expected}, got {shown}: {_why_not_a_number(value, error['type'] == 'int_type')}", True
 
 
+def _static_cache_warning(exp: Experiment) -> str | None:
+    """004: a static KV cache (CUDA graphs) needs every batch padded to one length."""
+    section = exp.config.pytorch
+    batch = (section.batch_size or 1) if section else 1
+    if section is None or section.cache_implementation not in ("static", "offloaded_static") or batch <= 1:
+        return None
+    return (
+        f"experiment {exp.index + 1}: pytorch.cache_implementation {section.cache_implementation} with batch_size "
+        f"{batch}: a static cache pads every batch to one length (004); prompts of different lengths add padding, "
+        "which costs time and energy but counts as no token"
+    )
+
+
+def _point(raw: dict[str, Any], sweep: dict[str, Any]) -> str:
+    """The swept values of a grid point, as ``key=value`` (a scoped key read in its section)."""
+    parts = []
+    for key in sweep:
+        value: Any = raw
+        for part in str(key).split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is None and str(key) in raw:
+            value = raw[str(key)]
+        parts.append(f"{key}={'null' if value is None else value}")
+    return ", ".join(parts)
+
+
 def _validate(index: int, raw: dict[str, Any], origin: Path) -> Experiment | Skipped:
     try:
         config = ExperimentConfig.model_validate(raw)
@@ -346,7 +379,7 @@ def study_from_data(
     output_dirs = sorted({r.config.output_dir for r in validated if isinstance(r, Experiment) and r.config.output_dir})
     results = _deduplicate(validated)
     experiments = tuple(r for r in results if isinstance(r, Experiment))
-    skipped = tuple(r for r in results if isinstance(r, Skipped))
+    skipped = tuple(dataclasses.replace(r, point=_point(r.raw, sweep or {})) for r in results if isinstance(r, Skipped))
     if not experiments:
         first = skipped[0].reason if skipped else "the file defines no experiment"
         raise ConfigError(f"{path}: no valid experiment remains ({len(skipped)} skipped; first: {first})")
@@ -375,4 +408,5 @@ def study_from_data(
         runners=runners,
         profile=profile,
         output_dir=(path.parent / output_dirs[0]) if output_dirs else None,
+        warnings=tuple(w for e in experiments if (w := _static_cache_warning(e))),
     )

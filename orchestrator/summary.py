@@ -114,7 +114,7 @@ class StudySummary:
                 for r in self.runs
                 if r.status != "completed"
             ],
-            "skipped_grid_points": [{"index": s.index + 1, "reason": s.reason} for s in m.skipped],
+            "skipped_grid_points": [{"index": s.index + 1, "point": s.point, "reason": s.reason} for s in m.skipped],
         }
 
 

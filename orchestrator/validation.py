@@ -39,6 +39,29 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
+# Names of the earlier design documents (001, 002) that 003, the configuration reference, renamed:
+# an unknown key that is one of them says what it is called now.
+RENAMED = {
+    "backend": "engine",
+    "precision": "dtype (float32 | float16 | bfloat16; int8/int4 are quantisation: pytorch.load_in_8bit, ...)",
+    "n": "dataset.n_prompts",
+    "num_prompts": "dataset.n_prompts",
+    "execution": "study_execution (at the top of a study file)",
+    "cycle_order": "experiment_order (sequential | interleave | shuffle | reverse | latin_square)",
+    "cycles": "n_cycles",
+    "structure": "experiment_order",
+    "transformers": "pytorch (the engine section; engine: transformers is accepted as pytorch)",
+    "decoding": "decoder",
+    "warmup_prompts": "warmup.n_warmup",
+}
+
+
+def renamed_hint(key: str) -> str:
+    """`` (003 calls it 'x')`` for a name of 001/002, else an empty string."""
+    now = RENAMED.get(key)
+    return f" (an earlier name: 003 calls it {now})" if now else ""
+
+
 def _dotted(loc: Sequence[str | int]) -> str:
     return ".".join(str(p) for p in loc) or "(top level)"
 
@@ -53,7 +76,8 @@ def describe(exc: ValidationError, model: type[BaseModel], extra_candidates: Ite
         if not loc[:-1]:
             candidates += list(extra_candidates)
         where = f" in '{_dotted(loc[:-1])}'" if loc[:-1] else ""
-        return f"unknown key '{loc[-1]}'{where}{did_you_mean(str(loc[-1]), candidates)}"
+        hint = renamed_hint(str(loc[-1])) or did_you_mean(str(loc[-1]), candidates)
+        return f"unknown key '{loc[-1]}'{where}{hint}"
     message = str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "missing":
         return f"missing required key '{_dotted(loc)}'"

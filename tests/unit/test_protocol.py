@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -202,3 +203,45 @@ def test_two_output_dirs_in_one_study_are_refused(tmp_path):
     path = write(tmp_path, SILENT.replace("[1, 2]\n", "[1, 2]\n  output_dir: [a, b]\n"))
     with pytest.raises(ConfigError, match=r"experiments name 2 output_dir values \(a, b\); a study writes one"):
         load_study(path)
+
+
+def test_a_skipped_grid_point_is_named_by_its_values_and_recorded_so(tmp_path):
+    text = "name: g\nmodel: ./model\nsweep:\n  engine: [pytorch, tensorrt]\n  dtype: [float32, bfloat16]\n"
+    study = load_study(write(tmp_path, text))
+    (skipped,) = study.skipped
+    assert skipped.point == "engine=tensorrt, dtype=float32"  # 002's example
+    assert skipped.describe().startswith("grid point 3 (engine=tensorrt, dtype=float32): tensorrt does not support")
+    runner = StudyRunner(make_plan(study), RunnerOptions(
+        results_root=tmp_path / "r", images={"pytorch": "x", "tensorrt": "y"}, run_timeout_s=10, gpu_indices=(),
+        lock_dir=None, lock_wait_s=1, hf_home=tmp_path / "hf"), FakeLauncher(), Recorder())  # fmt: skip
+    study_dir = runner.prepare()
+    runner.release()
+    (entry,) = ManifestStore.load(study_dir).skipped
+    assert (entry.index, entry.point) == (2, "engine=tensorrt, dtype=float32")
+
+
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        ("backend: pytorch\nmodel: m\n", "unknown key 'backend' (an earlier name: 003 calls it engine)"),
+        ("precision: bf16\nmodel: m\n", "unknown key 'precision' (an earlier name: 003 calls it dtype"),
+        ("n: 100\nmodel: m\n", "unknown key 'n' (an earlier name: 003 calls it dataset.n_prompts)"),
+        ("model: m\nstudy_execution: {cycle_order: interleaved}\n", "003 calls it experiment_order"),
+        ("model: m\nexecution: {n_cycles: 2}\n", "unknown key 'execution' (an earlier name: 003 calls it study_ex"),
+    ],
+)
+def test_names_of_the_earlier_designs_say_what_003_calls_them(tmp_path, text, hint):
+    with pytest.raises(ConfigError, match=re.escape(hint)):
+        load_study(write(tmp_path, text))
+
+
+def test_a_static_cache_with_batches_is_warned_about(tmp_path):
+    text = SILENT + "pytorch: {cache_implementation: static}\n"
+    study = load_study(write(tmp_path, text))
+    # batch_size 1 needs no padding; batch_size 2 does (004, "Pitfall 6").
+    assert study.warnings == (
+        "experiment 2: pytorch.cache_implementation static with batch_size 2: a static cache pads every batch to "
+        "one length (004); prompts of different lengths add padding, which costs time and energy but counts as "
+        "no token",
+    )
+    assert load_study(write(tmp_path, SILENT)).warnings == ()

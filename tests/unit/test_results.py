@@ -107,7 +107,7 @@ def test_summary_files_round_trip(tmp_path: Path):
     assert [e["experiment"] for e in data["experiments"]] == [1, 2, 3, 4, 5, 6, 7, 8]
     assert data["factors"]["datacenter_pue"] == 1.2
     assert data["not_completed"][0]["kind"] == "oom"
-    assert data["skipped_grid_points"] == [{"index": 100, "reason": "synthetic: an invalid grid point"}]
+    assert data["skipped_grid_points"] == [{"index": 100, "point": "", "reason": "synthetic: an invalid grid point"}]
     per_exp = pq.read_table(study / "summary.parquet").to_pylist()
     assert len(per_exp) == 8
     first = per_exp[0]
