@@ -32,6 +32,7 @@ from .plan import Plan, PlannedRun
 from .results import RunRecord, StudySummary, aggregate, run_rows
 from .study import Study, study_from_data
 from .study import load_study as load_study_file
+from .studydir import StudyDir
 from .userconfig import load_user_config
 
 StudySource = str | Path | Mapping[str, Any] | ExperimentConfig
@@ -144,15 +145,13 @@ class StudyResults:
 
 def load_study(directory: str | Path) -> StudyResults:
     """Read a study directory (finished, interrupted or still running); nothing is written."""
-    from .onerun import read_result
-
     study_dir = Path(directory)
     summary = aggregate(study_dir, load_user_config().factors())
-    return StudyResults(study_dir, summary, tuple(_run(study_dir, r, read_result) for r in summary.runs))
+    return StudyResults(study_dir, summary, tuple(_run(StudyDir(study_dir), r) for r in summary.runs))
 
 
-def _run(study_dir: Path, record: RunRecord, read: Any) -> RunResult:
-    result = read(study_dir / "runs" / record.run_id, record.run_id)[0] if record.status == "completed" else None
+def _run(study: StudyDir, record: RunRecord) -> RunResult:
+    result = study.run(record.run_id).read_result()[0] if record.status == "completed" else None
     failure = f"{record.failure_kind}: {record.failure_message}" if record.failure_kind else None
     return RunResult(
         run_id=record.run_id,

@@ -22,6 +22,7 @@ from .plan import Plan, make_plan
 from .session import launchers as make_launchers
 from .session import load_plan, open_study, plural, prepare_host, resolve_images, results_root, runner_options
 from .study import Study, load_planned_study
+from .studydir import StudyDir, final_status
 from .userconfig import UserConfig, load_user_config
 
 if TYPE_CHECKING:
@@ -81,7 +82,7 @@ def _follow_workers(args: argparse.Namespace, runner: StudyRunner, slots: list[S
         who = "; ".join(f"{run_id} by {holder}" for run_id, holder in held.items())
         err.print(f"{len(held)} runs are held by workers of another llem ({who}); this study's workers wait for them")
     command = [llem_command(), "worker", str(study_dir), *_worker_flags(args)]
-    store = ManifestStore(study_dir, ManifestStore.load(study_dir))
+    store = ManifestStore.attach(study_dir)
     try:
         codes = run_workers(study_dir, slots, command, lambda done, n: err.print(f"{done}/{n} runs completed"))
     except KeyboardInterrupt:
@@ -90,7 +91,7 @@ def _follow_workers(args: argparse.Namespace, runner: StudyRunner, slots: list[S
         raise Interrupted(f"interrupted; completed results are kept in {study_dir} ({hint})") from None
     for i, code in enumerate(codes):
         if code not in (EXIT_OK, EXIT_RUNS_FAILED):
-            log = (study_dir / "workers" / f"slot{i}.log").read_text(errors="replace").strip().splitlines()
+            log = StudyDir(study_dir).worker_log(i).read_text(errors="replace").strip().splitlines()
             err.print(f"[red]worker slot{i} ({slots[i].describe()}) exited {code}[/]: {log[-1] if log else ''}")
     overlapped = record_overlaps(study_dir)
     manifest = store.refresh()
@@ -98,9 +99,9 @@ def _follow_workers(args: argparse.Namespace, runner: StudyRunner, slots: list[S
     if held:  # a worker lost a run to another llem's: that one concludes the study
         err.print(f"{len(held)} runs are still held by other workers ({', '.join(held)}); they finish the study")
     elif manifest.status == "running":  # no worker got as far as concluding the study
-        done = sum(1 for e in manifest.runs if e.status == "completed")
-        detail = f"{done} of {len(manifest.runs)} runs completed; no worker concluded"
-        store.set_status("completed" if done == len(manifest.runs) else "failed", detail=detail)
+        ended = final_status((e.status for e in manifest.runs), note="no worker concluded")
+        assert ended is not None  # nothing held: always this process's to conclude
+        store.set_status(ended.status, detail=ended.detail)
     summary = summarise(study_dir, runner.options.factors)
     print_results(summary, out)
     if overlapped:
@@ -176,7 +177,7 @@ def _submit_slurm(args: argparse.Namespace, study: Study, plan: Plan, runner: St
     warning = slurm.shared_storage_warning(study_dir)
     if warning:
         err.print(f"[yellow]warning[/] {warning}")
-    store = ManifestStore(study_dir, ManifestStore.load(study_dir))
+    store = ManifestStore.attach(study_dir)
     pending = sum(1 for e in store.manifest.runs if e.status in CLAIMABLE)
     if pending == 0:
         out.print(f"nothing left to run in {study_dir}")
@@ -226,20 +227,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import dataclasses
     import socket
 
-    from .manifest import ManifestStore
     from .runner import StudyRunner
 
     study_dir = Path(args.dir)
-    try:
-        manifest = ManifestStore.load(study_dir)
-    except (OSError, ValueError, UnicodeDecodeError):
-        raise ConfigError(f"{study_dir}: no readable manifest.json; not a llem study directory") from None
+    manifest = StudyDir(study_dir).manifest()  # ConfigError, in one line, without a readable manifest
     # What was planned: the study directory's copy of the study file, never the live one.
     profile = (manifest.protocol or {}).get("profile")  # applied again, as when it was planned
     study = load_planned_study(study_dir, manifest.study_file, name_override=manifest.study_name, profile=profile)
     if study.design_hash != manifest.study_design_hash:
         raise ConfigError(
-            f"{study_dir}/study.yaml does not match its manifest (design hash "
+            f"{StudyDir(study_dir).study_copy} does not match its manifest (design hash "
             f"{manifest.study_design_hash} -> {study.design_hash}); plan the study anew"
         )
     if args.engine:  # this worker's image runs one engine (a Kubernetes pod)

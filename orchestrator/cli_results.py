@@ -19,11 +19,10 @@ if TYPE_CHECKING:
 def study_dir_arg(arg: str | None, user: UserConfig, results_dir: str | None = None) -> Path:
     """A study directory, or a results directory whose newest study is meant (default:
     --results-dir, else the user config's output.results_dir)."""
-    from .manifest import MANIFEST_FILE
-    from .results import newest_study
+    from .studydir import StudyDir, newest_study
 
     path = Path(arg) if arg else Path(results_dir) if results_dir else user.results_dir
-    if (path / MANIFEST_FILE).exists():
+    if StudyDir(path).is_study():
         return path
     if not path.is_dir():
         raise ConfigError(f"{path}: no such study or results directory")

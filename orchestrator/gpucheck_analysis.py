@@ -5,16 +5,14 @@ synthetic studies), and the document that shows it (``render``)."""
 from __future__ import annotations
 
 import itertools
-import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llem_agent.contract import ExperimentResult
-
 from . import __version__
 from .gpucheck_plan import Sizing
+from .studydir import StudyDir
 
 COUNTER_TRACE_TARGET = 0.02
 HARNESS_TARGET = 0.99
@@ -49,16 +47,6 @@ class Validation:
         return bool(self.targets) and all(t.ok for t in self.targets)
 
 
-def _load_results(study_dir: Path) -> list[tuple[str, ExperimentResult]]:
-    manifest = json.loads((study_dir / "manifest.json").read_text(encoding="utf-8"))
-    out = []
-    for entry in manifest["runs"]:
-        path = study_dir / "runs" / entry["run_id"] / "result.json"
-        if entry["status"] == "completed" and path.exists():
-            out.append((entry["run_id"], ExperimentResult.model_validate_json(path.read_text(encoding="utf-8"))))
-    return out
-
-
 def _telemetry_rows(path: Path) -> int | None:
     if not path.exists():
         return None
@@ -71,7 +59,7 @@ def analyse(study_dir: Path | None, harness_rows: list[dict[str, float]] | None 
     """Every target of the validation, from a study directory (finished or not; None: no study)
     and the harness pairs so far."""
     v = Validation(harness_rows=list(harness_rows or []))
-    if study_dir is None or not (study_dir / "manifest.json").exists():
+    if study_dir is None or not StudyDir(study_dir).is_study():
         v.targets.append(Target("runs completed", "every run of the study", "study not run", False))
     else:
         _analyse_study(v, study_dir)
@@ -90,9 +78,10 @@ def analyse(study_dir: Path | None, harness_rows: list[dict[str, float]] | None 
 
 
 def _analyse_study(v: Validation, study_dir: Path) -> None:
-    manifest = json.loads((study_dir / "manifest.json").read_text(encoding="utf-8"))
-    results = _load_results(study_dir)
-    total = len(manifest["runs"])
+    study = StudyDir(study_dir)
+    manifest = study.manifest()
+    results = list(study.completed_results(manifest))  # each usable one, in manifest order
+    total = len(manifest.runs)
     v.targets.append(Target("runs completed", f"all {total}", f"{len(results)}", len(results) == total and total > 0))
     if results:
         first = results[0][1]
@@ -121,7 +110,7 @@ def _analyse_study(v: Validation, study_dir: Path) -> None:
             short.append(run_id)
         if e.flags:
             flagged.append(f"{run_id}: {', '.join(f.code for f in e.flags)}")
-        rows = _telemetry_rows(study_dir / "runs" / run_id / "timeseries.parquet")
+        rows = _telemetry_rows(study.run(run_id).telemetry_file)
         if rows is None or rows < int(window) * max(1, len(r.environment.gpus)):
             sidecars.append(run_id)
         if e.j_per_output_token is not None:

@@ -23,6 +23,7 @@ from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNS_FAILED
 from .gpucheck_analysis import StageRecord, Validation, _fmt, analyse, render
 from .gpucheck_children import Children, HarnessJob, Probe, _last_line
 from .gpucheck_plan import Cost, GpuCheckError, Plan, Sizing, estimate, format_estimate, size_plan, study_text
+from .studydir import StudyDir
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("build", "probe", "study", "harness", "docker")
@@ -78,7 +79,7 @@ def slug(gpu_name: str) -> str:
 
 def keep_fixture(study_dir: Path, fixtures: Path, gpu_name: str) -> Path | None:
     """One real trace (the second experiment's, batch 8 by default) becomes ``fixtures/<gpu>.json``."""
-    traces = sorted(study_dir.glob(f"runs/*/{RAW_TRACE_FILE}"))
+    traces = sorted(StudyDir(study_dir).runs_dir.glob(f"*/{RAW_TRACE_FILE}"))
     if not traces:
         return None
     chosen = next((t for t in traces if t.parent.name.startswith("e002")), traces[0])
@@ -219,7 +220,7 @@ class Check:
     def find_study(self) -> Path | None:
         """The study directory llem made in the study stage (the newest, not an earlier check's)."""
         if self.study_dir is None and self.layout.results.is_dir():
-            made = [p for p in self.layout.results.iterdir() if (p / "manifest.json").exists()]
+            made = [p for p in self.layout.results.iterdir() if StudyDir(p).is_study()]
             fresh = [p for p in made if p.stat().st_mtime >= self._stage_wall - 2]
             self.study_dir = max(fresh, key=lambda p: p.stat().st_mtime) if fresh else None
         return self.study_dir
@@ -227,7 +228,7 @@ class Check:
     def refresh(self) -> None:
         """Rewrite the document when the manifest or the harness rows changed."""
         study = self.find_study()
-        paths = [*([study / "manifest.json"] if study else []), self.layout.rows]
+        paths = [*([StudyDir(study).manifest_file] if study else []), self.layout.rows]
         seen = tuple(p.stat().st_mtime_ns for p in paths if p.exists())
         if seen != self._seen:
             self._seen = seen

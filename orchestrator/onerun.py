@@ -21,11 +21,7 @@ from llem_agent.contract import (
     CONTAINER_ENGINE_CACHE,
     CONTAINER_MODEL_DIR,
     CONTAINER_TRT_ENGINE_DIR,
-    ERROR_FILE,
-    EXPERIMENT_FILE,
-    HEARTBEAT_FILE,
     HUB_PROMPT_SETS,
-    RESULT_FILE,
     ExperimentConfig,
     ExperimentResult,
     RunError,
@@ -41,8 +37,8 @@ from .launching import ContainerOutcome, Launcher, Liveness
 from .locks import DeviceLocks, lock_names
 from .manifest import ManifestStore, RunFailure, utc_now
 from .plan import PlannedRun
+from .studydir import RunDir, StudyDir
 
-CONTAINER_LOG = "container.log"
 # Agent exception types that name a failure class of their own.
 _ERROR_KINDS = {"GpuNotVisible": "gpu_not_visible", "OutOfMemoryError": "oom"}
 
@@ -54,12 +50,12 @@ def image_for(engine: str, images: dict[str, str]) -> str:
         raise EnvironmentProblem(f"no image configured for engine '{engine}' (have: {sorted(images)})") from None
 
 
-def _archive_attempt(run_dir: Path, attempt: int) -> None:
+def _archive_attempt(run_dir: RunDir, attempt: int) -> None:
     """Keep an earlier attempt's files under ``attempts/N/`` so a re-run loses nothing."""
-    files = [p for p in run_dir.iterdir() if p.is_file()]
+    files = [p for p in run_dir.path.iterdir() if p.is_file()]
     if attempt < 1 or not files:
         return
-    target = run_dir / "attempts" / str(attempt)
+    target = run_dir.attempt(attempt)
     target.mkdir(parents=True, exist_ok=True)
     for path in files:
         path.rename(target / path.name)
@@ -67,7 +63,8 @@ def _archive_attempt(run_dir: Path, attempt: int) -> None:
 
 def collect(run_dir: Path, run_id: str, outcome: ContainerOutcome) -> tuple[ExperimentResult | None, RunFailure | None]:
     """Read what the agent left in ``run_dir`` and decide how the run ended."""
-    result_path, error_path = run_dir / RESULT_FILE, run_dir / ERROR_FILE
+    run = RunDir(run_dir, run_id)
+    result_path, error_path = run.result_file, run.error_file
     if outcome.timed_out:
         return None, RunFailure(kind="timeout", message=f"no exit within the run timeout ({outcome.duration_s:.0f} s)")
     if outcome.hung:
@@ -75,7 +72,7 @@ def collect(run_dir: Path, run_id: str, outcome: ContainerOutcome) -> tuple[Expe
     if outcome.oom_killed:
         return None, RunFailure(kind="oom", message="the container was killed for exceeding its memory limit")
     if result_path.exists() and outcome.exit_code == 0:
-        result, problem = read_result(run_dir, run_id)
+        result, problem = run.read_result()
         if problem is not None:
             return None, RunFailure(kind="corrupt_result", message=problem)
         return result, None
@@ -85,7 +82,7 @@ def collect(run_dir: Path, run_id: str, outcome: ContainerOutcome) -> tuple[Expe
             kind = _ERROR_KINDS.get(error.type, "agent_error")
             message = f"{error.phase}: {error.message}"
             if "root cause" in error.message.lower():  # vLLM: "Engine core initialization failed. See root cause above"
-                cause = root_cause(run_dir / CONTAINER_LOG, error.message)
+                cause = root_cause(run.log_file, error.message)
                 message += f" (root cause: {cause})" if cause else ""
             return None, RunFailure(kind=kind, type=error.type, message=message)
         except (ValidationError, ValueError):
@@ -94,7 +91,9 @@ def collect(run_dir: Path, run_id: str, outcome: ContainerOutcome) -> tuple[Expe
         return None, RunFailure(
             kind="killed", message=f"the container was killed from outside (exit {outcome.exit_code})"
         )
-    return None, RunFailure(kind="no_result", message=f"container exited {outcome.exit_code} without {RESULT_FILE}")
+    return None, RunFailure(
+        kind="no_result", message=f"container exited {outcome.exit_code} without {result_path.name}"
+    )
 
 
 # An exception line as a process prints it, behind a logger's prefix or not:
@@ -125,21 +124,6 @@ def may_download(config: ExperimentConfig, model_dir: Path | None, adapter_dir: 
     """Whether this run may fetch from the Hugging Face hub: a hub model, adapter or prompt set."""
     hub_adapter = config.lora is not None and config.lora.adapter_id is not None and adapter_dir is None
     return model_dir is None or hub_adapter or config.dataset.source in HUB_PROMPT_SETS
-
-
-def read_result(run_dir: Path, run_id: str) -> tuple[ExperimentResult | None, str | None]:
-    """A run's result.json, or why there is no usable one (missing, not a valid result, another
-    run's): the one reader for collecting a run, resuming a study and reporting outcomes."""
-    path = run_dir / RESULT_FILE
-    try:
-        result = ExperimentResult.model_validate_json(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None, f"{RESULT_FILE} is missing"
-    except (OSError, ValueError) as exc:
-        return None, f"{RESULT_FILE} is not a valid result: {exc}"
-    if result.run_id != run_id:
-        return None, f"{RESULT_FILE} belongs to run {result.run_id}"
-    return result, None
 
 
 def _tree_bytes(path: Path) -> int:
@@ -236,10 +220,11 @@ def run_one(
 ) -> RunOutcome:
     """Launch ``run`` through its engine's launcher under its device locks and record how it ended."""
     config: ExperimentConfig = run.experiment.config
-    run_dir = inputs.study_dir / "runs" / run.run_id
+    files = StudyDir(inputs.study_dir).run(run.run_id)
+    run_dir = files.path
     run_dir.mkdir(parents=True, exist_ok=True)
     attempt = inputs.store.manifest.run(run.run_id).attempts + 1
-    _archive_attempt(run_dir, attempt - 1)
+    _archive_attempt(files, attempt - 1)
     if os.getuid() == 0:
         os.chmod(run_dir, 0o2775)  # the unprivileged agent writes here through the root group
     gpus = assign_devices(config, list(inputs.options.gpu_indices))
@@ -297,7 +282,7 @@ def run_one(
             sample_interval_s=inputs.options.sample_interval_s,
             runner="local" if launcher.kind == "local" else "docker",
         )
-        write_atomic(run_dir / EXPERIMENT_FILE, request.model_dump_json(indent=2))
+        write_atomic(files.request_file, request.model_dump_json(indent=2))
         lock_dir = inputs.options.lock_dir
         locks = DeviceLocks(lock_names(gpus, cpus) if lock_dir else [], lock_dir or Path("."))
         if not locks.acquire(inputs.options.lock_wait_s, on_wait=inputs.events.waiting_for_devices):
@@ -324,12 +309,12 @@ def run_one(
             )
             watch = PhaseWatch(
                 run,
-                run_dir / HEARTBEAT_FILE,
+                files.heartbeat_file,
                 download_dir(inputs.options.hf_home, config.model, model_dir),
                 inputs.events,
             )
-            liveness = Liveness(run_dir / HEARTBEAT_FILE, inputs.options.stall_timeout_s, on_poll=watch.poll)
-            outcome = launcher.run(spec, max(timeout, 1.0), run_dir / CONTAINER_LOG, liveness)
+            liveness = Liveness(files.heartbeat_file, inputs.options.stall_timeout_s, on_poll=watch.poll)
+            outcome = launcher.run(spec, max(timeout, 1.0), files.log_file, liveness)
     result, failure = collect(run_dir, run.run_id, outcome)
     if not still_ours():  # judged dead (stale claim) and claimed by another worker: its record stands
         entry = inputs.store.refresh().run(run.run_id)

@@ -3,54 +3,21 @@ resume continues (the same design, the same image for what completed, the host i
 
 from __future__ import annotations
 
-import json
-import shutil
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-
-from llem_agent.contract import write_atomic
 
 from . import __version__
 from .errors import ConfigError, EnvironmentProblem
 from .execution import RunnerOptions
 from .hostinfo import host_facts
-from .manifest import MANIFEST_FILE, Manifest, ManifestStore, RunEntry, RunFailure, SkippedEntry, study_dirs, utc_now
-from .onerun import read_result
+from .manifest import Manifest, RunEntry, RunFailure, SkippedEntry, utc_now
 from .plan import Plan, PlannedRun
-from .results import EXPERIMENTS_FILE, HOST_FILE, write_design
+from .results import write_design
+from .studydir import StudyDir
 
-STUDY_COPY = "study.yaml"
 EntryFor = Callable[[PlannedRun], RunEntry]  # a run's manifest entry as this host would run it
 Facts = Callable[[], tuple[dict[str, Any], dict[str, dict[str, Any]]]]  # the launchers' and images' facts
-
-
-def newest_unfinished(root: Path, name: str) -> Path:
-    """The newest study directory of ``name`` under ``root`` whose study did not complete."""
-    candidates = [
-        (manifest.created_at, path)
-        for manifest, path in study_dirs(root, f"{name}_*")
-        if manifest.study_name == name and manifest.status != "completed"
-    ]
-    if not candidates:
-        raise ConfigError(f"no unfinished study named '{name}' under {root}; nothing to resume")
-    return max(candidates)[1]
-
-
-def _new_study_dir(root: Path, name: str) -> Path:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    for attempt in range(1, 100):
-        path = root / (f"{name}_{stamp}" if attempt == 1 else f"{name}_{stamp}-{attempt}")
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise EnvironmentProblem(f"cannot create a study directory under {root}: {exc.strerror or exc}") from None
-    raise EnvironmentProblem(f"cannot create a new study directory under {root}")
 
 
 def create(plan: Plan, options: RunnerOptions, entry_for: EntryFor, launcher_facts: Facts) -> tuple[Path, Manifest]:
@@ -58,12 +25,12 @@ def create(plan: Plan, options: RunnerOptions, entry_for: EntryFor, launcher_fac
     what this host's launchers say, or nothing for runs elsewhere), the design and an all-pending
     manifest."""
     study = plan.study
-    study_dir = _new_study_dir(options.results_root, study.name)
+    directory = StudyDir.create(options.results_root, study.name)
+    study_dir = directory.path
     try:
-        shutil.copyfile(study.path, study_dir / STUDY_COPY)
+        directory.copy_study_file(study.path)
         server, images = launcher_facts()
-        facts = host_facts(server, images) | {"measurement": options.factors.as_dict()}
-        write_atomic(study_dir / HOST_FILE, json.dumps(facts, indent=2))
+        directory.write_host(host_facts(server, images) | {"measurement": options.factors.as_dict()})
         _write_design(study_dir, plan)
     except OSError as exc:
         raise EnvironmentProblem(f"cannot write into {study_dir}: {exc.strerror or exc}") from None
@@ -119,16 +86,8 @@ def resume(study_dir: Path, plan: Plan, options: RunnerOptions, entry_for: Entry
     The study's design must not have changed (same design hash): results of different
     parameter spaces are never mixed. More cycles than before are added as new runs.
     """
-    try:
-        manifest = ManifestStore.load(study_dir)
-    except FileNotFoundError:
-        raise ConfigError(f"{study_dir} is not a llem study directory (no {MANIFEST_FILE})") from None
-    except (ValueError, OSError, UnicodeDecodeError):
-        raise ConfigError(
-            f"{study_dir}/{MANIFEST_FILE} is damaged and cannot be resumed from; every completed run's "
-            f"result.json is still under {study_dir}/runs: run the study anew, or restore the manifest from a "
-            "backup"
-        ) from None
+    directory = StudyDir(study_dir)
+    manifest = directory.manifest()  # ConfigError, in one line, when missing, unreadable or damaged
     if manifest.study_design_hash != plan.study.design_hash:
         planned = (manifest.protocol or {}).get("profile")
         hint = ""
@@ -139,63 +98,34 @@ def resume(study_dir: Path, plan: Plan, options: RunnerOptions, entry_for: Entry
             f"-> {plan.study.design_hash}){hint}; run it as a new study instead of mixing results"
         )
     _check_resumed_runs(study_dir, manifest, plan, entry_for)
-    for entry in manifest.runs:  # a completed run whose result is gone or damaged runs again
-        problem = (
-            read_result(study_dir / "runs" / entry.run_id, entry.run_id)[1] if entry.status == "completed" else None
-        )
-        if problem is not None:
-            problem = problem.splitlines()[0][:160]
-            entry.status = "failed"
-            entry.failure = RunFailure(kind="lost_result", message=f"{problem} when the study was resumed")
-            manifest.history.append({"status": "result_lost", "run": entry.run_id, "detail": problem, "at": utc_now()})
+    for run_id, why in directory.lost_results(manifest).items():  # a result gone or damaged: run it again
+        problem = why.splitlines()[0][:160]
+        entry = manifest.run(run_id)
+        entry.status = "failed"
+        entry.failure = RunFailure(kind="lost_result", message=f"{problem} when the study was resumed")
+        manifest.history.append({"status": "result_lost", "run": run_id, "detail": problem, "at": utc_now()})
     for entry in manifest.runs:  # everything not completed runs again (its failure stays on record)
         if entry.status in ("failed", "skipped"):
             entry.status = "pending"
     manifest.study_file = str(plan.study.anchor)  # anchors the copy's relative paths
-    _refresh_copy(study_dir, plan)
-    _note_resumed_host(study_dir, plan, options, launcher_facts)
+    directory.copy_study_file(plan.study.path)  # an edited file (other runners, images): the earlier copy kept
+    _note_resumed_host(directory, plan, options, launcher_facts)
     known = {entry.run_id for entry in manifest.runs}
     manifest.runs.extend(entry_for(run) for run in plan.runs if run.run_id not in known)
     manifest.n_cycles = max(manifest.n_cycles, plan.n_cycles)
-    if not (study_dir / EXPERIMENTS_FILE).exists():
+    if not directory.design_file.exists():
         _write_design(study_dir, plan)
     return manifest
 
 
-def _note_resumed_host(study_dir: Path, plan: Plan, options: RunnerOptions, launcher_facts: Facts) -> None:
+def _note_resumed_host(directory: StudyDir, plan: Plan, options: RunnerOptions, launcher_facts: Facts) -> None:
     """host.json keeps the host the study was planned on and gains, per resume, the host and
-    images that resume runs with (``resumed``): a resumed study may run elsewhere."""
-    path = study_dir / HOST_FILE
-    try:
-        facts = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        facts = {}
+    images that resume runs with, its measurement factors and protocol (``resumed``)."""
     server, images = launcher_facts()
-    now = host_facts(server, images) | {
-        "measurement": options.factors.as_dict(),
-        "protocol": protocol(plan, options),
-        "at": utc_now(),
-    }
-    facts = facts if isinstance(facts, dict) else {}
-    facts["resumed"] = [*facts.get("resumed", []), now]
-    try:
-        write_atomic(path, json.dumps(facts, indent=2))
-    except OSError as exc:
-        raise EnvironmentProblem(f"cannot write into {study_dir}: {exc.strerror or exc}") from None
-
-
-def _refresh_copy(study_dir: Path, plan: Plan) -> None:
-    """The study directory's copy is what its workers run: a resume from an edited file (the
-    same design, other runners or images) replaces it, keeping the earlier one beside it."""
-    copy, current = study_dir / STUDY_COPY, plan.study.path
-    try:
-        if copy.exists() and copy.read_bytes() == current.read_bytes():
-            return
-        if copy.exists():
-            copy.rename(study_dir / f"{STUDY_COPY}.before-{utc_now().replace(':', '')}")
-        shutil.copyfile(current, copy)
-    except OSError as exc:
-        raise EnvironmentProblem(f"cannot write into {study_dir}: {exc.strerror or exc}") from None
+    directory.add_resumed_host(
+        host_facts(server, images)
+        | {"measurement": options.factors.as_dict(), "protocol": protocol(plan, options), "at": utc_now()}
+    )
 
 
 def _check_resumed_runs(study_dir: Path, manifest: Manifest, plan: Plan, entry_for: EntryFor) -> None:

@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from llem_agent.contract import RESULT_FILE, ExperimentResult, write_atomic
+from llem_agent.contract import ExperimentResult, write_atomic
 
 from .manifest import Manifest
 from .stats import ALL_METRICS, KEY_METRICS, METRIC_BY_NAME, METRICS, METRICS_KEY, describe
@@ -226,7 +226,8 @@ def aggregate(study_dir: Path, current_factors: MeasurementFactors | None = None
                 if reason:
                     unavailable.add(reason)
             else:
-                status, kind, message = "failed", "corrupt_result", f"{RESULT_FILE} missing or unreadable"
+                lost = study.run(entry.run_id).result_file.name
+                status, kind, message = "failed", "corrupt_result", f"{lost} missing or unreadable"
         records.append(
             RunRecord(
                 run_id=entry.run_id,

@@ -11,19 +11,14 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from llem_agent.contract import (
-    HEARTBEAT_FILE,
-)
-
 from . import opening
 from .claims import Claim, ClaimBoard, age_s
 from .container import ContainerSpec, Mount
-from .errors import ConfigError, EnvironmentProblem, Interrupted, LlemError
+from .errors import EnvironmentProblem, Interrupted, LlemError
 from .execution import RunnerEvents, RunnerOptions, RunOutcome
 from .launching import ContainerOutcome, Launcher, Liveness
 from .manifest import (
     CLAIMABLE,
-    MANIFEST_FILE,
     Manifest,
     ManifestStore,
     RunEntry,
@@ -31,12 +26,13 @@ from .manifest import (
     StudyStatus,
     utc_now,
 )
-from .onerun import RunInputs, image_for, read_result, run_one
+from .onerun import RunInputs, image_for, run_one
 from .plan import Plan, PlannedRun
 from .policy import CircuitBreaker, WallClock
 from .preflight import Found, images_by_engine, preflight
 from .preflight import describe as describe_launchers
 from .results import StudySummary, summarise
+from .studydir import StudyDir, final_status
 
 
 @dataclass
@@ -139,7 +135,7 @@ class StudyRunner:
 
     def _open(self, study_dir: Path, manifest: Manifest) -> Path:
         # One llem process per study directory; flock frees it however the holder dies.
-        lock = FileLock(study_dir / ".lock")
+        lock = FileLock(StudyDir(study_dir).lock_file)
         try:
             lock.acquire(timeout=0)
         except Timeout:
@@ -153,11 +149,7 @@ class StudyRunner:
 
     def attach(self, study_dir: Path) -> None:
         """Join a study other workers may be running (``llem worker``): no lock, no status change."""
-        try:
-            manifest = ManifestStore.load(study_dir)
-        except (OSError, ValueError, UnicodeDecodeError):
-            raise ConfigError(f"{study_dir}: no readable {MANIFEST_FILE}; not a llem study directory") from None
-        self._store = ManifestStore(study_dir, manifest)
+        self._store = ManifestStore.attach(study_dir)  # ConfigError, in one line, without a readable manifest
         self.study_dir = study_dir
 
     def release(self) -> None:
@@ -344,7 +336,7 @@ class StudyRunner:
             claim.release()
             return None, None
         if entry.status == "running" and claim.broke != "dead":
-            beat = age_s(self.study_dir / "runs" / run.run_id / HEARTBEAT_FILE)
+            beat = age_s(StudyDir(self.study_dir).run(run.run_id).heartbeat_file)
             if beat is not None and beat < board.stale_after_s:
                 claim.release()
                 return None, f"an agent that still beats without a live claim ({beat:.0f} s ago)"
@@ -356,21 +348,10 @@ class StudyRunner:
         what they hold) or another worker took over a run from this one (that worker concludes)."""
         assert self._store is not None
         runs = self._store.refresh().runs
-        counts: dict[str, int] = {}
-        for entry in runs:
-            counts[entry.status] = counts.get(entry.status, 0) + 1
-        others = board.live_claims()
-        if final is None and others:
+        ended = final_status((entry.status for entry in runs), final, held=board.live_claims())
+        if ended is None:
             return  # a run this runner lost to another worker: the one that holds it concludes
-        if final is None:
-            final = "completed" if counts.get("completed", 0) == len(runs) else "failed"
-        left = {s: n for s, n in counts.items() if s != "completed"}
-        detail = f"{counts.get('completed', 0)} of {len(runs)} runs completed"
-        if left:
-            detail += "; " + ", ".join(f"{n} {s}" for s, n in sorted(left.items()))
-        if others:
-            detail += f"; {len(others)} held by other workers ({', '.join(sorted(others))})"
-        self._store.set_status(final, detail=detail)
+        self._store.set_status(ended.status, detail=ended.detail)
         self._summarise()
 
     def _summarise(self) -> None:
@@ -400,7 +381,7 @@ class StudyRunner:
         entry = self._store.manifest.run(run.run_id)
         result = None
         if entry.status == "completed":  # damaged since: no result here, and the next --resume runs it again
-            result = read_result(self.study_dir / "runs" / run.run_id, run.run_id)[0]
+            result = StudyDir(self.study_dir).run(run.run_id).read_result()[0]
         return RunOutcome(run=run, entry=entry, result=result)
 
     def completed_count(self) -> int:

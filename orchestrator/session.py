@@ -20,6 +20,7 @@ from .execution import RunnerOptions
 from .options import Options
 from .plan import Plan, make_plan
 from .study import DEFAULT_CYCLES, Study, load_study
+from .studydir import newest_unfinished
 from .userconfig import UserConfig
 
 if TYPE_CHECKING:
@@ -232,8 +233,6 @@ def prepare_host(runner: StudyRunner, launchers: dict[str, Launcher], docker: Do
 
 def open_study(options: Options, runner: StudyRunner, describe: bool = True) -> Path:
     """The study directory this invocation runs: resumed (``resume``, ``resume_dir``) or new."""
-    from .opening import newest_unfinished
-
     if options.resume or options.resume_dir:
         root, name = runner.options.results_root, runner.plan.study.name
         study_dir = Path(options.resume_dir) if options.resume_dir else newest_unfinished(root, name)

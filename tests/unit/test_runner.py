@@ -24,10 +24,10 @@ from llem.launching import ContainerOutcome
 from llem.locks import DeviceLocks
 from llem.manifest import Manifest, ManifestStore
 from llem.models import resolve_model_dir
-from llem.opening import newest_unfinished
 from llem.plan import make_plan
 from llem.runner import StudyRunner
 from llem.study import load_study
+from llem.studydir import newest_unfinished
 from llem_agent.contract import RunError, RunRequest
 from tests.factories import make_result
 
