@@ -37,6 +37,7 @@ from .errors import (
     LlemError,
 )
 from .execution import NoEvents
+from .executors import EXECUTORS
 from .options import Options
 from .plan import Plan, PlannedRun
 from .profiles import PROFILES
@@ -58,7 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """``llem run``: flags to options, the study to whoever runs it (this process through the
     Python API, parallel workers, a Slurm job array), the results printed."""
     from .api import run_plan
-    from .cli_cluster import _print_slurm_script, _run_parallel, _slots, _submit_slurm
+    from .cli_cluster import _print_slurm_script, _slots, run_elsewhere
     from .display import print_results
 
     out, err = console(), console(stderr=True)
@@ -68,6 +69,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("--wait goes with --executor slurm")
     if args.parallel is not None and args.executor == "slurm":
         raise ConfigError("--parallel runs workers on this host; a Slurm job array's workers are --slurm-tasks N")
+    if args.executor == "k8s":  # the Jobs need their volume, images and sizes: llem k8s's own flags
+        raise ConfigError("--executor k8s: write the Jobs with llem k8s STUDY --out DIR --pvc NAME (kubectl runs them)")
+    if args.executor == "process" and args.parallel not in (None, "1"):
+        raise ConfigError(f"--executor process runs one run at a time in this process; --parallel {args.parallel} "
+                          "is --executor parallel")  # fmt: skip
     options = options_from_args(args)
     study, plan = load_plan(Path(args.study), options, check_files=args.dry_run)
     if options.profile is not None:
@@ -78,8 +84,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _print_dry_run(plan, options, out, as_json=args.json)
     user = load_user_config()
     host = runner_options(options, study, user)
-    slots = _slots(args, study, host)
-    if args.executor != "slurm" and len(slots) == 1:  # this process runs it: the Python API's path
+    slots = [] if args.executor == "slurm" else _slots(args, study, host)
+    if args.executor in (None, "process") and len(slots) == 1:  # this process runs it: the Python API's path
         with _Progress(err) as progress:
             done = run_plan(study, plan, options, progress)
         print_results(done.summary, out)
@@ -94,10 +100,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         err.print(f"[yellow]warning[/] {warning}")
     engines, docker = launchers(study, options, user, on_pull=PullLines(err, why="not on this host"))
     runner = StudyRunner(plan, host, engines, events=NoEvents())
-    if args.executor == "slurm":
-        return _submit_slurm(args, study, plan, runner, user)
-    prepare_host(runner, engines, docker, lambda text: err.print(text, markup=False, highlight=False))
-    return _run_parallel(args, study, plan, runner, slots)
+    if args.executor != "slurm":
+        prepare_host(runner, engines, docker, lambda text: err.print(text, markup=False, highlight=False))
+    return run_elsewhere(args, runner, user, slots)
 
 
 def _print_dry_run(plan: Plan, options: Options, out: Console, as_json: bool) -> int:
@@ -198,8 +203,10 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
         help=f"refuse a study of more runs, experiments x cycles (default {MAX_RUNS:,})",
     )  # fmt: skip
     run.add_argument(
-        "--executor", choices=("process", "slurm"), default="process",
-        help="who runs the study: this process (default), or a Slurm job array of `llem worker` tasks",
+        "--executor", choices=EXECUTORS,
+        help="who runs the study: this process (process: the default), `llem worker` processes on this host "
+        "(parallel: the default with --parallel N), a Slurm job array of them (slurm), Kubernetes pods (k8s: "
+        "written by llem k8s)",
     )  # fmt: skip
     run.add_argument(
         "--parallel", metavar="N|auto",

@@ -16,13 +16,13 @@ from llem_agent.contract import canonical_engine
 
 from .cli_flags import host_options, options_from_args
 from .display import PullLines, console
-from .errors import EXIT_OK, EXIT_RUNS_FAILED, ConfigError, EnvironmentProblem, Interrupted
+from .errors import EXIT_OK, EXIT_RUNS_FAILED, ConfigError, EnvironmentProblem
 from .execution import NoEvents
 from .plan import Plan, make_plan
 from .session import launchers as make_launchers
-from .session import load_plan, open_study, plural, prepare_host, resolve_images, results_root, runner_options
+from .session import load_plan, plural, prepare_host, resolve_images, results_root, runner_options
 from .study import Study, load_planned_study
-from .studydir import StudyDir, final_status
+from .studydir import StudyDir
 from .userconfig import UserConfig, load_user_config
 
 if TYPE_CHECKING:
@@ -44,6 +44,8 @@ def _slots(args: argparse.Namespace, study: Study, options: RunnerOptions) -> li
     from .parallel import Slot, parse_parallel, plan_slots
 
     wanted = args.parallel if args.parallel is not None else study.execution.max_parallel_runs
+    if wanted is None and args.executor == "parallel":
+        wanted = "auto"  # --executor parallel without a count: as many as the devices allow
     if wanted is None:
         return [Slot(options.gpu_indices, ())]  # one at a time, in this process
     need = max((devices_needed(e.config) for e in study.experiments), default=1)
@@ -51,66 +53,49 @@ def _slots(args: argparse.Namespace, study: Study, options: RunnerOptions) -> li
     return plan_slots(parse_parallel(wanted), options.gpu_indices, need, cores)
 
 
-def _run_parallel(args: argparse.Namespace, study: Study, plan: Plan, runner: StudyRunner, slots: list[Slot]) -> int:
-    """Run the study with one `llem worker` per slot on this host (orchestrator/parallel.py).
-
-    This process keeps the study directory's lock while its workers run, so a second `llem run
-    --resume` of it is refused in one line; runs that workers of another llem still hold (one
-    killed a moment ago, Slurm tasks) are named, and the workers wait for them."""
-    study_dir = open_study(options_from_args(args), runner)
-    try:
-        return _follow_workers(args, runner, slots, study_dir)
-    finally:
-        runner.release()
-
-
-def _follow_workers(args: argparse.Namespace, runner: StudyRunner, slots: list[Slot], study_dir: Path) -> int:
-    from .claims import ClaimBoard
+def run_elsewhere(args: argparse.Namespace, runner: StudyRunner, user: UserConfig, slots: list[Slot]) -> int:
+    """``llem run`` with workers elsewhere than this process: parallel ``llem worker`` processes
+    on this host, or a Slurm job array of them (executors.py); the results printed as they end."""
     from .display import print_results
-    from .manifest import ManifestStore
-    from .parallel import record_overlaps, run_workers
-    from .results import summarise
+    from .executors import Followed, Parallel, Slurm, exit_code
+    from .results import aggregate, summarise
     from .slurm import llem_command
 
     out, err = console(), console(stderr=True)
-    study, plan = runner.plan.study, runner.plan
-    where = "; ".join(slot.describe() for slot in slots)
-    err.print(f"study {study.name}: {plural(len(plan.runs), 'run')}, {len(slots)} at a time ({where}) -> {study_dir}")
-    board = ClaimBoard(study_dir)
-    held = board.live_claims()
-    if held:
-        who = "; ".join(f"{run_id} by {holder}" for run_id, holder in held.items())
-        err.print(f"{len(held)} runs are held by workers of another llem ({who}); this study's workers wait for them")
-    command = [llem_command(), "worker", str(study_dir), *_worker_flags(args)]
-    store = ManifestStore.attach(study_dir)
-    try:
-        codes = run_workers(study_dir, slots, command, lambda done, n: err.print(f"{done}/{n} runs completed"))
-    except KeyboardInterrupt:
-        store.set_status("interrupted")
-        hint = f"--resume-dir {study_dir} continues"
-        raise Interrupted(f"interrupted; completed results are kept in {study_dir} ({hint})") from None
-    for i, code in enumerate(codes):
-        if code not in (EXIT_OK, EXIT_RUNS_FAILED):
-            log = StudyDir(study_dir).worker_log(i).read_text(errors="replace").strip().splitlines()
-            err.print(f"[red]worker slot{i} ({slots[i].describe()}) exited {code}[/]: {log[-1] if log else ''}")
-    overlapped = record_overlaps(study_dir)
-    manifest = store.refresh()
-    held = board.live_claims()
-    if held:  # a worker lost a run to another llem's: that one concludes the study
-        err.print(f"{len(held)} runs are still held by other workers ({', '.join(held)}); they finish the study")
-    elif manifest.status == "running":  # no worker got as far as concluding the study
-        ended = final_status((e.status for e in manifest.runs), note="no worker concluded")
-        assert ended is not None  # nothing held: always this process's to conclude
-        store.set_status(ended.status, detail=ended.detail)
+
+    def progress(done: int, total: int) -> None:
+        err.print(f"{done}/{total} runs completed")
+
+    executor: Parallel | Slurm
+    if args.executor == "slurm":
+        executor = Slurm(_slurm_options(args, user), _worker_flags(args), args.wait, _say, progress)
+    else:
+        executor = Parallel(slots, llem_command(), _worker_flags(args), _say, progress)
+    study_dir = executor.submit(runner, options_from_args(args))
+    followed: Followed = executor.follow(runner, study_dir)
+    if isinstance(executor, Slurm):
+        if executor.job is None:
+            out.print(f"nothing left to run in {study_dir}")
+            return EXIT_OK
+        if not args.wait:
+            out.print(followed.detail)
+            return EXIT_OK
+        print_results(aggregate(study_dir, runner.options.factors), out)
+        if followed.status == "completed":
+            out.print(f"job {executor.job}: every run completed; results in {study_dir}")
+            return EXIT_OK
+        out.print(f"job {executor.job} ended {followed.status} with {followed.detail or '0 runs not completed'}; "
+                  f"--resume-dir {study_dir} --executor slurm submits them")  # fmt: skip
+        return EXIT_RUNS_FAILED
     summary = summarise(study_dir, runner.options.factors)
     print_results(summary, out)
-    if overlapped:
-        what = plural(overlapped, "run")
+    if executor.overlapped:
+        what = plural(executor.overlapped, "run")
         err.print(f"{what} overlapped another run's measurement (overlapped_with in manifest.json)")
     failed = [e for e in summary.manifest.runs if e.status != "completed"]
     out.print(f"{len(summary.manifest.runs) - len(failed)}/{len(summary.manifest.runs)} runs completed; "
               f"results in {study_dir}")  # fmt: skip
-    return EXIT_RUNS_FAILED if failed else EXIT_OK
+    return EXIT_RUNS_FAILED if failed else exit_code(followed)
 
 
 def _slurm_options(args: argparse.Namespace, user: UserConfig | None) -> SlurmOptions:
@@ -159,49 +144,6 @@ def _print_slurm_script(args: argparse.Namespace, study: Study, plan: Plan) -> i
     # Plain print: the script must come out exactly, never wrapped or styled.
     print(script(where, plan, _slurm_options(args, user), _worker_flags(args), len(plan.runs)))
     return EXIT_OK
-
-
-def _submit_slurm(args: argparse.Namespace, study: Study, plan: Plan, runner: StudyRunner, user: UserConfig) -> int:
-    """Plan here, write the study directory and an sbatch script into it, submit, maybe follow."""
-    from . import slurm
-    from .display import print_results
-    from .manifest import CLAIMABLE, ManifestStore
-    from .results import aggregate
-
-    err, out = console(stderr=True), console()
-    options = _slurm_options(args, user)
-    slurm.require_sbatch()  # before a study directory is planned and left waiting
-    runner.preflight(here=False)
-    study_dir = open_study(options_from_args(args), runner, describe=False)  # host.json: not this host's launchers
-    runner.release()
-    warning = slurm.shared_storage_warning(study_dir)
-    if warning:
-        err.print(f"[yellow]warning[/] {warning}")
-    store = ManifestStore.attach(study_dir)
-    pending = sum(1 for e in store.manifest.runs if e.status in CLAIMABLE)
-    if pending == 0:
-        out.print(f"nothing left to run in {study_dir}")
-        return EXIT_OK
-    path = slurm.write_script(study_dir, slurm.script(study_dir.resolve(), plan, options, _worker_flags(args), pending))
-    try:
-        job = slurm.submit(path)
-    except EnvironmentProblem as exc:
-        raise EnvironmentProblem(
-            f"{exc}; the study is planned in {study_dir} (--resume-dir {study_dir} --executor slurm submits it again)"
-        ) from None
-    store.note(status="submitted", executor="slurm", job=job, script=str(path))
-    err.print(f"study {study.name}: {plural(pending, 'run')} submitted as Slurm job {job} ({path}) -> {study_dir}")
-    if not args.wait:
-        out.print(f"follow it: squeue -j {job}; llem results {study_dir}")
-        return EXIT_OK
-    status, left = slurm.follow(study_dir, job, lambda done, total: err.print(f"{done}/{total} runs completed"))
-    print_results(aggregate(study_dir, runner.options.factors), out)
-    if status == "completed":
-        out.print(f"job {job}: every run completed; results in {study_dir}")
-        return EXIT_OK
-    out.print(f"job {job} ended {status} with {left} runs not completed; "
-              f"--resume-dir {study_dir} --executor slurm submits them")  # fmt: skip
-    return EXIT_RUNS_FAILED
 
 
 def parse_cpuset(spec: str | None) -> tuple[int, ...]:

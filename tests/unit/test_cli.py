@@ -335,3 +335,17 @@ def test_counts_are_said_in_the_singular_for_one():
     from llem.session import plural
 
     assert (plural(1, "run"), plural(2, "run"), plural(1000, "run")) == ("1 run", "2 runs", "1,000 runs")
+
+
+def test_one_executor_flag_names_who_runs_the_study(tmp_path: Path):
+    """issue 21: --executor process|parallel|slurm|k8s; contradictions are one line each."""
+    study = tmp_path / "s.yaml"
+    study.write_text("model: hub/model\n")
+    proc = run_llem("run", str(study), "--executor", "k8s")
+    assert_one_line_error(proc, EXIT_CONFIG, "--executor k8s: write the Jobs with llem k8s STUDY --out DIR --pvc NAME")
+    proc = run_llem("run", str(study), "--executor", "process", "--parallel", "2")
+    assert_one_line_error(proc, EXIT_CONFIG, "--parallel 2 is --executor parallel")
+    proc = run_llem("run", str(study), "--executor", "slurm", "--parallel", "2")
+    assert_one_line_error(proc, EXIT_CONFIG, "--parallel runs workers on this host")
+    proc = run_llem("run", str(study), "--executor", "cron")
+    assert proc.returncode == 2 and "invalid choice: 'cron'" in proc.stderr
