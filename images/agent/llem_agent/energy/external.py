@@ -45,6 +45,7 @@ class ExternalEnergy:
 class ExternalSampler(Protocol):
     name: str
     polls_gpu: bool  # True: it samples the GPUs in its own thread, so llem's must not
+    single_window: bool  # True: it measures one window per run (CodeCarbon's tracker), not a cold start too
 
     def start(self) -> None: ...
 
@@ -77,6 +78,7 @@ def _cuda_devices_as_indices(nvml_indices: list[int]) -> Iterator[None]:
 class ZeusSampler:
     name = "zeus"
     polls_gpu = False
+    single_window = False  # windows by name, opened and closed as often as asked
 
     def __init__(self, nvml_indices: list[int]) -> None:
         """``nvml_indices``: the run's GPUs as NVML numbers them in this process."""
@@ -107,6 +109,7 @@ class ZeusSampler:
 class CodeCarbonSampler:
     name = "codecarbon"
     polls_gpu = True
+    single_window = True  # one tracker, started once: restarting it is nothing CodeCarbon documents
 
     def __init__(self, interval_s: float = 1.0) -> None:
         codecarbon = import_vendor(
@@ -179,6 +182,7 @@ class ExternalSource:
     def __init__(self, sampler: ExternalSampler) -> None:
         self.sampler = sampler
         self.polls_gpu = sampler.polls_gpu
+        self.single_window = getattr(sampler, "single_window", False)
         self._measured: ExternalEnergy | None = None
 
     def start(self, window: Window) -> None:
