@@ -93,6 +93,10 @@ METRICS: tuple[Metric, ...] = (
     Metric("load_s", "load time (s)", "lower", "timings.load_s"),
     Metric("warmup_s", "warmup time (s)", None, "timings.warmup_s"),
     Metric("measure_s", "measured window (s)", None, "timings.measure_s"),
+    # The cold start (cold_start: true), beside the warm window; blank where it was not measured.
+    Metric("cold_load_s", "cold start: load (s)", "lower", "cold_start.load_s"),
+    Metric("cold_ttft_s", "cold start: time to first token (s)", "lower", "cold_start.time_to_first_token_s"),
+    Metric("cold_energy_j", "cold start: energy (J)", "lower", "cold_start.energy.energy_j"),
 )
 # From the measured energy and the factors recorded when the study ran (results.py).
 DERIVED: tuple[Metric, ...] = (

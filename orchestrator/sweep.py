@@ -133,7 +133,33 @@ def _engines_of(shared: dict[str, Any], scoped_names: list[str]) -> list[str]:
     if isinstance(engine, str):
         return [canonical_engine(engine)]
     scoped = sorted({s for key in scoped_names if (s := engine_scope(key))})
+    named = _named_engines(shared, scoped_names)
+    if len(named) > 1:
+        engines = sorted(named)
+        where = [named[e] for e in engines]
+        raise ConfigError(
+            f"{', '.join(where[:-1])} and {where[-1]} name {len(engines)} engines ({', '.join(engines)}) but the "
+            f"study sets no engine:, which is ambiguous; set engine: [{', '.join(engines)}] to sweep them, each "
+            "with its own grid, or engine: NAME for one"
+        )
     return scoped or ["pytorch"]
+
+
+def _named_engines(shared: dict[str, Any], scoped_names: list[str]) -> dict[str, str]:
+    """Where a swept study without ``engine:`` names an engine: each engine with the first sweep
+    key scoped to it (``sweep.pytorch.batch_size``), else its top-level section (``the vllm:
+    section``). 002 infers the engine from the scoped sweep keys, an error where they name more
+    than one; a section names its engine too, but alone infers nothing (its config says to set
+    ``engine:``). Keys inside a group's entries do not count: an entry may set ``engine:`` itself
+    (a group pairing each engine with its own settings)."""
+    named: dict[str, str] = {}
+    for key in scoped_names:
+        if scope := engine_scope(key):
+            named.setdefault(scope, f"sweep.{key}")
+    for section in ENGINES:
+        if isinstance(shared.get(section), dict):
+            named.setdefault(section, f"the {section}: section")
+    return named
 
 
 def _grid(shared: dict[str, Any], engine: str, axes: list[Axis], groups: list[Group]) -> Iterator[dict[str, Any]]:

@@ -111,3 +111,29 @@ def test_vram_from_the_hub_cache_and_from_config_json_alone(tmp_path):
     estimate = estimate_vram(cfg(dtype="float32", max_input_tokens=10, max_output_tokens=10), facts)
     assert estimate.weights_gb == facts.n_params * 4 / 1e9
     assert estimate.kv_cache_gb == 2 * 2 * 4 * 16 * 20 * 1 * 4 / 1e9
+
+
+@pytest.mark.parametrize("mode", ["default", "lite", "max-autotune-no-cudagraphs", "a-mode-of-a-newer-torch"])
+def test_torch_compile_mode_is_any_name(mode):
+    """003: a string; which modes exist is the image's torch's to say (the agent checks)."""
+    assert cfg(pytorch={"torch_compile": True, "torch_compile_mode": mode}).pytorch.torch_compile_mode == mode
+
+
+@pytest.mark.parametrize(
+    ("mode", "message"),
+    [
+        ("", "at least 1 character"),
+        ("x" * 129, "at most 128 characters"),  # MAX_NAME_CHARS = 128
+        ("   ", "must be a name"),
+        ("max-\nautotune", "no control characters"),
+        ("default\x00", "no control characters"),
+        (3, "valid string"),
+    ],
+)
+def test_torch_compile_mode_is_a_bounded_printable_name(mode, message):
+    with pytest.raises(ValidationError, match=message):
+        cfg(pytorch={"torch_compile": True, "torch_compile_mode": mode})
+
+
+def test_torch_compile_mode_of_128_characters_is_accepted():
+    assert len(cfg(pytorch={"torch_compile": True, "torch_compile_mode": "m" * 128}).pytorch.torch_compile_mode) == 128

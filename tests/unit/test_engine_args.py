@@ -11,6 +11,8 @@ import pytest
 
 from llem_agent.contract import ExperimentConfig
 from llem_agent.engines.args import (
+    UnknownCompileMode,
+    check_compile_mode,
     pytorch_compile_kwargs,
     pytorch_generate_kwargs,
     pytorch_load_kwargs,
@@ -73,6 +75,56 @@ def test_pytorch_fields_reach_from_pretrained_and_generate():
     )
     assert pytorch_compile_kwargs(config) == {"mode": "reduce-overhead"}
     assert pytorch_compile_kwargs(cfg()) is None
+
+
+MODES = ["default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune"]
+
+
+def compiled(**pytorch: Any) -> ExperimentConfig:
+    return cfg(pytorch={"torch_compile": True, **pytorch})
+
+
+def test_a_compile_mode_torch_knows_passes():
+    asked: list[bool] = []
+
+    def modes() -> list[str]:
+        asked.append(True)
+        return MODES
+
+    check_compile_mode(compiled(torch_compile_mode="max-autotune"), modes, "2.9.0")
+    check_compile_mode(compiled(torch_compile_mode="default", torch_compile_backend="inductor"), modes, "2.9.0")
+    assert asked == [True, True]
+    check_compile_mode(compiled(), modes, "2.9.0")  # no mode: torch's default, nothing to check
+    check_compile_mode(cfg(), modes, "2.9.0")  # no compile at all
+    assert asked == [True, True]  # torch is not even asked
+
+
+def test_a_compile_mode_torch_does_not_know_fails_in_one_line_naming_the_modes():
+    with pytest.raises(UnknownCompileMode) as info:
+        check_compile_mode(compiled(torch_compile_mode="lite"), lambda: MODES, "2.9.0")
+    assert str(info.value) == (
+        "pytorch.torch_compile_mode 'lite' is not a mode of torch 2.9.0: it knows default, reduce-overhead, "
+        "max-autotune-no-cudagraphs, max-autotune"
+    )
+    check_compile_mode(compiled(torch_compile_mode="lite"), lambda: [*MODES, "lite"], "2.13.0")  # a newer torch
+
+
+def test_another_backend_interprets_its_own_mode():
+    def never() -> list[str]:
+        raise AssertionError("inductor's modes asked for another backend")
+
+    check_compile_mode(compiled(torch_compile_mode="anything", torch_compile_backend="cudagraphs"), never, "2.9.0")
+
+
+def test_the_installed_torch_knows_the_003_modes_and_load_refuses_another_before_loading(tmp_path):
+    pytest.importorskip("torch")
+    from llem_agent.engines.pytorch import PyTorchEngine, compile_modes
+
+    assert set(MODES) <= set(compile_modes())
+    missing = str(tmp_path / "no-model-here")  # load would fail on this later, with another error
+    refused = r"'max-autotune-plus' is not a mode of torch 2\.\S+: it knows default"
+    with pytest.raises(UnknownCompileMode, match=refused):
+        PyTorchEngine().load(compiled(torch_compile_mode="max-autotune-plus"), missing)
 
 
 def test_sampling_settings_only_when_sampling():

@@ -12,7 +12,14 @@ from typing import Any
 import pytest
 
 from llem_agent.energy import EnergyMeter, WindowWork
-from llem_agent.energy.external import CodeCarbonSampler, SamplerUnavailable, ZeusSampler, make_sampler
+from llem_agent.energy.external import (
+    CodeCarbonSampler,
+    SamplerUnavailable,
+    ZeusSampler,
+    installed,
+    make_sampler,
+    resolve_auto,
+)
 from tests.unit.test_energy import ReplayNvml
 
 WORK = WindowWork(output_tokens=100, input_tokens=50, n_requests=4, batch_spans=[(0.0, 0.05, 0.3)])
@@ -120,13 +127,58 @@ def test_codecarbon_works_without_a_gpu(fake_codecarbon: dict[str, Any]):
     assert r.energy_j == pytest.approx(360.0) and r.unavailable_reason is None and r.source == "codecarbon"
 
 
-def test_auto_prefers_zeus_only_with_a_gpu(fake_zeus: dict[str, Any], monkeypatch: pytest.MonkeyPatch):
-    import importlib.util
+@pytest.mark.parametrize(
+    ("indices", "have", "expected"),
+    [
+        ([0], {"zeus", "codecarbon"}, "zeus"),  # Zeus first where it is installed and there are GPUs
+        ([0, 1], {"zeus"}, "zeus"),
+        ([0], {"codecarbon"}, "nvml"),  # NVML beats CodeCarbon where the run has GPUs
+        ([0], set(), "nvml"),
+        ([], {"zeus", "codecarbon"}, "codecarbon"),  # no GPU (or NVML unusable): Zeus cannot, CodeCarbon can
+        ([], {"codecarbon"}, "codecarbon"),
+        ([], {"zeus"}, None),  # nothing measures: energy_j null with NVML's reason
+        ([], set(), None),
+    ],
+)
+def test_auto_is_zeus_then_nvml_then_codecarbon(indices: list[int], have: set[str], expected: str | None):
+    assert resolve_auto(indices, have.__contains__) == expected
 
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "zeus" else None)
-    assert isinstance(make_sampler("auto", [0]), ZeusSampler)
-    assert make_sampler("auto", []) is None
-    assert make_sampler("nvml", [0]) is None
+
+def test_auto_builds_the_sampler_it_resolved(fake_zeus: dict[str, Any], fake_codecarbon: dict[str, Any]):
+    both = {"zeus", "codecarbon"}.__contains__
+    assert isinstance(make_sampler("auto", [0], both), ZeusSampler)
+    assert make_sampler("auto", [0], {"codecarbon"}.__contains__) is None  # NVML: llem's own meter alone
+    assert isinstance(make_sampler("auto", [], both), CodeCarbonSampler)
+    assert make_sampler("auto", [], {"zeus"}.__contains__) is None
+    assert make_sampler("nvml", [0], both) is None
+    assert make_sampler(None, [0], both) is None
+
+
+def test_auto_on_a_cpu_run_measures_with_codecarbon(fake_codecarbon: dict[str, Any], monkeypatch: pytest.MonkeyPatch):
+    """The seam is the import: the fake CodeCarbon is in sys.modules, Zeus is not installed."""
+    from llem_agent.energy import NvmlUnavailable
+
+    monkeypatch.setitem(sys.modules, "zeus", None)
+
+    def no_gpu() -> ReplayNvml:
+        raise NvmlUnavailable("NVML sees no GPU here")
+
+    assert installed("codecarbon") and not installed("zeus")
+    meter = EnergyMeter(no_gpu, external_factory=lambda n: make_sampler("auto", n)).open()
+    meter.start()
+    r = meter.stop(WORK)
+    assert r.source == "codecarbon" and r.energy_j == pytest.approx(360.0)  # 1e-4 kWh x 3.6e6 J/kWh
+
+
+def test_auto_with_a_gpu_and_no_zeus_is_nvml(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setitem(sys.modules, "zeus", None)
+    fake = ReplayNvml(["L4"], 70.0)
+    meter = EnergyMeter(lambda: fake, interval_s=0.01, external_factory=lambda n: make_sampler("auto", n)).open()
+    meter.start()
+    time.sleep(0.05)
+    r = meter.stop(WORK)
+    meter.close()
+    assert r.source is not None and r.source.startswith("nvml") and r.external is None
 
 
 def test_a_missing_extra_says_which(monkeypatch: pytest.MonkeyPatch):

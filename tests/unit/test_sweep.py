@@ -90,3 +90,58 @@ def test_engine_as_a_sweep_axis_gives_each_engine_its_own_grid():
     assert expand({"model": "m"}, sweep, None) == expand({"model": "m", "engine": ["pytorch", "vllm"]}, rest, None)
     with pytest.raises(ConfigError, match="both as a field and as a sweep axis"):
         expand({"model": "m", "engine": "vllm"}, sweep, None)
+
+
+def test_scoped_keys_of_two_engines_without_engine_are_ambiguous():
+    """002: the engine is inferred from the scoped keys, an error where they name more than one."""
+    sweep = {"pytorch.batch_size": [1], "vllm.engine.max_num_seqs": [4]}
+    message = (
+        "sweep.pytorch.batch_size and sweep.vllm.engine.max_num_seqs name 2 engines (pytorch, vllm) but the study "
+        "sets no engine:, which is ambiguous; set engine: [pytorch, vllm] to sweep them, each with its own grid, "
+        "or engine: NAME for one"
+    )
+    for call in (expand, count_configs):
+        with pytest.raises(ConfigError) as info:
+            call({"model": "m"}, sweep, None)
+        assert str(info.value) == message  # one line, the same before and after counting
+
+
+def test_an_engine_section_and_a_key_scoped_to_another_are_ambiguous_too():
+    with pytest.raises(ConfigError, match=r"^the pytorch: section and sweep\.vllm\.engine\.block_size name 2 engines"):
+        expand({"model": "m", "pytorch": {"batch_size": 2}}, {"vllm.engine.block_size": [8]}, None)
+    groups = {"vllm.engine.block_size": [8], "transformers.knobs": [{"pytorch.batch_size": 1}]}  # alias: pytorch
+    with pytest.raises(ConfigError, match=r"\(pytorch, vllm\)"):
+        expand({"model": "m"}, groups, None)
+
+
+def test_one_engine_named_twice_is_no_ambiguity():
+    configs = expand({"model": "m", "pytorch": {"use_cache": True}}, {"transformers.batch_size": [1, 2]}, None)
+    assert [(c["engine"], c["pytorch"]) for c in configs] == [
+        ("pytorch", {"use_cache": True, "batch_size": 1}),
+        ("pytorch", {"use_cache": True, "batch_size": 2}),
+    ]
+
+
+def test_an_explicit_engine_list_still_sweeps_both_grids():
+    sweep = {"pytorch.batch_size": [1], "vllm.engine.max_num_seqs": [4]}
+    for shared, sweep_ in (
+        ({"model": "m", "engine": ["pytorch", "vllm"]}, sweep),
+        ({"model": "m"}, {**sweep, "engine": ["pytorch", "vllm"]}),
+    ):
+        configs = expand(shared, sweep_, None)
+        assert [(c["engine"], c.get("pytorch"), c.get("vllm")) for c in configs] == [
+            ("pytorch", {"batch_size": 1}, None),
+            ("vllm", None, {"engine": {"max_num_seqs": 4}}),
+        ]
+        assert count_configs(shared, sweep_, None) == 2
+
+
+def test_a_group_pairing_each_engine_with_its_settings_is_not_ambiguous():
+    sweep = {
+        "setup": [{"engine": "pytorch", "pytorch.batch_size": 1}, {"engine": "vllm", "vllm.engine.max_num_seqs": 4}]
+    }
+    configs = expand({"model": "m"}, sweep, None)
+    assert [(c["engine"], c.get("pytorch"), c.get("vllm")) for c in configs] == [
+        ("pytorch", {"batch_size": 1}, None),
+        ("vllm", None, {"engine": {"max_num_seqs": 4}}),
+    ]

@@ -9,7 +9,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from llem_agent import environment
-from llem_agent.contract import ExperimentConfig, ExperimentResult, Memory, PhaseTimings, RunRequest, WarmupReport
+from llem_agent.coldstart import download_note, measure_cold_start
+from llem_agent.contract import (
+    ColdStartReport,
+    ExperimentConfig,
+    ExperimentResult,
+    Memory,
+    PhaseTimings,
+    RunRequest,
+    WarmupReport,
+)
 from llem_agent.energy import EnergyMeter, WindowWork
 from llem_agent.engines.base import Engine, RunDirs
 from llem_agent.metrics import (
@@ -91,6 +100,34 @@ def _warm_up(
     return warmed, keeps_cache, reset
 
 
+def _load(
+    request: RunRequest,
+    engine_factory: Callable[[str], Engine],
+    meter: EnergyMeter,
+    first_prompt: str,
+    on_progress: Callable[[], None],
+) -> tuple[Engine, ColdStartReport | None]:
+    """The engine, imported and loaded; with ``cold_start`` the load and a first request of
+    ``first_prompt`` are measured as a window of their own (:mod:`llem_agent.coldstart`)."""
+    config = request.config
+    source = request.model_path or config.model
+    adapter = request.adapter_path or (config.lora.adapter_id if config.lora else None)
+    dirs = RunDirs(engine_cache=request.engine_cache_dir, prebuilt_engine=request.engine_path)
+
+    def load() -> Engine:
+        engine = engine_factory(config.engine)  # imports the engine's stack: part of load time
+        engine.load(config, source, adapter, dirs=dirs)
+        if request.gpus and engine.effective().get("device") != "cuda":
+            raise GpuNotVisible(f"the host gave this run GPUs {request.gpus} but the engine sees none")
+        return engine
+
+    if not config.cold_start:
+        return load(), None
+    engine, cold = measure_cold_start(meter, load, first_prompt, download_note(source))
+    on_progress()
+    return engine, cold
+
+
 def run_measurement(
     request: RunRequest,
     engine_factory: Callable[[str], Engine],
@@ -105,7 +142,8 @@ def run_measurement(
 ) -> ExperimentResult:
     """Execute one run and return its result; raises on any failure.
 
-    ``load_s`` spans reading prompts, importing the engine and loading the model;
+    ``load_s`` spans reading prompts, importing the engine and loading the model (with
+    ``cold_start``, the first request too, which ``cold_start`` times on its own);
     ``measure_s`` is the energy window, bracketed by device synchronisation; every batch
     is tokenized before it opens, so the window holds generation work only.
     """
@@ -118,12 +156,7 @@ def run_measurement(
     warm_cache = config.warmup.prefix_cache == "warm"
     sets = load_prompt_sets(config.dataset, config.random_seed, base_dir, request.dataset_path, warm_cache=warm_cache)
     prompts = sets.measured
-    engine = engine_factory(config.engine)  # imports the engine's stack: part of load time
-    adapter = request.adapter_path or (config.lora.adapter_id if config.lora else None)
-    dirs = RunDirs(engine_cache=request.engine_cache_dir, prebuilt_engine=request.engine_path)
-    engine.load(config, request.model_path or config.model, adapter, dirs=dirs)
-    if request.gpus and engine.effective().get("device") != "cuda":
-        raise GpuNotVisible(f"the host gave this run GPUs {request.gpus} but the engine sees none")
+    engine, cold = _load(request, engine_factory, meter, sets.warmup[0], on_progress)
     t_loaded = time.perf_counter()
 
     on_phase("warmup")
@@ -201,5 +234,6 @@ def run_measurement(
         ),
         requests=records,
         prefix_cache=cache,
+        cold_start=cold,
         passthrough=engine.passthrough() or None,
     )

@@ -191,6 +191,11 @@ class ExperimentConfig(Section):
         default="auto", description="null disables energy measurement (throughput-only)."
     )
     gpu_telemetry: bool = True
+    cold_start: bool = Field(
+        default=False,
+        description="true: also measure the cold start, this run's fresh process loading the model and serving "
+        "its first request, as a window of its own before warm-up (result.json cold_start).",
+    )
     pytorch: PyTorchConfig | None = None
     vllm: VLLMConfig | None = None
     tensorrt: TensorRTConfig | None = None

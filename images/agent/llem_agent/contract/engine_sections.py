@@ -29,6 +29,7 @@ MAX_PENALTY = 100.0  # |length_penalty|, repetition_penalty
 MAX_MEMORY_GIB = 16384.0  # host memory handed to an engine (swap, CPU offload): 16 TiB
 MAX_KV_CACHE_BYTES = 1 << 50  # 1 PiB
 MAX_LIST_ITEMS = 10_000  # module names and the like
+MAX_NAME_CHARS = 128  # a free-form name the engine checks itself (a torch.compile mode)
 _INF = float("inf")
 
 
@@ -121,8 +122,12 @@ class PyTorchConfig(EngineSection):
     )
     attn_implementation: Literal["sdpa", "flash_attention_2", "flash_attention_3", "eager"] | None = None
     torch_compile: bool | None = None
-    torch_compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None = (
-        None
+    torch_compile_mode: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_NAME_CHARS,
+        description="A torch.compile mode (default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs, "
+        "and whatever the image's torch adds); the agent checks it against its torch before the model loads.",
     )
     torch_compile_backend: str | None = None
     load_in_4bit: bool | None = None
@@ -148,6 +153,13 @@ class PyTorchConfig(EngineSection):
     revision: str | None = Field(default=None, description="Model revision (commit, tag) for reproducibility.")
     trust_remote_code: bool | None = Field(default=None, description="Off unless set to true.")
     num_processes: int | None = Field(default=None, ge=1, le=MAX_DEVICES)
+
+    @field_validator("torch_compile_mode")
+    @classmethod
+    def _a_name(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or not value.isprintable()):
+            raise ValueError(f"torch_compile_mode {value!r} must be a name: not blank, no control characters")
+        return value
 
     @model_validator(mode="after")
     def _cross_rules(self) -> PyTorchConfig:

@@ -264,6 +264,37 @@ class EnergyReport(_Frozen):
     )
 
 
+class ColdStartReport(_Frozen):
+    """The cold start (002 ``cold_start: true``): this run's fresh process importing the engine,
+    loading the model and serving its first request, measured as a window of its own before
+    warm-up. Every run is a process of its own, so nothing was loaded before; the weights may
+    still be in the OS page cache. The rest of the result describes the warm window."""
+
+    load_s: float = Field(description="Importing the engine and loading model, tokenizer and adapter.")
+    first_request_s: float = Field(
+        description="The first request (the first warm-up prompt, alone), end to end, tokenizing included."
+    )
+    first_ttft_s: float | None = Field(
+        default=None,
+        description="Its time to first token, from the generate call; None where the engine timed no token "
+        "(ttft_missing_reason says why).",
+    )
+    time_to_first_token_s: float | None = Field(
+        default=None,
+        description="From the start of loading to the first request's first token: what a caller of a cold "
+        "process waits.",
+    )
+    ttft_missing_reason: str | None = None
+    energy: EnergyReport = Field(
+        description="Load and first request, from the meter that measures the warm window (the window aligned "
+        "on its counter's steps); energy_j null with unavailable_reason where it could not bracket the load. "
+        "Per-token figures are null: the window's work is loading."
+    )
+    note: str | None = Field(
+        default=None, description="What the window holds beyond loading from local files (a download of the model)."
+    )
+
+
 class Throughput(_Frozen):
     output_tokens_per_s: float
     total_tokens_per_s: float
@@ -354,6 +385,9 @@ class ExperimentResult(_Frozen):
     environment: AgentEnvironment
     requests: list[RequestRecord]
     prefix_cache: PrefixCacheReport | None = None
+    cold_start: ColdStartReport | None = Field(
+        default=None, description="The cold start, beside the warm window (cold_start: true); None: not measured."
+    )
     passthrough: dict[str, str] | None = Field(
         default=None,
         description="Where each passthrough_kwargs key went: the engine call that received it (generate, "

@@ -80,8 +80,10 @@ def config_hash(config: ExperimentConfig) -> str:
     """16 hex chars of SHA-256 over the canonical explicit config.
 
     Fields left at None ("the engine's default") are dropped, so adding a new optional
-    field to the schema does not change the identity of existing experiments; ``output_dir``
-    (where results go, not what is measured) is never part of it.
+    field to the schema does not change the identity of existing experiments, and so is
+    ``cold_start`` where it is off (added after the hashes of earlier studies were taken);
+    ``output_dir`` (where results go, not what is measured) is never part of it.
     """
-    explicit = config.model_dump(mode="json", exclude_none=True, exclude={"output_dir"})
+    exclude = {"output_dir"} if config.cold_start else {"output_dir", "cold_start"}
+    explicit = config.model_dump(mode="json", exclude_none=True, exclude=exclude)
     return hashlib.sha256(canonical_json(explicit).encode()).hexdigest()[:16]

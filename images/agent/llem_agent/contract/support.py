@@ -64,6 +64,7 @@ _UNIVERSAL = frozenset(
         "passthrough_kwargs",
         "energy_sampler",
         "gpu_telemetry",
+        "cold_start",  # the measurement loop's, through the engine protocol: every engine
         "baseline.enabled",
         "baseline.duration_seconds",
         "baseline.strategy",

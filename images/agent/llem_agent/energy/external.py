@@ -10,9 +10,11 @@ run's ``energy_j`` (``source`` says which), with llem's counter and trace kept b
   polls the GPUs in a thread of its own, so llem's sampler thread stays off for the window (one
   poller per device): the trace then has just the window's first and last reading.
 
-``auto`` picks Zeus when it is installed and a GPU is present, else NVML (003: Zeus > NVML >
-CodeCarbon). Import errors say which extra to install. ``ExternalSource`` is the sampler as one
-of the meter's energy sources; :func:`with_external` writes its figure into the report.
+``auto`` picks the best one available (003: Zeus > NVML > CodeCarbon): Zeus where it is
+installed and the run has GPUs, else NVML where it has them, else CodeCarbon where it is
+installed, else nothing (:func:`resolve_auto`). Import errors say which extra to install.
+``ExternalSource`` is the sampler as one of the meter's energy sources; :func:`with_external`
+writes its figure into the report.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -42,6 +45,7 @@ class ExternalEnergy:
 class ExternalSampler(Protocol):
     name: str
     polls_gpu: bool  # True: it samples the GPUs in its own thread, so llem's must not
+    single_window: bool  # True: it measures one window per run (CodeCarbon's tracker), not a cold start too
 
     def start(self) -> None: ...
 
@@ -74,6 +78,7 @@ def _cuda_devices_as_indices(nvml_indices: list[int]) -> Iterator[None]:
 class ZeusSampler:
     name = "zeus"
     polls_gpu = False
+    single_window = False  # windows by name, opened and closed as often as asked
 
     def __init__(self, nvml_indices: list[int]) -> None:
         """``nvml_indices``: the run's GPUs as NVML numbers them in this process."""
@@ -104,6 +109,7 @@ class ZeusSampler:
 class CodeCarbonSampler:
     name = "codecarbon"
     polls_gpu = True
+    single_window = True  # one tracker, started once: restarting it is nothing CodeCarbon documents
 
     def __init__(self, interval_s: float = 1.0) -> None:
         codecarbon = import_vendor(
@@ -131,15 +137,41 @@ class CodeCarbonSampler:
         return ExternalEnergy(energy_j=total, parts_j=parts, version=self._version, note="GPU + CPU + RAM (CodeCarbon)")
 
 
-def make_sampler(choice: str | None, nvml_indices: list[int]) -> ExternalSampler | None:
+def installed(name: str) -> bool:
+    """Whether the vendor package ``name`` can be imported here (an extra of the image)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ValueError:  # in sys.modules without a spec
+        return name in sys.modules
+
+
+def resolve_auto(nvml_indices: list[int], has: Callable[[str], bool] = installed) -> str | None:
+    """What ``energy_sampler: auto`` measures with, best first (003: Zeus > NVML > CodeCarbon):
+    ``zeus`` where it is installed and the run has GPUs NVML can read, else ``nvml`` where it
+    has them, else ``codecarbon`` where it is installed (a CPU run, or NVML unusable), else None
+    (nothing measures: ``energy_j`` is null with NVML's reason). ``has``: is a package installed."""
+    if nvml_indices and has("zeus"):
+        return "zeus"
+    if nvml_indices:
+        return "nvml"
+    if has("codecarbon"):
+        return "codecarbon"
+    return None
+
+
+def make_sampler(
+    choice: str | None, nvml_indices: list[int], has: Callable[[str], bool] = installed
+) -> ExternalSampler | None:
     """The external sampler for ``energy_sampler``; None means llem's NVML meter alone.
-    ``nvml_indices``: the run's GPUs as NVML numbers them here ([] on a CPU run)."""
+    ``nvml_indices``: the run's GPUs as NVML numbers them here ([] on a CPU run, or where NVML
+    cannot be used); ``auto`` is resolved by :func:`resolve_auto`. Which one measured is the
+    report's ``source`` (``zeus``, ``codecarbon``, ``nvml_*``, or None with the reason)."""
+    if choice == "auto":
+        choice = resolve_auto(nvml_indices, has)
     if choice == "zeus":
         return ZeusSampler(nvml_indices)
     if choice == "codecarbon":
         return CodeCarbonSampler()
-    if choice == "auto" and nvml_indices and importlib.util.find_spec("zeus") is not None:
-        return ZeusSampler(nvml_indices)
     return None
 
 
@@ -150,6 +182,7 @@ class ExternalSource:
     def __init__(self, sampler: ExternalSampler) -> None:
         self.sampler = sampler
         self.polls_gpu = sampler.polls_gpu
+        self.single_window = getattr(sampler, "single_window", False)
         self._measured: ExternalEnergy | None = None
 
     def start(self, window: Window) -> None:

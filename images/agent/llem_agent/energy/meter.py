@@ -87,6 +87,16 @@ class EnergyMeter:
             report = source.measured(report, work, self.window)
         return report
 
+    def cannot_bracket_twice(self) -> str | None:
+        """Why this meter cannot measure a window before the measured one (a cold start's
+        load), or None where it can: every source but CodeCarbon's tracker, which measures one
+        window per run. Each window starts afresh; the last one's trace is what is kept."""
+        for source in self.sources:
+            if getattr(source, "single_window", False):
+                name = getattr(getattr(source, "sampler", None), "name", "the energy sampler")
+                return f"not measured: {name} measures one window per run, kept for the measured one"
+        return None
+
     def write_telemetry(self, path: Path) -> bool:
         """The window's GPU trace at 1 Hz as a Parquet sidecar; False when there is nothing to write."""
         return self.gpu.write_telemetry(path, self.window)

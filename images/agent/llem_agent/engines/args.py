@@ -116,6 +116,29 @@ def pytorch_generate_kwargs(config: ExperimentConfig) -> dict[str, Any]:
     return out
 
 
+class UnknownCompileMode(ValueError):
+    """``pytorch.torch_compile_mode`` names no mode of the image's torch."""
+
+
+def check_compile_mode(config: ExperimentConfig, modes: Callable[[], list[str]], torch_version: str) -> None:
+    """``pytorch.torch_compile_mode`` against the modes of the image's torch (003: any string;
+    the study cannot know which torch runs it), before the model loads. ``modes``: the names
+    ``torch._inductor.list_mode_options()`` gives, asked only when there is a mode to check.
+    Only TorchInductor's modes are known: with another ``torch_compile_backend`` the mode is
+    that backend's to interpret, and it is passed as given."""
+    section = config.pytorch
+    if section is None or not section.torch_compile or section.torch_compile_mode is None:
+        return
+    if section.torch_compile_backend not in (None, "inductor"):
+        return
+    known = modes()
+    if section.torch_compile_mode not in known:
+        raise UnknownCompileMode(
+            f"pytorch.torch_compile_mode {section.torch_compile_mode!r} is not a mode of torch {torch_version}: "
+            f"it knows {', '.join(known)}"
+        )
+
+
 def pytorch_compile_kwargs(config: ExperimentConfig) -> dict[str, Any] | None:
     """``torch.compile`` keywords for the model's forward, or None when compilation is off."""
     section = config.pytorch

@@ -21,6 +21,7 @@ from transformers.generation.streamers import BaseStreamer
 from llem_agent.contract import AgentEnvironment, ExperimentConfig
 from llem_agent.engines.args import (
     PassthroughError,
+    check_compile_mode,
     check_passthrough,
     pytorch_compile_kwargs,
     pytorch_generate_kwargs,
@@ -66,6 +67,14 @@ def _passthrough_targets() -> dict[str, frozenset[str]]:
     return {"generate": frozenset(generation), "BitsAndBytesConfig": frozenset(bnb)}
 
 
+def compile_modes() -> list[str]:
+    """The ``torch.compile`` modes of this torch (TorchInductor's: default, reduce-overhead,
+    max-autotune, max-autotune-no-cudagraphs, and what a newer torch adds: 2.13 has lite)."""
+    from torch._inductor import list_mode_options
+
+    return list(list_mode_options())
+
+
 def generated_lengths(generated: torch.Tensor, eos_ids: set[int]) -> list[int]:
     """Tokens each row really generated: up to and including its first EOS, else all."""
     lengths: list[int] = []
@@ -99,6 +108,7 @@ class PyTorchEngine:
         adapter_source: str | None = None,
         dirs: RunDirs | None = None,
     ) -> None:
+        check_compile_mode(config, compile_modes, torch.__version__)  # before anything loads
         self._config = config
         self._device = "cuda" if torch.cuda.is_available() else "cpu"
         self._dtype = config.dtype or ("bfloat16" if self._device == "cuda" else "float32")
