@@ -67,6 +67,7 @@ def _warm_up(
     on_progress: Callable[[], None],
     on_patience: Callable[[float], None],
     sleep: Callable[[float], None],
+    simulated: bool = False,
 ) -> tuple[WarmupReport, bool | None, bool | None]:
     """Warm-up on its own prompts, then an empty prefix cache for a cold window.
 
@@ -80,6 +81,7 @@ def _warm_up(
         on_progress=on_progress,
         sleep=lambda s: meter.loaded_idle(s, sleep),
         prompt_source=sets.warmup_source,
+        gpu=True if simulated else None,  # simulated GPUs get their thermal floor, the engine runs on the CPU
     )
     if warmed.slowest_batch_s:
         on_patience(warmed.slowest_batch_s)  # a measured batch may take as long: not a hang
@@ -102,8 +104,12 @@ def run_measurement(
     on_patience: Callable[[float], None] = lambda batch_s: None,
     sleep: Callable[[float], None] = time.sleep,
     visible_gpus: Callable[[], list[str]] = lambda: [],
+    simulated: bool = False,
 ) -> ExperimentResult:
     """Execute one run and return its result; raises on any failure.
+
+    ``simulated``: the run's GPUs are simulated (the meter's NVML is a simulator, the engine runs
+    on the CPU); the result says so.
 
     ``load_s`` spans reading prompts, importing the engine and loading the model;
     ``measure_s`` is the energy window, bracketed by device synchronisation; every batch
@@ -122,13 +128,20 @@ def run_measurement(
     adapter = request.adapter_path or (config.lora.adapter_id if config.lora else None)
     dirs = RunDirs(engine_cache=request.engine_cache_dir, prebuilt_engine=request.engine_path)
     engine.load(config, request.model_path or config.model, adapter, dirs=dirs)
-    if request.gpus and engine.effective().get("device") != "cuda":
+    if request.gpus and engine.effective().get("device") != "cuda" and not simulated:
         raise GpuNotVisible(f"the host gave this run GPUs {request.gpus} but the engine sees none")
     t_loaded = time.perf_counter()
 
     on_phase("warmup")
     warmed, keeps_cache, reset = _warm_up(
-        engine, sets, config, meter=meter, on_progress=on_progress, on_patience=on_patience, sleep=sleep
+        engine,
+        sets,
+        config,
+        meter=meter,
+        on_progress=on_progress,
+        on_patience=on_patience,
+        sleep=sleep,
+        simulated=simulated,
     )
     t_warm = time.perf_counter()
 
@@ -197,6 +210,7 @@ def run_measurement(
                 "cpus_available": environment.cpus_available(),
                 "container_memory_limit_mb": environment.memory_limit_mb(),
                 "container_cpu_quota": environment.cpu_quota(),
+                "gpus_simulated": simulated,
             }
         ),
         requests=records,
