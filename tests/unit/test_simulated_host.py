@@ -261,3 +261,17 @@ def test_each_run_on_a_simulated_gpu_is_given_its_description_and_its_own_lock(t
     assert {tuple(r.gpu_uuids or ()) for r in requests} == {(SIM0,)}
     assert {tuple(e.devices) for e in ManifestStore.load(study_dir).runs} == {("gpu-sim0",)}
     assert manifest.status == "completed"
+
+
+def test_doctor_says_the_gpus_are_simulated_and_needs_no_nvidia_runtime(monkeypatch: pytest.MonkeyPatch, tmp_path):
+    from llem import doctor
+    from llem.launcher import DockerLauncher
+
+    monkeypatch.setenv(SIMULATE_ENV, "2")
+    monkeypatch.setenv("LLEM_CONFIG", str(tmp_path / "absent.yaml"))
+    monkeypatch.setattr(DockerLauncher, "server", lambda self: ({"Version": "27"}, {"Runtimes": {"runc": {}}}))
+    monkeypatch.setattr(DockerLauncher, "image_problem", lambda self, image: None)
+    checks = {c.name: c for c in doctor.run_checks(results_dir=tmp_path)}
+    gpus = checks["GPUs (SIMULATED: LLEM_SIMULATE_GPUS)"]
+    assert gpus.status == "ok" and "llem simulated GPU (H100-like)" in gpus.detail
+    assert checks["NVIDIA container runtime"].status == "warn"  # not a failure: simulated runs get no NVIDIA device
