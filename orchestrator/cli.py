@@ -43,6 +43,7 @@ from .plan import Plan, PlannedRun
 from .profiles import PROFILES
 from .runners import RUNNER_KINDS
 from .session import gc_paused, launchers, load_plan, plural, prepare_host, runner_options
+from .simulation import SIMULATE_ENV, parse_spec
 from .study import MAX_EXPERIMENTS, MAX_RUNS, ExperimentOrder
 from .userconfig import load_user_config
 
@@ -442,6 +443,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, handler)  # SIGTERM stops a study like Ctrl-C does
     signal.signal(signal.SIGINT, handler)
     try:
+        if getattr(args, "simulate_gpus", None) is not None:
+            parse_spec(args.simulate_gpus, "--simulate-gpus")  # refused in one line before anything runs
+            os.environ[SIMULATE_ENV] = args.simulate_gpus  # for every seam of this command, and its workers
         code: int = args.func(args)
         return code
     except LlemError as exc:

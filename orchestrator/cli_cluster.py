@@ -21,6 +21,7 @@ from .execution import NoEvents
 from .plan import Plan, make_plan
 from .session import launchers as make_launchers
 from .session import load_plan, plural, prepare_host, resolve_images, results_root, runner_options
+from .simulation import SIMULATE_ENV
 from .study import Study, load_planned_study
 from .studydir import StudyDir
 from .userconfig import UserConfig, load_user_config
@@ -130,6 +131,9 @@ def _worker_flags(args: argparse.Namespace) -> list[str]:
             flags.append(f"--{name.replace('_', '-')}={value}")
     switches = ("no_lock", "fail_fast", "no_circuit_breaker", "no_pull")
     flags += [f"--{name.replace('_', '-')}" for name in switches if getattr(args, name)]
+    simulated = os.environ.get(SIMULATE_ENV)  # --simulate-gpus sets it; said to every worker, wherever it runs
+    if simulated:
+        flags.append(f"--simulate-gpus={simulated}")
     return flags
 
 

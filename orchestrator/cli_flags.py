@@ -32,6 +32,12 @@ def host_options(parser: argparse.ArgumentParser) -> None:
         help="GPUs the study may use, by NVML index or UUID, e.g. 0,1 or GPU-5c1e... (default: every GPU "
         "this process was given: CUDA_VISIBLE_DEVICES, else all NVML sees)",
     )
+    parser.add_argument(
+        "--simulate-gpus", metavar="N[,KEY=VALUE...]",
+        help="run on N SIMULATED GPUs instead of real ones (labelled everywhere; never a measurement): their power "
+        "profile and faults after the number, e.g. 1,reading=instant,fault=counter_reset@1 (README: Simulated GPUs); "
+        "sets LLEM_SIMULATE_GPUS for this command and every worker it starts",
+    )  # fmt: skip
     parser.add_argument("--run-timeout", type=float, default=3600.0, metavar="S", help="per-run timeout in seconds")
     parser.add_argument(
         "--stall-timeout",

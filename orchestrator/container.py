@@ -14,12 +14,14 @@ from llem_agent.contract import (
     CONTAINER_HF_HOME,
     CONTAINER_MODEL_DIR,
     CONTAINER_RUN_DIR,
+    CONTAINER_SIMULATION_FILE,
     CONTAINER_TRT_ENGINE_DIR,
     DEFAULT_ENGINE,
     ENGINE_SECTIONS,
     EXPERIMENT_FILE,
     RAW_TRACE_ENV,
 )
+from llem_agent.contract.simulation import SIMULATED_DEVICES_ENV
 
 LABEL_MANAGED = "llem.managed"
 LABEL_STUDY = "llem.study"
@@ -77,6 +79,7 @@ class ContainerSpec:
     shm_size: str | None = None
     ulimits: tuple[tuple[str, int, int], ...] = ()  # (name, soft, hard)
     cpuset: tuple[int, ...] = ()  # CPU cores the run is pinned to (parallel runs on CPU); () = any
+    simulated: bool = False  # --simulate-gpus: no NVIDIA device, the simulation's description mounted instead
 
     def mount_at(self, target: str) -> Mount | None:
         """The mount whose container path is ``target``, if any."""
@@ -105,10 +108,15 @@ def dataset_target(dataset_file: Path) -> str:
     return f"{CONTAINER_DATASET_DIR}/{dataset_file.name}"
 
 
-def container_environment(gpu_indices: tuple[int, ...]) -> dict[str, str]:
+def container_environment(
+    gpu_indices: tuple[int, ...], simulated_uuids: tuple[str, ...] | None = None
+) -> dict[str, str]:
     """Environment only a container needs. Its uid has no passwd entry, so USER and LOGNAME
     name it (``getpass.getuser()``, which torch inductor calls, reads them first); caches go to
-    the tmpfs; a CPU run hides every GPU even where nvidia is Docker's default runtime."""
+    the tmpfs; a CPU run hides every GPU even where nvidia is Docker's default runtime. A run on
+    simulated GPUs (``simulated_uuids``) hides every real GPU too, and is given its simulated
+    GPUs by UUID as a real run is given its GPUs: ``LLEM_SIMULATED_DEVICES`` for the simulated
+    NVML (what the NVIDIA runtime's device injection is to the real one), and CUDA_VISIBLE_DEVICES."""
     env = {
         "HOME": "/tmp",
         "USER": AGENT_USER,
@@ -117,8 +125,10 @@ def container_environment(gpu_indices: tuple[int, ...]) -> dict[str, str]:
         "TORCHINDUCTOR_CACHE_DIR": f"{CONTAINER_CACHE_ROOT}/torchinductor",
         "TRITON_CACHE_DIR": f"{CONTAINER_CACHE_ROOT}/triton",
     }
-    if not gpu_indices:
+    if not gpu_indices or simulated_uuids is not None:
         env["NVIDIA_VISIBLE_DEVICES"] = "void"
+    if simulated_uuids is not None:
+        env[SIMULATED_DEVICES_ENV] = env["CUDA_VISIBLE_DEVICES"] = ",".join(simulated_uuids)
     return env
 
 
@@ -145,6 +155,7 @@ def build_spec(
     token_file: Path | None = None,
     pids_limit: int | None = DEFAULT_PIDS_LIMIT,
     cpuset: tuple[int, ...] = (),
+    simulation_file: Path | None = None,
 ) -> ContainerSpec:
     """The spec for one run.
 
@@ -152,7 +163,9 @@ def build_spec(
     the container then gets no network at all (a hub model needs the network to download).
     GPUs are named one by one, never "all", so a run sees exactly the devices it locked.
     The agent never runs as root: as the host user, or, when llem runs as root, as an
-    unprivileged uid in the root group (the run directory is group-writable for it).
+    unprivileged uid in the root group (the run directory is group-writable for it). Simulated
+    GPUs (``simulation_file``: their description) get no NVIDIA device request: the description
+    is mounted read-only and the run is told which simulated GPUs are its own.
     """
     group_add: tuple[str, ...] = ()
     if host_uid == 0:
@@ -178,13 +191,18 @@ def build_spec(
     if token_file is not None:
         mounts.append(Mount(token_file, CONTAINER_TOKEN_FILE, read_only=True))
         environment["HF_TOKEN_PATH"] = CONTAINER_TOKEN_FILE
+    if simulation_file is not None:
+        mounts.append(Mount(simulation_file, CONTAINER_SIMULATION_FILE, read_only=True))
     # Several GPUs in one run (tensor / pipeline parallelism), or an engine whose workers are
     # processes of their own (its section's multiprocess trait: vLLM's engine core, TensorRT-LLM's
     # MPI worker, even at tensor-parallel 1): NCCL and the workers exchange through shared memory
     # and, on GPUs, pin host memory (NVIDIA's limits). A CPU run pins nothing, and some hosts
-    # forbid raising memlock at all.
+    # forbid raising memlock at all (nor does a run on simulated GPUs, whose engine runs on the CPU).
     multiprocess = len(gpu_indices) > 1 or ENGINE_SECTIONS[engine].multiprocess
-    ulimits = ((("memlock", -1, -1),) if gpu_indices else ()) + (("stack", 67108864, 67108864),)
+    pins = bool(gpu_indices) and simulation_file is None
+    ulimits = ((("memlock", -1, -1),) if pins else ()) + (("stack", 67108864, 67108864),)
+    # By UUID where known: in a cgroup-constrained job NVML's index 0 is not the host's (Docker's) 0.
+    devices = gpu_uuids if len(gpu_uuids) == len(gpu_indices) else tuple(str(i) for i in gpu_indices)
     return ContainerSpec(
         image=image,
         name=container_name(study_id, run_id),
@@ -193,8 +211,7 @@ def build_spec(
         environment=environment,
         passthrough_env=PASSTHROUGH_ENV,
         mounts=tuple(mounts),
-        # By UUID where known: in a cgroup-constrained job NVML's index 0 is not the host's (Docker's) 0.
-        gpu_ids=gpu_uuids if len(gpu_uuids) == len(gpu_indices) else tuple(str(i) for i in gpu_indices),
+        gpu_ids=() if simulation_file is not None else devices,
         network_disabled=model_dir is not None,
         user=user,
         group_add=group_add,
@@ -204,7 +221,8 @@ def build_spec(
         shm_size="16g" if multiprocess else None,
         ulimits=ulimits if multiprocess else (),
         cpuset=cpuset,
-        container_environment=container_environment(gpu_indices),
+        container_environment=container_environment(gpu_indices, devices if simulation_file is not None else None),
         engine=engine,
         gpu_uuids=gpu_uuids,
+        simulated=simulation_file is not None,
     )

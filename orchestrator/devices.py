@@ -16,10 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
 from llem_agent.contract import ExperimentConfig
+from llem_agent.contract.simulation import SimulatedGpus
 
 from .errors import ConfigError, EnvironmentProblem
+from .simulation import simulated_gpus
 
 T = TypeVar("T")
+MIB = 2**20
 
 VISIBLE_ENV = "CUDA_VISIBLE_DEVICES"
 ORDER_ENV = "CUDA_DEVICE_ORDER"
@@ -51,6 +54,7 @@ class Gpu:
     mig: bool = False  # MIG mode on: its slices share one energy counter, llem measures whole GPUs
     pci_bus_id: str = ""  # the order of CUDA_DEVICE_ORDER=PCI_BUS_ID
     memory_gb: float | None = None  # total device memory (what the dry run holds estimates against)
+    simulated: bool = False  # --simulate-gpus: a simulated GPU (GPU-SIM-... UUID), never a real one
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,11 @@ def _is(nvml: Any, exc: Exception, name: str) -> bool:
 
 def read_nvml() -> NvmlView:
     """What NVML sees on this host. No NVML library or driver: no GPU, said why (the CPU path).
-    A GPU NVML cannot open is listed as unreadable; any other NVML error is an EnvironmentProblem."""
+    A GPU NVML cannot open is listed as unreadable; any other NVML error is an EnvironmentProblem.
+    With ``LLEM_SIMULATE_GPUS`` (``--simulate-gpus``): the simulated GPUs instead, and no real one."""
+    simulation = simulated_gpus()
+    if simulation is not None:
+        return _simulated_view(simulation)
     try:
         import pynvml
     except ImportError:
@@ -109,6 +117,15 @@ def read_nvml() -> NvmlView:
     finally:
         with contextlib.suppress(pynvml.NVMLError):  # nothing is left to release
             pynvml.nvmlShutdown()
+
+
+def _simulated_view(simulation: SimulatedGpus) -> NvmlView:
+    """The simulated GPUs as NVML lists GPUs (their PCI order is their index)."""
+    gpus = (
+        Gpu(d.index, d.uuid, d.name, pci_bus_id=f"SIM:{d.index:04d}", memory_gb=d.memory_mb * MIB / 1e9, simulated=True)
+        for d in simulation.devices
+    )
+    return NvmlView(tuple(gpus))
 
 
 def _ask(nvml: Any, doing: str, call: Callable[..., T], *args: object) -> T:

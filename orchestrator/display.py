@@ -16,6 +16,7 @@ from .plan import Plan, PlannedRun
 from .results import ExperimentSummary, StudySummary, experiment_label, flatten, varying_keys
 from .stats import Stat, format_mean_ci
 from .study import Study
+from .summary import SIMULATED_BANNER
 
 
 def console(stderr: bool = False) -> Console:
@@ -153,8 +154,10 @@ def results_table(
     columns = [column_for(name) for name in metrics] if metrics else list(DEFAULT_COLUMNS)
     if metrics is None and summary.energy_unavailable:
         columns = [c for c in columns if c[0] not in ("j_per_output_token", "mean_power_w")]
+    simulated = " on SIMULATED GPUs" if summary.gpus_simulated else ""
     table = Table(
-        title=f"llem study {m.study_name} ({m.status}): {len(summary.experiments)} experiments × {m.n_cycles} cycles",
+        title=f"llem study {m.study_name} ({m.status}){simulated}: {len(summary.experiments)} experiments × "
+        f"{m.n_cycles} cycles",
         caption="mean ± half-width of the 95% confidence interval (t) across cycles",
     )
     table.add_column("#", justify="right")
@@ -186,6 +189,8 @@ def print_results(
 ) -> None:  # fmt: skip
     """The results table, then what did not complete and why, then the warnings."""
     shown = summary.experiments if experiments is None else experiments
+    if summary.gpus_simulated:
+        console.print(f"[bold red]{SIMULATED_BANNER}[/]")
     console.print(results_table(summary, shown, metrics))
     if summary.energy_unavailable:
         console.print(f"[yellow]energy not measured:[/] {summary.energy_unavailable}")

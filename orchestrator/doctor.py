@@ -84,8 +84,10 @@ def run_checks(required_engines: Sequence[str] = (DEFAULT_ENGINE,), results_dir:
     checks.append(Check("user config", "ok", f"{user.path}" + ("" if user.file_found else " (absent: defaults)")))
 
     gpus, why_none = nvml_gpus()
+    simulated = any(g.simulated for g in gpus)  # LLEM_SIMULATE_GPUS: no real GPU, no NVIDIA runtime needed
     if gpus:
-        checks.append(Check("GPUs (NVML)", "ok", ", ".join(f"{g.index}: {g.name}" for g in gpus)))
+        what = "GPUs (SIMULATED: LLEM_SIMULATE_GPUS)" if simulated else "GPUs (NVML)"
+        checks.append(Check(what, "ok", ", ".join(f"{g.index}: {g.name}" for g in gpus)))
     else:
         checks.append(
             Check(
@@ -117,7 +119,7 @@ def run_checks(required_engines: Sequence[str] = (DEFAULT_ENGINE,), results_dir:
         nvidia = nvidia_support(info)
         if nvidia:
             checks.append(Check("NVIDIA container runtime", "ok", nvidia))
-        elif gpus:
+        elif gpus and not simulated:
             checks.append(
                 Check(
                     "NVIDIA container runtime",

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from llem_agent.contract import ExperimentResult
+from llem_agent.contract.simulation import SimulatedGpus
 
 from .claims import DEFAULT_STALE_AFTER_S
 from .manifest import RunEntry
@@ -43,6 +44,7 @@ class RunnerOptions:
     config_gap_s: float | None = None
     cycle_gap_s: float | None = None
     profile: str | None = None  # --profile the study was planned with (recorded in the manifest's protocol)
+    simulation: SimulatedGpus | None = None  # --simulate-gpus: the study's GPUs are simulated ones
 
     def gaps_s(self, execution: Any) -> tuple[float, float]:
         """The pauses this invocation makes (between runs, between cycles) for a study's execution."""

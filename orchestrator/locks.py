@@ -24,10 +24,16 @@ DEFAULT_LOCK_DIR = Path(os.environ.get("LLEM_LOCK_DIR", "/tmp/llem-locks"))
 CPU_LOCK = "cpu"
 
 
-def lock_names(gpu_indices: Sequence[int], cpuset: Sequence[int] = ()) -> list[str]:
-    """Lock file stems for a run: one per GPU; on CPU one per core it is pinned to (parallel
-    runs), else the single CPU lock."""
-    return [f"gpu{i}" for i in sorted(gpu_indices)] or [f"{CPU_LOCK}{c}" for c in sorted(cpuset)] or [CPU_LOCK]
+def gpu_name(index: int, simulated: bool = False) -> str:
+    """A GPU's lock and device name: ``gpu0``; a simulated one's ``gpu-sim0`` (never a real GPU's lock)."""
+    return f"gpu-sim{index}" if simulated else f"gpu{index}"
+
+
+def lock_names(gpu_indices: Sequence[int], cpuset: Sequence[int] = (), simulated: bool = False) -> list[str]:
+    """Lock file stems for a run: one per GPU (simulated GPUs have their own); on CPU one per
+    core it is pinned to (parallel runs), else the single CPU lock."""
+    gpus = [gpu_name(i, simulated) for i in sorted(gpu_indices)]
+    return gpus or [f"{CPU_LOCK}{c}" for c in sorted(cpuset)] or [CPU_LOCK]
 
 
 def host_cores() -> int:

@@ -20,6 +20,7 @@ from llem_agent.contract import (
     CONTAINER_BASELINE_DIR,
     CONTAINER_ENGINE_CACHE,
     CONTAINER_MODEL_DIR,
+    CONTAINER_SIMULATION_FILE,
     CONTAINER_TRT_ENGINE_DIR,
     HUB_PROMPT_SETS,
     ExperimentConfig,
@@ -34,9 +35,10 @@ from .devices import assign_devices
 from .errors import EnvironmentProblem
 from .execution import RunnerEvents, RunnerOptions, RunOutcome
 from .launching import ContainerOutcome, Launcher, Liveness
-from .locks import DeviceLocks, lock_names
+from .locks import DeviceLocks, gpu_name, lock_names
 from .manifest import ManifestStore, RunFailure, utc_now
 from .plan import PlannedRun
+from .simulation import SIMULATION_FILE
 from .studydir import RunDir, StudyDir
 
 # Agent exception types that name a failure class of their own.
@@ -232,6 +234,11 @@ def run_one(
     uuids = tuple(inputs.options.gpu_uuids[g] for g in gpus if g in inputs.options.gpu_uuids)
     model_dir = inputs.model_dir
     adapter_dir = inputs.adapter_dir
+    simulation = inputs.options.simulation
+    simulation_file = None
+    if simulation is not None and gpus:  # the description its agent's simulated NVML reads
+        simulation_file = (inputs.study_dir / SIMULATION_FILE).resolve()
+        write_atomic(simulation_file, simulation.model_dump_json(indent=2))
     # The token file lives exactly as long as this run: removed however the run ends (a lock
     # refused, Ctrl-C while queued, a failed start).
     with token_file(may_download(config, model_dir, adapter_dir)) as secret:
@@ -259,6 +266,7 @@ def run_one(
             token_file=secret,
             pids_limit=inputs.options.pids_limit,
             cpuset=cpus,
+            simulation_file=simulation_file,
         )
 
         def seen(target: str) -> str | None:  # where the agent sees a mount: in its container, or on the host
@@ -281,10 +289,12 @@ def run_one(
             baseline_cache_dir=seen(CONTAINER_BASELINE_DIR),
             sample_interval_s=inputs.options.sample_interval_s,
             runner="local" if launcher.kind == "local" else "docker",
+            simulated_gpus=seen(CONTAINER_SIMULATION_FILE),
         )
         write_atomic(files.request_file, request.model_dump_json(indent=2))
         lock_dir = inputs.options.lock_dir
-        locks = DeviceLocks(lock_names(gpus, cpus) if lock_dir else [], lock_dir or Path("."))
+        simulated = simulation_file is not None
+        locks = DeviceLocks(lock_names(gpus, cpus, simulated) if lock_dir else [], lock_dir or Path("."))
         if not locks.acquire(inputs.options.lock_wait_s, on_wait=inputs.events.waiting_for_devices):
             raise EnvironmentProblem(
                 f"devices {locks.names} are locked by another study (lock files in {lock_dir}); "
@@ -298,7 +308,7 @@ def run_one(
                 finished_at=None,
                 failure=None,
                 attempts=attempt,
-                devices=[f"gpu{g}" for g in gpus] or [f"cpu{c}" for c in cpus] or ["cpu"],
+                devices=[gpu_name(g, simulated) for g in gpus] or [f"cpu{c}" for c in cpus] or ["cpu"],
                 host=socket.gethostname(),
                 # What this attempt runs in (a resume or another worker may differ from the plan).
                 image="local" if launcher.kind == "local" else spec.image,

@@ -98,7 +98,9 @@ def _check_devices_free(plan: Plan, options: RunnerOptions) -> None:
         {
             n
             for e in plan.study.experiments
-            for n in lock_names(assign_devices(e.config, list(options.gpu_indices)), options.cpuset)
+            for n in lock_names(
+                assign_devices(e.config, list(options.gpu_indices)), options.cpuset, options.simulation is not None
+            )
         }
     )
     probe = DeviceLocks(names, lock_dir)

@@ -21,6 +21,7 @@ from .display import column_for, format_stat
 from .results import StudySummary
 from .stats import METRIC_BY_NAME, describe
 from .studydir import StudyDir
+from .summary import SIMULATED_BANNER
 
 # Effect plots per swept parameter: (metric, axis title, scale to display units).
 EFFECT_METRICS = (
@@ -327,6 +328,7 @@ def _environment(summary: StudySummary) -> tuple[str, str]:
         ("transformers", env.transformers_version if env is not None else None),
         ("device", env.device if env is not None else None),
         ("GPUs in the container", ", ".join(g.name for g in gpus) or "none"),
+        ("GPUs simulated", "yes: not a measurement" if env is not None and env.gpus_simulated else None),
         ("driver", next((g.driver_version for g in gpus), None)),
         ("CUDA runtime", env.cuda_runtime if env is not None else None),
     ]
@@ -351,6 +353,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem 
 color:#222;padding:0 1rem}h1{margin-bottom:.2rem}h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;
 margin-top:2.2rem}table{border-collapse:collapse;font-size:.9rem}td,th{border:1px solid #ddd;
 padding:.25rem .5rem;text-align:left}th{background:#f5f5f5}.warn{color:#a15c00}.meta{color:#666}
+.simulated{background:#b00020;color:#fff;font-weight:bold;padding:.5rem .8rem}
 """
 
 
@@ -375,8 +378,9 @@ def render(summary: StudySummary) -> str:
         _experiments_table(summary),
         _environment(summary),
     ]
+    banner = f'<p class="simulated">{html.escape(SIMULATED_BANNER)}</p>' if summary.gpus_simulated else ""
     body = "".join(f"<section><h2>{html.escape(title)}</h2>{content}</section>" for title, content in sections)
-    title = f"llem report: {m.study_name}"
+    title = f"llem report: {m.study_name}" + (" (SIMULATED GPUs)" if summary.gpus_simulated else "")
     meta = (
         f"study {html.escape(m.study_id)} · status {html.escape(m.status)} · {completed}/{len(summary.runs)} runs "
         f"completed · {len(summary.experiments)} experiments × {m.n_cycles} cycles · order {m.experiment_order} · "
@@ -386,7 +390,7 @@ def render(summary: StudySummary) -> str:
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f'<meta name="viewport" content="width=device-width,initial-scale=1"><style>{_CSS}</style>'
         f'<script type="text/javascript">{plotly_js()}</script></head><body>'
-        f'<h1>{html.escape(title)}</h1><p class="meta">{meta}</p>{body}</body></html>'
+        f'<h1>{html.escape(title)}</h1>{banner}<p class="meta">{meta}</p>{body}</body></html>'
     )
 
 

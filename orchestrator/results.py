@@ -25,6 +25,7 @@ from typing import Any
 
 from llem_agent.contract import ExperimentResult, write_atomic
 
+from .errors import ConfigError
 from .manifest import Manifest
 from .stats import ALL_METRICS, KEY_METRICS, METRIC_BY_NAME, METRICS, METRICS_KEY, describe
 from .studydir import EXPERIMENTS_FILE, HOST_FILE, RunDir, StudyDir, newest_study, read_json
@@ -111,6 +112,7 @@ def _extract(result: ExperimentResult) -> dict[str, Any]:
         "flags": [f.code for f in result.energy.flags],
         "unavailable_reason": result.energy.unavailable_reason,
         "window": None if start is None else [start, start + length],
+        "gpus_simulated": result.environment.gpus_simulated,
     }
 
 
@@ -209,6 +211,7 @@ def aggregate(study_dir: Path, current_factors: MeasurementFactors | None = None
     records: list[RunRecord] = []
     unavailable: set[str] = set()
     windows: dict[str, tuple[float, float]] = {}  # when each completed run was measured
+    simulated: dict[bool, list[str]] = {True: [], False: []}  # completed runs by whether their GPUs were
     for entry in manifest.runs:
         metrics: dict[str, float | None] = {m.name: None for m in ALL_METRICS}
         flags: list[str] = []
@@ -223,6 +226,7 @@ def aggregate(study_dir: Path, current_factors: MeasurementFactors | None = None
                 metrics = _run_metrics(data["metrics"], factors)
                 flags = data["flags"]
                 reason = data["unavailable_reason"]
+                simulated[bool(data.get("gpus_simulated"))].append(entry.run_id)
                 if reason:
                     unavailable.add(reason)
             else:
@@ -240,8 +244,10 @@ def aggregate(study_dir: Path, current_factors: MeasurementFactors | None = None
                 metrics=metrics,
                 flags=flags,
                 unavailable_reason=reason,
+                gpus_simulated=entry.run_id in simulated[True],
             )
         )
+    _refuse_mixed(study_dir, simulated)
     by_experiment: dict[int, list[RunRecord]] = {}
     for r in records:
         by_experiment.setdefault(r.experiment, []).append(r)
@@ -279,7 +285,19 @@ def aggregate(study_dir: Path, current_factors: MeasurementFactors | None = None
         warnings=_overlap_warnings(windows, manifest) + _ranking_warnings(experiments),
         energy_unavailable="; ".join(sorted(unavailable)) or None,
         manifest_sha256=digest,
+        gpus_simulated=bool(simulated[True]),
     )
+
+
+def _refuse_mixed(study_dir: Path, simulated: dict[bool, list[str]]) -> None:
+    """A study whose runs were measured on real GPUs and simulated on simulated ones compares a
+    simulator's numbers with measurements: refused, in one line."""
+    fake, real = simulated[True], simulated[False]
+    if fake and real:
+        raise ConfigError(
+            f"{study_dir}: {len(fake)} runs on simulated GPUs ({fake[0]}, ...) and {len(real)} on real GPUs or the "
+            f"CPU ({real[0]}, ...); llem never compares a simulated number with a measurement"
+        )
 
 
 def _experiment_warnings(e: ExperimentSummary) -> list[str]:

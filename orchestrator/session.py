@@ -99,6 +99,7 @@ def results_root(options: Options, study: Study, user: UserConfig) -> Path:
 def runner_options(options: Options, study: Study, user: UserConfig) -> RunnerOptions:
     """Host settings of this invocation: ``options`` over the study's study_execution and the user config."""
     from .devices import allowed_gpus
+    from .simulation import simulated_gpus
 
     if options.run_timeout_s <= 0:
         raise ConfigError(f"--run-timeout must be positive, got {options.run_timeout_s}")
@@ -135,6 +136,7 @@ def runner_options(options: Options, study: Study, user: UserConfig) -> RunnerOp
         config_gap_s=execution.config_gap_seconds if execution.config_gap_seconds is not None else machine[0],
         cycle_gap_s=execution.cycle_gap_seconds if execution.cycle_gap_seconds is not None else machine[1],
         profile=study.profile,
+        simulation=simulated_gpus(),
     )
 
 

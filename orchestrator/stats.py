@@ -106,7 +106,7 @@ DERIVED: tuple[Metric, ...] = (
 ALL_METRICS: tuple[Metric, ...] = METRICS + DERIVED
 METRIC_BY_NAME = {m.name: m for m in ALL_METRICS}
 # Keys each run's metrics cache: a new metric, or a new way of reading them, invalidates it.
-METRICS_KEY = hashlib.sha256((",".join(m.name for m in METRICS) + ";window;typed").encode()).hexdigest()[:8]
+METRICS_KEY = hashlib.sha256((",".join(m.name for m in METRICS) + ";window;typed;simulated").encode()).hexdigest()[:8]
 # The metrics users rank configurations by; spread warnings are about these.
 KEY_METRICS = ("output_tokens_per_s", "j_per_output_token", "e2e_p50_s")
 

@@ -32,6 +32,11 @@ from .studydir import StudyDir
 from .userconfig import MeasurementFactors
 
 SUMMARY_SCHEMA_VERSION = "1"
+# What every table and report of a study on simulated GPUs says first.
+SIMULATED_BANNER = (
+    "SIMULATED GPUs (--simulate-gpus): every GPU energy, power and temperature figure is a simulator's, "
+    "not a measurement"
+)
 
 
 @dataclass
@@ -48,6 +53,7 @@ class RunRecord:
     metrics: dict[str, float | None]
     flags: list[str]
     unavailable_reason: str | None = None
+    gpus_simulated: bool = False  # its GPUs were simulated (--simulate-gpus): its GPU figures are not measured
 
 
 @dataclass
@@ -75,6 +81,7 @@ class StudySummary:
     warnings: list[str]
     energy_unavailable: str | None
     manifest_sha256: str
+    gpus_simulated: bool = False  # every completed run's GPUs were simulated (a study never mixes them)
 
     def as_json(self) -> dict[str, Any]:
         m = self.manifest
@@ -92,6 +99,7 @@ class StudySummary:
             "factors": self.factors.as_dict(),
             "swept": self.swept,
             "energy_unavailable_reason": self.energy_unavailable,
+            "gpus_simulated": self.gpus_simulated,
             "warnings": self.warnings,
             "metrics": {m.name: {"label": m.label, "better": m.better} for m in ALL_METRICS},
             "experiments": [
@@ -137,6 +145,8 @@ def run_rows(summary: StudySummary) -> list[dict[str, Any]]:
             "wall_s": r.wall_s,
             "flags": ",".join(r.flags),
         }
+        if summary.gpus_simulated:
+            row["gpus_simulated"] = r.gpus_simulated
         row |= {f"param.{k}": _scalar(exp.params.get(k)) for k in summary.swept}
         row |= r.metrics
         rows.append(row)
@@ -155,6 +165,8 @@ def summary_rows(summary: StudySummary) -> list[dict[str, Any]]:
             "runs": e.runs,
             "completed": e.completed,
         }
+        if summary.gpus_simulated:
+            row["gpus_simulated"] = True
         row |= {f"param.{k}": _scalar(e.params.get(k)) for k in summary.swept}
         for name, stat in e.stats.items():
             for key, value in stat.as_dict().items():

@@ -16,6 +16,7 @@ import stat
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
@@ -31,16 +32,20 @@ from llem_agent.contract import (
     RESULT_FILE,
     TELEMETRY_FILE,
     ExperimentConfig,
+    ExperimentResult,
     RunError,
     RunRequest,
     config_hash,
     write_atomic,
 )
 from llem_agent.contract.config import MAX_CONFIG_FILE_BYTES
-from llem_agent.energy import disabled_meter, nvml_meter, visible_gpu_uuids
+from llem_agent.contract.simulation import SIMULATION_LEDGER_FILE
+from llem_agent.energy import EnergyMeter, disabled_meter, nvml_meter, visible_gpu_uuids
+from llem_agent.energy.simulated import SimulatedNvml
 from llem_agent.engines import load_engine
 from llem_agent.heartbeat import Heartbeat
 from llem_agent.measure import run_measurement
+from llem_agent.simulation import load_simulation, simulated_engines, simulated_meter, write_ledger
 
 EXIT_FAILED = 1
 EXIT_TERMINATED = 143
@@ -107,6 +112,56 @@ def _log(message: str) -> None:
     print(f"[llem-agent {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def _meter(request: RunRequest, simulation: SimulatedNvml | None) -> EnergyMeter:
+    """The run's meter: real NVML on its GPUs, or the simulator of its simulated GPUs."""
+    sampler = request.config.energy_sampler
+    if not sampler:
+        return disabled_meter()
+    if simulation is None:
+        return nvml_meter(request.sample_interval_s, sampler, request.gpu_uuids)
+    _log(f"SIMULATED GPUs {simulation.device_uuids()}: every GPU figure is a simulator's, not a measurement")
+    return simulated_meter(simulation, request.sample_interval_s, sampler)
+
+
+def _measure(
+    request: RunRequest, path: Path, out_dir: Path, heartbeat: Heartbeat, on_phase: Callable[[str], None]
+) -> ExperimentResult:
+    """Measure the run and write its sidecars (telemetry, raw trace, a simulation's ground truth)."""
+    simulation = load_simulation(request)
+    meter = _meter(request, simulation).open()
+
+    def phases(name: str) -> None:
+        if simulation is not None:
+            simulation.phase(name)  # the simulator's power follows the agent's phase
+        on_phase(name)
+
+    tokens: int | None = None  # the simulator's J/token truth, once there is a result
+    try:
+        with heartbeat:
+            result = run_measurement(
+                request,
+                load_engine if simulation is None else simulated_engines(load_engine, simulation),
+                meter,
+                phases,
+                base_dir=path.parent,
+                on_progress=heartbeat.progress,
+                on_patience=heartbeat.expect,
+                visible_gpus=visible_gpu_uuids if simulation is None else simulation.visible_uuids,
+                simulated=simulation is not None,
+            )
+        tokens = result.output_tokens
+    finally:
+        meter.close()
+        if simulation is not None:  # the ground truth, whether or not the run got to a result
+            write_ledger(out_dir / SIMULATION_LEDGER_FILE, simulation, meter.window, tokens)
+    if request.config.gpu_telemetry and meter.write_telemetry(out_dir / TELEMETRY_FILE):
+        _log(f"telemetry written to {TELEMETRY_FILE}")
+    raw = meter.raw_trace() if os.environ.get(RAW_TRACE_ENV) else None
+    if raw is not None:  # a replay fixture for the unit tests (make gpu-check keeps one)
+        write_atomic(out_dir / RAW_TRACE_FILE, json.dumps(raw))
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llem-agent", description="Measure one experiment.")
     parser.add_argument("experiment", nargs="?", default=f"{CONTAINER_RUN_DIR}/experiment.json")
@@ -137,29 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             heartbeat.path = out_dir / HEARTBEAT_FILE
         out_dir.mkdir(parents=True, exist_ok=True)
         _log(f"run={run_id} engine={request.config.engine} model={request.config.model}")
-        sampler = request.config.energy_sampler
-        meter = (
-            nvml_meter(request.sample_interval_s, sampler, request.gpu_uuids) if sampler else disabled_meter()
-        ).open()
-        try:
-            with heartbeat:
-                result = run_measurement(
-                    request,
-                    load_engine,
-                    meter,
-                    on_phase,
-                    base_dir=path.parent,
-                    on_progress=heartbeat.progress,
-                    on_patience=heartbeat.expect,
-                    visible_gpus=visible_gpu_uuids,
-                )
-        finally:
-            meter.close()
-        if request.config.gpu_telemetry and meter.write_telemetry(out_dir / TELEMETRY_FILE):
-            _log(f"telemetry written to {TELEMETRY_FILE}")
-        raw = meter.raw_trace() if os.environ.get(RAW_TRACE_ENV) else None
-        if raw is not None:  # a replay fixture for the unit tests (make gpu-check keeps one)
-            write_atomic(out_dir / RAW_TRACE_FILE, json.dumps(raw))
+        result = _measure(request, path, out_dir, heartbeat, on_phase)
         text = "{corrupt" if faults.corrupt_result(run_id) else result.model_dump_json(indent=2)
         write_atomic(out_dir / RESULT_FILE, text)
         _log(

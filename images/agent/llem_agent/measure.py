@@ -76,6 +76,7 @@ def _warm_up(
     on_progress: Callable[[], None],
     on_patience: Callable[[float], None],
     sleep: Callable[[float], None],
+    simulated: bool = False,
 ) -> tuple[WarmupReport, bool | None, bool | None]:
     """Warm-up on its own prompts, then an empty prefix cache for a cold window.
 
@@ -89,6 +90,7 @@ def _warm_up(
         on_progress=on_progress,
         sleep=lambda s: meter.loaded_idle(s, sleep),
         prompt_source=sets.warmup_source,
+        gpu=True if simulated else None,  # simulated GPUs get their thermal floor, the engine runs on the CPU
     )
     if warmed.slowest_batch_s:
         on_patience(warmed.slowest_batch_s)  # a measured batch may take as long: not a hang
@@ -106,9 +108,12 @@ def _load(
     meter: EnergyMeter,
     first_prompt: str,
     on_progress: Callable[[], None],
+    *,
+    simulated: bool = False,
 ) -> tuple[Engine, ColdStartReport | None]:
     """The engine, imported and loaded; with ``cold_start`` the load and a first request of
-    ``first_prompt`` are measured as a window of their own (:mod:`llem_agent.coldstart`)."""
+    ``first_prompt`` are measured as a window of their own (:mod:`llem_agent.coldstart`).
+    ``simulated``: the GPUs are simulated, so the engine runs on the CPU."""
     config = request.config
     source = request.model_path or config.model
     adapter = request.adapter_path or (config.lora.adapter_id if config.lora else None)
@@ -117,7 +122,7 @@ def _load(
     def load() -> Engine:
         engine = engine_factory(config.engine)  # imports the engine's stack: part of load time
         engine.load(config, source, adapter, dirs=dirs)
-        if request.gpus and engine.effective().get("device") != "cuda":
+        if request.gpus and engine.effective().get("device") != "cuda" and not simulated:
             raise GpuNotVisible(f"the host gave this run GPUs {request.gpus} but the engine sees none")
         return engine
 
@@ -139,8 +144,12 @@ def run_measurement(
     on_patience: Callable[[float], None] = lambda batch_s: None,
     sleep: Callable[[float], None] = time.sleep,
     visible_gpus: Callable[[], list[str]] = lambda: [],
+    simulated: bool = False,
 ) -> ExperimentResult:
     """Execute one run and return its result; raises on any failure.
+
+    ``simulated``: the run's GPUs are simulated (the meter's NVML is a simulator, the engine runs
+    on the CPU); the result says so.
 
     ``load_s`` spans reading prompts, importing the engine and loading the model (with
     ``cold_start``, the first request too, which ``cold_start`` times on its own);
@@ -156,12 +165,19 @@ def run_measurement(
     warm_cache = config.warmup.prefix_cache == "warm"
     sets = load_prompt_sets(config.dataset, config.random_seed, base_dir, request.dataset_path, warm_cache=warm_cache)
     prompts = sets.measured
-    engine, cold = _load(request, engine_factory, meter, sets.warmup[0], on_progress)
+    engine, cold = _load(request, engine_factory, meter, sets.warmup[0], on_progress, simulated=simulated)
     t_loaded = time.perf_counter()
 
     on_phase("warmup")
     warmed, keeps_cache, reset = _warm_up(
-        engine, sets, config, meter=meter, on_progress=on_progress, on_patience=on_patience, sleep=sleep
+        engine,
+        sets,
+        config,
+        meter=meter,
+        on_progress=on_progress,
+        on_patience=on_patience,
+        sleep=sleep,
+        simulated=simulated,
     )
     t_warm = time.perf_counter()
 
@@ -230,6 +246,7 @@ def run_measurement(
                 "cpus_available": environment.cpus_available(),
                 "container_memory_limit_mb": environment.memory_limit_mb(),
                 "container_cpu_quota": environment.cpu_quota(),
+                "gpus_simulated": simulated,
             }
         ),
         requests=records,

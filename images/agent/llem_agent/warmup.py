@@ -28,6 +28,7 @@ def run_warmup(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.perf_counter,
     prompt_source: WarmupSource | None = None,
+    gpu: bool | None = None,
 ) -> WarmupReport:
     """Warm ``engine`` with full-size batches drawn from ``prompts``, warm-up's own pool
     (:class:`llem_agent.prompts.PromptSets`: disjoint from the measured prompts unless the
@@ -37,7 +38,9 @@ def run_warmup(
     coefficient of variation of the last ``window_size`` batch latencies is below
     ``cv_threshold`` (after at least ``min_prompts``, at most ``max_prompts`` prompts).
     Every batch is timed: the slowest tells the host how long a measured batch may take.
-    The thermal floor applies only on a GPU: a CPU has no GPU temperature to settle.
+    The thermal floor applies only on a GPU: a CPU has no GPU temperature to settle. ``gpu``:
+    whether the run has GPUs (None: the engine's device says; True for simulated GPUs, whose
+    engine runs on the CPU).
     """
     size = engine.batch_size()
     if not config.enabled:
@@ -71,7 +74,7 @@ def run_warmup(
             timed(i)
     n_batches = len(latencies)
     engine.synchronize()
-    on_gpu = engine.effective().get("device") == "cuda"
+    on_gpu = engine.effective().get("device") == "cuda" if gpu is None else gpu
     if on_gpu:
         sleep(config.thermal_floor_seconds)
     return WarmupReport(

@@ -1,9 +1,10 @@
 """A fingerprint of the wire contract, so the host can refuse an image that speaks another one.
 
 It hashes the shape of every message the two sides exchange (the run request with its full
-experiment config, the result, the error): field names, whether each is required, and their
-types, walked recursively. Docstrings, descriptions and defaults do not count, and neither does
-the pydantic version that happens to be installed on either side. Each image stores its
+experiment config, the result, the error, the description of simulated GPUs): field names,
+whether each is required, and their types, walked recursively. Docstrings, descriptions and
+defaults do not count, and neither does the pydantic version that happens to be installed on
+either side. Each image stores its
 fingerprint in ``CONTRACT_FINGERPRINT_PATH`` at build time (a RUN step of its Dockerfile), so an
 image built by plain ``docker compose build`` has one too.
 """
@@ -48,6 +49,8 @@ def contract_fingerprint() -> str:
     """16 hex characters identifying the contract's shape."""
     from llem_agent.contract.result import ExperimentResult, RunError
     from llem_agent.contract.run import CONTRACT_VERSION, RunRequest
+    from llem_agent.contract.simulation import SimulatedGpus
 
-    shape = [CONTRACT_VERSION, *(_shape(m, set()) for m in (RunRequest, ExperimentResult, RunError))]
+    messages = (RunRequest, ExperimentResult, RunError, SimulatedGpus)
+    shape = [CONTRACT_VERSION, *(_shape(m, set()) for m in messages)]
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]

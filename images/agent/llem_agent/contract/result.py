@@ -351,6 +351,11 @@ class AgentEnvironment(_Frozen):
     cpus_available: int | None = None
     container_memory_limit_mb: float | None = None
     container_cpu_quota: float | None = None
+    gpus_simulated: bool = Field(
+        default=False,
+        description="True: the run's GPUs were simulated (llem run --simulate-gpus); its GPU energy, power and "
+        "telemetry are a simulator's, never a measurement.",
+    )
 
 
 class ExperimentResult(_Frozen):

@@ -23,6 +23,7 @@ CONTAINER_ADAPTER_DIR = "/llem/adapter"
 CONTAINER_ENGINE_CACHE = "/llem/engine-cache"  # TensorRT-LLM engine builds, kept across runs
 CONTAINER_DATASET_DIR = "/llem/dataset"  # a local .jsonl prompt file, mounted read-only
 CONTAINER_TRT_ENGINE_DIR = "/llem/trt-engine"  # a prebuilt TensorRT engine (tensorrt.engine_path), read-only
+CONTAINER_SIMULATION_FILE = "/llem/simulated-gpus.json"  # --simulate-gpus: the simulation's description, read-only
 
 EXPERIMENT_FILE = "experiment.json"
 RESULT_FILE = "result.json"
@@ -68,6 +69,11 @@ class RunRequest(BaseModel):
     )
     engine_path: str | None = Field(
         default=None, description="Where tensorrt.engine_path (a prebuilt engine) is mounted; None: no prebuilt."
+    )
+    simulated_gpus: str | None = Field(
+        default=None,
+        description="Where the description of simulated GPUs is mounted (llem run --simulate-gpus): the run's "
+        "GPUs are simulated and its NVML is a simulator; None (always, unless asked for): real GPUs or the CPU.",
     )
 
 
