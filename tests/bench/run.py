@@ -447,6 +447,27 @@ def _vllm_harness_lines(data: dict[str, object]) -> list[str]:
     ]
 
 
+def _only_vllm_harness(args: argparse.Namespace) -> int:
+    """``--only vllm-harness``: the vLLM agent / bare-loop pairs, as their own dated section of
+    --out, in place of an earlier one (or before "## Planning a large grid")."""
+    data = vllm_harness(args.llama.resolve(), args.vllm_repetitions)
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    command = f"python -m tests.bench.run --only vllm-harness --vllm-repetitions {args.vllm_repetitions}"
+    lines = _vllm_harness_lines(data)
+    section = "\n".join([lines[0], "", f"Produced by `{command}` on {stamp} ({os.cpu_count()} CPU cores).", *lines[1:]])
+    text = args.out.read_text() if args.out.exists() else ""
+    start = text.find("### vLLM\n")
+    if start >= 0:
+        end = text.find("\n## ", start)
+        text = text[:start] + section + (text[end + 1 :] if end >= 0 else "")
+    else:
+        anchor = text.find("## Planning a large grid")
+        text = (text[:anchor] + section + "\n" + text[anchor:]) if anchor >= 0 else text + "\n" + section
+    args.out.write_text(text)
+    print(section)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.run")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
@@ -457,7 +478,13 @@ def main() -> int:
     parser.add_argument("--vllm-repetitions", type=int, default=21, help="vLLM agent / bare-loop pairs")
     parser.add_argument("--model", type=Path, default=REPO / "examples" / "models" / "tiny-gpt2")
     parser.add_argument("--llama", type=Path, default=REPO / "examples" / "models" / "tiny-llama")
+    parser.add_argument(
+        "--only", choices=("vllm-harness",),
+        help="run one section and replace only it in --out (the others stay as the last full run wrote them)",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.only == "vllm-harness":
+        return _only_vllm_harness(args)
     model = args.model.resolve()
     # llem as `pip install` leaves it: its modules byte-compiled. The editable install of a
     # checkout compiles them at first import, unless PYTHONDONTWRITEBYTECODE is set (it is on
