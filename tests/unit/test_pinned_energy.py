@@ -29,6 +29,7 @@ from llem_agent.energy import (
 )
 from llem_agent.energy.external import ExternalEnergy
 from llem_agent.telemetry import Sample
+from tests.unit.test_baseline import FakeIdle
 
 WORK = WindowWork(output_tokens=400, input_tokens=100, n_requests=5, batch_spans=[])
 
@@ -445,21 +446,8 @@ def test_an_averaged_reading_is_moved_back_half_a_second():
 # --- the idle baseline's cache and its drift check ----------------------------------------
 
 
-class Idle:
-    def __init__(self, watts: list[float]) -> None:
-        self.watts = watts
-        self.durations: list[float] = []
-
-    def device_ids(self) -> list[str]:
-        return [f"GPU-{i}" for i in range(len(self.watts))]
-
-    def idle_power_w(self, duration_s: float) -> list[float]:
-        self.durations.append(duration_s)
-        return list(self.watts)
-
-
 def test_a_measured_baseline_sums_its_devices_and_has_no_age():
-    idle = Idle([60.0, 62.5])
+    idle = FakeIdle([60.0, 62.5])
     r = resolve_baseline(idle, BaselineConfig(strategy="fresh", duration_seconds=12), None, now=lambda: 500.0)
     assert (r.source, r.power_w, r.total_power_w, r.duration_s) == ("measured", [60.0, 62.5], 122.5, 12.0)
     assert (r.measured_at, r.age_s) == (500.0, 0.0)
@@ -469,8 +457,8 @@ def test_a_measured_baseline_sums_its_devices_and_has_no_age():
 @pytest.mark.parametrize(("age_s", "source"), [(7199.0, "cache"), (7200.0, "cache"), (7201.0, "measured")])
 def test_a_cached_baseline_is_reused_up_to_its_ttl(tmp_path: Path, age_s: float, source: str):
     config = BaselineConfig(strategy="cached", duration_seconds=10, cache_ttl_seconds=7200)
-    resolve_baseline(Idle([60.0]), config, tmp_path, now=lambda: 1000.0)
-    idle = Idle([70.0])
+    resolve_baseline(FakeIdle([60.0]), config, tmp_path, now=lambda: 1000.0)
+    idle = FakeIdle([70.0])
     r = resolve_baseline(idle, config, tmp_path, now=lambda: 1000.0 + age_s)
     assert r.source == source
     if source == "cache":
@@ -489,8 +477,8 @@ def test_a_validated_baseline_is_remeasured_when_it_drifted_over_the_threshold(
 ):
     # Cached 100 W; the spot check every 2nd use reads check_w: drift |check - 100| / 100 against 10%.
     config = BaselineConfig(strategy="validated", duration_seconds=10, validation_interval=2, drift_threshold=0.10)
-    resolve_baseline(Idle([100.0]), config, tmp_path, now=lambda: 1000.0)  # measured: use 1
-    check = Idle([check_w])
+    resolve_baseline(FakeIdle([100.0]), config, tmp_path, now=lambda: 1000.0)  # measured: use 1
+    check = FakeIdle([check_w])
     r = resolve_baseline(check, config, tmp_path, now=lambda: 1010.0)  # use 2: spot-checked
     assert r.source == source
     assert check.durations[0] == SPOT_CHECK_S == 5.0
@@ -504,7 +492,7 @@ def test_a_validated_baseline_is_checked_only_every_nth_use(tmp_path: Path):
     config = BaselineConfig(strategy="validated", duration_seconds=10, validation_interval=3)
     sources = []
     for _ in range(7):
-        sources.append(resolve_baseline(Idle([100.0]), config, tmp_path, now=lambda: 1000.0).source)
+        sources.append(resolve_baseline(FakeIdle([100.0]), config, tmp_path, now=lambda: 1000.0).source)
     # Use 1 measures; uses 3 and 6 are spot-checked; the others come from the cache.
     assert sources == ["measured", "cache", "cache_validated", "cache", "cache", "cache_validated", "cache"]
 
@@ -839,7 +827,7 @@ def test_the_peak_groups_each_sweep_from_the_windows_own_start():
 
 def test_the_baseline_cache_file_is_keyed_by_the_devices_and_readable(tmp_path: Path):
     config = BaselineConfig(strategy="cached", duration_seconds=10)
-    resolve_baseline(Idle([60.0, 61.0]), config, tmp_path, now=lambda: 1000.0)
+    resolve_baseline(FakeIdle([60.0, 61.0]), config, tmp_path, now=lambda: 1000.0)
     text = (tmp_path / "baselines.json").read_text()
     assert text.startswith('{\n  "GPU-0|GPU-1": {\n    "power_w": [')
 
@@ -850,9 +838,9 @@ def test_a_damaged_cache_entry_is_skipped_and_the_rest_still_used(tmp_path: Path
     good = {"power_w": [60.0], "measured_at": 1000.0, "uses": 0}
     (tmp_path / "baselines.json").write_text(json.dumps({"GPU-9": {"power_w": "?"}, "GPU-0": good}))
     config = BaselineConfig(strategy="cached", duration_seconds=10)
-    assert resolve_baseline(Idle([70.0]), config, tmp_path, now=lambda: 1010.0).source == "cache"
+    assert resolve_baseline(FakeIdle([70.0]), config, tmp_path, now=lambda: 1010.0).source == "cache"
     (tmp_path / "baselines.json").write_text("[1, 2]")  # not a mapping at all
-    r = resolve_baseline(Idle([70.0]), config, tmp_path, now=lambda: 1010.0)
+    r = resolve_baseline(FakeIdle([70.0]), config, tmp_path, now=lambda: 1010.0)
     assert (r.source, r.power_w) == ("measured", [70.0])
 
 
@@ -861,15 +849,15 @@ def test_fresh_never_reads_the_cache(tmp_path: Path):
 
     good = {"power_w": [60.0], "measured_at": 1000.0, "uses": 0}
     (tmp_path / "baselines.json").write_text(json.dumps({"GPU-0": good}))
-    r = resolve_baseline(Idle([70.0]), BaselineConfig(strategy="fresh", duration_seconds=10), tmp_path,
+    r = resolve_baseline(FakeIdle([70.0]), BaselineConfig(strategy="fresh", duration_seconds=10), tmp_path,
                          now=lambda: 1010.0)  # fmt: skip
     assert (r.source, r.power_w) == ("measured", [70.0])
 
 
 def test_a_zero_watt_cached_baseline_is_validated_without_dividing_by_zero(tmp_path: Path):
     config = BaselineConfig(strategy="validated", duration_seconds=10, validation_interval=2)
-    resolve_baseline(Idle([0.0]), config, tmp_path, now=lambda: 1000.0)
-    assert resolve_baseline(Idle([5.0]), config, tmp_path, now=lambda: 1001.0).source == "cache_validated"
+    resolve_baseline(FakeIdle([0.0]), config, tmp_path, now=lambda: 1000.0)
+    assert resolve_baseline(FakeIdle([5.0]), config, tmp_path, now=lambda: 1001.0).source == "cache_validated"
 
 
 def test_the_replay_fixture_holds_the_counters_the_window_was_read_between():
