@@ -146,7 +146,11 @@ class StudyResults:
 def load_study(directory: str | Path) -> StudyResults:
     """Read a study directory (finished, interrupted or still running); nothing is written."""
     study_dir = Path(directory)
-    summary = aggregate(study_dir, load_user_config().factors())
+    return _read_back(study_dir, aggregate(study_dir, load_user_config().factors()))
+
+
+def _read_back(study_dir: Path, summary: StudySummary) -> StudyResults:
+    """The study with its statistics (``summary``) and each completed run's typed result."""
     return StudyResults(study_dir, summary, tuple(_run(StudyDir(study_dir), r) for r in summary.runs))
 
 
@@ -225,7 +229,9 @@ def _run_study(study: Study, options: Options, forward: _Forward, plan: Plan | N
     study_dir = open_study(options, runner)
     forward.study_started(plan, study_dir, runner.completed_count(), bool(options.resume or options.resume_dir))
     runner.execute()
-    return load_study(study_dir)
+    # The runner summarised the study as it concluded (and wrote the summary files): read that,
+    # not every result.json again; only where that failed is the directory aggregated here.
+    return _read_back(study_dir, runner.summary or aggregate(study_dir, host.factors))
 
 
 def run_experiment(
