@@ -103,7 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     runner = StudyRunner(plan, host, engines, events=NoEvents())
     if args.executor != "slurm":
         prepare_host(runner, engines, docker, lambda text: err.print(text, markup=False, highlight=False))
-    return run_elsewhere(args, runner, user, slots)
+    return run_elsewhere(args, options, runner, user, slots)
 
 
 def _print_dry_run(plan: Plan, options: Options, out: Console, as_json: bool) -> int:

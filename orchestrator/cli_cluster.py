@@ -29,6 +29,7 @@ from .userconfig import UserConfig, load_user_config
 if TYPE_CHECKING:
     from .execution import RunnerOptions, RunOutcome
     from .launching import Launcher
+    from .options import Options
     from .parallel import Slot
     from .plan import PlannedRun
     from .runner import StudyRunner
@@ -54,7 +55,9 @@ def _slots(args: argparse.Namespace, study: Study, options: RunnerOptions) -> li
     return plan_slots(parse_parallel(wanted), options.gpu_indices, need, cores)
 
 
-def run_elsewhere(args: argparse.Namespace, runner: StudyRunner, user: UserConfig, slots: list[Slot]) -> int:
+def run_elsewhere(
+    args: argparse.Namespace, options: Options, runner: StudyRunner, user: UserConfig, slots: list[Slot]
+) -> int:
     """``llem run`` with workers elsewhere than this process: parallel ``llem worker`` processes
     on this host, or a Slurm job array of them (executors.py); the results printed as they end."""
     from .display import print_results
@@ -72,7 +75,7 @@ def run_elsewhere(args: argparse.Namespace, runner: StudyRunner, user: UserConfi
         executor = Slurm(_slurm_options(args, user), _worker_flags(args), args.wait, _say, progress)
     else:
         executor = Parallel(slots, llem_command(), _worker_flags(args), _say, progress)
-    study_dir = executor.submit(runner, options_from_args(args))
+    study_dir = executor.submit(runner, options)
     followed: Followed = executor.follow(runner, study_dir)
     if isinstance(executor, Slurm):
         if executor.job is None:
@@ -194,14 +197,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.stale_after <= 0:
         raise ConfigError(f"--stale-after must be positive, got {args.stale_after}")
     args.results_dir = str(study_dir.parent)
+    asked = options_from_args(args)
     user = load_user_config()
     options = dataclasses.replace(
-        runner_options(options_from_args(args), study, user),
-        claim_stale_s=args.stale_after,
-        cpuset=parse_cpuset(args.cpuset),
+        runner_options(asked, study, user), claim_stale_s=args.stale_after, cpuset=parse_cpuset(args.cpuset)
     )
     launchers, docker = make_launchers(
-        study, options_from_args(args), user, on_pull=PullLines(console(stderr=True), why="not on this host")
+        study, asked, user, on_pull=PullLines(console(stderr=True), why="not on this host")
     )
     name = args.worker_id or f"{socket.gethostname()}:{os.getpid()}"
     events = _WorkerLog(name)
@@ -219,11 +221,12 @@ def cmd_pull(args: argparse.Namespace) -> int:
     """Pull every image the study's docker-run engines use (also those already here: a tag may
     have moved), check each speaks this llem's contract, and print its digest."""
 
-    study, _ = load_plan(Path(args.study), options_from_args(args))
+    asked = options_from_args(args)
+    study, _ = load_plan(Path(args.study), asked)
     user = load_user_config()
     images = resolve_images(study.images, args.image, user)
     launchers, docker = make_launchers(
-        study, options_from_args(args), user, on_pull=PullLines(console(stderr=True), why="not on this host")
+        study, asked, user, on_pull=PullLines(console(stderr=True), why="not on this host")
     )
     wanted = sorted({images[e] for e, launcher in launchers.items() if launcher.kind == "docker"})
     progress = PullLines(console(stderr=True))
@@ -248,9 +251,10 @@ def cmd_k8s(args: argparse.Namespace) -> int:
 
     if args.pods is not None and args.pods < 1:
         raise ConfigError(f"--pods must be at least 1, got {args.pods}")
-    study, plan = load_plan(Path(args.study), options_from_args(args))
+    asked = options_from_args(args)
+    study, plan = load_plan(Path(args.study), asked)
     user = load_user_config()
-    root = results_root(options_from_args(args), study, user).resolve()
+    root = results_root(asked, study, user).resolve()
     mount = args.mount_path or str(root)
     if not mount.startswith("/"):
         raise ConfigError(f"--mount-path must be absolute, got {mount!r}")
