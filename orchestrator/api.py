@@ -25,7 +25,7 @@ import yaml
 from llem_agent.contract import ExperimentConfig, ExperimentResult
 
 from .errors import ConfigError, RunFailed
-from .execution import RunOutcome
+from .execution import RunnerOptions, RunOutcome
 from .manifest import Manifest, StudyStatus
 from .options import Options
 from .plan import Plan, PlannedRun
@@ -33,9 +33,10 @@ from .results import RunRecord, StudySummary, aggregate, run_rows
 from .study import Study, study_from_data
 from .study import load_study as load_study_file
 from .studydir import StudyDir
-from .userconfig import load_user_config
+from .userconfig import UserConfig, load_user_config
 
 StudySource = str | Path | Mapping[str, Any] | ExperimentConfig
+Prepared = tuple[UserConfig, RunnerOptions]  # the user config, and the runner options resolved from it
 
 
 class Events(Protocol):
@@ -205,20 +206,27 @@ def run_study(study: StudySource, options: Options | None = None, events: object
         return _run_study(loaded, options, _Forward(events))
 
 
-def run_plan(study: Study, plan: Plan, options: Options, events: object | None = None) -> StudyResults:
+def run_plan(
+    study: Study, plan: Plan, options: Options, events: object | None = None, *, host: Prepared | None = None
+) -> StudyResults:
     """``run_study`` of a study already loaded and planned (``llem run`` plans before it chooses
-    who runs the study; this is the in-process path)."""
-    return _run_study(study, options, _Forward(events), plan)
+    who runs the study; this is the in-process path). ``host``: the user config and runner options
+    the caller already resolved for this study and these options (not resolved again)."""
+    return _run_study(study, options, _Forward(events), plan, host)
 
 
-def _run_study(study: Study, options: Options, forward: _Forward, plan: Plan | None = None) -> StudyResults:
+def _run_study(
+    study: Study, options: Options, forward: _Forward, plan: Plan | None = None, prepared: Prepared | None = None
+) -> StudyResults:
     from .runner import StudyRunner
     from .session import launchers, load_plan, open_study, prepare_host, runner_options
 
     if plan is None:
         study, plan = load_plan(study, options)
-    user = load_user_config()
-    host = runner_options(options, study, user)
+    if prepared is None:
+        user = load_user_config()
+        prepared = (user, runner_options(options, study, user))
+    user, host = prepared
     for skipped in study.skipped:
         forward.note(f"skipping {skipped.describe()}")
     for warning in study.warnings:

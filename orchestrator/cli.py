@@ -88,7 +88,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     slots = [] if args.executor == "slurm" else _slots(args, study, host)
     if args.executor in (None, "process") and len(slots) == 1:  # this process runs it: the Python API's path
         with _Progress(err) as progress:
-            done = run_plan(study, plan, options, progress)
+            done = run_plan(study, plan, options, progress, host=(user, host))
         print_results(done.summary, out)
         failed = [r for r in done.runs if r.status != "completed"]
         out.print(f"{len(done.runs) - len(failed)}/{len(done.runs)} runs completed; results in {done.directory}")
