@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import tarfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -70,15 +71,36 @@ def _start_problem(spec: ContainerSpec, exc: docker.errors.APIError) -> Environm
 
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM for the body (this thread); they are delivered, and their handler
-    raises, as it ends. For a window that must not be cut in two: a container created must be
-    known to whoever removes it."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    """Hold Ctrl-C and SIGTERM for the body; they are delivered, and their handler raises, as it
+    ends. For a window that must not be cut in two: a container created must be known to whoever
+    removes it.
+
+    Python runs signal handlers in the main thread only, so the main thread defers them by
+    swapping its handlers for ones that note the signal, and raises what was noted once the body
+    is done. (Blocking them with ``pthread_sigmask`` would hold them in this thread alone: the
+    kernel hands a process-directed signal to any other thread, rich's refresh thread for one,
+    and the handler would still run here, mid-window.) Off the main thread no handler can cut the
+    body, and there is nothing to hold."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    noted: list[int] = []
+
+    def note(signum: int, frame: object) -> None:
+        if signum not in noted:
+            noted.append(signum)
+
+    before: dict[signal.Signals, Any] = {}
+    for held in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(held) is not None:  # None: set outside Python, and not to be put back
+            before[held] = signal.signal(held, note)
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        for held, handler in before.items():
+            signal.signal(held, handler)
+        for signum in noted:
+            signal.raise_signal(signum)  # to this thread: its handler runs, and raises, now
 
 
 def _run_kwargs(spec: ContainerSpec) -> dict[str, Any]:

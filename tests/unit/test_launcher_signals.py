@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -107,9 +109,30 @@ def sigterm_raises() -> Iterator[None]:
     signal.signal(signal.SIGTERM, before)
 
 
-def test_sigterm_while_the_container_is_created_removes_it(tmp_path: Path, sigterm_raises: None) -> None:
+@pytest.fixture(params=["alone", "beside another thread"])
+def threads(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A second thread that blocks no signal, as rich's refresh thread is while llem runs: the
+    kernel may hand it a SIGTERM sent to the process, and Python then runs the handler in the main
+    thread at once, whatever that thread has masked."""
+    if request.param == "alone":
+        yield
+        return
+    done = threading.Event()
+    other = threading.Thread(target=done.wait, daemon=True)
+    other.start()
+    yield
+    done.set()
+    other.join()
+
+
+def test_sigterm_while_the_container_is_created_removes_it(tmp_path: Path, sigterm_raises: None, threads: None) -> None:
     daemon = FakeDaemon()
-    daemon.on_create = lambda: os.kill(os.getpid(), signal.SIGTERM)  # lands inside create
+
+    def on_create() -> None:  # the signal lands inside create, and the handler has time to run there
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)
+
+    daemon.on_create = on_create
     launcher = DockerLauncher(client_factory=lambda: FakeClient(daemon))  # type: ignore[arg-type, return-value]
     with pytest.raises(Stopped):
         launcher.run(spec(tmp_path), 10, tmp_path / "container.log")
