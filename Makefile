@@ -300,7 +300,7 @@ GPU_CHECK_PATH := $(abspath .):$(abspath images/agent):$(abspath $(GPU_CHECK_DEP
 
 .PHONY: gpu-check
 gpu-check: ## GPU host: validate llem's numbers in about 6 minutes (docs/gpu-validation.md; GPU_CHECK_ARGS="--out DIR")
-	@PYTHONPATH=$(GPU_CHECK_PATH) $(GPU_PYTHON) -c "import orchestrator.cli, orchestrator.runner, llem_agent.energy" \
+	@PYTHONPATH=$(GPU_CHECK_PATH) $(GPU_PYTHON) -c "import orchestrator.cli, orchestrator.studyloop, llem_agent.energy" \
 		2>/dev/null || { [ -d $(DEVICE_WHEELS) ] \
 		&& $(GPU_PYTHON) -m pip install --quiet --no-index --no-deps --target $(GPU_CHECK_DEPS) $(DEVICE_WHEELS)/*.whl; } \
 		|| $(GPU_PYTHON) -m pip install --quiet --disable-pip-version-check --no-index --find-links $(WHEELHOUSE) llem

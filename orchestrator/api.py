@@ -25,7 +25,7 @@ import yaml
 from llem_agent.contract import ExperimentConfig, ExperimentResult
 
 from .errors import ConfigError, RunFailed
-from .execution import RunnerOptions, RunOutcome
+from .execution import HostSettings, RunOutcome
 from .manifest import Manifest, StudyStatus
 from .options import Options
 from .plan import Plan, PlannedRun
@@ -36,7 +36,7 @@ from .studydir import StudyDir
 from .userconfig import UserConfig, load_user_config
 
 StudySource = str | Path | Mapping[str, Any] | ExperimentConfig
-Prepared = tuple[UserConfig, RunnerOptions]  # the user config, and the runner options resolved from it
+Prepared = tuple[UserConfig, HostSettings]  # the user config, and the runner options resolved from it
 
 
 class Events(Protocol):
@@ -218,28 +218,28 @@ def run_plan(
 def _run_study(
     study: Study, options: Options, forward: _Forward, plan: Plan | None = None, prepared: Prepared | None = None
 ) -> StudyResults:
-    from .runner import StudyRunner
-    from .session import launchers, load_plan, open_study, prepare_host, runner_options
+    from .session import host_settings, load_plan, make_runners, open_study, prepare_host
+    from .studyloop import StudyLoop
 
     if plan is None:
         study, plan = load_plan(study, options)
     if prepared is None:
         user = load_user_config()
-        prepared = (user, runner_options(options, study, user))
+        prepared = (user, host_settings(options, study, user))
     user, host = prepared
     for skipped in study.skipped:
         forward.note(f"skipping {skipped.describe()}")
     for warning in study.warnings:
         forward.note(f"warning: {warning}")
-    engines, docker = launchers(study, options, user, on_pull=forward.pulling)
-    runner = StudyRunner(plan, host, engines, events=forward)
-    prepare_host(runner, engines, docker, forward.note)
-    study_dir = open_study(options, runner)
-    forward.study_started(plan, study_dir, runner.completed_count(), bool(options.resume or options.resume_dir))
-    runner.execute()
+    engines, docker = make_runners(study, options, user, on_pull=forward.pulling)
+    loop = StudyLoop(plan, host, engines, events=forward)
+    prepare_host(loop, engines, docker, forward.note)
+    study_dir = open_study(options, loop)
+    forward.study_started(plan, study_dir, loop.completed_count(), bool(options.resume or options.resume_dir))
+    loop.execute()
     # The runner summarised the study as it concluded (and wrote the summary files): read that,
     # not every result.json again; only where that failed is the directory aggregated here.
-    return _read_back(study_dir, runner.summary or aggregate(study_dir, host.factors))
+    return _read_back(study_dir, loop.summary or aggregate(study_dir, host.factors))
 
 
 def run_experiment(

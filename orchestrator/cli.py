@@ -42,7 +42,7 @@ from .options import Options
 from .plan import Plan, PlannedRun
 from .profiles import PROFILES
 from .runners import RUNNER_KINDS
-from .session import gc_paused, launchers, load_plan, plural, prepare_host, runner_options
+from .session import gc_paused, host_settings, load_plan, make_runners, plural, prepare_host
 from .simulation import SIMULATE_ENV, parse_spec
 from .study import MAX_EXPERIMENTS, MAX_RUNS, ExperimentOrder
 from .userconfig import load_user_config
@@ -84,7 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _print_dry_run(plan, options, out, as_json=args.json)
     user = load_user_config()
-    host = runner_options(options, study, user)
+    host = host_settings(options, study, user)
     slots = [] if args.executor == "slurm" else _slots(args, study, host)
     if args.executor in (None, "process") and len(slots) == 1:  # this process runs it: the Python API's path
         with _Progress(err) as progress:
@@ -93,17 +93,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         failed = [r for r in done.runs if r.status != "completed"]
         out.print(f"{len(done.runs) - len(failed)}/{len(done.runs)} runs completed; results in {done.directory}")
         return EXIT_RUNS_FAILED if failed else EXIT_OK
-    from .runner import StudyRunner
+    from .studyloop import StudyLoop
 
     for skipped in study.skipped:
         err.print(f"[yellow]skipping[/] {skipped.describe()}")
     for warning in study.warnings:
         err.print(f"[yellow]warning[/] {warning}")
-    engines, docker = launchers(study, options, user, on_pull=PullLines(err, why="not on this host"))
-    runner = StudyRunner(plan, host, engines, events=NoEvents())
+    engines, docker = make_runners(study, options, user, on_pull=PullLines(err, why="not on this host"))
+    loop = StudyLoop(plan, host, engines, events=NoEvents())
     if args.executor != "slurm":
-        prepare_host(runner, engines, docker, lambda text: err.print(text, markup=False, highlight=False))
-    return run_elsewhere(args, options, runner, user, slots)
+        prepare_host(loop, engines, docker, lambda text: err.print(text, markup=False, highlight=False))
+    return run_elsewhere(args, options, loop, user, slots)
 
 
 def _print_dry_run(plan: Plan, options: Options, out: Console, as_json: bool) -> int:

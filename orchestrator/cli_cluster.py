@@ -19,28 +19,27 @@ from .display import PullLines, console
 from .errors import EXIT_OK, EXIT_RUNS_FAILED, ConfigError, EnvironmentProblem
 from .execution import NoEvents
 from .plan import Plan, make_plan
-from .session import launchers as make_launchers
-from .session import load_plan, plural, prepare_host, resolve_images, results_root, runner_options
+from .session import host_settings, load_plan, make_runners, plural, prepare_host, resolve_images, results_root
 from .simulation import SIMULATE_ENV
 from .study import Study, load_planned_study
 from .studydir import StudyDir
 from .userconfig import UserConfig, load_user_config
 
 if TYPE_CHECKING:
-    from .execution import RunnerOptions, RunOutcome
-    from .launching import Launcher
+    from .execution import HostSettings, RunOutcome
     from .options import Options
     from .parallel import Slot
     from .plan import PlannedRun
-    from .runner import StudyRunner
+    from .runner import Runner
     from .slurm import SlurmOptions
+    from .studyloop import StudyLoop
 
 
 def _say(text: str) -> None:
     console(stderr=True).print(text, markup=False, highlight=False)
 
 
-def _slots(args: argparse.Namespace, study: Study, options: RunnerOptions) -> list[Slot]:
+def _slots(args: argparse.Namespace, study: Study, options: HostSettings) -> list[Slot]:
     """The parallel slots of this run (one: no parallelism)."""
     from .devices import devices_needed
     from .parallel import Slot, parse_parallel, plan_slots
@@ -56,7 +55,7 @@ def _slots(args: argparse.Namespace, study: Study, options: RunnerOptions) -> li
 
 
 def run_elsewhere(
-    args: argparse.Namespace, options: Options, runner: StudyRunner, user: UserConfig, slots: list[Slot]
+    args: argparse.Namespace, options: Options, loop: StudyLoop, user: UserConfig, slots: list[Slot]
 ) -> int:
     """``llem run`` with workers elsewhere than this process: parallel ``llem worker`` processes
     on this host, or a Slurm job array of them (executors.py); the results printed as they end."""
@@ -75,8 +74,8 @@ def run_elsewhere(
         executor = Slurm(_slurm_options(args, user), _worker_flags(args), args.wait, _say, progress)
     else:
         executor = Parallel(slots, llem_command(), _worker_flags(args), _say, progress)
-    study_dir = executor.submit(runner, options)
-    followed: Followed = executor.follow(runner, study_dir)
+    study_dir = executor.submit(loop, options)
+    followed: Followed = executor.follow(loop, study_dir)
     if isinstance(executor, Slurm):
         if executor.job is None:
             out.print(f"nothing left to run in {study_dir}")
@@ -84,14 +83,14 @@ def run_elsewhere(
         if not args.wait:
             out.print(followed.detail)
             return EXIT_OK
-        print_results(aggregate(study_dir, runner.options.factors), out)
+        print_results(aggregate(study_dir, loop.options.factors), out)
         if followed.status == "completed":
             out.print(f"job {executor.job}: every run completed; results in {study_dir}")
             return EXIT_OK
         out.print(f"job {executor.job} ended {followed.status} with {followed.detail or '0 runs not completed'}; "
                   f"--resume-dir {study_dir} --executor slurm submits them")  # fmt: skip
         return EXIT_RUNS_FAILED
-    summary = summarise(study_dir, runner.options.factors)
+    summary = summarise(study_dir, loop.options.factors)
     print_results(summary, out)
     if executor.overlapped:
         what = plural(executor.overlapped, "run")
@@ -176,7 +175,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import dataclasses
     import socket
 
-    from .runner import StudyRunner
+    from .studyloop import StudyLoop
 
     study_dir = Path(args.dir)
     manifest = StudyDir(study_dir).manifest()  # ConfigError, in one line, without a readable manifest
@@ -200,17 +199,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     asked = options_from_args(args)
     user = load_user_config()
     options = dataclasses.replace(
-        runner_options(asked, study, user), claim_stale_s=args.stale_after, cpuset=parse_cpuset(args.cpuset)
+        host_settings(asked, study, user), claim_stale_s=args.stale_after, cpuset=parse_cpuset(args.cpuset)
     )
-    launchers, docker = make_launchers(
-        study, asked, user, on_pull=PullLines(console(stderr=True), why="not on this host")
-    )
+    runners, docker = make_runners(study, asked, user, on_pull=PullLines(console(stderr=True), why="not on this host"))
     name = args.worker_id or f"{socket.gethostname()}:{os.getpid()}"
     events = _WorkerLog(name)
-    runner = StudyRunner(plan, options, launchers, events=events)
-    prepare_host(runner, launchers, docker, _say)
-    runner.attach(study_dir)
-    runner.execute(worker=name)
+    loop = StudyLoop(plan, options, runners, events=events)
+    prepare_host(loop, runners, docker, _say)
+    loop.attach(study_dir)
+    loop.execute(worker=name)
     ran = events.finished
     completed = sum(1 for status in ran.values() if status == "completed")
     print(f"worker {name}: ran {plural(len(ran), 'run')}, {completed} completed", flush=True)
@@ -225,10 +222,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
     study, _ = load_plan(Path(args.study), asked)
     user = load_user_config()
     images = resolve_images(study.images, args.image, user)
-    launchers, docker = make_launchers(
-        study, asked, user, on_pull=PullLines(console(stderr=True), why="not on this host")
-    )
-    wanted = sorted({images[e] for e, launcher in launchers.items() if launcher.kind == "docker"})
+    runners, docker = make_runners(study, asked, user, on_pull=PullLines(console(stderr=True), why="not on this host"))
+    wanted = sorted({images[e] for e, runner in runners.items() if runner.kind == "docker"})
     progress = PullLines(console(stderr=True))
     problems = []
     for image in wanted:
@@ -246,8 +241,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
 def cmd_k8s(args: argparse.Namespace) -> int:
     """Plan the study into --results-dir (the pods' volume) and write one Indexed Job per engine."""
     from . import k8s
-    from .execution import RunnerOptions
-    from .runner import StudyRunner
+    from .execution import HostSettings
+    from .studyloop import StudyLoop
 
     if args.pods is not None and args.pods < 1:
         raise ConfigError(f"--pods must be at least 1, got {args.pods}")
@@ -274,12 +269,12 @@ def cmd_k8s(args: argparse.Namespace) -> int:
         if local.is_dir() and not local.resolve().is_relative_to(root):
             err.print(f"[yellow]warning[/] model {model} is a directory of this host, not on the pods' volume "
                       f"({root}): the pods will not see it unless it is there at the same path")  # fmt: skip
-    options = RunnerOptions(results_root=root, images=images, run_timeout_s=3600.0, gpu_indices=(), lock_dir=None,
+    options = HostSettings(results_root=root, images=images, run_timeout_s=3600.0, gpu_indices=(), lock_dir=None,
                             lock_wait_s=None, hf_home=user.hf_home)  # fmt: skip
-    runner = StudyRunner(plan, options, _PodLaunchers(), events=NoEvents())
-    runner.preflight(here=False)
-    study_dir = runner.prepare(describe=False)
-    runner.release()
+    loop = StudyLoop(plan, options, _PodRunners(), events=NoEvents())
+    loop.preflight(here=False)
+    study_dir = loop.prepare(describe=False)
+    loop.release()
     in_pod = Path(mount) / study_dir.relative_to(root)
     for path in k8s.write(Path(args.out), k8s.jobs(in_pod, plan, opts, [])):
         print(path)
@@ -295,10 +290,10 @@ def _pinned(ref: str, err: Console) -> str:
     one: a tag can move between the plan and a pod's start, a digest cannot. Else the tag, said."""
     if "@sha256:" in ref:
         return ref
-    from .launcher import DockerLauncher
+    from .docker_runner import DockerRunner
 
     try:
-        digests = [str(d) for d in DockerLauncher().describe([ref])[1][ref].get("repo_digests") or []]
+        digests = [str(d) for d in DockerRunner().describe([ref])[1][ref].get("repo_digests") or []]
     except Exception:  # no Docker here, or the image is not: the tag it is, and say so
         digests = []
     repository = ref.rsplit(":", 1)[0] if ":" in ref.rsplit("/", 1)[-1] else ref
@@ -310,13 +305,13 @@ def _pinned(ref: str, err: Console) -> str:
     return pinned
 
 
-class _PodLaunchers(dict[str, "Launcher"]):
+class _PodRunners(dict[str, "Runner"]):
     """Every engine's runs execute in a pod, by the local runner of the worker there."""
 
-    def __missing__(self, engine: str) -> Launcher:
-        from .local import LocalLauncher
+    def __missing__(self, engine: str) -> Runner:
+        from .local_runner import LocalRunner
 
-        return LocalLauncher(engine)
+        return LocalRunner(engine)
 
 
 class _WorkerLog:

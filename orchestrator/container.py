@@ -54,7 +54,7 @@ class Mount:
 
 @dataclass(frozen=True)
 class ContainerSpec:
-    """Everything the launcher needs to start one agent container."""
+    """Everything the runner needs to start one agent container."""
 
     image: str
     name: str

@@ -56,7 +56,7 @@ def experiment_labels(study: Study) -> list[str]:
 
 
 class ProgressDisplay:
-    """RunnerEvents on a rich progress bar (on stderr, so stdout stays for results)."""
+    """LoopEvents on a rich progress bar (on stderr, so stdout stays for results)."""
 
     def __init__(self, plan: Plan, console: Console, done: int = 0) -> None:
         self.plan = plan

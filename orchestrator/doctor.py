@@ -73,7 +73,7 @@ def nvidia_support(info: dict[str, Any]) -> str | None:
 
 
 def run_checks(required_engines: Sequence[str] = (DEFAULT_ENGINE,), results_dir: Path | None = None) -> list[Check]:
-    from .launcher import DockerLauncher
+    from .docker_runner import DockerRunner
     from .userconfig import load_user_config
 
     checks: list[Check] = []
@@ -98,9 +98,9 @@ def run_checks(required_engines: Sequence[str] = (DEFAULT_ENGINE,), results_dir:
             )
         )
 
-    launcher = DockerLauncher()
+    runner = DockerRunner()
     try:
-        version, info = launcher.server()
+        version, info = runner.server()
         detail = f"Docker {version.get('Version')} (API {version.get('ApiVersion')})"
         checks.append(Check("Docker daemon", "ok", detail))
     except LlemError as exc:
@@ -134,7 +134,7 @@ def run_checks(required_engines: Sequence[str] = (DEFAULT_ENGINE,), results_dir:
         ours = contract_fingerprint()
         for engine in ENGINES:
             image = user.images()[engine]
-            problem = launcher.image_problem(image)
+            problem = runner.image_problem(image)
             if problem is None:
                 checks.append(Check(f"{engine} image", "ok", f"{image} (contract {ours})"))
             else:
@@ -171,11 +171,11 @@ def engine_status(images: dict[str, str]) -> list[EngineStatus]:
     a look, not a check (``llem doctor`` checks the images' contract)."""
     import importlib.util
 
-    from .launcher import DockerLauncher
+    from .docker_runner import DockerRunner
 
-    launcher = DockerLauncher()
+    runner = DockerRunner()
     try:
-        launcher.server()
+        runner.server()
         reachable = True
     except LlemError:
         reachable = False
@@ -183,7 +183,7 @@ def engine_status(images: dict[str, str]) -> list[EngineStatus]:
     for engine in ENGINES:
         packages = {m.split(".")[0] for m in ENGINE_SECTIONS[engine].import_check()} - {"llem_agent"}
         importable = all(importlib.util.find_spec(name) is not None for name in sorted(packages))
-        here = launcher.has_image(images[engine]) if reachable else None
+        here = runner.has_image(images[engine]) if reachable else None
         out.append(EngineStatus(engine, images[engine], here, importable))
     return out
 
@@ -191,11 +191,11 @@ def engine_status(images: dict[str, str]) -> list[EngineStatus]:
 def environment() -> dict[str, Any]:
     """The detailed environment (``llem config --verbose``): this host's facts as host.json
     records them, Docker's version, the GPUs NVML sees and the variables that choose devices."""
+    from .docker_runner import DockerRunner
     from .hostinfo import host_facts
-    from .launcher import DockerLauncher
 
     try:
-        version, _ = DockerLauncher().server()
+        version, _ = DockerRunner().server()
         docker = {"version": version.get("Version"), "api_version": version.get("ApiVersion")}
     except LlemError as exc:
         docker = {"unreachable": str(exc)}

@@ -17,7 +17,7 @@ from .userconfig import MeasurementFactors
 
 
 @dataclass(frozen=True)
-class RunnerOptions:
+class HostSettings:
     """Host settings of one invocation (CLI flags, environment), not part of the study."""
 
     results_root: Path
@@ -53,7 +53,7 @@ class RunnerOptions:
         return float(config or 0.0), float(cycle or 0.0)
 
 
-class RunnerEvents(Protocol):
+class LoopEvents(Protocol):
     """Progress callbacks; the rich display implements them, tests may record them."""
 
     def run_started(self, run: PlannedRun, position: int, total: int) -> None: ...
@@ -75,7 +75,7 @@ class RunOutcome:
 
 
 class NoEvents:
-    """RunnerEvents that nobody follows (a runner that only plans, a quiet test)."""
+    """LoopEvents that nobody follows (a study loop that only plans, a quiet test)."""
 
     def run_started(self, *args: object) -> None: ...
 

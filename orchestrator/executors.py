@@ -21,8 +21,8 @@ from .studydir import StudyDir, final_status
 
 if TYPE_CHECKING:
     from .parallel import Slot
-    from .runner import StudyRunner
     from .slurm import SlurmOptions
+    from .studyloop import StudyLoop
 
 ExecutorName = Literal["process", "parallel", "slurm", "k8s"]
 EXECUTORS: tuple[ExecutorName, ...] = ("process", "parallel", "slurm", "k8s")
@@ -41,10 +41,10 @@ class Followed:
 class Executor(Protocol):
     name: ExecutorName
 
-    def submit(self, runner: StudyRunner, options: Options) -> Path:
+    def submit(self, loop: StudyLoop, options: Options) -> Path:
         """Open (or resume) the study directory and hand its runs to whoever runs them."""
 
-    def follow(self, runner: StudyRunner, study_dir: Path) -> Followed:
+    def follow(self, loop: StudyLoop, study_dir: Path) -> Followed:
         """Wait until the runs are done (or return at once where nobody waits)."""
 
 
@@ -53,11 +53,11 @@ class InProcess:
 
     name: ExecutorName = "process"
 
-    def submit(self, runner: StudyRunner, options: Options) -> Path:
-        return open_study(options, runner)
+    def submit(self, loop: StudyLoop, options: Options) -> Path:
+        return open_study(options, loop)
 
-    def follow(self, runner: StudyRunner, study_dir: Path) -> Followed:
-        runner.execute()
+    def follow(self, loop: StudyLoop, study_dir: Path) -> Followed:
+        loop.execute()
         manifest = StudyDir(study_dir).manifest()
         return Followed(manifest.status, (manifest.history[-1].get("detail", "") if manifest.history else ""))
 
@@ -75,11 +75,11 @@ class Parallel:
         self.say, self.progress = say, progress
         self.overlapped = 0  # runs whose measured windows overlapped another's (after follow)
 
-    def submit(self, runner: StudyRunner, options: Options) -> Path:
+    def submit(self, loop: StudyLoop, options: Options) -> Path:
         from .claims import ClaimBoard
 
-        study_dir = open_study(options, runner)
-        plan = runner.plan
+        study_dir = open_study(options, loop)
+        plan = loop.plan
         where = "; ".join(slot.describe() for slot in self.slots)
         self.say(f"study {plan.study.name}: {plural(len(plan.runs), 'run')}, {len(self.slots)} at a time ({where}) "
                  f"-> {study_dir}")  # fmt: skip
@@ -91,11 +91,11 @@ class Parallel:
             )
         return study_dir
 
-    def follow(self, runner: StudyRunner, study_dir: Path) -> Followed:
+    def follow(self, loop: StudyLoop, study_dir: Path) -> Followed:
         try:
             return self._follow(study_dir)
         finally:
-            runner.release()
+            loop.release()
 
     def _follow(self, study_dir: Path) -> Followed:
         from .claims import ClaimBoard
@@ -142,14 +142,14 @@ class Slurm:
         self.job: str | None = None
         self.pending = 0
 
-    def submit(self, runner: StudyRunner, options: Options) -> Path:
+    def submit(self, loop: StudyLoop, options: Options) -> Path:
         from . import slurm
         from .manifest import CLAIMABLE, ManifestStore
 
         slurm.require_sbatch()  # before a study directory is planned and left waiting
-        runner.preflight(here=False)
-        study_dir = open_study(options, runner, describe=False)  # host.json: not this host's launchers
-        runner.release()
+        loop.preflight(here=False)
+        study_dir = open_study(options, loop, describe=False)  # host.json: not this host's runners
+        loop.release()
         warning = slurm.shared_storage_warning(study_dir)
         if warning:
             self.say(f"warning: {warning}")
@@ -157,7 +157,7 @@ class Slurm:
         self.pending = sum(1 for e in store.manifest.runs if e.status in CLAIMABLE)
         if self.pending == 0:
             return study_dir
-        text = slurm.script(study_dir.resolve(), runner.plan, self.options, self.worker_flags, self.pending)
+        text = slurm.script(study_dir.resolve(), loop.plan, self.options, self.worker_flags, self.pending)
         path = slurm.write_script(study_dir, text)
         try:
             self.job = slurm.submit(path)
@@ -167,13 +167,13 @@ class Slurm:
                 "again)"
             ) from None
         store.note(status="submitted", executor="slurm", job=self.job, script=str(path))
-        name = runner.plan.study.name
+        name = loop.plan.study.name
         self.say(
             f"study {name}: {plural(self.pending, 'run')} submitted as Slurm job {self.job} ({path}) -> {study_dir}"
         )
         return study_dir
 
-    def follow(self, runner: StudyRunner, study_dir: Path) -> Followed:
+    def follow(self, loop: StudyLoop, study_dir: Path) -> Followed:
         from . import slurm
 
         if self.job is None:

@@ -201,11 +201,11 @@ class Check:
         if not self.plan.docker:
             record.status = "skipped: not asked (--docker)"
             return
+        from .docker_runner import DockerRunner
         from .doctor import nvidia_support
-        from .launcher import DockerLauncher
 
         try:
-            info = DockerLauncher().client.info()
+            info = DockerRunner().client.info()
         except Exception as exc:  # any failure means: no usable Docker here
             record.status = f"skipped: no Docker engine here ({(str(exc) or type(exc).__name__).splitlines()[0]})"
             return

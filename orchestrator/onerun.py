@@ -33,11 +33,11 @@ from llem_agent.contract import (
 from .container import SECRET_ENV, build_spec, dataset_target
 from .devices import assign_devices
 from .errors import EnvironmentProblem
-from .execution import RunnerEvents, RunnerOptions, RunOutcome
-from .launching import ContainerOutcome, Launcher, Liveness
+from .execution import HostSettings, LoopEvents, RunOutcome
 from .locks import DeviceLocks, gpu_name, lock_names
 from .manifest import ManifestStore, RunFailure, utc_now
 from .plan import PlannedRun
+from .runner import ContainerOutcome, Liveness, Runner
 from .simulation import SIMULATION_FILE
 from .studydir import RunDir, StudyDir
 
@@ -143,7 +143,7 @@ class PhaseWatch:
     """Turns the agent's heartbeat into progress events: its phase, batches done while
     measuring, and bytes downloaded into the Hugging Face cache while loading a hub model."""
 
-    def __init__(self, run: PlannedRun, heartbeat: Path, download_dir: Path | None, events: RunnerEvents) -> None:
+    def __init__(self, run: PlannedRun, heartbeat: Path, download_dir: Path | None, events: LoopEvents) -> None:
         self.run, self.heartbeat, self.download_dir, self.events = run, heartbeat, download_dir, events
         self._start_bytes = _tree_bytes(download_dir) if download_dir else 0
         self._last: tuple[str, str] | None = None
@@ -202,15 +202,15 @@ def download_dir(hf_home: Path, model: str, model_dir: Path | None) -> Path | No
 @dataclass(frozen=True)
 class RunInputs:
     """Everything one run is given (not the runner that gives it): where its study lives and
-    that study's manifest, the host's options, its engine's launcher, and the model, adapter,
+    that study's manifest, the host's options, its engine's runner, and the model, adapter,
     prebuilt engine and prompt files found for its experiment."""
 
     study_dir: Path
     study_name: str
     store: ManifestStore
-    options: RunnerOptions
-    launcher: Launcher
-    events: RunnerEvents
+    options: HostSettings
+    runner: Runner
+    events: LoopEvents
     model_dir: Path | None = None
     adapter_dir: Path | None = None
     engine_dir: Path | None = None
@@ -220,7 +220,7 @@ class RunInputs:
 def run_one(
     inputs: RunInputs, run: PlannedRun, remaining_s: float | None, still_ours: Callable[[], bool] = lambda: True
 ) -> RunOutcome:
-    """Launch ``run`` through its engine's launcher under its device locks and record how it ended."""
+    """Launch ``run`` through its engine's runner under its device locks and record how it ended."""
     config: ExperimentConfig = run.experiment.config
     files = StudyDir(inputs.study_dir).run(run.run_id)
     run_dir = files.path
@@ -243,7 +243,7 @@ def run_one(
     # refused, Ctrl-C while queued, a failed start).
     with token_file(may_download(config, model_dir, adapter_dir)) as secret:
         engine_cache = inputs.options.engine_cache if config.engine == "tensorrt" else None
-        launcher = inputs.launcher
+        runner = inputs.runner
         spec = build_spec(
             image=image_for(config.engine, inputs.options.images),
             study_id=inputs.study_dir.name,
@@ -271,7 +271,7 @@ def run_one(
 
         def seen(target: str) -> str | None:  # where the agent sees a mount: in its container, or on the host
             mount = spec.mount_at(target)
-            return launcher.agent_path(mount) if mount is not None else None
+            return runner.agent_path(mount) if mount is not None else None
 
         request = RunRequest(
             run_id=run.run_id,
@@ -288,7 +288,7 @@ def run_one(
             gpu_uuids=list(uuids) if len(uuids) == len(gpus) else None,
             baseline_cache_dir=seen(CONTAINER_BASELINE_DIR),
             sample_interval_s=inputs.options.sample_interval_s,
-            runner="local" if launcher.kind == "local" else "docker",
+            runner="local" if runner.kind == "local" else "docker",
             simulated_gpus=seen(CONTAINER_SIMULATION_FILE),
         )
         write_atomic(files.request_file, request.model_dump_json(indent=2))
@@ -311,8 +311,8 @@ def run_one(
                 devices=[gpu_name(g, simulated) for g in gpus] or [f"cpu{c}" for c in cpus] or ["cpu"],
                 host=socket.gethostname(),
                 # What this attempt runs in (a resume or another worker may differ from the plan).
-                image="local" if launcher.kind == "local" else spec.image,
-                runner="local" if launcher.kind == "local" else "docker",
+                image="local" if runner.kind == "local" else spec.image,
+                runner="local" if runner.kind == "local" else "docker",
             )
             timeout = (
                 inputs.options.run_timeout_s if remaining_s is None else min(inputs.options.run_timeout_s, remaining_s)
@@ -324,7 +324,7 @@ def run_one(
                 inputs.events,
             )
             liveness = Liveness(files.heartbeat_file, inputs.options.stall_timeout_s, on_poll=watch.poll)
-            outcome = launcher.run(spec, max(timeout, 1.0), files.log_file, liveness)
+            outcome = runner.run(spec, max(timeout, 1.0), files.log_file, liveness)
     result, failure = collect(run_dir, run.run_id, outcome)
     if not still_ours():  # judged dead (stale claim) and claimed by another worker: its record stands
         entry = inputs.store.refresh().run(run.run_id)

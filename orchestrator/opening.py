@@ -9,7 +9,7 @@ from typing import Any
 
 from . import __version__
 from .errors import ConfigError, EnvironmentProblem
-from .execution import RunnerOptions
+from .execution import HostSettings
 from .hostinfo import host_facts
 from .manifest import Manifest, RunEntry, RunFailure, SkippedEntry, utc_now
 from .plan import Plan, PlannedRun
@@ -17,19 +17,19 @@ from .results import write_design
 from .studydir import StudyDir
 
 EntryFor = Callable[[PlannedRun], RunEntry]  # a run's manifest entry as this host would run it
-Facts = Callable[[], tuple[dict[str, Any], dict[str, dict[str, Any]]]]  # the launchers' and images' facts
+Facts = Callable[[], tuple[dict[str, Any], dict[str, dict[str, Any]]]]  # the runners' and images' facts
 
 
-def create(plan: Plan, options: RunnerOptions, entry_for: EntryFor, launcher_facts: Facts) -> tuple[Path, Manifest]:
-    """Create the study directory with a copy of the study file, host.json (``launcher_facts``:
-    what this host's launchers say, or nothing for runs elsewhere), the design and an all-pending
+def create(plan: Plan, options: HostSettings, entry_for: EntryFor, runner_facts: Facts) -> tuple[Path, Manifest]:
+    """Create the study directory with a copy of the study file, host.json (``runner_facts``:
+    what this host's runners say, or nothing for runs elsewhere), the design and an all-pending
     manifest."""
     study = plan.study
     directory = StudyDir.create(options.results_root, study.name)
     study_dir = directory.path
     try:
         directory.copy_study_file(study.path)
-        server, images = launcher_facts()
+        server, images = runner_facts()
         directory.write_host(host_facts(server, images) | {"measurement": options.factors.as_dict()})
         _write_design(study_dir, plan)
     except OSError as exc:
@@ -50,7 +50,7 @@ def create(plan: Plan, options: RunnerOptions, entry_for: EntryFor, launcher_fac
     return study_dir, manifest
 
 
-def protocol(plan: Plan, options: RunnerOptions) -> dict[str, Any]:
+def protocol(plan: Plan, options: HostSettings) -> dict[str, Any]:
     """The measurement protocol this invocation runs ``plan`` with (002 measurement_protocol)."""
     config_gap, cycle_gap = options.gaps_s(plan.study.execution)
     wall = options.wall_clock_limit_s
@@ -79,7 +79,7 @@ def _write_design(study_dir: Path, plan: Plan) -> None:
     )
 
 
-def resume(study_dir: Path, plan: Plan, options: RunnerOptions, entry_for: EntryFor, launcher_facts: Facts) -> Manifest:
+def resume(study_dir: Path, plan: Plan, options: HostSettings, entry_for: EntryFor, runner_facts: Facts) -> Manifest:
     """The manifest to continue an earlier study with: its completed runs stay, every other run
     runs again.
 
@@ -109,7 +109,7 @@ def resume(study_dir: Path, plan: Plan, options: RunnerOptions, entry_for: Entry
             entry.status = "pending"
     manifest.study_file = str(plan.study.anchor)  # anchors the copy's relative paths
     directory.copy_study_file(plan.study.path)  # an edited file (other runners, images): the earlier copy kept
-    _note_resumed_host(directory, plan, options, launcher_facts)
+    _note_resumed_host(directory, plan, options, runner_facts)
     known = {entry.run_id for entry in manifest.runs}
     manifest.runs.extend(entry_for(run) for run in plan.runs if run.run_id not in known)
     manifest.n_cycles = max(manifest.n_cycles, plan.n_cycles)
@@ -118,10 +118,10 @@ def resume(study_dir: Path, plan: Plan, options: RunnerOptions, entry_for: Entry
     return manifest
 
 
-def _note_resumed_host(directory: StudyDir, plan: Plan, options: RunnerOptions, launcher_facts: Facts) -> None:
+def _note_resumed_host(directory: StudyDir, plan: Plan, options: HostSettings, runner_facts: Facts) -> None:
     """host.json keeps the host the study was planned on and gains, per resume, the host and
     images that resume runs with, its measurement factors and protocol (``resumed``)."""
-    server, images = launcher_facts()
+    server, images = runner_facts()
     directory.add_resumed_host(
         host_facts(server, images)
         | {"measurement": options.factors.as_dict(), "protocol": protocol(plan, options), "at": utc_now()}

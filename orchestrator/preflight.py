@@ -16,8 +16,7 @@ from . import __version__
 from .datasets import resolve_dataset
 from .devices import assign_devices
 from .errors import ConfigError, EnvironmentProblem
-from .execution import RunnerOptions
-from .launching import Launcher
+from .execution import HostSettings
 from .locks import DeviceLocks, lock_names
 from .models import (
     check_hf_cache_writable,
@@ -28,9 +27,10 @@ from .models import (
 )
 from .onerun import image_for
 from .plan import Plan
+from .runner import Runner
 
 LABEL_EXTRAS = "io.llem.agent-extras"  # the agent extras an image was built with (Dockerfiles)
-LauncherFor = Callable[[str], Launcher]
+RunnerFor = Callable[[str], Runner]
 
 
 @dataclass
@@ -44,7 +44,7 @@ class Found:
     datasets: dict[int, Path | None] = field(default_factory=dict)
 
 
-def preflight(plan: Plan, options: RunnerOptions, launcher_for: LauncherFor, here: bool = True) -> Found:
+def preflight(plan: Plan, options: HostSettings, runner_for: RunnerFor, here: bool = True) -> Found:
     """Everything that can fail before a results directory exists: settings, models, images, Docker.
 
     ``here=False`` (a study other hosts will run: Slurm, Kubernetes): the settings and the
@@ -83,13 +83,13 @@ def preflight(plan: Plan, options: RunnerOptions, launcher_for: LauncherFor, her
     if not here:
         return found
     for engine_name, images in images_by_engine(plan, options).items():
-        launcher_for(engine_name).check(images)
-    _check_extras(plan, options, launcher_for)
+        runner_for(engine_name).check(images)
+    _check_extras(plan, options, runner_for)
     _check_devices_free(plan, options)
     return found
 
 
-def _check_devices_free(plan: Plan, options: RunnerOptions) -> None:
+def _check_devices_free(plan: Plan, options: HostSettings) -> None:
     """With --no-wait a locked device ends the study: find out before a study directory exists."""
     lock_dir = options.lock_dir
     if lock_dir is None or options.lock_wait_s != 0:
@@ -112,7 +112,7 @@ def _check_devices_free(plan: Plan, options: RunnerOptions) -> None:
     probe.release()
 
 
-def images_by_engine(plan: Plan, options: RunnerOptions) -> dict[str, set[str]]:
+def images_by_engine(plan: Plan, options: HostSettings) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     for exp in plan.study.experiments:
         out.setdefault(exp.config.engine, set()).add(image_for(exp.config.engine, options.images))
@@ -120,22 +120,22 @@ def images_by_engine(plan: Plan, options: RunnerOptions) -> dict[str, set[str]]:
 
 
 def describe(
-    images_by_engine: dict[str, set[str]], launcher_for: LauncherFor
+    images_by_engine: dict[str, set[str]], runner_for: RunnerFor
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """What each engine's launcher says about itself and its images (for host.json)."""
+    """What each engine's runner says about itself and its images (for host.json)."""
     server: dict[str, dict[str, Any]] = {}
     images: dict[str, dict[str, Any]] = {}
     runners: dict[str, str] = {}
     for engine, refs in sorted(images_by_engine.items()):
-        launcher = launcher_for(engine)
-        runners[engine] = launcher.kind
-        facts, described = launcher.describe(refs)
-        server.setdefault(launcher.kind, facts)
+        runner = runner_for(engine)
+        runners[engine] = runner.kind
+        facts, described = runner.describe(refs)
+        server.setdefault(runner.kind, facts)
         images |= described
     return {**server.get("docker", server.get("local", {})), "runners": runners}, images
 
 
-def _check_extras(plan: Plan, options: RunnerOptions, launcher_for: LauncherFor) -> None:
+def _check_extras(plan: Plan, options: HostSettings, runner_for: RunnerFor) -> None:
     """energy_sampler zeus/codecarbon needs an image built with that agent extra; images
     say which they have in a label (an image without the label is left to the agent)."""
     needs: dict[str, dict[str, int]] = {}
@@ -149,7 +149,7 @@ def _check_extras(plan: Plan, options: RunnerOptions, launcher_for: LauncherFor)
     for exp in plan.study.experiments:
         image = image_for(exp.config.engine, options.images)
         if image in needs and image not in described:
-            described |= launcher_for(exp.config.engine).describe({image})[1]
+            described |= runner_for(exp.config.engine).describe({image})[1]
     for image, wanted in needs.items():
         labels = (described.get(image) or {}).get("labels") or {}
         if LABEL_EXTRAS not in labels:

@@ -1,4 +1,4 @@
-"""Whether a process on this host is alive: one answer for the launcher, the reaper and claims."""
+"""Whether a process on this host is alive: one answer for the runner, the reaper and claims."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Containers carry the host, pid and study directory of the llem process that started them.
 One whose process is gone is an orphan: it is removed, and the run it was measuring is
-marked interrupted so ``--resume`` (or any worker of the study) runs it again. The launcher
+marked interrupted so ``--resume`` (or any worker of the study) runs it again. The runner
 also removes an orphan of the very run it is about to start (same container name), so a
 worker that takes over a run from one killed -9 never measures beside its container. Device
 locks need no cleanup: the kernel released them when the process died.
@@ -15,8 +15,8 @@ from pathlib import Path
 
 from .claims import ClaimBoard
 from .container import LABEL_HOST, LABEL_HOST_PID, LABEL_RUN, LABEL_STUDY_DIR
+from .docker_runner import DockerRunner
 from .errors import LlemError
-from .launcher import DockerLauncher
 from .manifest import ManifestStore
 from .procs import process_alive
 from .studydir import final_status
@@ -38,11 +38,11 @@ def mark_interrupted(study_dir: Path, run_id: str) -> None:
         return
 
 
-def reap_orphans(launcher: DockerLauncher) -> list[str]:
+def reap_orphans(runner: DockerRunner) -> list[str]:
     """Remove this host's llem containers whose llem process is gone; return their names."""
     host = socket.gethostname()
     reaped = []
-    for container in launcher.managed_containers():
+    for container in runner.managed_containers():
         labels = container.labels or {}
         if labels.get(LABEL_HOST) != host or not labels.get(LABEL_HOST_PID, "").isdigit():
             continue

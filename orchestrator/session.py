@@ -1,6 +1,6 @@
 """From :class:`~.options.Options` to a runner ready to run on this host: the study and its plan
 within the size limits, the host's settings resolved (flags over ``study_execution`` over the user
-config), each engine's launcher, and the host prepared. The Python API and every command that
+config), each engine's runner, and the host prepared. The Python API and every command that
 runs a study (``llem run``, ``llem worker``, ``llem pull``, ``llem k8s``) go through here; nothing
 here prints: what the user should hear goes to a ``say`` callback."""
 
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from llem_agent.contract import ENGINES, canonical_engine
 
 from .errors import ConfigError
-from .execution import RunnerOptions
+from .execution import HostSettings
 from .options import Options
 from .plan import Plan, make_plan
 from .study import DEFAULT_CYCLES, Study, load_study
@@ -24,9 +24,9 @@ from .studydir import newest_unfinished
 from .userconfig import UserConfig
 
 if TYPE_CHECKING:
-    from .launcher import DockerLauncher
-    from .launching import Launcher, PullProgress
-    from .runner import StudyRunner
+    from .docker_runner import DockerRunner
+    from .runner import PullProgress, Runner
+    from .studyloop import StudyLoop
 
 Say = Callable[[str], None]
 
@@ -96,7 +96,7 @@ def results_root(options: Options, study: Study, user: UserConfig) -> Path:
     return study.output_dir if study.output_dir is not None else user.results_dir
 
 
-def runner_options(options: Options, study: Study, user: UserConfig) -> RunnerOptions:
+def host_settings(options: Options, study: Study, user: UserConfig) -> HostSettings:
     """Host settings of this invocation: ``options`` over the study's study_execution and the user config."""
     from .devices import allowed_gpus
     from .simulation import simulated_gpus
@@ -114,7 +114,7 @@ def runner_options(options: Options, study: Study, user: UserConfig) -> RunnerOp
     hours = options.timeout_hours if options.timeout_hours is not None else execution.wall_clock_timeout_hours
     gpu_indices, gpu_uuids = allowed_gpus(options.gpus)
     machine = user.gaps_s(gpus=bool(gpu_indices))
-    return RunnerOptions(
+    return HostSettings(
         results_root=results_root(options, study, user),
         images=resolve_images(study.images, options.images, user),
         run_timeout_s=options.run_timeout_s,
@@ -196,50 +196,50 @@ def load_plan(source: Path | Study, options: Options, check_files: bool = False)
     return study, plan
 
 
-def launchers(
+def make_runners(
     study: Study, options: Options, user: UserConfig, on_pull: PullProgress | None = None
-) -> tuple[dict[str, Launcher], DockerLauncher]:
-    """The launcher of each engine of ``study`` (runner precedence: 002), and the Docker one
+) -> tuple[dict[str, Runner], DockerRunner]:
+    """The runner of each engine of ``study`` (runner precedence: 002), and the Docker one
     (``on_pull``: told how pulling an image this host lacks goes; never called without ``pull``)."""
-    from .launcher import DockerLauncher
-    from .local import LocalLauncher
+    from .docker_runner import DockerRunner
+    from .local_runner import LocalRunner
     from .runners import resolve_runners
 
     engines = {e.config.engine for e in study.experiments}
     choices = resolve_runners(engines, study=study.runners, cli=options.runner, user=user.runners())
     # Connects on first use: a study run entirely by the local runner needs no Docker.
-    docker = DockerLauncher(
+    docker = DockerRunner(
         contract_cache=baseline_cache_dir().parent / "contracts", on_pull=on_pull if options.pull else None
     )
     return {
-        engine: LocalLauncher(engine, chosen_by=choice.source) if choice.kind == "local" else docker
+        engine: LocalRunner(engine, chosen_by=choice.source) if choice.kind == "local" else docker
         for engine, choice in choices.items()
     }, docker
 
 
-def prepare_host(runner: StudyRunner, launchers: dict[str, Launcher], docker: DockerLauncher, say: Say) -> None:
+def prepare_host(loop: StudyLoop, runners: dict[str, Runner], docker: DockerRunner, say: Say) -> None:
     """Checks, leftovers of dead llem processes removed, shared caches made: before any run here."""
-    from .local import LocalLauncher
+    from .local_runner import LocalRunner
     from .reaper import reap_orphans
 
-    runner.preflight()
-    for engine, launcher in sorted(launchers.items()):
-        if isinstance(launcher, LocalLauncher):
-            say(f"{engine}: local runner ({launcher.chosen_by}); the agent runs as a process on this host")
-    if any(launcher is docker for launcher in launchers.values()):
+    loop.preflight()
+    for engine, runner in sorted(runners.items()):
+        if isinstance(runner, LocalRunner):
+            say(f"{engine}: local runner ({runner.chosen_by}); the agent runs as a process on this host")
+    if any(runner is docker for runner in runners.values()):
         for name in reap_orphans(docker):
             say(f"removed orphan container {name} (its llem process is gone)")
-    host = runner.options
+    host = loop.options
     ensure_shared_dirs([host.hf_home, host.baseline_cache, host.engine_cache])
 
 
-def open_study(options: Options, runner: StudyRunner, describe: bool = True) -> Path:
+def open_study(options: Options, loop: StudyLoop, describe: bool = True) -> Path:
     """The study directory this invocation runs: resumed (``resume``, ``resume_dir``) or new."""
     if options.resume or options.resume_dir:
-        root, name = runner.options.results_root, runner.plan.study.name
+        root, name = loop.options.results_root, loop.plan.study.name
         study_dir = Path(options.resume_dir) if options.resume_dir else newest_unfinished(root, name)
-        return runner.resume(study_dir, describe=describe)
-    return runner.prepare(describe=describe)
+        return loop.resume(study_dir, describe=describe)
+    return loop.prepare(describe=describe)
 
 
 def plural(n: int, word: str) -> str:

@@ -2,7 +2,7 @@
 
 llem plans locally and writes the study directory (on storage every node sees); the array's
 tasks claim pending runs one by one through the study's claims (:mod:`orchestrator.claims`)
-and run them with their node's launcher on the devices Slurm gave them. There is no scheduler
+and run them with their node's runner on the devices Slurm gave them. There is no scheduler
 of llem's own: Slurm places the tasks, llem's claims make sure each run runs once.
 """
 

@@ -90,7 +90,7 @@ def read_json(path: Path, limit: int = MAX_JSON_BYTES) -> Any:
 
 @dataclass(frozen=True)
 class RunDir:
-    """``runs/<run id>/``: what one run's agent and launcher leave."""
+    """``runs/<run id>/``: what one run's agent and runner leave."""
 
     path: Path
     run_id: str

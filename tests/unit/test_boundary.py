@@ -62,7 +62,7 @@ def test_contract_imports_nothing_heavier_than_pydantic():
 
 
 def test_importing_the_cli_loads_no_engine_stack():
-    code = "import sys, llem.cli, llem.runner, llem.launcher; print(sorted(sys.modules))"
+    code = "import sys, llem.cli, llem.studyloop, llem.docker_runner; print(sorted(sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     loaded = {m.split(".")[0] for m in eval(out)}
     assert not (loaded & ENGINE_STACKS)

@@ -4,7 +4,7 @@ import docker.types
 import pytest
 
 from llem.container import LABEL_MANAGED, LABEL_RUN, LABEL_STUDY, build_spec
-from llem.launcher import _run_kwargs
+from llem.docker_runner import _run_kwargs
 
 
 def spec(model_dir: Path | None = None, gpus: tuple[int, ...] = (), uid: int = 1000):

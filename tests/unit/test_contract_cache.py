@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from llem.docker_runner import DockerRunner
 from llem.errors import EnvironmentProblem
-from llem.launcher import DockerLauncher
 from llem_agent.contract import CONTRACT_FINGERPRINT_PATH, contract_fingerprint
 
 
@@ -54,10 +54,10 @@ def test_the_fingerprint_is_read_once_per_image_id(tmp_path: Path) -> None:
     fake = FakeDocker({"a:1": ("sha256:aaa", contract_fingerprint()), "b:1": ("sha256:bbb", contract_fingerprint())})
     cache = tmp_path / "contracts"
     for _ in range(3):  # three llem invocations
-        DockerLauncher(lambda: fake, contract_cache=cache).check(["a:1"])  # type: ignore[arg-type,return-value]
+        DockerRunner(lambda: fake, contract_cache=cache).check(["a:1"])  # type: ignore[arg-type,return-value]
     assert fake.created == ["a:1"] and fake.removed == 1
     assert (cache / "sha256-aaa").read_text().strip() == contract_fingerprint()
-    DockerLauncher(lambda: fake, contract_cache=cache).check(["b:1"])  # type: ignore[arg-type,return-value]
+    DockerRunner(lambda: fake, contract_cache=cache).check(["b:1"])  # type: ignore[arg-type,return-value]
     assert fake.created == ["a:1", "b:1"]
 
 
@@ -66,11 +66,11 @@ def test_a_cached_mismatch_is_still_refused_and_no_cache_reads_every_time(tmp_pa
     cache = tmp_path / "contracts"
     for _ in range(2):
         with pytest.raises(EnvironmentProblem, match="speaks wire contract 0000000000000000"):
-            DockerLauncher(lambda: fake, contract_cache=cache).check(["old:1"])  # type: ignore[arg-type,return-value]
+            DockerRunner(lambda: fake, contract_cache=cache).check(["old:1"])  # type: ignore[arg-type,return-value]
     assert fake.created == ["old:1"]
     for _ in range(2):
         with pytest.raises(EnvironmentProblem):
-            DockerLauncher(lambda: fake).check(["old:1"])  # type: ignore[arg-type,return-value]
+            DockerRunner(lambda: fake).check(["old:1"])  # type: ignore[arg-type,return-value]
     assert len(fake.created) == 3
 
 
@@ -78,5 +78,5 @@ def test_an_unwritable_cache_costs_time_not_the_run(tmp_path: Path) -> None:
     fake = FakeDocker({"a:1": ("sha256:aaa", contract_fingerprint())})
     blocked = tmp_path / "file"
     blocked.write_text("not a directory")
-    DockerLauncher(lambda: fake, contract_cache=blocked / "contracts").check(["a:1"])  # type: ignore[arg-type,return-value]
+    DockerRunner(lambda: fake, contract_cache=blocked / "contracts").check(["a:1"])  # type: ignore[arg-type,return-value]
     assert fake.created == ["a:1"]

@@ -11,7 +11,7 @@ from llem.cli import main
 from llem.datasets import resolve_dataset
 from llem.errors import ConfigError
 from llem_agent.contract import ExperimentConfig, RunRequest
-from tests.unit.test_runner import FakeLauncher, make_runner
+from tests.unit.test_studyloop import FakeRunner, make_loop
 
 
 def cfg(source: str, n: int = 2) -> ExperimentConfig:
@@ -73,12 +73,12 @@ def test_the_file_is_mounted_read_only_and_the_agent_told_where(tmp_path: Path):
     prompts(tmp_path / "data" / "mine.jsonl", *(json.dumps({"prompt": f"p{i}"}) for i in range(4)))
     study = tmp_path / "study.yaml"
     study.write_text("name: t\nmodel: ./model\ndataset: {source: data/mine.jsonl, n_prompts: 4}\n")
-    launcher = FakeLauncher()
-    runner = make_runner(tmp_path, study, launcher)
-    runner.preflight()
-    study_dir = runner.prepare()
-    runner.execute()
-    spec = launcher.specs[0]
+    runner = FakeRunner()
+    loop = make_loop(tmp_path, study, runner)
+    loop.preflight()
+    study_dir = loop.prepare()
+    loop.execute()
+    spec = runner.specs[0]
     mount = spec.mount_at("/llem/dataset/mine.jsonl")
     assert mount is not None and mount.read_only and mount.source == (tmp_path / "data" / "mine.jsonl").resolve()
     request = RunRequest.model_validate_json((study_dir / "runs" / "e001-c1" / "experiment.json").read_text())

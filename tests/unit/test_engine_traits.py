@@ -9,7 +9,7 @@ from typing import Any, get_args
 import pytest
 
 from llem.errors import ConfigError
-from llem.local import ENGINE_IMPORTS
+from llem.local_runner import ENGINE_IMPORTS
 from llem.models import ModelFacts, estimate_vram, resolve_trt_engine_dir
 from llem_agent.contract import (
     DEFAULT_ENGINE,

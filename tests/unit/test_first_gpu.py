@@ -17,9 +17,9 @@ from pydantic import ValidationError
 
 from llem.devices import Gpu
 from llem.dryrun import _verdict, likely_oom
-from llem.launching import ContainerOutcome, Liveness
 from llem.models import VramEstimate
 from llem.onerun import collect
+from llem.runner import ContainerOutcome, Liveness
 from llem_agent.contract import (
     DatasetConfig,
     EnergyReport,

@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 
 from llem.errors import ConfigError
-from llem.execution import RunnerOptions
+from llem.execution import HostSettings
 from llem.manifest import ManifestStore
 from llem.options import Options
 from llem.plan import make_plan
 from llem.profiles import PROFILES
-from llem.runner import StudyRunner
-from llem.session import load_plan, runner_options
+from llem.session import host_settings, load_plan
 from llem.study import StudyExecution, load_planned_study, load_study
+from llem.studyloop import StudyLoop
 from llem.userconfig import load_user_config
-from tests.unit.test_runner import FakeLauncher, Recorder
+from tests.unit.test_studyloop import FakeRunner, Recorder
 
 SILENT = "name: p\nmodel: ./model\nsweep:\n  pytorch.batch_size: [1, 2]\n"
 
@@ -84,13 +84,13 @@ def test_gaps_are_this_machines_between_gpu_runs_and_none_on_cpu(tmp_path, monke
     user = load_user_config()
     assert user.gaps_s(gpus=True) == (15.0, 120.0)
     assert user.settings["study_execution.cycle_gap_seconds"].source == f"user config {config}"
-    cpu = runner_options(Options(), study, user)  # this host has no GPU
+    cpu = host_settings(Options(), study, user)  # this host has no GPU
     assert (cpu.config_gap_s, cpu.cycle_gap_s) == (0.0, 0.0)
     monkeypatch.setattr("llem.devices.allowed_gpus", lambda spec: ((0,), {0: "GPU-0"}))
-    gpu = runner_options(Options(), study, user)
+    gpu = host_settings(Options(), study, user)
     assert (gpu.config_gap_s, gpu.cycle_gap_s) == (15.0, 120.0)
     explicit = load_study(write(tmp_path, SILENT + "study_execution: {config_gap_seconds: 2}\n"))
-    assert runner_options(Options(), explicit, user).gaps_s(explicit.execution) == (2.0, 120.0)  # the study's wins
+    assert host_settings(Options(), explicit, user).gaps_s(explicit.execution) == (2.0, 120.0)  # the study's wins
 
 
 def test_a_bad_gap_in_the_user_config_is_one_line(tmp_path, monkeypatch):
@@ -104,14 +104,14 @@ def test_a_bad_gap_in_the_user_config_is_one_line(tmp_path, monkeypatch):
 def test_runner_pauses_are_the_resolved_ones(tmp_path):
     path = write(tmp_path, SILENT + "study_execution: {n_cycles: 2, experiment_order: interleave}\n")
     study = load_study(path)
-    options = RunnerOptions(results_root=tmp_path / "r", images={"pytorch": "x"}, run_timeout_s=10,
+    options = HostSettings(results_root=tmp_path / "r", images={"pytorch": "x"}, run_timeout_s=10,
                             gpu_indices=(), lock_dir=None, lock_wait_s=1, hf_home=tmp_path / "hf",
                             config_gap_s=0.01, cycle_gap_s=0.02)  # fmt: skip
     events = Recorder()
-    runner = StudyRunner(make_plan(study), options, FakeLauncher(), events)
-    runner.preflight()
-    runner.prepare()
-    runner.execute()
+    loop = StudyLoop(make_plan(study), options, FakeRunner(), events)
+    loop.preflight()
+    loop.prepare()
+    loop.execute()
     gaps = [e for e in events.events if e.startswith("gap")]
     # e001-c1 e002-c1 | e001-c2 e002-c2: a run gap, a cycle gap, a run gap.
     assert gaps == ["gap 0.01", "gap 0.02", "gap 0.01"]
@@ -121,11 +121,11 @@ def test_the_whole_protocol_is_recorded_and_workers_reapply_the_profile(tmp_path
     path = write(tmp_path, SILENT)
     options = Options(profile="quick", run_timeout_s=100.0, failures="fail_fast", timeout_hours=2.0)
     study, plan = load_plan(path, options)
-    host = dataclasses.replace(runner_options(options, study, load_user_config()), results_root=tmp_path / "r")
-    runner = StudyRunner(plan, host, FakeLauncher(), Recorder())
-    runner.preflight()
-    study_dir = runner.prepare()
-    runner.release()
+    host = dataclasses.replace(host_settings(options, study, load_user_config()), results_root=tmp_path / "r")
+    loop = StudyLoop(plan, host, FakeRunner(), Recorder())
+    loop.preflight()
+    study_dir = loop.prepare()
+    loop.release()
     manifest = ManifestStore.load(study_dir)
     assert manifest.protocol == {
         "profile": "quick",
@@ -147,19 +147,19 @@ def test_the_whole_protocol_is_recorded_and_workers_reapply_the_profile(tmp_path
     assert load_planned_study(study_dir, manifest.study_file, manifest.study_name).design_hash != again.design_hash
     # A resume without the profile is refused, and told which one it was planned with.
     _, plain_plan = load_plan(path, Options())
-    other = StudyRunner(plain_plan, host, FakeLauncher(), Recorder())
+    other = StudyLoop(plain_plan, host, FakeRunner(), Recorder())
     with pytest.raises(ConfigError, match=r"design changed .* \(it was planned with --profile quick\)"):
         other.resume(study_dir)
 
 
 def test_old_manifests_without_a_protocol_still_load(tmp_path):
     path = write(tmp_path, SILENT)
-    runner = StudyRunner(make_plan(load_study(path)), RunnerOptions(
+    loop = StudyLoop(make_plan(load_study(path)), HostSettings(
         results_root=tmp_path / "r", images={"pytorch": "x"}, run_timeout_s=10, gpu_indices=(), lock_dir=None,
-        lock_wait_s=1, hf_home=tmp_path / "hf"), FakeLauncher(), Recorder())  # fmt: skip
-    runner.preflight()
-    study_dir = runner.prepare()
-    runner.release()
+        lock_wait_s=1, hf_home=tmp_path / "hf"), FakeRunner(), Recorder())  # fmt: skip
+    loop.preflight()
+    study_dir = loop.prepare()
+    loop.release()
     data = json.loads((study_dir / "manifest.json").read_text())
     del data["protocol"]
     (study_dir / "manifest.json").write_text(json.dumps(data))
@@ -192,11 +192,11 @@ def test_output_dir_is_where_the_study_directory_goes(tmp_path):
     assert [e.config_hash for e in study.experiments] == [e.config_hash for e in plain.experiments]
     assert study.design_hash == plain.design_hash
     assert config_hash(study.experiments[0].config) == plain.experiments[0].config_hash
-    host = runner_options(Options(), study, load_user_config())
-    runner = StudyRunner(make_plan(study), host, FakeLauncher(), Recorder())
-    runner.preflight()  # no longer refused as a field the agent does not apply
-    assert runner.prepare().parent == tmp_path / "elsewhere"
-    runner.release()
+    host = host_settings(Options(), study, load_user_config())
+    loop = StudyLoop(make_plan(study), host, FakeRunner(), Recorder())
+    loop.preflight()  # no longer refused as a field the agent does not apply
+    assert loop.prepare().parent == tmp_path / "elsewhere"
+    loop.release()
 
 
 def test_two_output_dirs_in_one_study_are_refused(tmp_path):
@@ -211,11 +211,11 @@ def test_a_skipped_grid_point_is_named_by_its_values_and_recorded_so(tmp_path):
     (skipped,) = study.skipped
     assert skipped.point == "engine=tensorrt, dtype=float32"  # 002's example
     assert skipped.describe().startswith("grid point 3 (engine=tensorrt, dtype=float32): tensorrt does not support")
-    runner = StudyRunner(make_plan(study), RunnerOptions(
+    loop = StudyLoop(make_plan(study), HostSettings(
         results_root=tmp_path / "r", images={"pytorch": "x", "tensorrt": "y"}, run_timeout_s=10, gpu_indices=(),
-        lock_dir=None, lock_wait_s=1, hf_home=tmp_path / "hf"), FakeLauncher(), Recorder())  # fmt: skip
-    study_dir = runner.prepare()
-    runner.release()
+        lock_dir=None, lock_wait_s=1, hf_home=tmp_path / "hf"), FakeRunner(), Recorder())  # fmt: skip
+    study_dir = loop.prepare()
+    loop.release()
     (entry,) = ManifestStore.load(study_dir).skipped
     assert (entry.index, entry.point) == (2, "engine=tensorrt, dtype=float32")
 

@@ -7,14 +7,14 @@ import pytest
 from llem.errors import ConfigError
 from llem.manifest import ManifestStore
 from tests.helpers import run_llem
-from tests.unit.test_runner import FakeLauncher, make_runner, run_study
+from tests.unit.test_studyloop import FakeRunner, make_loop, run_study
 
 
 @pytest.mark.parametrize("damage", ["delete", "truncate", "other_run"])
 def test_a_completed_run_whose_result_is_gone_runs_again_on_resume(tmp_path, study_file, damage):
-    runner, _ = run_study(tmp_path, study_file, FakeLauncher())
-    assert runner.study_dir is not None
-    study_dir = runner.study_dir
+    loop, _ = run_study(tmp_path, study_file, FakeRunner())
+    assert loop.study_dir is not None
+    study_dir = loop.study_dir
     victim = study_dir / "runs" / "e002-c1" / "result.json"
     if damage == "delete":
         victim.unlink()
@@ -22,12 +22,12 @@ def test_a_completed_run_whose_result_is_gone_runs_again_on_resume(tmp_path, stu
         victim.write_text(victim.read_text()[:40])
     else:
         victim.write_text((study_dir / "runs" / "e001-c1" / "result.json").read_text())
-    launcher = FakeLauncher()
-    again = make_runner(tmp_path, study_file, launcher)
+    runner = FakeRunner()
+    again = make_loop(tmp_path, study_file, runner)
     again.preflight()
     again.resume(study_dir)
     again.execute()
-    assert [s.labels["llem.run"] for s in launcher.specs] == ["e002-c1"]  # only the lost one
+    assert [s.labels["llem.run"] for s in runner.specs] == ["e002-c1"]  # only the lost one
     after = ManifestStore.load(study_dir)
     assert after.status == "completed" and all(r.status == "completed" for r in after.runs)
     assert after.run("e002-c1").attempts == 2
@@ -37,12 +37,12 @@ def test_a_completed_run_whose_result_is_gone_runs_again_on_resume(tmp_path, stu
 
 
 def test_a_garbage_manifest_is_one_line_that_says_how_to_recover(tmp_path, study_file):
-    runner, _ = run_study(tmp_path, study_file, FakeLauncher())
-    assert runner.study_dir is not None
-    (runner.study_dir / "manifest.json").write_text("{this is not json")
-    again = make_runner(tmp_path, study_file, FakeLauncher())
+    loop, _ = run_study(tmp_path, study_file, FakeRunner())
+    assert loop.study_dir is not None
+    (loop.study_dir / "manifest.json").write_text("{this is not json")
+    again = make_loop(tmp_path, study_file, FakeRunner())
     with pytest.raises(ConfigError) as caught:
-        again.resume(runner.study_dir)
+        again.resume(loop.study_dir)
     message = str(caught.value)
     assert "\n" not in message and "damaged" in message and "result.json is still under" in message
     assert "validation error" not in message
@@ -51,11 +51,11 @@ def test_a_garbage_manifest_is_one_line_that_says_how_to_recover(tmp_path, study
 def test_results_of_a_study_with_a_lost_result_do_not_crash(tmp_path, study_file):
     from llem.results import summarise
 
-    runner, _ = run_study(tmp_path, study_file, FakeLauncher())
-    assert runner.study_dir is not None
-    (runner.study_dir / "runs" / "e001-c1" / "result.json").unlink()
-    (runner.study_dir / "runs" / "e001-c2" / "result.json").write_text("{trunc")
-    summary = summarise(runner.study_dir)
+    loop, _ = run_study(tmp_path, study_file, FakeRunner())
+    assert loop.study_dir is not None
+    (loop.study_dir / "runs" / "e001-c1" / "result.json").unlink()
+    (loop.study_dir / "runs" / "e001-c2" / "result.json").write_text("{trunc")
+    summary = summarise(loop.study_dir)
     assert summary.experiments[0].stats["output_tokens_per_s"].n == 0
 
 

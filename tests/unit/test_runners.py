@@ -1,4 +1,4 @@
-"""Runner choice (docker | local) per engine, and the runner handing each launcher its own paths."""
+"""Runner choice (docker | local) per engine, and the runner handing each runner its own paths."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from llem.errors import ConfigError
 from llem.manifest import ManifestStore
 from llem.runners import parse_runner, resolve_runners
 from llem_agent.contract import RunRequest
-from tests.unit.test_runner import FakeLauncher, make_runner
+from tests.unit.test_studyloop import FakeRunner, make_loop
 
 
 def test_precedence_env_then_user_config_then_cli_then_study():
@@ -40,20 +40,20 @@ def test_one_grammar_for_a_runner_everywhere():
         resolve_runners({"vllm"}, study={}, cli=None, user={}, environ={"LLEM_RUNNER_VLLM": "podman"})
 
 
-class FakeLocal(FakeLauncher):
+class FakeLocal(FakeRunner):
     kind = "local"
 
     def agent_path(self, mount):
         return str(mount.source)
 
 
-def test_a_local_launcher_gets_host_paths_and_the_manifest_says_local(tmp_path: Path, study_file: Path):
-    launcher = FakeLocal()
-    runner = make_runner(tmp_path, study_file, launcher)
-    runner.launcher = {"pytorch": launcher}
-    runner.preflight()
-    study_dir = runner.prepare()
-    runner.execute()
+def test_a_local_runner_gets_host_paths_and_the_manifest_says_local(tmp_path: Path, study_file: Path):
+    runner = FakeLocal()
+    loop = make_loop(tmp_path, study_file, runner)
+    loop.runner = {"pytorch": runner}
+    loop.preflight()
+    study_dir = loop.prepare()
+    loop.execute()
     request = RunRequest.model_validate_json((study_dir / "runs" / "e001-c1" / "experiment.json").read_text())
     assert request.model_path == str((tmp_path / "model").resolve())  # the host's directory, not /llem/model
     assert request.runner == "local" and request.gpu_uuids == []  # a CPU run: no GPU to measure
@@ -63,11 +63,11 @@ def test_a_local_launcher_gets_host_paths_and_the_manifest_says_local(tmp_path: 
     assert '"runners": {\n      "pytorch": "local"' in host
 
 
-def test_the_docker_launcher_gets_container_paths(tmp_path: Path, study_file: Path):
-    runner = make_runner(tmp_path, study_file, FakeLauncher())
-    runner.preflight()
-    study_dir = runner.prepare()
-    runner.execute()
+def test_the_docker_runner_gets_container_paths(tmp_path: Path, study_file: Path):
+    loop = make_loop(tmp_path, study_file, FakeRunner())
+    loop.preflight()
+    study_dir = loop.prepare()
+    loop.execute()
     request = RunRequest.model_validate_json((study_dir / "runs" / "e001-c1" / "experiment.json").read_text())
     assert request.model_path == "/llem/model" and request.runner == "docker"
 
@@ -78,7 +78,7 @@ def test_the_hf_token_reaches_only_runs_that_may_download_and_is_removed_after(t
     (tmp_path / "local" / "config.json").write_text("{}")
     seen: dict[str, object] = {}
 
-    class Reading(FakeLauncher):
+    class Reading(FakeRunner):
         def run(self, spec, timeout_s, log_path, liveness=None):
             mount = spec.mount_at("/run/secrets/hf_token")
             if mount is not None:
@@ -92,11 +92,11 @@ def test_the_hf_token_reaches_only_runs_that_may_download_and_is_removed_after(t
         "name: t\ndataset: {source: builtin, n_prompts: 1}\n"
         "experiments:\n  - model: ./local\n  - model: org/hub-model\n"
     )
-    runner = make_runner(tmp_path, study, Reading())
-    runner.options = dataclasses.replace(runner.options, hf_home=tmp_path / "hf")
-    runner.preflight()
-    study_dir = runner.prepare()
-    runner.execute()
+    loop = make_loop(tmp_path, study, Reading())
+    loop.options = dataclasses.replace(loop.options, hf_home=tmp_path / "hf")
+    loop.preflight()
+    study_dir = loop.prepare()
+    loop.execute()
     assert seen["e001-c1"] is None  # a local model: no token at all
     token, path = seen["e002-c1"]  # type: ignore[misc]
     assert token == "hf_planted" and not path.exists()  # removed with its directory after the run
@@ -115,15 +115,15 @@ def test_the_token_file_is_removed_when_the_run_never_starts(tmp_path: Path, mon
     (tmp_path / "tmp").mkdir()
     study = tmp_path / "s.yaml"
     study.write_text("name: t\nmodel: org/hub-model\ndataset: {source: builtin, n_prompts: 1}\n")
-    runner = make_runner(tmp_path, study, FakeLauncher())
-    runner.options = dataclasses.replace(runner.options, hf_home=tmp_path / "hf", lock_wait_s=0.05)
-    runner.preflight()
-    runner.prepare()
+    loop = make_loop(tmp_path, study, FakeRunner())
+    loop.options = dataclasses.replace(loop.options, hf_home=tmp_path / "hf", lock_wait_s=0.05)
+    loop.preflight()
+    loop.prepare()
     held = DeviceLocks(["cpu"], tmp_path / "locks")
     assert held.try_acquire()
     try:
         with pytest.raises(EnvironmentProblem, match="locked by another study"):
-            runner.execute()
+            loop.execute()
     finally:
         held.release()
     assert list((tmp_path / "tmp").iterdir()) == []

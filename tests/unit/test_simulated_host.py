@@ -129,13 +129,13 @@ def test_a_real_gpu_run_is_as_it_was(tmp_path: Path):
 
 
 def test_the_local_runner_gives_the_agent_the_hosts_description(tmp_path: Path):
-    from llem.local import LocalLauncher
+    from llem.local_runner import LocalRunner
 
     spec = spec_for(tmp_path, simulated=True)
-    launcher = LocalLauncher("pytorch")
+    runner = LocalRunner("pytorch")
     mount = spec.mount_at(CONTAINER_SIMULATION_FILE)
-    assert mount is not None and launcher.agent_path(mount) == str(tmp_path / "study" / "simulated-gpus.json")
-    env = launcher.environment(spec)
+    assert mount is not None and runner.agent_path(mount) == str(tmp_path / "study" / "simulated-gpus.json")
+    env = runner.environment(spec)
     assert env["CUDA_VISIBLE_DEVICES"] == SIM1  # no real GPU for its engine
     assert SIMULATED_DEVICES_ENV not in env  # on the host NVML sees every GPU, the simulated one too
 
@@ -228,7 +228,7 @@ def test_each_run_on_a_simulated_gpu_is_given_its_description_and_its_own_lock(t
     from llem.locks import DeviceLocks
     from llem.manifest import ManifestStore
     from llem_agent.contract import RunRequest
-    from tests.unit.test_runner import FakeLauncher, ok, run_study
+    from tests.unit.test_studyloop import FakeRunner, ok, run_study
 
     requests: list[RunRequest] = []
     locks = tmp_path / "locks"
@@ -241,19 +241,19 @@ def test_each_run_on_a_simulated_gpu_is_given_its_description_and_its_own_lock(t
         free.release()
         return ok(run_dir, request)
 
-    class Simulated(FakeLauncher):
+    class Simulated(FakeRunner):
         lock_dir = property(lambda self: None, lambda self, value: None)  # its own lock check is the CPU's
 
-    launcher = Simulated(default=simulated_ok)
+    runner = Simulated(default=simulated_ok)
     simulation = parse_spec("2,reading=instant")
-    runner, manifest = run_study(
-        tmp_path, study_file, launcher, gpu_indices=(0, 1), gpu_uuids={0: SIM0, 1: SIM1}, simulation=simulation
+    loop, manifest = run_study(
+        tmp_path, study_file, runner, gpu_indices=(0, 1), gpu_uuids={0: SIM0, 1: SIM1}, simulation=simulation
     )
-    study_dir = runner.study_dir
+    study_dir = loop.study_dir
     assert study_dir is not None
     written = (study_dir / "simulated-gpus.json").read_text()
     assert json.loads(written) == simulation.model_dump(mode="json")
-    for spec in launcher.specs:
+    for spec in runner.specs:
         assert spec.simulated and spec.gpu_ids == () and spec.gpu_uuids == (SIM0,)
         mount = spec.mount_at(CONTAINER_SIMULATION_FILE)
         assert mount is not None and mount.read_only and mount.source == (study_dir / "simulated-gpus.json").resolve()
@@ -265,12 +265,12 @@ def test_each_run_on_a_simulated_gpu_is_given_its_description_and_its_own_lock(t
 
 def test_doctor_says_the_gpus_are_simulated_and_needs_no_nvidia_runtime(monkeypatch: pytest.MonkeyPatch, tmp_path):
     from llem import doctor
-    from llem.launcher import DockerLauncher
+    from llem.docker_runner import DockerRunner
 
     monkeypatch.setenv(SIMULATE_ENV, "2")
     monkeypatch.setenv("LLEM_CONFIG", str(tmp_path / "absent.yaml"))
-    monkeypatch.setattr(DockerLauncher, "server", lambda self: ({"Version": "27"}, {"Runtimes": {"runc": {}}}))
-    monkeypatch.setattr(DockerLauncher, "image_problem", lambda self, image: None)
+    monkeypatch.setattr(DockerRunner, "server", lambda self: ({"Version": "27"}, {"Runtimes": {"runc": {}}}))
+    monkeypatch.setattr(DockerRunner, "image_problem", lambda self, image: None)
     checks = {c.name: c for c in doctor.run_checks(results_dir=tmp_path)}
     gpus = checks["GPUs (SIMULATED: LLEM_SIMULATE_GPUS)"]
     assert gpus.status == "ok" and "llem simulated GPU (H100-like)" in gpus.detail

@@ -10,14 +10,14 @@ from pathlib import Path
 
 from llem import slurm
 from llem.errors import EXIT_ENVIRONMENT, EXIT_OK
-from llem.launching import ContainerOutcome
 from llem.manifest import ManifestStore
 from llem.plan import make_plan
+from llem.runner import ContainerOutcome
 from llem.slurm import SlurmOptions, script, shared_storage_warning
 from llem.study import load_study
 from llem_agent.contract import RunRequest
 from tests.helpers import run_llem
-from tests.unit.test_runner import FakeLauncher, make_runner, ok
+from tests.unit.test_studyloop import FakeRunner, make_loop, ok
 
 
 def test_the_script_asks_for_what_the_study_needs(tmp_path, study_file):
@@ -92,12 +92,12 @@ def test_a_refused_submission_says_what_slurm_said(tmp_path, study_file):
 
 
 def test_two_workers_share_one_study_and_run_every_run_once(tmp_path, study_file):
-    first = make_runner(tmp_path, study_file, FakeLauncher())
+    first = make_loop(tmp_path, study_file, FakeRunner())
     first.preflight()
     study_dir = first.prepare()
     first.release()
-    launchers = [FakeLauncher(), FakeLauncher()]
-    workers = [make_runner(tmp_path, study_file, launcher) for launcher in launchers]
+    runners = [FakeRunner(), FakeRunner()]
+    workers = [make_loop(tmp_path, study_file, runner) for runner in runners]
     for worker in workers:
         worker.attach(study_dir)
     threads = [threading.Thread(target=w.execute, kwargs={"worker": f"w{i}"}) for i, w in enumerate(workers)]
@@ -108,7 +108,7 @@ def test_two_workers_share_one_study_and_run_every_run_once(tmp_path, study_file
     manifest = ManifestStore.load(study_dir)
     assert manifest.status == "completed"
     assert [e.attempts for e in manifest.runs] == [1, 1, 1, 1]
-    ran = sorted(s.labels["llem.run"] for launcher in launchers for s in launcher.specs)
+    ran = sorted(s.labels["llem.run"] for runner in runners for s in runner.specs)
     assert ran == sorted(e.run_id for e in manifest.runs)  # each run by exactly one worker
 
 
@@ -118,10 +118,10 @@ def test_a_worker_judged_dead_does_not_record_the_run_it_lost(tmp_path, study_fi
         (run_dir.parent.parent / "claims" / request.run_id).write_text("other@elsewhere:1:abc\n")
         return ok(run_dir, request)
 
-    runner = make_runner(tmp_path, study_file, FakeLauncher({"e001-c1": stolen}))
-    runner.preflight()
-    study_dir = runner.prepare()
-    runner.execute()
+    loop = make_loop(tmp_path, study_file, FakeRunner({"e001-c1": stolen}))
+    loop.preflight()
+    study_dir = loop.prepare()
+    loop.execute()
     runs = {e.run_id: e for e in ManifestStore.load(study_dir).runs}
     assert runs["e001-c1"].status == "running"  # the new owner's to finish, not this worker's
     assert [e.status for r, e in runs.items() if r != "e001-c1"] == ["completed"] * 3
@@ -131,10 +131,10 @@ def test_a_worker_judged_dead_does_not_record_the_run_it_lost(tmp_path, study_fi
 def test_llem_worker_on_bad_input_is_one_line(tmp_path, study_file):
     done = run_llem("worker", str(tmp_path))
     assert done.returncode == 2 and "not a llem study directory" in done.stderr and "Traceback" not in done.stderr
-    runner = make_runner(tmp_path, study_file, FakeLauncher())
-    runner.preflight()
-    study_dir = runner.prepare()
-    runner.release()
+    loop = make_loop(tmp_path, study_file, FakeRunner())
+    loop.preflight()
+    study_dir = loop.prepare()
+    loop.release()
     wrong = run_llem("worker", str(study_dir), "--engine", "vllm")
     assert wrong.returncode == 2 and "has no vllm experiment" in wrong.stderr
     stale = run_llem("worker", str(study_dir), "--stale-after", "0")
@@ -144,10 +144,10 @@ def test_llem_worker_on_bad_input_is_one_line(tmp_path, study_file):
 def test_wait_follows_the_job_past_one_task_stopping_on_its_own(tmp_path, study_file, monkeypatch):
     """Task A's circuit breaker records circuit_open while task B still runs what is left:
     `--wait` must follow B to the end, not report the study over at A's word."""
-    runner = make_runner(tmp_path, study_file, FakeLauncher())
-    runner.preflight()
-    study_dir = runner.prepare()
-    runner.release()
+    loop = make_loop(tmp_path, study_file, FakeRunner())
+    loop.preflight()
+    study_dir = loop.prepare()
+    loop.release()
     store = ManifestStore(study_dir, ManifestStore.load(study_dir))
     first, *rest = [e.run_id for e in store.manifest.runs]
     store.update_run(first, status="failed")
@@ -168,10 +168,10 @@ def test_wait_follows_the_job_past_one_task_stopping_on_its_own(tmp_path, study_
 
 
 def test_wait_reports_a_stopped_study_once_the_job_has_left_the_queue(tmp_path, study_file, monkeypatch):
-    runner = make_runner(tmp_path, study_file, FakeLauncher())
-    runner.preflight()
-    study_dir = runner.prepare()
-    runner.release()
+    loop = make_loop(tmp_path, study_file, FakeRunner())
+    loop.preflight()
+    study_dir = loop.prepare()
+    loop.release()
     ManifestStore(study_dir, ManifestStore.load(study_dir)).set_status(
         "circuit_open"
     )  # every task stopped with runs pending

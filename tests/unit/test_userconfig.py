@@ -91,10 +91,10 @@ def test_llem_config_says_which_engines_this_host_has(monkeypatch, capsys):
     import json
 
     from llem.cli import main
-    from llem.launcher import DockerLauncher
+    from llem.docker_runner import DockerRunner
 
-    monkeypatch.setattr(DockerLauncher, "server", lambda self: ({"Version": "27.0", "ApiVersion": "1.46"}, {}))
-    monkeypatch.setattr(DockerLauncher, "has_image", lambda self, image: image.endswith("/pytorch:0.1.0"))
+    monkeypatch.setattr(DockerRunner, "server", lambda self: ({"Version": "27.0", "ApiVersion": "1.46"}, {}))
+    monkeypatch.setattr(DockerRunner, "has_image", lambda self, image: image.endswith("/pytorch:0.1.0"))
     monkeypatch.setattr("importlib.util.find_spec", lambda name: object() if name == "vllm" else None)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-abc")
     assert main(["config", "--json"]) == 0
@@ -118,13 +118,13 @@ def test_llem_config_without_docker_says_so(monkeypatch, capsys):
     import json
 
     from llem.cli import main
+    from llem.docker_runner import DockerRunner
     from llem.errors import EnvironmentProblem
-    from llem.launcher import DockerLauncher
 
     def no_daemon(self):
         raise EnvironmentProblem("Cannot connect to the Docker daemon")
 
-    monkeypatch.setattr(DockerLauncher, "server", no_daemon)
+    monkeypatch.setattr(DockerRunner, "server", no_daemon)
     assert main(["config", "--json", "--verbose"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert {e["image_here"] for e in doc["engines"]} == {None}

@@ -1,4 +1,4 @@
-"""The local runner's launcher at its seam: a stand-in interpreter plays the agent, so the
+"""The local runner's runner at its seam: a stand-in interpreter plays the agent, so the
 process handling (environment, devices, timeouts, liveness, kill, exit codes) is tested
 without an engine. The real agent runs through it in tests/docker/test_local_runner.py."""
 
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from llem import local
+from llem import local_runner
 from llem.container import build_spec
 from llem.errors import EnvironmentProblem
-from llem.launching import Liveness
-from llem.local import LocalLauncher
+from llem.local_runner import LocalRunner
+from llem.runner import Liveness
 from tests.conftest import REPO
 
 # Stands in for `python -m llem_agent EXPERIMENT`: records what it was given, then acts out
@@ -77,7 +77,7 @@ def test_paths_become_host_paths_and_gpus_are_named_by_uuid(tmp_path, fake_pytho
     monkeypatch.setenv("FAKE_AGENT", "ok")
     monkeypatch.delenv("HF_TOKEN", raising=False)
     spec = spec_for(tmp_path, gpus=(2,), uuids=("GPU-1234",))
-    outcome = LocalLauncher("pytorch", python=fake_python).run(spec, 30, tmp_path / "agent.log")
+    outcome = LocalRunner("pytorch", python=fake_python).run(spec, 30, tmp_path / "agent.log")
     assert outcome.exit_code == 0 and not outcome.timed_out
     got = seen(tmp_path)
     run_dir = tmp_path / "study" / "runs" / "e001-c1"
@@ -95,7 +95,7 @@ def test_paths_become_host_paths_and_gpus_are_named_by_uuid(tmp_path, fake_pytho
 def test_a_cpu_run_sees_no_gpu(tmp_path, fake_python, monkeypatch):
     monkeypatch.setenv("FAKE_AGENT", "ok")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
-    LocalLauncher("pytorch", python=fake_python).run(spec_for(tmp_path), 30, tmp_path / "agent.log")
+    LocalRunner("pytorch", python=fake_python).run(spec_for(tmp_path), 30, tmp_path / "agent.log")
     env = seen(tmp_path)["env"]
     assert isinstance(env, dict) and env["CUDA_VISIBLE_DEVICES"] == ""
 
@@ -103,7 +103,7 @@ def test_a_cpu_run_sees_no_gpu(tmp_path, fake_python, monkeypatch):
 def test_timeout_kills_the_agent(tmp_path, fake_python, monkeypatch):
     monkeypatch.setenv("FAKE_AGENT", "hang")
     start = time.monotonic()
-    outcome = LocalLauncher("pytorch", python=fake_python).run(spec_for(tmp_path), 1.0, tmp_path / "agent.log")
+    outcome = LocalRunner("pytorch", python=fake_python).run(spec_for(tmp_path), 1.0, tmp_path / "agent.log")
     assert outcome.timed_out and outcome.exit_code == 128 + signal.SIGKILL
     assert time.monotonic() - start < 10
 
@@ -113,14 +113,14 @@ def test_a_stale_heartbeat_is_a_hang(tmp_path, fake_python, monkeypatch):
     spec = spec_for(tmp_path)
     polls: list[float] = []
     liveness = Liveness(tmp_path / "no-heartbeat", stall_timeout_s=0.5, poll_s=0.1, on_poll=lambda: polls.append(1))
-    outcome = LocalLauncher("pytorch", python=fake_python).run(spec, 30, tmp_path / "agent.log", liveness)
+    outcome = LocalRunner("pytorch", python=fake_python).run(spec, 30, tmp_path / "agent.log", liveness)
     assert outcome.hung and not outcome.timed_out
     assert polls  # progress was polled while it ran
 
 
 def test_an_agent_killed_from_outside_reads_like_a_killed_container(tmp_path, fake_python, monkeypatch):
     monkeypatch.setenv("FAKE_AGENT", "crash")
-    outcome = LocalLauncher("pytorch", python=fake_python).run(spec_for(tmp_path), 30, tmp_path / "agent.log")
+    outcome = LocalRunner("pytorch", python=fake_python).run(spec_for(tmp_path), 30, tmp_path / "agent.log")
     assert outcome.exit_code == 137 and not outcome.timed_out and not outcome.hung
 
 
@@ -136,7 +136,7 @@ def test_ctrl_c_stops_the_agent_and_everything_it_started(tmp_path, fake_python,
 
     liveness = Liveness(tmp_path / "hb", stall_timeout_s=60, poll_s=0.1, on_poll=interrupt)
     with pytest.raises(KeyboardInterrupt):
-        LocalLauncher("pytorch", python=fake_python).run(spec_for(tmp_path), 30, tmp_path / "agent.log", liveness)
+        LocalRunner("pytorch", python=fake_python).run(spec_for(tmp_path), 30, tmp_path / "agent.log", liveness)
     child = int((run_dir / "child.pid").read_text())
     for _ in range(50):
         try:
@@ -154,10 +154,10 @@ def test_the_agent_dies_with_llem_even_by_sigkill(tmp_path, fake_python):
         "import sys, os\n"
         "from pathlib import Path\n"
         "sys.path.insert(0, sys.argv[3])\n"
-        "from tests.unit.test_local_launcher import spec_for\n"
-        "from llem.local import LocalLauncher\n"
+        "from tests.unit.test_local_runner import spec_for\n"
+        "from llem.local_runner import LocalRunner\n"
         "os.environ['FAKE_AGENT'] = 'hang'\n"
-        "LocalLauncher('pytorch', python=sys.argv[2]).run(spec_for(Path(sys.argv[1])), 60, Path(sys.argv[1]) / 'log')\n"
+        "LocalRunner('pytorch', python=sys.argv[2]).run(spec_for(Path(sys.argv[1])), 60, Path(sys.argv[1]) / 'log')\n"
     )
     repo = str(Path(__file__).resolve().parents[2])
     host = subprocess.Popen([sys.executable, "-c", script, str(tmp_path), fake_python, repo])
@@ -183,7 +183,7 @@ def test_an_engine_that_does_not_import_is_refused_with_one_line(tmp_path):
     broken.write_text(f"#!{sys.executable}\nimport sys\n{say}\nsys.exit(1)\n")
     broken.chmod(0o755)
     with pytest.raises(EnvironmentProblem) as caught:
-        LocalLauncher("pytorch", python=str(broken)).check(["unused"])
+        LocalRunner("pytorch", python=str(broken)).check(["unused"])
     message = str(caught.value)
     assert "\n" not in message and "No module named torch" in message and "docker runner" in message
 
@@ -204,7 +204,7 @@ def test_relative_paths_in_the_environment_are_made_absolute_against_llems_direc
         image="unused", study_id="s", run_id="e001-c1", run_dir=Path("study/runs/e001-c1"), hf_home=Path("hf"),
         model_dir=None, gpu_indices=(), host_uid=1000, host_gid=1000, host_pid=os.getpid(),
     )  # fmt: skip
-    env = LocalLauncher("pytorch").environment(spec)
+    env = LocalRunner("pytorch").environment(spec)
     # An empty entry means the working directory, so it becomes llem's.
     assert env["PYTHONPATH"] == os.pathsep.join([f"{home}/images/agent", "/opt/site", f"{home}/"])
     assert env["PATH"] == os.pathsep.join([f"{home}/bin", "/usr/bin"])
@@ -219,9 +219,9 @@ def test_a_relative_interpreter_is_the_one_in_llems_directory(tmp_path, monkeypa
     python = tmp_path / "bin" / "python-for-agent"
     python.write_text(f"#!{sys.executable}\n")
     python.chmod(0o755)
-    assert LocalLauncher("pytorch", python="bin/python-for-agent").interpreter() == f"{tmp_path}/bin/python-for-agent"
+    assert LocalRunner("pytorch", python="bin/python-for-agent").interpreter() == f"{tmp_path}/bin/python-for-agent"
     monkeypatch.setenv("PATH", "bin")  # a bare name found through a relative PATH entry
-    assert LocalLauncher("pytorch", python="python-for-agent").interpreter() == f"{tmp_path}/bin/python-for-agent"
+    assert LocalRunner("pytorch", python="python-for-agent").interpreter() == f"{tmp_path}/bin/python-for-agent"
 
 
 def without_site(tmp_path: Path) -> str:
@@ -245,7 +245,7 @@ def test_the_real_agent_starts_from_its_run_directory_with_a_relative_pythonpath
     monkeypatch.setenv("PYTHONPATH", agent_pythonpath())
     spec = spec_for(tmp_path)
     run_dir = tmp_path / "study" / "runs" / "e001-c1"
-    env = LocalLauncher("pytorch").environment(spec)
+    env = LocalRunner("pytorch").environment(spec)
     started = subprocess.run(
         [without_site(tmp_path), "-m", "llem_agent", "--help"], cwd=run_dir, env=env,
         capture_output=True, text=True, check=False, timeout=60,
@@ -254,14 +254,14 @@ def test_the_real_agent_starts_from_its_run_directory_with_a_relative_pythonpath
     assert started.stdout.startswith("usage: llem-agent")
 
 
-def test_the_launcher_starts_the_real_agent_from_its_run_directory(tmp_path, monkeypatch):
-    """Through LocalLauncher.run: the agent module is found and runs (no experiment file here,
+def test_the_local_runner_starts_the_real_agent_from_its_run_directory(tmp_path, monkeypatch):
+    """Through LocalRunner.run: the agent module is found and runs (no experiment file here,
     so it reports that in error.json; before the fix the log said No module named llem_agent)."""
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("PYTHONPATH", agent_pythonpath())
     spec = spec_for(tmp_path)
     run_dir = tmp_path / "study" / "runs" / "e001-c1"
-    outcome = LocalLauncher("pytorch", python=without_site(tmp_path)).run(spec, 60, tmp_path / "agent.log")
+    outcome = LocalRunner("pytorch", python=without_site(tmp_path)).run(spec, 60, tmp_path / "agent.log")
     log = (tmp_path / "agent.log").read_text()
     assert "No module named" not in log, log[-2000:]
     assert outcome.exit_code == 1 and (run_dir / "error.json").exists(), log[-2000:]
@@ -274,20 +274,20 @@ def test_the_probe_runs_where_the_agent_runs_not_in_llems_directory(tmp_path, mo
     home.mkdir()
     (home / "engine_only_here.py").write_text("")
     monkeypatch.chdir(home)
-    monkeypatch.setitem(local.ENGINE_IMPORTS, "pytorch", "engine_only_here")
+    monkeypatch.setitem(local_runner.ENGINE_IMPORTS, "pytorch", "engine_only_here")
     with pytest.raises(EnvironmentProblem, match="No module named 'engine_only_here'") as caught:
-        LocalLauncher("pytorch").check(["unused"])
+        LocalRunner("pytorch").check(["unused"])
     assert "\n" not in str(caught.value)
 
 
 def test_the_probe_sees_the_agents_environment(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("PYTHONPATH", agent_pythonpath())
-    monkeypatch.setitem(local.ENGINE_IMPORTS, "pytorch", "llem_agent.contract")
-    LocalLauncher("pytorch", python=without_site(tmp_path)).check(["unused"])  # found through images/agent
+    monkeypatch.setitem(local_runner.ENGINE_IMPORTS, "pytorch", "llem_agent.contract")
+    LocalRunner("pytorch", python=without_site(tmp_path)).check(["unused"])  # found through images/agent
 
 
 def test_an_interpreter_that_is_not_there_is_one_line(tmp_path):
     with pytest.raises(EnvironmentProblem, match="cannot start") as caught:
-        LocalLauncher("pytorch", python=str(tmp_path / "no-python")).check(["unused"])
+        LocalRunner("pytorch", python=str(tmp_path / "no-python")).check(["unused"])
     assert "\n" not in str(caught.value)

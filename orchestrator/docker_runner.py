@@ -25,8 +25,8 @@ from llem_agent.contract import CONTRACT_FINGERPRINT_PATH, contract_fingerprint,
 from . import __version__
 from .container import LABEL_HOST, LABEL_HOST_PID, LABEL_MANAGED, ContainerSpec, Mount
 from .errors import EnvironmentProblem
-from .launching import ContainerOutcome, Liveness, PullProgress, supervise
 from .procs import process_alive
+from .runner import ContainerOutcome, Liveness, PullProgress, supervise
 
 # Labels of llem's worker image (images/worker): an engine image plus llem, for Kubernetes pods.
 LABEL_WORKER_IMAGE = "io.llem.worker"
@@ -144,7 +144,7 @@ def _run_kwargs(spec: ContainerSpec) -> dict[str, Any]:
 _LAYER_DONE = ("Pull complete", "Already exists", "Download complete")
 
 
-class DockerLauncher:
+class DockerRunner:
     """Runs agent containers with the Docker SDK: start, wait with a timeout, keep the log, remove."""
 
     kind = "docker"
@@ -191,7 +191,7 @@ class DockerLauncher:
 
     def image_problem(self, image: str) -> str | None:
         """Why ``image`` cannot run llem's experiments, with the fix; None when it can. A missing
-        image is pulled first when this launcher pulls."""
+        image is pulled first when this runner pulls."""
         try:
             image_id = self._image_id(image)
         except docker.errors.DockerException as exc:
@@ -228,7 +228,7 @@ class DockerLauncher:
             raise EnvironmentProblem(_first_line(exc)) from None
 
     def _image_id(self, image: str) -> str | None:
-        """The local image's id; a missing one is pulled first when this launcher pulls."""
+        """The local image's id; a missing one is pulled first when this runner pulls."""
         try:
             return str(self.client.images.get(image).id)
         except docker.errors.ImageNotFound:

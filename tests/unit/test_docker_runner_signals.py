@@ -1,4 +1,4 @@
-"""DockerLauncher.run against an in-memory Docker: an interrupt that lands while a container is
+"""DockerRunner.run against an in-memory Docker: an interrupt that lands while a container is
 being created never leaves a container nobody knows of."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import docker.errors
 import pytest
 
 from llem.container import LABEL_HOST, LABEL_HOST_PID, LABEL_MANAGED, ContainerSpec, Mount
+from llem.docker_runner import DockerRunner
 from llem.errors import EnvironmentProblem
-from llem.launcher import DockerLauncher
 
 
 class Stopped(Exception):
@@ -133,9 +133,9 @@ def test_sigterm_while_the_container_is_created_removes_it(tmp_path: Path, sigte
         time.sleep(0.1)
 
     daemon.on_create = on_create
-    launcher = DockerLauncher(client_factory=lambda: FakeClient(daemon))  # type: ignore[arg-type, return-value]
+    runner = DockerRunner(client_factory=lambda: FakeClient(daemon))  # type: ignore[arg-type, return-value]
     with pytest.raises(Stopped):
-        launcher.run(spec(tmp_path), 10, tmp_path / "container.log")
+        runner.run(spec(tmp_path), 10, tmp_path / "container.log")
     assert daemon.containers == {}, f"left running: {list(daemon.containers)}"
     assert daemon.events == ["create llem-s-e001-c1", "start llem-s-e001-c1", "remove llem-s-e001-c1"]
     assert (tmp_path / "container.log").read_bytes() == b"log\n"
@@ -144,14 +144,14 @@ def test_sigterm_while_the_container_is_created_removes_it(tmp_path: Path, sigte
 
 def test_a_leftover_of_a_dead_llem_is_removed_and_one_of_a_live_llem_refused(tmp_path: Path) -> None:
     daemon = FakeDaemon()
-    launcher = DockerLauncher(client_factory=lambda: FakeClient(daemon))  # type: ignore[arg-type, return-value]
+    runner = DockerRunner(client_factory=lambda: FakeClient(daemon))  # type: ignore[arg-type, return-value]
     dead = 2**22 + 17  # above pid_max: no such process
     daemon.create("llem/pytorch:test", name="llem-s-e001-c1", labels=spec(tmp_path, dead).labels)
-    outcome = launcher.run(spec(tmp_path), 10, tmp_path / "container.log")
+    outcome = runner.run(spec(tmp_path), 10, tmp_path / "container.log")
     assert outcome.exit_code == 0 and daemon.containers == {}
     assert daemon.events[1:] == ["remove llem-s-e001-c1", "create llem-s-e001-c1", "start llem-s-e001-c1",
                                  "remove llem-s-e001-c1"]  # fmt: skip
     daemon.create("llem/pytorch:test", name="llem-s-e001-c1", labels=spec(tmp_path, 1).labels)  # pid 1 lives
     with pytest.raises(EnvironmentProblem, match="still run by llem process 1 on this host"):
-        launcher.run(spec(tmp_path), 10, tmp_path / "container.log")
+        runner.run(spec(tmp_path), 10, tmp_path / "container.log")
     assert list(daemon.containers) == ["llem-s-e001-c1"]  # never removed from under its owner

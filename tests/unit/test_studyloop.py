@@ -1,4 +1,4 @@
-"""The study runner against a fake launcher: manifest truth, failure kinds, interruption."""
+"""The study runner against a fake runner: manifest truth, failure kinds, interruption."""
 
 from __future__ import annotations
 
@@ -19,15 +19,15 @@ import pytest
 from llem.claims import ClaimBoard
 from llem.container import ContainerSpec
 from llem.errors import ConfigError, EnvironmentProblem, Interrupted
-from llem.execution import RunnerOptions
-from llem.launching import ContainerOutcome
+from llem.execution import HostSettings
 from llem.locks import DeviceLocks
 from llem.manifest import Manifest, ManifestStore
 from llem.models import resolve_model_dir
 from llem.plan import make_plan
-from llem.runner import StudyRunner
+from llem.runner import ContainerOutcome
 from llem.study import load_study
 from llem.studydir import newest_unfinished
+from llem.studyloop import StudyLoop
 from llem_agent.contract import RunError, RunRequest
 from tests.factories import make_result
 
@@ -45,7 +45,7 @@ def agent_error(run_dir: Path, req: RunRequest) -> ContainerOutcome:
     return ContainerOutcome(1, False, False, 0.1)
 
 
-class FakeLauncher:
+class FakeRunner:
     kind = "docker"
 
     def agent_path(self, mount):
@@ -99,9 +99,9 @@ class Recorder:
         self.events.append(f"note {text}")
 
 
-def make_runner(tmp_path: Path, study_file: Path, launcher: FakeLauncher) -> StudyRunner:
+def make_loop(tmp_path: Path, study_file: Path, runner: FakeRunner) -> StudyLoop:
     plan = make_plan(load_study(study_file), order="interleave")
-    options = RunnerOptions(
+    options = HostSettings(
         results_root=tmp_path / "results",
         images={"pytorch": "llem/pytorch:test"},
         run_timeout_s=10,
@@ -110,33 +110,31 @@ def make_runner(tmp_path: Path, study_file: Path, launcher: FakeLauncher) -> Stu
         lock_wait_s=1,
         hf_home=tmp_path / "hf",
     )
-    launcher.lock_dir = options.lock_dir
-    return StudyRunner(plan, options, launcher, Recorder())
+    runner.lock_dir = options.lock_dir
+    return StudyLoop(plan, options, runner, Recorder())
 
 
-def run_study(
-    tmp_path: Path, study_file: Path, launcher: FakeLauncher, **options: object
-) -> tuple[StudyRunner, Manifest]:
-    """Run a whole study through ``launcher``; return the runner and the final manifest."""
-    runner = make_runner(tmp_path, study_file, launcher)
-    runner.options = dataclasses.replace(runner.options, **options)  # type: ignore[arg-type]
-    runner.preflight()
-    study_dir = runner.prepare()
-    runner.execute()
-    return runner, ManifestStore.load(study_dir)
+def run_study(tmp_path: Path, study_file: Path, runner: FakeRunner, **options: object) -> tuple[StudyLoop, Manifest]:
+    """Run a whole study through ``runner``; return the runner and the final manifest."""
+    loop = make_loop(tmp_path, study_file, runner)
+    loop.options = dataclasses.replace(loop.options, **options)  # type: ignore[arg-type]
+    loop.preflight()
+    study_dir = loop.prepare()
+    loop.execute()
+    return loop, ManifestStore.load(study_dir)
 
 
 def test_every_run_gets_a_container_and_the_manifest_ends_completed(tmp_path, study_file):
-    launcher = FakeLauncher()
-    runner = make_runner(tmp_path, study_file, launcher)
-    runner.preflight()
-    study_dir = runner.prepare()
+    runner = FakeRunner()
+    loop = make_loop(tmp_path, study_file, runner)
+    loop.preflight()
+    study_dir = loop.prepare()
     assert ManifestStore.load(study_dir).status == "running"
-    outcomes = runner.execute()
+    outcomes = loop.execute()
     manifest = ManifestStore.load(study_dir)
     assert manifest.status == "completed"
     assert [r.status for r in manifest.runs] == ["completed"] * 4
-    assert len(outcomes) == len(launcher.specs) == 4
+    assert len(outcomes) == len(runner.specs) == 4
     assert (study_dir / "study.yaml").read_text() == study_file.read_text()
     host = json.loads((study_dir / "host.json").read_text())
     assert host["images"] == {"llem/pytorch:test": {"id": "sha256:fake"}}
@@ -144,21 +142,21 @@ def test_every_run_gets_a_container_and_the_manifest_ends_completed(tmp_path, st
     for run in manifest.runs:
         run_dir = study_dir / "runs" / run.run_id
         assert {"experiment.json", "result.json", "container.log"} <= {p.name for p in run_dir.iterdir()}
-    assert all(s.network_disabled for s in launcher.specs)  # the model is local
+    assert all(s.network_disabled for s in runner.specs)  # the model is local
     request = json.loads((study_dir / "runs" / "e001-c1" / "experiment.json").read_text())
     assert request["sample_interval_s"] == 0.1
     assert DeviceLocks(["cpu"], tmp_path / "locks").try_acquire()  # nothing left locked
 
 
 def test_failures_are_classified_and_the_study_goes_on(tmp_path, study_file):
-    launcher = FakeLauncher(
+    runner = FakeRunner(
         {
             "e001-c1": agent_error,
             "e002-c1": lambda d, r: ContainerOutcome(None, True, False, 10.0),
             "e001-c2": lambda d, r: ContainerOutcome(137, False, True, 1.0),
         }
     )
-    _, manifest = run_study(tmp_path, study_file, launcher)
+    _, manifest = run_study(tmp_path, study_file, runner)
     kinds = {r.run_id: (r.status, r.failure.kind if r.failure else None) for r in manifest.runs}
     assert kinds == {
         "e001-c1": ("failed", "agent_error"),
@@ -175,8 +173,8 @@ def test_corrupt_and_missing_results(tmp_path, study_file):
         (d / "result.json").write_text("{not json")
         return ContainerOutcome(0, False, False, 0.1)
 
-    launcher = FakeLauncher({"e001-c1": corrupt, "e002-c1": lambda d, r: ContainerOutcome(0, False, False, 0.1)})
-    _, manifest = run_study(tmp_path, study_file, launcher)
+    runner = FakeRunner({"e001-c1": corrupt, "e002-c1": lambda d, r: ContainerOutcome(0, False, False, 0.1)})
+    _, manifest = run_study(tmp_path, study_file, runner)
     assert manifest.run("e001-c1").failure.kind == "corrupt_result"
     assert manifest.run("e002-c1").failure.kind == "no_result"
 
@@ -185,11 +183,11 @@ def test_ctrl_c_marks_the_running_run_interrupted_and_keeps_completed_ones(tmp_p
     def interrupt(d: Path, r: RunRequest) -> ContainerOutcome:
         raise KeyboardInterrupt
 
-    runner = make_runner(tmp_path, study_file, FakeLauncher({"e001-c2": interrupt}))
-    runner.preflight()
-    study_dir = runner.prepare()
+    loop = make_loop(tmp_path, study_file, FakeRunner({"e001-c2": interrupt}))
+    loop.preflight()
+    study_dir = loop.prepare()
     with pytest.raises(Interrupted):
-        runner.execute()
+        loop.execute()
     manifest = ManifestStore.load(study_dir)
     assert manifest.status == "interrupted"
     statuses = {r.run_id: r.status for r in manifest.runs}
@@ -199,11 +197,11 @@ def test_ctrl_c_marks_the_running_run_interrupted_and_keeps_completed_ones(tmp_p
 
 
 def test_missing_image_fails_in_preflight_before_any_results_directory(tmp_path, study_file):
-    launcher = FakeLauncher()
-    launcher.missing_images = {"llem/pytorch:test"}
-    runner = make_runner(tmp_path, study_file, launcher)
+    runner = FakeRunner()
+    runner.missing_images = {"llem/pytorch:test"}
+    loop = make_loop(tmp_path, study_file, runner)
     with pytest.raises(EnvironmentProblem, match="not found"):
-        runner.preflight()
+        loop.preflight()
     assert not (tmp_path / "results").exists()
 
 
@@ -222,9 +220,9 @@ def test_settings_the_agent_would_ignore_are_refused_before_anything_runs(tmp_pa
     (tmp_path / "model" / "config.json").write_text("{}")
     study = tmp_path / "s.yaml"
     study.write_text("model: ./model\npytorch:\n  tp_size: 2\n")
-    runner = make_runner(tmp_path, study, FakeLauncher())
+    loop = make_loop(tmp_path, study, FakeRunner())
     with pytest.raises(ConfigError, match=r"does not apply pytorch\.tp_size; remove it"):
-        runner.preflight()
+        loop.preflight()
     assert not (tmp_path / "results").exists()
 
 
@@ -233,18 +231,18 @@ def fail(d: Path, r: RunRequest) -> ContainerOutcome:
 
 
 def test_resume_runs_everything_but_completed_runs_and_keeps_earlier_attempts(tmp_path, study_file):
-    first = make_runner(tmp_path, study_file, FakeLauncher({"e001-c1": fail, "e002-c2": fail}))
+    first = make_loop(tmp_path, study_file, FakeRunner({"e001-c1": fail, "e002-c2": fail}))
     first.preflight()
     study_dir = first.prepare()
     first.execute()
     assert ManifestStore.load(study_dir).status == "failed"
 
-    launcher = FakeLauncher()
-    second = make_runner(tmp_path, study_file, launcher)
+    runner = FakeRunner()
+    second = make_loop(tmp_path, study_file, runner)
     second.preflight()
     assert second.resume(study_dir) == study_dir
     outcomes = second.execute()
-    assert sorted(s.labels["llem.run"] for s in launcher.specs) == ["e001-c1", "e002-c2"]
+    assert sorted(s.labels["llem.run"] for s in runner.specs) == ["e001-c1", "e002-c2"]
     manifest = ManifestStore.load(study_dir)
     assert manifest.status == "completed"
     assert [h["status"] for h in manifest.history] == ["running", "failed", "running", "completed"]
@@ -255,44 +253,44 @@ def test_resume_runs_everything_but_completed_runs_and_keeps_earlier_attempts(tm
 
 
 def test_resume_refuses_a_changed_design(tmp_path, study_file):
-    runner = make_runner(tmp_path, study_file, FakeLauncher())
-    runner.preflight()
-    study_dir = runner.prepare()
-    runner.execute()
+    loop = make_loop(tmp_path, study_file, FakeRunner())
+    loop.preflight()
+    study_dir = loop.prepare()
+    loop.execute()
     study_file.write_text(study_file.read_text().replace("[1, 2]", "[1, 3]"))
-    changed = make_runner(tmp_path, study_file, FakeLauncher())
+    changed = make_loop(tmp_path, study_file, FakeRunner())
     with pytest.raises(ConfigError, match="design changed since it ran"):
         changed.resume(study_dir)
 
 
 def test_topping_up_cycles_keeps_the_study_and_adds_runs(tmp_path, study_file):
-    runner = make_runner(tmp_path, study_file, FakeLauncher())
-    runner.preflight()
-    study_dir = runner.prepare()
-    runner.execute()
+    loop = make_loop(tmp_path, study_file, FakeRunner())
+    loop.preflight()
+    study_dir = loop.prepare()
+    loop.execute()
     plan = make_plan(load_study(study_file), n_cycles=3, order="interleave")
-    launcher = FakeLauncher()
-    more = StudyRunner(plan, runner.options, launcher, Recorder())
+    runner = FakeRunner()
+    more = StudyLoop(plan, loop.options, runner, Recorder())
     more.resume(study_dir)
     more.execute()
-    assert sorted(s.labels["llem.run"] for s in launcher.specs) == ["e001-c3", "e002-c3"]
+    assert sorted(s.labels["llem.run"] for s in runner.specs) == ["e001-c3", "e002-c3"]
     assert len(ManifestStore.load(study_dir).runs) == 6
 
 
 def test_fail_fast_stops_and_marks_the_rest_skipped_and_the_status_stays(tmp_path, study_file):
-    _, manifest = run_study(tmp_path, study_file, FakeLauncher(default=fail), max_consecutive_failures=1)
+    _, manifest = run_study(tmp_path, study_file, FakeRunner(default=fail), max_consecutive_failures=1)
     assert manifest.status == "circuit_open"
     assert [r.status for r in manifest.runs] == ["failed", "skipped", "skipped", "skipped"]
     assert {r.failure.kind for r in manifest.runs[1:]} == {"circuit_open"}
 
 
 def test_breaker_probe_after_cooldown_resumes_normal_execution(tmp_path, study_file):
-    launcher = FakeLauncher({"e001-c1": fail, "e002-c1": fail})
-    runner, manifest = run_study(
-        tmp_path, study_file, launcher, max_consecutive_failures=2, circuit_breaker_cooldown_s=0.01
+    runner = FakeRunner({"e001-c1": fail, "e002-c1": fail})
+    loop, manifest = run_study(
+        tmp_path, study_file, runner, max_consecutive_failures=2, circuit_breaker_cooldown_s=0.01
     )
     assert [r.status for r in manifest.runs] == ["failed", "failed", "completed", "completed"]
-    assert "gap 0.01" in runner.events.events
+    assert "gap 0.01" in loop.events.events
 
 
 def test_wall_clock_limit_skips_the_remaining_runs(tmp_path, study_file):
@@ -300,18 +298,18 @@ def test_wall_clock_limit_skips_the_remaining_runs(tmp_path, study_file):
         time.sleep(0.2)
         return ok(d, r)
 
-    _, manifest = run_study(tmp_path, study_file, FakeLauncher(default=slow), wall_clock_limit_s=0.3)
+    _, manifest = run_study(tmp_path, study_file, FakeRunner(default=slow), wall_clock_limit_s=0.3)
     assert manifest.status == "timed_out"
     assert [r.status for r in manifest.runs] == ["completed", "completed", "skipped", "skipped"]
 
 
 def test_newest_unfinished_and_a_locked_study_directory(tmp_path, study_file):
-    runner = make_runner(tmp_path, study_file, FakeLauncher({"e001-c1": fail}))
-    runner.preflight()
-    study_dir = runner.prepare()
+    loop = make_loop(tmp_path, study_file, FakeRunner({"e001-c1": fail}))
+    loop.preflight()
+    study_dir = loop.prepare()
     with pytest.raises(EnvironmentProblem, match="being run by another llem process"):
-        make_runner(tmp_path, study_file, FakeLauncher()).resume(study_dir)
-    runner.execute()
+        make_loop(tmp_path, study_file, FakeRunner()).resume(study_dir)
+    loop.execute()
     assert newest_unfinished(tmp_path / "results", "t") == study_dir
     with pytest.raises(ConfigError, match="no unfinished study named 'other'"):
         newest_unfinished(tmp_path / "results", "other")
@@ -369,34 +367,32 @@ def test_energy_sampler_extra_is_checked_against_the_image_label(tmp_path, extra
     study = tmp_path / "s.yaml"
     study.write_text("model: ./model\nenergy_sampler: codecarbon\n")
 
-    class Labelled(FakeLauncher):
+    class Labelled(FakeRunner):
         def describe(self, images):
             labels = {} if extras is None else {"io.llem.agent-extras": extras}  # None: an image without the label
             return {"version": "fake"}, {image: {"id": "sha256:fake", "labels": labels} for image in images}
 
-    runner = make_runner(tmp_path, study, Labelled())
+    loop = make_loop(tmp_path, study, Labelled())
     if refused:
         with pytest.raises(ConfigError, match=r"needs an image built with --build-arg AGENT_EXTRAS=codecarbon"):
-            runner.preflight()
+            loop.preflight()
     else:
-        runner.preflight()
+        loop.preflight()
 
 
-def _worker(
-    tmp_path: Path, study_file: Path, study_dir: Path, launcher: FakeLauncher, **options: object
-) -> StudyRunner:
-    runner = make_runner(tmp_path, study_file, launcher)
-    runner.options = dataclasses.replace(runner.options, **options)  # type: ignore[arg-type]
-    launcher.lock_dir = runner.options.lock_dir
-    runner.attach(study_dir)
-    return runner
+def _worker(tmp_path: Path, study_file: Path, study_dir: Path, runner: FakeRunner, **options: object) -> StudyLoop:
+    loop = make_loop(tmp_path, study_file, runner)
+    loop.options = dataclasses.replace(loop.options, **options)  # type: ignore[arg-type]
+    runner.lock_dir = loop.options.lock_dir
+    loop.attach(study_dir)
+    return loop
 
 
 def _planned(tmp_path: Path, study_file: Path) -> Path:
-    runner = make_runner(tmp_path, study_file, FakeLauncher())
-    runner.preflight()
-    study_dir = runner.prepare()
-    runner.release()
+    loop = make_loop(tmp_path, study_file, FakeRunner())
+    loop.preflight()
+    study_dir = loop.prepare()
+    loop.release()
     return study_dir
 
 
@@ -426,22 +422,22 @@ def test_a_worker_waits_for_a_run_another_holds_and_takes_it_when_that_worker_di
                 die.set()  # the worker holding e001-c1 dies while this one waits for it
                 other.join(30)
 
-    launcher = FakeLauncher()
-    worker = _worker(tmp_path, study_file, study_dir, launcher, claim_stale_s=3600)
+    runner = FakeRunner()
+    worker = _worker(tmp_path, study_file, study_dir, runner, claim_stale_s=3600)
     worker.events = KillsTheOther()
     worker.execute(worker="w")
     other.join(30)
     manifest = ManifestStore.load(study_dir)
     assert [r.status for r in manifest.runs] == ["completed"] * 4
     assert manifest.run("e001-c1").attempts == 2
-    assert sorted(s.labels["llem.run"] for s in launcher.specs) == sorted(r.run_id for r in manifest.runs)
+    assert sorted(s.labels["llem.run"] for s in runner.specs) == sorted(r.run_id for r in manifest.runs)
     assert manifest.status == "completed"
     assert manifest.history[-1]["detail"] == "4 of 4 runs completed"
 
 
 def test_deleting_claims_mid_run_keeps_its_result_and_nobody_else_runs_it(tmp_path, study_file):
     study_dir = _planned(tmp_path, study_file)
-    second = FakeLauncher()
+    second = FakeRunner()
     other = _worker(tmp_path, study_file, study_dir, second, claim_stale_s=60, lock_dir=None)  # runs side by side
     waiting = threading.Event()
 
@@ -461,8 +457,8 @@ def test_deleting_claims_mid_run_keeps_its_result_and_nobody_else_runs_it(tmp_pa
         assert waiting.wait(30), "the other worker never said that e001-c1 is held"
         return ok(run_dir, req)
 
-    launcher = FakeLauncher({"e001-c1": deleted_midway})
-    first = _worker(tmp_path, study_file, study_dir, launcher, claim_stale_s=60, lock_dir=None)
+    runner = FakeRunner({"e001-c1": deleted_midway})
+    first = _worker(tmp_path, study_file, study_dir, runner, claim_stale_s=60, lock_dir=None)
     first.execute(worker="first")
     thread.join(30)
     manifest = ManifestStore.load(study_dir)
@@ -478,7 +474,7 @@ def test_an_empty_claim_left_by_a_killed_writer_does_not_block_its_run(tmp_path,
     empty.write_bytes(b"")
     old = time.time() - 30
     os.utime(empty, (old, old))
-    worker = _worker(tmp_path, study_file, study_dir, FakeLauncher(), claim_stale_s=3600)
+    worker = _worker(tmp_path, study_file, study_dir, FakeRunner(), claim_stale_s=3600)
     started = time.monotonic()
     worker.execute(worker="w")
     assert time.monotonic() - started < 30
@@ -487,8 +483,8 @@ def test_an_empty_claim_left_by_a_killed_writer_does_not_block_its_run(tmp_path,
 
 def test_a_claim_lost_while_queued_for_devices_never_starts_its_container(tmp_path, study_file):
     study_dir = _planned(tmp_path, study_file)
-    launcher = FakeLauncher()
-    worker = _worker(tmp_path, study_file, study_dir, launcher, lock_wait_s=30)
+    runner = FakeRunner()
+    worker = _worker(tmp_path, study_file, study_dir, runner, lock_wait_s=30)
     busy = DeviceLocks(["cpu"], tmp_path / "locks")
     assert busy.try_acquire()
 
@@ -501,7 +497,7 @@ def test_a_claim_lost_while_queued_for_devices_never_starts_its_container(tmp_pa
 
     worker.events = TakenOver()
     worker.execute(worker="w")
-    assert "e001-c1" not in [s.labels["llem.run"] for s in launcher.specs]
+    assert "e001-c1" not in [s.labels["llem.run"] for s in runner.specs]
     assert any("e001-c1: claimed by another worker before its container started" in e for e in worker.events.events)
     assert (study_dir / "claims" / "e001-c1").read_text() == "new@elsewhere:1:abc\n"  # the new owner's claim stands
     manifest = ManifestStore.load(study_dir)
@@ -510,32 +506,32 @@ def test_a_claim_lost_while_queued_for_devices_never_starts_its_container(tmp_pa
 
 
 def test_resume_refuses_a_reordered_sweep_and_another_image_for_completed_runs(tmp_path, study_file):
-    runner = make_runner(tmp_path, study_file, FakeLauncher({"e002-c2": fail}))
-    runner.preflight()
-    study_dir = runner.prepare()
-    runner.execute()
+    loop = make_loop(tmp_path, study_file, FakeRunner({"e002-c2": fail}))
+    loop.preflight()
+    study_dir = loop.prepare()
+    loop.execute()
     # Swapped experiments: e001 would resume as batch size 2 into batch size 1's results. The design
     # hash sees the order today; the run's own config hash is checked too (a manifest whose runs say
     # other configs than the plan makes, as one planned by an llem whose design hash was order-blind).
     reordered = tmp_path / "reordered.yaml"
     reordered.write_text(study_file.read_text().replace("[1, 2]", "[2, 1]"))
     with pytest.raises(ConfigError, match="design changed"):
-        make_runner(tmp_path, reordered, FakeLauncher()).resume(study_dir)
+        make_loop(tmp_path, reordered, FakeRunner()).resume(study_dir)
     saved = (study_dir / "manifest.json").read_text()
     store = ManifestStore(study_dir, ManifestStore.load(study_dir))
     first, second = store.manifest.run("e001-c1").config_hash, store.manifest.run("e002-c1").config_hash
     store.update_runs({"e001-c1": {"config_hash": second}, "e002-c1": {"config_hash": first}})
     with pytest.raises(ConfigError, match=rf"run e001-c1 was planned as config {second}, this study makes it {first}"):
-        make_runner(tmp_path, study_file, FakeLauncher()).resume(study_dir)
+        make_loop(tmp_path, study_file, FakeRunner()).resume(study_dir)
     (study_dir / "manifest.json").write_text(saved)
     # Another image: completed runs' numbers would sit beside another image's.
-    other = make_runner(tmp_path, study_file, FakeLauncher())
+    other = make_loop(tmp_path, study_file, FakeRunner())
     other.options = dataclasses.replace(other.options, images={"pytorch": "llem/pytorch:other"})
     said = r"completed pytorch runs ran in llem/pytorch:test \(docker\); this resume would run llem/pytorch:other"
     with pytest.raises(ConfigError, match=said + r" \(docker\): resume with --image pytorch=llem/pytorch:test"):
         other.resume(study_dir)
     # The same image resumes, and the run still to run records what it ran in.
-    same = make_runner(tmp_path, study_file, FakeLauncher())
+    same = make_loop(tmp_path, study_file, FakeRunner())
     same.resume(study_dir)
     same.execute()
     manifest = ManifestStore.load(study_dir)
@@ -543,15 +539,15 @@ def test_resume_refuses_a_reordered_sweep_and_another_image_for_completed_runs(t
 
 
 def test_a_run_records_the_image_its_attempt_ran_in(tmp_path, study_file):
-    runner = make_runner(tmp_path, study_file, FakeLauncher({"e001-c1": fail}))
-    runner.preflight()
-    study_dir = runner.prepare()
-    runner.execute()
+    loop = make_loop(tmp_path, study_file, FakeRunner({"e001-c1": fail}))
+    loop.preflight()
+    study_dir = loop.prepare()
+    loop.execute()
     # The failed run is resumed with another image: only runs still to run may change image.
     completed = ManifestStore.load(study_dir)
     store = ManifestStore(study_dir, completed)
     store.update_runs({r.run_id: {"status": "failed"} for r in completed.runs})  # nothing completed
-    again = make_runner(tmp_path, study_file, FakeLauncher())
+    again = make_loop(tmp_path, study_file, FakeRunner())
     again.options = dataclasses.replace(again.options, images={"pytorch": "llem/pytorch:other"})
     again.resume(study_dir)
     again.execute()
@@ -561,10 +557,10 @@ def test_a_run_records_the_image_its_attempt_ran_in(tmp_path, study_file):
 def test_workers_run_the_study_directorys_copy_not_the_live_file(tmp_path, study_file):
     from llem.study import load_planned_study
 
-    runner = make_runner(tmp_path, study_file, FakeLauncher())
-    runner.preflight()
-    study_dir = runner.prepare()
-    runner.release()
+    loop = make_loop(tmp_path, study_file, FakeRunner())
+    loop.preflight()
+    study_dir = loop.prepare()
+    loop.release()
     # Edited after submission: the same design, another runner (was: the workers ran it).
     study_file.write_text(study_file.read_text() + "runners: {pytorch: local}\n")
     assert load_study(study_file).runners == {"pytorch": "local"}
@@ -573,7 +569,7 @@ def test_workers_run_the_study_directorys_copy_not_the_live_file(tmp_path, study
     assert planned.runners == {} and planned.design_hash == manifest.study_design_hash
     assert planned.path == study_file  # relative paths (./model) still resolve where the file is
     # A resume from the edited file makes it what the workers run, keeping the earlier copy.
-    resumed = make_runner(tmp_path, study_file, FakeLauncher())
+    resumed = make_loop(tmp_path, study_file, FakeRunner())
     resumed.resume(study_dir)
     resumed.release()
     assert load_planned_study(study_dir, manifest.study_file).runners == {"pytorch": "local"}
@@ -581,12 +577,12 @@ def test_workers_run_the_study_directorys_copy_not_the_live_file(tmp_path, study
 
 
 def test_host_json_keeps_the_planning_host_and_adds_each_resumes(tmp_path, study_file):
-    runner = make_runner(tmp_path, study_file, FakeLauncher({"e001-c1": fail}))
-    runner.preflight()
-    study_dir = runner.prepare()
-    runner.execute()
+    loop = make_loop(tmp_path, study_file, FakeRunner({"e001-c1": fail}))
+    loop.preflight()
+    study_dir = loop.prepare()
+    loop.execute()
     planned = json.loads((study_dir / "host.json").read_text())
-    again = make_runner(tmp_path, study_file, FakeLauncher())
+    again = make_loop(tmp_path, study_file, FakeRunner())
     again.resume(study_dir)
     again.release()
     facts = json.loads((study_dir / "host.json").read_text())

@@ -1,7 +1,7 @@
 """The ``local`` runner (003 ``runners: {ENGINE: local}``): the same agent as a host process.
 
 For GPU nodes without Docker (many Slurm sites, the GPU validation machine). It takes the
-same ``ContainerSpec`` as the Docker launcher and honours what a process can: the run
+same ``ContainerSpec`` as the Docker runner and honours what a process can: the run
 directory, the environment, the run's GPUs (``CUDA_VISIBLE_DEVICES`` by UUID; none for a CPU
 run), the heartbeat, the stall and run timeouts, signals and kill. It cannot give the agent a
 read-only root, a network namespace or a memory limit: the result and host.json record
@@ -36,7 +36,7 @@ from llem_agent.contract import CONTAINER_RUN_DIR, ENGINE_SECTIONS
 
 from .container import SECRET_ENV, ContainerSpec, Mount
 from .errors import EnvironmentProblem
-from .launching import ContainerOutcome, Liveness, supervise
+from .runner import ContainerOutcome, Liveness, supervise
 
 # What must import for each engine's agent (in a child interpreter, never in the host), as each
 # engine's config section says (its import_check trait).
@@ -70,7 +70,7 @@ def _prepare_child(cpuset: tuple[int, ...]) -> None:  # pragma: no cover - betwe
         os.sched_setaffinity(0, cpuset)
 
 
-class LocalLauncher:
+class LocalRunner:
     """Starts the agent as ``python -m llem_agent EXPERIMENT`` in a session of its own."""
 
     kind = "local"
