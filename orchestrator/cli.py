@@ -23,7 +23,7 @@ from llem_agent.contract import ENGINES, canonical_engine
 
 from . import __version__
 from .claims import DEFAULT_STALE_AFTER_S
-from .cli_flags import host_options, options_from_args
+from .cli_flags import K8S_FLAGS, host_options, k8s_flags, options_from_args
 from .cli_results import cmd_report, cmd_results
 from .display import PullLines, console
 from .errors import (
@@ -64,17 +64,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .display import print_results
 
     out, err = console(), console(stderr=True)
-    if args.json and not args.dry_run:
-        raise ConfigError("--json goes with --dry-run")
-    if args.wait and args.executor != "slurm":
-        raise ConfigError("--wait goes with --executor slurm")
-    if args.parallel is not None and args.executor == "slurm":
-        raise ConfigError("--parallel runs workers on this host; a Slurm job array's workers are --slurm-tasks N")
-    if args.executor == "k8s":  # the Jobs need their volume, images and sizes: llem k8s's own flags
-        raise ConfigError("--executor k8s: write the Jobs with llem k8s STUDY --out DIR --pvc NAME (kubectl runs them)")
-    if args.executor == "process" and args.parallel not in (None, "1"):
-        raise ConfigError(f"--executor process runs one run at a time in this process; --parallel {args.parallel} "
-                          "is --executor parallel")  # fmt: skip
+    _check_flags(args)
+    if args.executor == "k8s":
+        from .cli_cluster import cmd_k8s
+
+        return cmd_k8s(args)
     options = options_from_args(args)
     study, plan = load_plan(Path(args.study), options, check_files=args.dry_run)
     if options.profile is not None:
@@ -104,6 +98,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.executor != "slurm":
         prepare_host(loop, engines, docker, lambda text: err.print(text, markup=False, highlight=False))
     return run_elsewhere(args, options, loop, user, slots)
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """``llem run``'s flags that contradict one another, or the executor: one line each."""
+    if args.json and not args.dry_run:
+        raise ConfigError("--json goes with --dry-run")
+    if args.wait and args.executor != "slurm":
+        raise ConfigError("--wait goes with --executor slurm")
+    if args.parallel is not None and args.executor == "slurm":
+        raise ConfigError("--parallel runs workers on this host; a Slurm job array's workers are --slurm-tasks N")
+    given = [f"--{name.replace('_', '-')}" for name in K8S_FLAGS if getattr(args, name) is not None]
+    if args.executor == "k8s":
+        if args.parallel is not None:
+            raise ConfigError("--parallel runs workers on this host; the Jobs' pods per engine are --pods N")
+        if args.dry_run:
+            raise ConfigError("--dry-run prints the plan; --executor k8s writes the Jobs (run it without --dry-run)")
+    elif given:
+        raise ConfigError(f"{given[0]} goes with --executor k8s (the Jobs it writes)")
+    if args.executor == "process" and args.parallel not in (None, "1"):
+        raise ConfigError(f"--executor process runs one run at a time in this process; --parallel {args.parallel} "
+                          "is --executor parallel")  # fmt: skip
 
 
 def _print_dry_run(plan: Plan, options: Options, out: Console, as_json: bool) -> int:
@@ -206,8 +221,8 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     run.add_argument(
         "--executor", choices=EXECUTORS,
         help="who runs the study: this process (process: the default), `llem worker` processes on this host "
-        "(parallel: the default with --parallel N), a Slurm job array of them (slurm), Kubernetes pods (k8s: "
-        "written by llem k8s)",
+        "(parallel: the default with --parallel N), a Slurm job array of them (slurm), Kubernetes Indexed Jobs "
+        "of them (k8s: written to --out for kubectl, as llem k8s does)",
     )  # fmt: skip
     run.add_argument(
         "--parallel", metavar="N|auto",
@@ -231,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
         "--sbatch-line", action="append", default=[], metavar="LINE",
         help="an extra #SBATCH line, e.g. '--constraint=h100' (repeatable; after the user config's slurm.sbatch_lines)",
     )  # fmt: skip
+    k8s_flags(run.add_argument_group("with --executor k8s (as llem k8s)"), required=False)
     run.set_defaults(func=cmd_run)
     worker = sub.add_parser(
         "worker", help="run a study's pending runs one by one, beside other workers (Slurm tasks, pods)"
@@ -253,22 +269,12 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     pull.set_defaults(func=cmd_pull, name=None, max_experiments=MAX_EXPERIMENTS, max_runs=MAX_RUNS, dry_run=False,
                       cycles=None, order=None)  # fmt: skip
     k8s = sub.add_parser(
-        "k8s", help="plan a study onto shared storage and write the Kubernetes Indexed Jobs that run it"
-    )
+        "k8s", help="plan a study onto shared storage and write the Kubernetes Indexed Jobs that run it "
+        "(llem run --executor k8s with the same flags)",
+    )  # fmt: skip
     k8s.add_argument("study", help="study or experiment YAML file")
-    k8s.add_argument("--out", required=True, metavar="DIR", help="where to write the Job manifests")
     k8s.add_argument("--results-dir", metavar="DIR", help="where the study directory goes: the volume the pods mount")
-    k8s.add_argument("--pvc", required=True, metavar="NAME", help="PersistentVolumeClaim holding --results-dir")
-    k8s.add_argument(
-        "--mount-path", metavar="PATH", help="where pods mount it (default: --results-dir's absolute path)"
-    )
-    k8s.add_argument("--model-cache-pvc", metavar="NAME", help="PersistentVolumeClaim of a shared Hugging Face cache")
-    k8s.add_argument("--hf-token-secret", metavar="NAME", help="a Secret whose key HF_TOKEN the runs may download with")
-    k8s.add_argument("--namespace", metavar="NS", help="metadata.namespace of the Jobs")
-    k8s.add_argument("--pods", type=int, metavar="N", help="pods per engine; default: one per run, at most 8")
-    k8s.add_argument("--cpu", action="store_true", help="CPU pods: no nvidia.com/gpu limits")
-    k8s.add_argument("--cpus", default="4", metavar="N", help="CPU each pod requests = its limit (default 4)")
-    k8s.add_argument("--memory", default="16Gi", metavar="SIZE", help="memory each pod requests = its limit (16Gi)")
+    k8s_flags(k8s, required=True)
     k8s.add_argument(
         "--timeout", type=float, metavar="HOURS",
         help="activeDeadlineSeconds of the Jobs (default: study_execution.wall_clock_timeout_hours, else none)",
@@ -279,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     )  # fmt: skip
     k8s.add_argument("--cycles", type=int, help="number of cycles (default: study_execution.n_cycles, else 3)")
     k8s.add_argument("--order", choices=ORDERS, help="experiment order (default: study_execution, else shuffle)")
-    k8s.set_defaults(func=cmd_k8s, name=None, max_experiments=MAX_EXPERIMENTS, max_runs=MAX_RUNS, dry_run=False)
+    k8s.set_defaults(func=cmd_k8s, name=None, max_experiments=MAX_EXPERIMENTS, max_runs=MAX_RUNS, dry_run=False,
+                     executor="k8s", resume=False, resume_dir=None)  # fmt: skip
     results = sub.add_parser("results", help="statistics across cycles of a study, as a table (writes summary files)")
     results.add_argument("dir", nargs="?", help="study directory, or a results directory (newest study)")
     results.add_argument("--sort", metavar="KEY", help="sort by a metric (best first) or a swept parameter")

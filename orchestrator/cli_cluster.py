@@ -239,13 +239,17 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_k8s(args: argparse.Namespace) -> int:
-    """Plan the study into --results-dir (the pods' volume) and write one Indexed Job per engine."""
+    """``llem k8s`` (and ``llem run --executor k8s``): plan the study into --results-dir (the
+    pods' volume), or resume it there, and write one Indexed Job per engine for kubectl."""
     from . import k8s
     from .execution import HostSettings
+    from .executors import Kubernetes
     from .studyloop import StudyLoop
 
     if args.pods is not None and args.pods < 1:
         raise ConfigError(f"--pods must be at least 1, got {args.pods}")
+    if args.out is None or args.pvc is None:
+        raise ConfigError("--executor k8s writes the Jobs: it needs --out DIR and --pvc NAME (as llem k8s)")
     asked = options_from_args(args)
     study, plan = load_plan(Path(args.study), asked)
     user = load_user_config()
@@ -262,7 +266,8 @@ def cmd_k8s(args: argparse.Namespace) -> int:
     opts = k8s.K8sOptions(
         results_pvc=args.pvc, mount_path=mount, images=pod_images, namespace=args.namespace,
         model_cache_pvc=args.model_cache_pvc, hf_token_secret=args.hf_token_secret, pods=args.pods, gpus=not args.cpu,
-        cpus=args.cpus, memory=args.memory, deadline_s=None if hours is None else max(1, round(hours * 3600)),
+        cpus=args.cpus or "4", memory=args.memory or "16Gi",
+        deadline_s=None if hours is None else max(1, round(hours * 3600)),
     )  # fmt: skip
     for model in sorted({e.config.model for e in study.experiments}):
         local = (study.path.parent / model) if not Path(model).is_absolute() else Path(model)
@@ -270,18 +275,14 @@ def cmd_k8s(args: argparse.Namespace) -> int:
             err.print(f"[yellow]warning[/] model {model} is a directory of this host, not on the pods' volume "
                       f"({root}): the pods will not see it unless it is there at the same path")  # fmt: skip
     options = HostSettings(results_root=root, images=images, run_timeout_s=3600.0, gpu_indices=(), lock_dir=None,
-                            lock_wait_s=None, hf_home=user.hf_home)  # fmt: skip
+                           lock_wait_s=None, hf_home=user.hf_home)  # fmt: skip
     loop = StudyLoop(plan, options, _PodRunners(), events=NoEvents())
-    loop.preflight(here=False)
-    study_dir = loop.prepare(describe=False)
-    loop.release()
-    in_pod = Path(mount) / study_dir.relative_to(root)
-    for path in k8s.write(Path(args.out), k8s.jobs(in_pod, plan, opts, [])):
+    executor = Kubernetes(opts, Path(args.out), root)
+    study_dir = executor.submit(loop, asked)
+    for path in executor.written:
         print(path)
-    err.print(
-        f"study {study.name}: {plural(len(plan.runs), 'run')} planned in {study_dir}; "
-        f"kubectl apply -f {args.out} runs them, llem results {study_dir} reads them"
-    )
+    err.print(f"study {study.name}: {plural(len(plan.runs), 'run')} planned in {study_dir}; "
+              f"{executor.follow(loop, study_dir).detail}")  # fmt: skip
     return EXIT_OK
 
 

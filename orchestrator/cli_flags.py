@@ -104,3 +104,28 @@ def options_from_args(args: argparse.Namespace) -> Options:
         max_runs=flag("max_runs", MAX_RUNS),
         profile=flag("profile"),
     )
+
+
+K8S_FLAGS = ("out", "pvc", "mount_path", "model_cache_pvc", "hf_token_secret", "namespace", "pods", "cpu", "cpus",
+             "memory")  # fmt: skip
+
+
+def k8s_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, required: bool) -> None:
+    """The Kubernetes executor's flags: ``llem k8s`` and ``llem run --executor k8s`` share them
+    (in ``llem run`` they default to None, so that one given without ``--executor k8s`` is seen)."""
+    parser.add_argument("--out", required=required, metavar="DIR", help="where to write the Job manifests")
+    parser.add_argument("--pvc", required=required, metavar="NAME", help="PersistentVolumeClaim holding --results-dir")
+    parser.add_argument(
+        "--mount-path", metavar="PATH", help="where pods mount it (default: --results-dir's absolute path)"
+    )
+    parser.add_argument(
+        "--model-cache-pvc", metavar="NAME", help="PersistentVolumeClaim of a shared Hugging Face cache"
+    )
+    parser.add_argument(
+        "--hf-token-secret", metavar="NAME", help="a Secret whose key HF_TOKEN the runs may download with"
+    )
+    parser.add_argument("--namespace", metavar="NS", help="metadata.namespace of the Jobs")
+    parser.add_argument("--pods", type=int, metavar="N", help="pods per engine; default: one per run, at most 8")
+    parser.add_argument("--cpu", action="store_true", default=None, help="CPU pods: no nvidia.com/gpu limits")
+    parser.add_argument("--cpus", metavar="N", help="CPU each pod requests = its limit (default 4)")
+    parser.add_argument("--memory", metavar="SIZE", help="memory each pod requests = its limit (default 16Gi)")

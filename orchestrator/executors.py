@@ -20,6 +20,7 @@ from .session import open_study, plural
 from .studydir import StudyDir, final_status
 
 if TYPE_CHECKING:
+    from .k8s import K8sOptions
     from .parallel import Slot
     from .slurm import SlurmOptions
     from .studyloop import StudyLoop
@@ -182,6 +183,31 @@ class Slurm:
             return Followed(None, f"follow it: squeue -j {self.job}; llem results {study_dir}")
         status, left = slurm.follow(study_dir, self.job, self.progress)
         return Followed(status, f"{left} runs not completed" if left else "")
+
+
+class Kubernetes:
+    """Kubernetes Indexed Jobs whose pods each run ``llem worker``: the study is planned (or
+    resumed) here on the volume the pods mount, and one Job per engine is written to ``out`` for
+    kubectl to apply; nobody here waits for the pods (``llem results`` reads what they leave)."""
+
+    name: ExecutorName = "k8s"
+
+    def __init__(self, options: K8sOptions, out: Path, root: Path):
+        self.options, self.out, self.root = options, out, root
+        self.written: list[Path] = []
+
+    def submit(self, loop: StudyLoop, options: Options) -> Path:
+        from . import k8s
+
+        loop.preflight(here=False)
+        study_dir = open_study(options, loop, describe=False)  # host.json: not this host's runners
+        loop.release()
+        in_pod = Path(self.options.mount_path) / study_dir.resolve().relative_to(self.root)
+        self.written = k8s.write(self.out, k8s.jobs(in_pod, loop.plan, self.options, []))
+        return study_dir
+
+    def follow(self, loop: StudyLoop, study_dir: Path) -> Followed:
+        return Followed(None, f"kubectl apply -f {self.out} runs them, llem results {study_dir} reads them")
 
 
 def exit_code(followed: Followed) -> int:

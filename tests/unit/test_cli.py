@@ -342,7 +342,7 @@ def test_one_executor_flag_names_who_runs_the_study(tmp_path: Path):
     study = tmp_path / "s.yaml"
     study.write_text("model: hub/model\n")
     proc = run_llem("run", str(study), "--executor", "k8s")
-    assert_one_line_error(proc, EXIT_CONFIG, "--executor k8s: write the Jobs with llem k8s STUDY --out DIR --pvc NAME")
+    assert_one_line_error(proc, EXIT_CONFIG, "--executor k8s writes the Jobs: it needs --out DIR and --pvc NAME")
     proc = run_llem("run", str(study), "--executor", "process", "--parallel", "2")
     assert_one_line_error(proc, EXIT_CONFIG, "--parallel 2 is --executor parallel")
     proc = run_llem("run", str(study), "--executor", "slurm", "--parallel", "2")

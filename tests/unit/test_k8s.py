@@ -157,3 +157,55 @@ def test_a_name_the_cluster_would_refuse_plans_nothing_and_sizes_come_from_flags
         resources = doc["spec"]["template"]["spec"]["containers"][0]["resources"]
         assert resources["requests"] == {"cpu": "8", "memory": "64Gi"}
         assert doc["spec"]["activeDeadlineSeconds"] == 7200
+
+
+def test_llem_run_executor_k8s_writes_the_jobs_llem_k8s_writes_and_a_resume_writes_them_again(tmp_path, mixed):
+    """issue 21: Kubernetes is an executor behind the one protocol; llem k8s is its own command."""
+    flags = ["--pvc", "llem-results", "--mount-path", "/shared", "--namespace", "energy", "--pods", "3", "--cpu",
+             "--memory", "8Gi", "--image", "vllm=registry.local/llem/vllm:1"]  # fmt: skip
+    by_k8s = run_llem("k8s", str(mixed), "--out", str(tmp_path / "a"), "--results-dir", str(tmp_path / "ra"), *flags)
+    assert by_k8s.returncode == EXIT_OK, by_k8s.stderr
+    by_run = run_llem("run", str(mixed), "--executor", "k8s", "--out", str(tmp_path / "b"),
+                      "--results-dir", str(tmp_path / "rb"), *flags)  # fmt: skip
+    assert by_run.returncode == EXIT_OK, by_run.stderr
+    (dir_a,), (dir_b,) = (tmp_path / "ra").iterdir(), (tmp_path / "rb").iterdir()
+    a, b = jobs(tmp_path / "a"), jobs(tmp_path / "b")
+    assert set(a) == set(b) == {"pytorch", "vllm"}
+    for engine in a:
+        pod_a, pod_b = (d[engine]["spec"]["template"]["spec"] for d in (a, b))
+        (container_a,), (container_b,) = pod_a["containers"], pod_b["containers"]
+        assert container_b["command"][2] == f"/shared/{dir_b.name}"
+        assert container_a["command"][3:] == container_b["command"][3:]  # the same worker, the same flags
+        assert container_b["resources"] == {"requests": {"cpu": "4", "memory": "8Gi"},
+                                            "limits": {"cpu": "4", "memory": "8Gi"}}  # fmt: skip
+        assert container_a["resources"] == container_b["resources"] and container_a["image"] == container_b["image"]
+        assert b[engine]["spec"]["parallelism"] == 3 and b[engine]["metadata"]["namespace"] == "energy"
+    assert ManifestStore.load(dir_a).runs == ManifestStore.load(dir_b).runs  # the same plan, all pending
+    assert by_run.stdout.split() == sorted(str(p) for p in (tmp_path / "b").glob("*.yaml"))
+    # A resume of the study writes the Jobs again for what is left, into the same study directory.
+    again = run_llem("run", str(mixed), "--executor", "k8s", "--resume-dir", str(dir_b), "--out", str(tmp_path / "c"),
+                     "--results-dir", str(tmp_path / "rb"), *flags)  # fmt: skip
+    assert again.returncode == EXIT_OK, again.stderr
+    assert list((tmp_path / "rb").iterdir()) == [dir_b]
+    assert {d["spec"]["template"]["spec"]["containers"][0]["command"][2] for d in jobs(tmp_path / "c").values()} == {
+        f"/shared/{dir_b.name}"
+    }
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--pvc", "p"], "--pvc goes with --executor k8s"),
+        (["--executor", "slurm", "--out", "o"], "--out goes with --executor k8s"),
+        (["--executor", "k8s", "--pvc", "p"], "--executor k8s writes the Jobs: it needs --out DIR and --pvc NAME"),
+        (["--executor", "k8s", "--out", "o", "--pvc", "p", "--parallel", "2"], "the Jobs' pods per engine are --pods"),
+        (["--executor", "k8s", "--out", "o", "--pvc", "p", "--dry-run"], "--executor k8s writes the Jobs (run it"),
+    ],
+)
+def test_kubernetes_flags_without_the_k8s_executor_or_missing_from_it_are_one_line(tmp_path, mixed, argv, said):
+    from llem.errors import EXIT_CONFIG
+    from tests.unit.test_cli import assert_one_line_error
+
+    proc = run_llem("run", str(mixed), "--results-dir", str(tmp_path / "r"), *argv)
+    assert_one_line_error(proc, EXIT_CONFIG, said)
+    assert not (tmp_path / "r").exists() and not (tmp_path / "o").exists()  # nothing planned, nothing written
