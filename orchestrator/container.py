@@ -156,6 +156,7 @@ def build_spec(
     pids_limit: int | None = DEFAULT_PIDS_LIMIT,
     cpuset: tuple[int, ...] = (),
     simulation_file: Path | None = None,
+    processes: int = 1,
 ) -> ContainerSpec:
     """The spec for one run.
 
@@ -198,7 +199,8 @@ def build_spec(
     # MPI worker, even at tensor-parallel 1): NCCL and the workers exchange through shared memory
     # and, on GPUs, pin host memory (NVIDIA's limits). A CPU run pins nothing, and some hosts
     # forbid raising memlock at all (nor does a run on simulated GPUs, whose engine runs on the CPU).
-    multiprocess = len(gpu_indices) > 1 or ENGINE_SECTIONS[engine].multiprocess
+    # ``processes``: agent ranks of one run (PyTorch tensor parallelism under torchrun).
+    multiprocess = len(gpu_indices) > 1 or ENGINE_SECTIONS[engine].multiprocess or processes > 1
     pins = bool(gpu_indices) and simulation_file is None
     ulimits = ((("memlock", -1, -1),) if pins else ()) + (("stack", 67108864, 67108864),)
     # By UUID where known: in a cgroup-constrained job NVML's index 0 is not the host's (Docker's) 0.

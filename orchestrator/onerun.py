@@ -267,6 +267,7 @@ def run_one(
             pids_limit=inputs.options.pids_limit,
             cpuset=cpus,
             simulation_file=simulation_file,
+            processes=config.engine_section().processes(),
         )
 
         def seen(target: str) -> str | None:  # where the agent sees a mount: in its container, or on the host

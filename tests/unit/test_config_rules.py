@@ -64,7 +64,8 @@ def test_presets_fill_fields_and_explicit_fields_win():
 def test_agent_support_lists_settings_the_agent_would_not_apply():
     assert unsupported_by_agent(cfg(pytorch={"batch_size": 2}, decoder={"do_sample": False}), "pytorch") == []
     assert unsupported_by_agent(cfg(pytorch={"torch_compile": True}), "pytorch") == []
-    assert unsupported_by_agent(cfg(pytorch={"tp_size": 2}), "pytorch") == ["pytorch.tp_size"]
+    assert unsupported_by_agent(cfg(pytorch={"num_processes": 2}), "pytorch") == ["pytorch.num_processes"]
+    assert unsupported_by_agent(cfg(pytorch={"tp_plan": "auto", "tp_size": 2}), "pytorch") == []  # torchrun
     assert unsupported_by_agent(cfg(energy_sampler="zeus"), "pytorch") == []
     assert unsupported_by_agent(cfg(energy_sampler="nvml"), "pytorch") == []
     assert unsupported_by_agent(cfg(engine="vllm", vllm={"engine": {"enforce_eager": True}}), "vllm") == []

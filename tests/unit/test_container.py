@@ -3,7 +3,7 @@ from pathlib import Path
 import docker.types
 import pytest
 
-from llem.container import LABEL_MANAGED, LABEL_RUN, LABEL_STUDY, build_spec
+from llem.container import LABEL_MANAGED, LABEL_RUN, LABEL_STUDY, ContainerSpec, build_spec
 from llem.docker_runner import _run_kwargs
 
 
@@ -176,6 +176,20 @@ def test_engines_with_worker_processes_get_shared_memory_even_on_one_gpu(engine)
         model_dir=None, gpu_indices=(), host_uid=1000, host_gid=1000, host_pid=1, engine=engine,
     )  # fmt: skip
     assert cpu.shm_size == "16g" and all(name != "memlock" for name, _, _ in cpu.ulimits)  # nothing to pin
+
+
+def test_a_pytorch_run_of_several_agent_processes_gets_shared_memory_on_the_cpu_too():
+    """Tensor parallelism (torchrun, gloo on the CPU) is two processes even without a GPU."""
+
+    def cpu_spec(processes: int) -> ContainerSpec:
+        return build_spec(
+            image="i", study_id="s", run_id="e001-c1", run_dir=Path("/r/s/runs/e001-c1"), hf_home=Path("/hf"),
+            model_dir=None, gpu_indices=(), host_uid=1000, host_gid=1000, host_pid=1, processes=processes,
+        )  # fmt: skip
+
+    assert cpu_spec(1).shm_size is None
+    ranks = cpu_spec(2)
+    assert ranks.shm_size == "16g" and all(name != "memlock" for name, _, _ in ranks.ulimits)
 
 
 def test_a_prebuilt_tensorrt_engine_is_mounted_read_only():

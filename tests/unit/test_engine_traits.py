@@ -3,6 +3,7 @@ instead of branching on its name (llem_agent.contract.engine_sections.EngineSect
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, get_args
 
@@ -77,7 +78,10 @@ def test_which_engines_run_worker_processes_build_engines_and_are_built_by_make_
     ("engine", "section", "devices"),
     [
         ("pytorch", {}, 1),
-        ("pytorch", {"tp_size": 4}, 1),  # the PyTorch agent runs one process on one GPU
+        ("pytorch", {"tp_plan": "auto", "tp_size": 4}, 4),  # four processes under torchrun, a GPU each
+        ("pytorch", {"device_map": "auto"}, 1),  # names no GPUs: the run's one
+        ("pytorch", {"device_map": "auto", "max_memory": {0: "70GiB", 1: "70GiB", "cpu": "200GiB"}}, 2),
+        ("pytorch", {"device_map": "balanced", "max_memory": {"0": "9GiB", "1": "9GiB", "2": "9GiB"}}, 3),
         ("vllm", {}, 1),
         ("vllm", {"sampling": {"max_tokens": 8}}, 1),  # no engine: section, so no parallelism
         ("vllm", {"engine": {"tensor_parallel_size": 2, "pipeline_parallel_size": 3}}, 6),
@@ -89,6 +93,36 @@ def test_which_engines_run_worker_processes_build_engines_and_are_built_by_make_
 )
 def test_devices_needed(engine: str, section: dict[str, Any], devices: int):
     assert config(engine, section).engine_section().devices_needed() == devices
+
+
+@pytest.mark.parametrize(
+    ("section", "processes"),
+    [
+        ({}, 1),
+        ({"tp_plan": "auto", "tp_size": 2}, 2),
+        ({"device_map": "auto", "max_memory": {0: "1GiB", 1: "1GiB"}}, 1),
+    ],
+)
+def test_only_tensor_parallelism_starts_more_than_one_pytorch_agent_process(section: dict[str, Any], processes: int):
+    assert config("pytorch", section).engine_section().processes() == processes
+    assert config("vllm", {"engine": {"tensor_parallel_size": 2}}).engine_section().processes() == 1  # its own workers
+
+
+@pytest.mark.parametrize(
+    ("section", "said"),
+    [
+        ({"tp_size": 2}, "tp_size needs tp_plan: auto"),
+        ({"tp_plan": "auto"}, "tp_plan: auto needs tp_size"),
+        ({"tp_plan": "colwise", "tp_size": 2}, "transformers takes 'auto'"),
+        ({"tp_plan": "auto", "tp_size": 2, "device_map": "auto"}, "use one of them"),
+        ({"max_memory": {0: "1GiB"}}, "max_memory needs device_map"),
+        ({"device_map": "auto", "max_memory": {1: "1GiB"}}, "GPUs are numbered 0..N-1"),
+        ({"device_map": "auto", "max_memory": {0: "1GiB", "gpu1": "1GiB"}}, "GPUs are numbered 0..N-1"),
+    ],
+)
+def test_how_many_gpus_a_pytorch_run_spreads_over_is_said_in_full(section: dict[str, Any], said: str):
+    with pytest.raises(ValueError, match=re.escape(said)):
+        config("pytorch", section)
 
 
 @pytest.mark.parametrize(

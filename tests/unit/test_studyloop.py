@@ -219,9 +219,9 @@ def test_settings_the_agent_would_ignore_are_refused_before_anything_runs(tmp_pa
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text("{}")
     study = tmp_path / "s.yaml"
-    study.write_text("model: ./model\npytorch:\n  tp_size: 2\n")
+    study.write_text("model: ./model\npytorch:\n  num_processes: 2\n")
     loop = make_loop(tmp_path, study, FakeRunner())
-    with pytest.raises(ConfigError, match=r"does not apply pytorch\.tp_size; remove it"):
+    with pytest.raises(ConfigError, match=r"does not apply pytorch\.num_processes; remove it"):
         loop.preflight()
     assert not (tmp_path / "results").exists()
 

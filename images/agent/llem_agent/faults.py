@@ -2,7 +2,8 @@
 
 Values: ``crash`` (exit at once, no error.json), ``error`` (raise), ``hang`` (stop all
 progress), ``oom`` (allocate until the container's memory limit kills it), ``corrupt``
-(write a broken result.json), ``slow_start:SECONDS`` (a long, silent load). A suffix
+(write a broken result.json), ``slow_start:SECONDS`` (a long, silent load),
+``follower_error`` (a tensor-parallel follower raises once its shard is loaded). A suffix
 ``@RUN_ID`` limits the fault to that run, e.g. ``crash@e001-c1``.
 """
 
@@ -43,3 +44,9 @@ def at_phase(phase: str, run_id: str) -> None:
 
 def corrupt_result(run_id: str) -> bool:
     return active(run_id) == "corrupt"
+
+
+def follower_fails(run_id: str) -> None:
+    """A tensor-parallel follower, its shard loaded: raise where the fault asks it to."""
+    if active(run_id) == "follower_error":
+        raise RuntimeError("injected fault (LLEM_FAULT_INJECTION=follower_error)")

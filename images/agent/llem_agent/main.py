@@ -8,6 +8,7 @@ Exit 0 with ``result.json`` written, or non-zero with ``error.json`` written.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -42,9 +43,9 @@ from llem_agent.contract.config import MAX_CONFIG_FILE_BYTES
 from llem_agent.contract.simulation import SIMULATION_LEDGER_FILE
 from llem_agent.energy import EnergyMeter, disabled_meter, nvml_meter, visible_gpu_uuids
 from llem_agent.energy.simulated import SimulatedNvml
-from llem_agent.engines import load_engine
+from llem_agent.engines import load_engine, tensor_parallel
 from llem_agent.heartbeat import Heartbeat
-from llem_agent.measure import run_measurement
+from llem_agent.measure import model_inputs, run_measurement
 from llem_agent.simulation import load_simulation, simulated_engines, simulated_meter, write_ledger
 
 EXIT_FAILED = 1
@@ -162,6 +163,58 @@ def _measure(
     return result
 
 
+def _launch_ranks(argv: list[str], ranks: int, out_dir: Path, run_id: str) -> int:
+    """The parent of a tensor-parallel run: its ranks under torchrun. When they fail, the first
+    failure is the run's (a rank that fails takes the others down with it): the error file
+    written first, rank 0's error.json or a follower's, else torchrun's exit code."""
+    _log(f"run={run_id}: tensor parallelism over {ranks} processes (torchrun)")
+    code, signalled = tensor_parallel.launch(argv, ranks)
+    if code == 0:
+        return code
+    if signalled is not None:  # stopped from outside (docker stop): rank 0 said so, or say it here
+        if not (out_dir / ERROR_FILE).exists():
+            stopped = RunError(run_id=run_id, type=Terminated.__name__, message=f"terminated by signal {signalled}",
+                               phase="measure", traceback="")  # fmt: skip
+            write_atomic(out_dir / ERROR_FILE, stopped.model_dump_json(indent=2))
+        return EXIT_TERMINATED
+    files = [out_dir / ERROR_FILE] + [tensor_parallel.follower_error_file(out_dir, i) for i in range(1, ranks)]
+    errors = []
+    for index, file in enumerate(files):
+        with contextlib.suppress(OSError, ValueError):
+            error = RunError.model_validate_json(file.read_text())
+            if error.type != Terminated.__name__:  # torchrun ended it: another rank failed first
+                errors.append((file.stat().st_mtime_ns, index, error))
+    if errors:
+        _, index, first = min(errors, key=lambda e: (e[0], e[1]))
+        if index > 0:
+            first = first.model_copy(update={"message": f"tensor-parallel rank {index}: {first.message}"})
+    else:
+        message = f"the tensor-parallel ranks (torchrun) exited {code} before any wrote an error; see the log"
+        first = RunError(run_id=run_id, type="TensorParallelFailed", message=message, phase="load", traceback="")
+    write_atomic(out_dir / ERROR_FILE, first.model_dump_json(indent=2))
+    return code if code > 0 else EXIT_FAILED
+
+
+def _follow(request: RunRequest, path: Path, out_dir: Path) -> int:
+    """A tensor-parallel follower: its shard, then rank 0's generate calls until it stops."""
+    index, phase = tensor_parallel.rank(), "load"
+    try:
+        engine = load_engine(request.config.engine)
+        source, adapter, dirs = model_inputs(request)
+        engine.load(request.config, source, adapter, dirs=dirs)
+        phase = "measure"
+        faults.follower_fails(request.run_id)
+        engine.follow()  # type: ignore[attr-defined]  # the PyTorch engine's, the one with ranks
+        return 0
+    except (Exception, KeyboardInterrupt) as exc:
+        error = RunError(run_id=request.run_id, type=type(exc).__name__, message=str(exc), phase=phase,
+                         traceback=traceback.format_exc())  # fmt: skip
+        with contextlib.suppress(OSError):
+            write_atomic(tensor_parallel.follower_error_file(out_dir, index), error.model_dump_json(indent=2))
+        _log(f"tensor-parallel rank {index} failed: {type(exc).__name__}: {exc}")
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_FAILED
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llem-agent", description="Measure one experiment.")
     parser.add_argument("experiment", nargs="?", default=f"{CONTAINER_RUN_DIR}/experiment.json")
@@ -191,8 +244,15 @@ def main(argv: list[str] | None = None) -> int:
             out_dir = Path(args.results_root) / run_id
             heartbeat.path = out_dir / HEARTBEAT_FILE
         out_dir.mkdir(parents=True, exist_ok=True)
+        ranks = tensor_parallel.processes(request.config)
+        if ranks > 1 and not tensor_parallel.launched():
+            phase = "load"
+            return _launch_ranks(argv if argv is not None else sys.argv[1:], ranks, out_dir, run_id)
+        if tensor_parallel.rank() > 0:
+            return _follow(request, path, out_dir)
         _log(f"run={run_id} engine={request.config.engine} model={request.config.model}")
         result = _measure(request, path, out_dir, heartbeat, on_phase)
+        tensor_parallel.stop_followers()
         text = "{corrupt" if faults.corrupt_result(run_id) else result.model_dump_json(indent=2)
         write_atomic(out_dir / RESULT_FILE, text)
         _log(

@@ -102,6 +102,14 @@ def _warm_up(
     return warmed, keeps_cache, reset
 
 
+def model_inputs(request: RunRequest) -> tuple[str, str | None, RunDirs]:
+    """What an engine loads for ``request``: the model, the adapter, the engine directories."""
+    config = request.config
+    source = request.model_path or config.model
+    adapter = request.adapter_path or (config.lora.adapter_id if config.lora else None)
+    return source, adapter, RunDirs(engine_cache=request.engine_cache_dir, prebuilt_engine=request.engine_path)
+
+
 def _load(
     request: RunRequest,
     engine_factory: Callable[[str], Engine],
@@ -115,9 +123,7 @@ def _load(
     ``first_prompt`` are measured as a window of their own (:mod:`llem_agent.coldstart`).
     ``simulated``: the GPUs are simulated, so the engine runs on the CPU."""
     config = request.config
-    source = request.model_path or config.model
-    adapter = request.adapter_path or (config.lora.adapter_id if config.lora else None)
-    dirs = RunDirs(engine_cache=request.engine_cache_dir, prebuilt_engine=request.engine_path)
+    source, adapter, dirs = model_inputs(request)
 
     def load() -> Engine:
         engine = engine_factory(config.engine)  # imports the engine's stack: part of load time

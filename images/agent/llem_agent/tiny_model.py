@@ -52,7 +52,9 @@ def make_tiny_model(out_dir: Path, n_layer: int = 2, n_embd: int = 64, vocab_siz
 
 
 # Llama shapes: (layers, hidden, intermediate, attention heads, KV heads).
-LLAMA_SIZES = {"tiny": (2, 128, 256, 2, 1), "1b": (22, 2048, 5632, 32, 4)}
+# layers, hidden, intermediate, heads, KV heads. tiny-tp: two KV heads, so that tensor
+# parallelism can split them over two ranks (tiny's one cannot be split).
+LLAMA_SIZES = {"tiny": (2, 128, 256, 2, 1), "tiny-tp": (2, 128, 256, 2, 2), "1b": (22, 2048, 5632, 32, 4)}
 
 
 def _bpe_tokenizer(vocab_size: int) -> object:
@@ -85,8 +87,9 @@ def make_llama(out_dir: Path, size: str = "tiny", vocab_size: int = 4096, seed: 
         pad_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
     )
-    dtype = torch.float32 if size == "tiny" else torch.bfloat16
-    device = "cuda" if size != "tiny" and torch.cuda.is_available() else "cpu"
+    tiny = size.startswith("tiny")
+    dtype = torch.float32 if tiny else torch.bfloat16
+    device = "cuda" if not tiny and torch.cuda.is_available() else "cpu"
     with torch.device(device):  # a 1B model initialises in seconds on a GPU, minutes on a CPU
         model = LlamaForCausalLM(config).to(dtype)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -66,6 +66,10 @@ def check_finite_json(value: Any, where: str) -> None:
             raise ValueError(f"{where} holds a {type(item).__name__}, which JSON cannot carry: {item!r}")
 
 
+def _gpu_key(key: str | int) -> bool:
+    return (isinstance(key, int) and not isinstance(key, bool) and key >= 0) or (isinstance(key, str) and key.isdigit())
+
+
 class EngineSection(Section):
     """Base of an engine's section, with the traits each engine answers for itself. A config
     without the section asks a default one (``ExperimentConfig.engine_section``)."""
@@ -90,6 +94,11 @@ class EngineSection(Section):
 
     def devices_needed(self) -> int:
         """How many GPUs one run occupies: one, unless the section spreads the model."""
+        return 1
+
+    def processes(self) -> int:
+        """How many agent processes one run starts (the PyTorch agent's tensor parallelism: one
+        per GPU, under torchrun); engines with workers of their own count one (their trait)."""
         return 1
 
     def max_batch(self) -> int | None:
@@ -178,7 +187,46 @@ class PyTorchConfig(EngineSection):
             raise ValueError(f"cache_implementation '{self.cache_implementation}' contradicts use_cache: false")
         if self.autocast_dtype is not None and not self.autocast_enabled:
             raise ValueError("autocast_dtype needs autocast_enabled: true")
+        self._check_placement()
         return self
+
+    def _check_placement(self) -> None:
+        """Tensor parallelism (tp_plan, tp_size) and a device map (device_map, max_memory) each
+        decide how many GPUs a run gets, so each must say it in full."""
+        if self.tp_plan is not None and self.tp_plan != "auto":
+            raise ValueError(f"tp_plan {self.tp_plan!r}: transformers takes 'auto' (the model's own plan)")
+        if self.tp_size is not None and self.tp_plan is None:
+            raise ValueError("tp_size needs tp_plan: auto (tensor parallelism over tp_size GPUs)")
+        if self.tp_plan is not None and self.tp_size is None:
+            raise ValueError("tp_plan: auto needs tp_size: the GPUs (one process each) the model is split over")
+        if self.tp_plan is not None and (self.device_map is not None or self.max_memory is not None):
+            raise ValueError("tp_plan and device_map / max_memory both place the weights; use one of them")
+        if self.max_memory is None:
+            return
+        if self.device_map is None:
+            raise ValueError("max_memory needs device_map (e.g. auto): without one it places nothing")
+        gpus = sorted(self.max_memory_gpus())
+        others = [k for k in self.max_memory if not _gpu_key(k) and k not in ("cpu", "disk")]
+        if others or gpus != list(range(len(gpus))):
+            raise ValueError(
+                f"max_memory keys {sorted(map(str, self.max_memory))}: GPUs are numbered 0..N-1 (the run's own "
+                "GPUs, in order), besides cpu and disk"
+            )
+
+    def max_memory_gpus(self) -> set[int]:
+        """The GPU numbers ``max_memory`` gives memory to (keys 0, 1, ... or "0", "1", ...)."""
+        return {int(k) for k in (self.max_memory or {}) if _gpu_key(k)}
+
+    def devices_needed(self) -> int:
+        """tp_size under tensor parallelism; with a device map, the GPUs max_memory names; else one."""
+        if self.tp_plan is not None and self.tp_size is not None:
+            return self.tp_size
+        if self.device_map is not None and self.max_memory_gpus():
+            return len(self.max_memory_gpus())
+        return 1
+
+    def processes(self) -> int:
+        return self.tp_size if self.tp_plan is not None and self.tp_size is not None else 1
 
     def max_batch(self) -> int | None:
         return self.batch_size

@@ -107,8 +107,9 @@ def section_paths(model: type[BaseModel], prefix: str) -> frozenset[str]:
 
 
 _LORA = frozenset({"lora.adapter_id", "lora.adapter_path", "lora.merge_weights"})
-# Multi-process PyTorch (tp_plan/tp_size need torchrun, num_processes accelerate) is not run yet.
-_PYTORCH_NOT_YET = frozenset({"pytorch.tp_plan", "pytorch.tp_size", "pytorch.num_processes"})
+# Data-parallel PyTorch (num_processes: one model replica per GPU, through accelerate) is not run
+# yet; tensor parallelism (tp_plan, tp_size: torchrun) is.
+_PYTORCH_NOT_YET = frozenset({"pytorch.num_processes"})
 AGENT_FIELDS: dict[str, frozenset[str]] = {
     "pytorch": _UNIVERSAL | (section_paths(PyTorchConfig, "pytorch.") - _PYTORCH_NOT_YET) | _LORA,
     "vllm": _UNIVERSAL | (section_paths(VLLMConfig, "vllm.") - NOT_IN_PINNED["vllm"]) | _LORA,

@@ -79,8 +79,10 @@ def pytorch_load_kwargs(config: ExperimentConfig) -> dict[str, Any]:
     out: dict[str, Any] = {"trust_remote_code": bool(section and section.trust_remote_code)}
     if section is None:
         return out
-    for key in ("revision", "attn_implementation", "device_map", "max_memory", "low_cpu_mem_usage", "tp_plan"):
+    for key in ("revision", "attn_implementation", "device_map", "low_cpu_mem_usage", "tp_plan"):
         _set(out, key, getattr(section, key))
+    if section.max_memory is not None:  # accelerate numbers GPUs by int: YAML's "0" is GPU 0
+        out["max_memory"] = {int(k) if str(k).isdigit() else k: v for k, v in section.max_memory.items()}
     _set(out, "tp_size", section.tp_size)
     if section.load_in_4bit or section.load_in_8bit:
         bnb: dict[str, Any] = {"load_in_4bit": bool(section.load_in_4bit), "load_in_8bit": bool(section.load_in_8bit)}

@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.generation.streamers import BaseStreamer
 
 from llem_agent.contract import AgentEnvironment, ExperimentConfig
+from llem_agent.engines import tensor_parallel
 from llem_agent.engines.args import (
     PassthroughError,
     check_compile_mode,
@@ -88,6 +89,18 @@ def generated_lengths(generated: torch.Tensor, eos_ids: set[int]) -> list[int]:
     return lengths
 
 
+def _distributed_config(kwargs: dict[str, Any]) -> None:
+    """``tp_plan`` / ``tp_size`` as transformers 5 takes them (a ``DistributedConfig``; passing
+    them to ``from_pretrained`` itself is deprecated there), or as they are in an older one."""
+    if "tp_plan" not in kwargs:
+        return
+    try:
+        from transformers.distributed import DistributedConfig
+    except ImportError:  # transformers 4: from_pretrained(tp_plan=..., tp_size=...)
+        return
+    kwargs["distributed_config"] = DistributedConfig(tp_plan=kwargs.pop("tp_plan"), tp_size=kwargs.pop("tp_size"))
+
+
 class PyTorchEngine:
     """Transformers ``AutoModelForCausalLM`` on one device (CUDA when visible, else CPU)."""
 
@@ -100,6 +113,8 @@ class PyTorchEngine:
         self._eos: set[int] = set()
         self._gen_kwargs: dict[str, Any] = {}
         self._passthrough: dict[str, str] = {}
+        self._tp = 1  # tensor-parallel ranks the model is split over (tensor_parallel.py)
+        self._target = "cpu"  # where this process's inputs go: cuda:<local rank> under tensor parallelism
 
     def load(
         self,
@@ -110,13 +125,7 @@ class PyTorchEngine:
     ) -> None:
         check_compile_mode(config, compile_modes, torch.__version__)  # before anything loads
         self._config = config
-        self._device = "cuda" if torch.cuda.is_available() else "cpu"
-        self._dtype = config.dtype or ("bfloat16" if self._device == "cuda" else "float32")
-        torch.manual_seed(config.random_seed)
-        section = config.pytorch
-        if section is not None and section.allow_tf32 is not None and self._device == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = section.allow_tf32
-            torch.backends.cudnn.allow_tf32 = section.allow_tf32
+        self._place(config)
         kwargs = pytorch_load_kwargs(config)
         # Remote code is never trusted unless the user says so (pytorch.trust_remote_code).
         hub = {"trust_remote_code": kwargs["trust_remote_code"], "revision": kwargs.get("revision")}
@@ -140,9 +149,10 @@ class PyTorchEngine:
             from transformers import BitsAndBytesConfig
 
             kwargs["quantization_config"] = BitsAndBytesConfig(**kwargs["quantization_config"])
+        _distributed_config(kwargs)
         model = AutoModelForCausalLM.from_pretrained(model_source, dtype=_DTYPES[self._dtype], **kwargs)
-        if "device_map" not in kwargs and "quantization_config" not in kwargs:
-            model.to(self._device)  # device_map and bitsandbytes place the weights themselves
+        if not {"device_map", "quantization_config", "tp_plan"} & set(kwargs):
+            model.to(self._device)  # a device map, bitsandbytes and a tp plan place the weights themselves
         if adapter_source is not None and config.lora is not None:
             from peft import PeftModel
 
@@ -166,6 +176,26 @@ class PyTorchEngine:
         )
         if "prompt_lookup_num_tokens" in self._gen_kwargs:
             self._gen_kwargs["tokenizer"] = tokenizer  # prompt lookup decoding matches on token ids and text
+
+    def _place(self, config: ExperimentConfig) -> None:
+        """The device, dtype and (under tensor parallelism) this rank's place in the group."""
+        self._device = "cuda" if torch.cuda.is_available() else "cpu"
+        self._dtype = config.dtype or ("bfloat16" if self._device == "cuda" else "float32")
+        self._tp = tensor_parallel.processes(config)
+        if self._tp > 1:
+            if not tensor_parallel.launched():
+                raise RuntimeError(
+                    f"pytorch.tp_size {self._tp} runs as {self._tp} processes under torchrun, which llem-agent "
+                    "starts: run the agent, not its engine alone"
+                )
+            tensor_parallel.init_group(self._device)
+        rank_device = f"cuda:{tensor_parallel.local_rank()}"
+        self._target = rank_device if self._device == "cuda" and self._tp > 1 else self._device
+        torch.manual_seed(config.random_seed)
+        section = config.pytorch
+        if section is not None and section.allow_tf32 is not None and self._device == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = section.allow_tf32
+            torch.backends.cudnn.allow_tf32 = section.allow_tf32
 
     def batch_size(self) -> int:
         assert self._config is not None
@@ -191,7 +221,7 @@ class PyTorchEngine:
             padding=True,
             truncation=self._config.max_input_tokens is not None,
             max_length=self._config.max_input_tokens,
-        ).to(self._device)
+        ).to(self._target)
 
     def generate(self, batch: Any) -> BatchObservation:
         enc = batch
@@ -199,6 +229,8 @@ class PyTorchEngine:
         self.synchronize()
         beams = self._gen_kwargs.get("num_beams", 1) > 1
         start = time.perf_counter()
+        if self._tp > 1:
+            tensor_parallel.lead(enc)  # the followers make the same call (in the window, as serving would)
         with torch.inference_mode(), self._autocast():
             out = self._model.generate(**enc, streamer=None if beams else clock, **self._gen_kwargs)
         self.synchronize()
@@ -229,6 +261,16 @@ class PyTorchEngine:
             cached_tokens=[0] * len(lengths),  # generate() keeps no KV cache from one call to the next
         )
 
+    def follow(self) -> None:
+        """A tensor-parallel follower (rank > 0): the generate calls rank 0 makes, until it stops."""
+
+        def generate(inputs: dict[str, Any]) -> None:
+            with torch.inference_mode(), self._autocast():
+                self._model.generate(**inputs, **self._gen_kwargs)
+            self.synchronize()
+
+        tensor_parallel.follow(generate, self._target)
+
     def synchronize(self) -> None:
         if self._device == "cuda":
             torch.cuda.synchronize()
@@ -245,6 +287,8 @@ class PyTorchEngine:
             "dtype": self._dtype,
             "batch_size": self.batch_size(),
         }
+        if self._tp > 1:
+            out["tensor_parallel_size"] = self._tp  # processes, one per GPU (torchrun)
         generation = self._model.generation_config if self._model is not None else None
         if generation is not None:
             kwargs = self._gen_kwargs
