@@ -29,6 +29,7 @@ CA_BUNDLE   ?= $(wildcard /etc/ssl/certs/ca-certificates.crt)
 STUDY       ?= examples/quickstart.yaml
 TINY_MODEL  := examples/models/tiny-gpt2
 TINY_LLAMA  := examples/models/tiny-llama
+TINY_LLAMA_TP := examples/models/tiny-llama-tp
 LLEM        := $(VENV)/bin/llem
 
 .PHONY: help
@@ -107,8 +108,15 @@ $(TINY_LLAMA)/config.json: | images
 		-v $(abspath $(dir $(TINY_LLAMA))):/out $(PYTORCH_IMAGE) -m llem_agent.tiny_model /out/tiny-llama \
 		--arch llama --size tiny
 
+# Two KV heads: tensor parallelism splits them over two ranks (tests/docker/test_tensor_parallel.py).
+$(TINY_LLAMA_TP)/config.json: | images
+	@mkdir -p $(dir $(TINY_LLAMA_TP))
+	$(DOCKER) run --rm --network none --user $$(id -u):$$(id -g) -e HOME=/tmp --entrypoint python \
+		-v $(abspath $(dir $(TINY_LLAMA_TP))):/out $(PYTORCH_IMAGE) -m llem_agent.tiny_model /out/tiny-llama-tp \
+		--arch llama --size tiny-tp
+
 .PHONY: tiny-model
-tiny-model: $(TINY_MODEL)/config.json $(TINY_LLAMA)/config.json ## Make the tiny random-initialised GPT-2 and Llama of the demo and tests
+tiny-model: $(TINY_MODEL)/config.json $(TINY_LLAMA)/config.json $(TINY_LLAMA_TP)/config.json ## Make the tiny random-initialised GPT-2 and Llamas of the demo and tests
 
 .PHONY: demo
 demo: install images tiny-model ## Run the demo study (examples/quickstart.yaml) on CPU through real containers

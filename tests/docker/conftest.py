@@ -120,6 +120,12 @@ def tiny_llama(docker_client: docker.DockerClient, tmp_path_factory: pytest.Temp
 
 
 @pytest.fixture(scope="session")
+def tiny_llama_tp(docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama with two KV heads of `make tiny-model`, which tensor parallelism splits."""
+    return made_model("tiny-llama-tp", tmp_path_factory, "--arch", "llama", "--size", "tiny-tp")
+
+
+@pytest.fixture(scope="session")
 def tiny_llama_adapter(
     docker_client: docker.DockerClient, tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:

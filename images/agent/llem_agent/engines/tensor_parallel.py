@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -59,9 +60,13 @@ def launch(argv: Sequence[str], n: int) -> tuple[int, int | None]:
     """Run the agent as ``n`` ranks under torchrun (one node, a rendezvous on loopback) and wait;
     SIGTERM and Ctrl-C are passed on (torchrun ends its ranks). Returns torchrun's exit code and
     the signal passed on, if one was."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-               f"--nproc-per-node={n}", "-m", "llem_agent", *argv]  # fmt: skip
+    # On loopback by address: a run's container has no network, and its hostname may not resolve
+    # (torchrun --standalone's rendezvous and gloo both look it up).
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc-per-node={n}",
+               "--master-addr=127.0.0.1", f"--master-port={_free_port()}", "-m", "llem_agent", *argv]  # fmt: skip
     env = {**os.environ, LAUNCHED_ENV: "1"}
+    env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    env.setdefault("NCCL_SOCKET_IFNAME", "lo")  # NCCL's bootstrap; its data goes over NVLink / PCIe
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))  # torchrun's default: 1
     proc = subprocess.Popen(command, env=env)
 
@@ -77,6 +82,12 @@ def launch(argv: Sequence[str], n: int) -> tuple[int, int | None]:
     finally:
         for s, handler in before.items():
             signal.signal(s, handler)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def init_group(device: str) -> None:
