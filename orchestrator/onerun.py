@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -22,6 +21,7 @@ from llem_agent.contract import (
     CONTAINER_MODEL_DIR,
     CONTAINER_SIMULATION_FILE,
     CONTAINER_TRT_ENGINE_DIR,
+    ERROR_FILE,
     HUB_PROMPT_SETS,
     ExperimentConfig,
     ExperimentResult,
@@ -39,7 +39,8 @@ from .manifest import ManifestStore, RunFailure, utc_now
 from .plan import PlannedRun
 from .runner import ContainerOutcome, Liveness, Runner
 from .simulation import SIMULATION_FILE
-from .studydir import RunDir, StudyDir
+from .studydir import MAX_ERROR_BYTES, MAX_HEARTBEAT_BYTES, RunDir, StudyDir, read_json
+from .yamlsafe import Unreadable, read_bytes
 
 # Agent exception types that name a failure class of their own.
 _ERROR_KINDS = {"GpuNotVisible": "gpu_not_visible", "OutOfMemoryError": "oom"}
@@ -80,14 +81,14 @@ def collect(run_dir: Path, run_id: str, outcome: ContainerOutcome) -> tuple[Expe
         return result, None
     if error_path.exists():
         try:
-            error = RunError.model_validate_json(error_path.read_text(encoding="utf-8"))
+            error = RunError.model_validate_json(read_bytes(error_path, ERROR_FILE, MAX_ERROR_BYTES) or b"")
             kind = _ERROR_KINDS.get(error.type, "agent_error")
             message = f"{error.phase}: {error.message}"
             if "root cause" in error.message.lower():  # vLLM: "Engine core initialization failed. See root cause above"
                 cause = root_cause(run.log_file, error.message)
                 message += f" (root cause: {cause})" if cause else ""
             return None, RunFailure(kind=kind, type=error.type, message=message)
-        except (ValidationError, ValueError):
+        except (ValidationError, ValueError, Unreadable):
             pass
     if outcome.exit_code in (137, 143):
         return None, RunFailure(
@@ -151,10 +152,10 @@ class PhaseWatch:
         self._phase_base = 0  # the agent's batch counter runs on across phases
 
     def poll(self) -> None:
+        beat = read_json(self.heartbeat, MAX_HEARTBEAT_BYTES)  # bounded, and never waits on a FIFO
         try:
-            beat = json.loads(self.heartbeat.read_text(encoding="utf-8"))
             phase, progress = str(beat.get("phase", "?")), int(beat.get("progress", 0))
-        except (OSError, ValueError, TypeError):
+        except (AttributeError, ValueError, TypeError):
             return
         if phase != self._phase:
             self._phase, self._phase_base = phase, progress

@@ -6,7 +6,6 @@ heartbeat that must stay fresh: :class:`Liveness`, :func:`supervise`). The run's
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .container import ContainerSpec, Mount
+from .studydir import MAX_HEARTBEAT_BYTES, read_json
 
 
 @dataclass(frozen=True)
@@ -52,10 +52,8 @@ class Liveness:
 
 def _patience_s(heartbeat: Path) -> float:
     """The ``patience_s`` the agent wrote into its heartbeat (0 where none, or unreadable)."""
-    try:
-        value = json.loads(heartbeat.read_text(encoding="utf-8")).get("patience_s", 0)
-    except (OSError, ValueError, AttributeError):
-        return 0.0
+    beat = read_json(heartbeat, MAX_HEARTBEAT_BYTES)  # bounded, and never waits on a FIFO
+    value = beat.get("patience_s", 0) if isinstance(beat, dict) else 0
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else 0.0
 
 

@@ -72,6 +72,10 @@ REPORT_FILE = "report.html"
 # What is read back is bounded: a million-run manifest is some 500 MB, a result holding every
 # token time of a million requests about as much; nothing real comes near 1 GiB.
 MAX_JSON_BYTES = 1 << 30
+# What an agent writes beside its result: a heartbeat is a few hundred bytes, an error a message
+# and a traceback. Read bounded: the run directory is written by the container.
+MAX_HEARTBEAT_BYTES = 64 << 10
+MAX_ERROR_BYTES = 4 << 20
 # Every status but "running" ends a study (for now: --resume, or another worker, may go on).
 FINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "interrupted", "circuit_open", "timed_out"})
 

@@ -126,3 +126,54 @@ def test_the_cycle_collector_is_off_while_planning_and_back_on_after_even_on_err
     assert main(["run", str(bad), "--dry-run"]) == 2
     assert "model directory not found" in capsys.readouterr().err
     assert gc.isenabled()
+
+
+def _outcome(code: int | None) -> object:
+    from llem.runner import ContainerOutcome
+
+    return ContainerOutcome(exit_code=code, timed_out=False, oom_killed=False, duration_s=1.0)
+
+
+def _fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+def test_a_heartbeat_or_error_the_container_made_a_fifo_or_huge_is_not_waited_on_nor_read_whole(tmp_path):
+    """The run directory is the container's to write: a FIFO would have hung the host's read
+    (no writer), a 10 GiB error.json would have been read whole into memory."""
+    import multiprocessing
+
+    from llem.onerun import collect
+    from llem.runner import _patience_s
+    from llem.studydir import MAX_ERROR_BYTES
+
+    def bounded() -> None:  # in a child process: a hang fails the test instead of stalling it
+        heartbeat = _fifo(tmp_path / "heartbeat")
+        assert _patience_s(heartbeat) == 0.0
+        _fifo(tmp_path / "error.json")
+        result, failure = collect(tmp_path, "e001-c1", _outcome(1))  # type: ignore[arg-type]
+        assert result is None and failure is not None and failure.kind == "no_result"
+
+    child = multiprocessing.get_context("fork").Process(target=bounded)
+    child.start()
+    child.join(30)
+    hung = child.is_alive()
+    if hung:
+        child.kill()
+    assert not hung and child.exitcode == 0, "a FIFO in the run directory stalled the host"
+    # Over the bound: not read (a sparse file: its size is all it costs), the run still concludes.
+    big = tmp_path / "big"
+    big.mkdir()
+    with (big / "error.json").open("wb") as handle:
+        handle.truncate(MAX_ERROR_BYTES + 1)
+    result, failure = collect(big, "e001-c1", _outcome(1))  # type: ignore[arg-type]
+    assert result is None and failure is not None and failure.kind == "no_result"
+    # Within it, an agent's error is the run's failure as before.
+    small = tmp_path / "small"
+    small.mkdir()
+    (small / "error.json").write_text(
+        '{"run_id": "e001-c1", "type": "RuntimeError", "message": "boom", "phase": "load", "traceback": ""}'
+    )
+    result, failure = collect(small, "e001-c1", _outcome(1))  # type: ignore[arg-type]
+    assert failure is not None and failure.message == "load: boom"
