@@ -219,12 +219,20 @@ class RunInputs:
 
 
 def run_one(
-    inputs: RunInputs, run: PlannedRun, remaining_s: float | None, still_ours: Callable[[], bool] = lambda: True
+    inputs: RunInputs,
+    run: PlannedRun,
+    remaining_s: float | None,
+    still_ours: Callable[[], bool] = lambda: True,
+    check_claim: Callable[[], None] = lambda: None,
 ) -> RunOutcome:
-    """Launch ``run`` through its engine's runner under its device locks and record how it ended."""
+    """Launch ``run`` through its engine's runner under its device locks and record how it ended.
+    ``check_claim`` raises where the run's claim is another worker's now (before its files are
+    touched, and again once the devices are locked: a wait for them can outlast a claim);
+    ``still_ours`` says whether its outcome is still this worker's to record."""
     config: ExperimentConfig = run.experiment.config
     files = StudyDir(inputs.study_dir).run(run.run_id)
     run_dir = files.path
+    check_claim()  # lost to another worker already: nothing of its run is touched
     run_dir.mkdir(parents=True, exist_ok=True)
     attempt = inputs.store.manifest.run(run.run_id).attempts + 1
     _archive_attempt(files, attempt - 1)
@@ -293,7 +301,6 @@ def run_one(
             runner="local" if runner.kind == "local" else "docker",
             simulated_gpus=seen(CONTAINER_SIMULATION_FILE),
         )
-        write_atomic(files.request_file, request.model_dump_json(indent=2))
         lock_dir = inputs.options.lock_dir
         simulated = simulation_file is not None
         locks = DeviceLocks(lock_names(gpus, cpus, simulated) if lock_dir else [], lock_dir or Path("."))
@@ -303,6 +310,8 @@ def run_one(
                 "wait for it, or run without --no-wait to queue behind it"
             )
         with locks:
+            check_claim()  # the wait for the devices may have outlasted the claim
+            write_atomic(files.request_file, request.model_dump_json(indent=2))
             inputs.store.update_run(
                 run.run_id,
                 status="running",

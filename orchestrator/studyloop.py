@@ -268,12 +268,14 @@ class StudyLoop:
             entry = store.refresh().run(run.run_id)
             return entry.status == "running" and entry.attempts == attempt
 
+        def check_claim() -> None:
+            if not claim.held():
+                raise ClaimLost(run.run_id)
+
         with board.keep_alive(claim):
             try:
-                if not claim.held():
-                    raise ClaimLost(run.run_id)
                 self._guard = still_ours
-                outcome = self._run_one(run, remaining_s, still_ours)
+                outcome = self._run_one(run, remaining_s, still_ours, check_claim)
             except ClaimLost:
                 self._say(f"{run.run_id}: claimed by another worker before its container started; left to it")
                 return None
@@ -394,7 +396,11 @@ class StudyLoop:
             time.sleep(seconds)
 
     def _run_one(
-        self, run: PlannedRun, remaining_s: float | None, still_ours: Callable[[], bool] = lambda: True
+        self,
+        run: PlannedRun,
+        remaining_s: float | None,
+        still_ours: Callable[[], bool] = lambda: True,
+        check_claim: Callable[[], None] = lambda: None,
     ) -> RunOutcome:
         assert self._store is not None and self.study_dir is not None
         index = run.experiment.index
@@ -410,4 +416,4 @@ class StudyLoop:
             engine_dir=self._found.engine_dirs.get(index),
             dataset=self._found.datasets.get(index),
         )
-        return run_one(inputs, run, remaining_s, still_ours)
+        return run_one(inputs, run, remaining_s, still_ours, check_claim)

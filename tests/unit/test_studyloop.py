@@ -502,6 +502,10 @@ def test_a_claim_lost_while_queued_for_devices_never_starts_its_container(tmp_pa
     assert (study_dir / "claims" / "e001-c1").read_text() == "new@elsewhere:1:abc\n"  # the new owner's claim stands
     manifest = ManifestStore.load(study_dir)
     assert [manifest.run(r).status for r in ("e002-c1", "e001-c2", "e002-c2")] == ["completed"] * 3
+    # Nothing of the lost run was written once its devices were locked: not its manifest entry
+    # (the new owner's to keep), not its experiment.json.
+    assert (manifest.run("e001-c1").status, manifest.run("e001-c1").attempts) == ("pending", 0)
+    assert not (study_dir / "runs" / "e001-c1" / "experiment.json").exists()
     assert manifest.status == "running"  # the new owner concludes the study
 
 
