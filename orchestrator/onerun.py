@@ -29,6 +29,7 @@ from llem_agent.contract import (
     RunRequest,
     write_atomic,
 )
+from llem_agent.contract.simulation import SIMULATION_TRACE_FILE
 
 from .container import SECRET_ENV, build_spec, dataset_target
 from .devices import assign_devices
@@ -38,11 +39,11 @@ from .locks import DeviceLocks, gpu_name, lock_names
 from .manifest import ManifestStore, RunFailure, utc_now
 from .plan import PlannedRun
 from .runner import ContainerOutcome, Liveness, Runner
-from .simulation import SIMULATION_FILE
+from .simulation import SIMULATION_FILE, simulated_trace
 from .studydir import RunDir, StudyDir
 
 # Agent exception types that name a failure class of their own.
-_ERROR_KINDS = {"GpuNotVisible": "gpu_not_visible", "OutOfMemoryError": "oom"}
+_ERROR_KINDS = {"GpuNotVisible": "gpu_not_visible", "OutOfMemoryError": "oom", "DeviceLost": "device_lost"}
 
 
 def image_for(engine: str, images: dict[str, str]) -> str:
@@ -235,10 +236,19 @@ def run_one(
     model_dir = inputs.model_dir
     adapter_dir = inputs.adapter_dir
     simulation = inputs.options.simulation
-    simulation_file = None
+    simulation_file = simulation_trace = None
     if simulation is not None and gpus:  # the description its agent's simulated NVML reads
         simulation_file = (inputs.study_dir / SIMULATION_FILE).resolve()
         write_atomic(simulation_file, simulation.model_dump_json(indent=2))
+        # and beside it the recorded trace that drives its power (trace=PATH), or none: the agent
+        # plays back whatever lies there, so a resume without the setting removes an earlier one
+        simulation_trace = simulation_file.with_name(SIMULATION_TRACE_FILE)
+        trace = simulated_trace()
+        if trace is not None:
+            write_atomic(simulation_trace, trace)
+        else:
+            simulation_trace.unlink(missing_ok=True)
+            simulation_trace = None
     # The token file lives exactly as long as this run: removed however the run ends (a lock
     # refused, Ctrl-C while queued, a failed start).
     with token_file(may_download(config, model_dir, adapter_dir)) as secret:
@@ -267,6 +277,7 @@ def run_one(
             pids_limit=inputs.options.pids_limit,
             cpuset=cpus,
             simulation_file=simulation_file,
+            simulation_trace=simulation_trace,
         )
 
         def seen(target: str) -> str | None:  # where the agent sees a mount: in its container, or on the host
