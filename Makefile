@@ -174,8 +174,9 @@ pull: install ## Pull the images a study needs ahead of time: make pull STUDY=pa
 	$(LLEM) pull $(STUDY)
 
 .PHONY: slurm-node
-slurm-node: ## Install and start a one-node Slurm for the tests (root; idempotent)
+slurm-node: ## Install and start the one-node Slurms for the tests: a plain one, and one whose node declares 2 GPUs as GRES (root; idempotent)
 	@LLEM_SLURM_BASE=$(SLURM_BASE) tests/tools/ensure-slurm.sh
+	@LLEM_SLURM_GPUS=2 tests/tools/ensure-slurm.sh  # a second node declaring 2 GPUs (GRES), for simulated GPUs
 
 .PHONY: bench
 bench: install images tiny-model slurm-node ## Benchmarks (overhead, harness, planning, claims, Slurm); writes docs/benchmarks.md

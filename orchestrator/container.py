@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from llem_agent.contract import (
     CONTAINER_ADAPTER_DIR,
@@ -21,7 +21,7 @@ from llem_agent.contract import (
     EXPERIMENT_FILE,
     RAW_TRACE_ENV,
 )
-from llem_agent.contract.simulation import SIMULATED_DEVICES_ENV
+from llem_agent.contract.simulation import SIMULATED_DEVICES_ENV, SIMULATION_TRACE_FILE
 
 LABEL_MANAGED = "llem.managed"
 LABEL_STUDY = "llem.study"
@@ -157,6 +157,7 @@ def build_spec(
     cpuset: tuple[int, ...] = (),
     simulation_file: Path | None = None,
     processes: int = 1,
+    simulation_trace: Path | None = None,
 ) -> ContainerSpec:
     """The spec for one run.
 
@@ -166,7 +167,8 @@ def build_spec(
     The agent never runs as root: as the host user, or, when llem runs as root, as an
     unprivileged uid in the root group (the run directory is group-writable for it). Simulated
     GPUs (``simulation_file``: their description) get no NVIDIA device request: the description
-    is mounted read-only and the run is told which simulated GPUs are its own.
+    is mounted read-only (and beside it the recorded trace that drives them, ``simulation_trace``)
+    and the run is told which simulated GPUs are its own.
     """
     group_add: tuple[str, ...] = ()
     if host_uid == 0:
@@ -194,6 +196,9 @@ def build_spec(
         environment["HF_TOKEN_PATH"] = CONTAINER_TOKEN_FILE
     if simulation_file is not None:
         mounts.append(Mount(simulation_file, CONTAINER_SIMULATION_FILE, read_only=True))
+        if simulation_trace is not None:
+            beside = str(PurePosixPath(CONTAINER_SIMULATION_FILE).with_name(SIMULATION_TRACE_FILE))
+            mounts.append(Mount(simulation_trace, beside, read_only=True))
     # Several GPUs in one run (tensor / pipeline parallelism), or an engine whose workers are
     # processes of their own (its section's multiprocess trait: vLLM's engine core, TensorRT-LLM's
     # MPI worker, even at tensor-parallel 1): NCCL and the workers exchange through shared memory

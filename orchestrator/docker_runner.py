@@ -430,7 +430,24 @@ class DockerRunner:
             data = f"(container log unavailable: {_first_line(exc)})\n".encode()
         log_path.write_bytes(data)
 
+    @staticmethod
+    def remove_gone(container: Container) -> bool:
+        """Remove a container whose llem is gone; False when it was removed already."""
+        try:
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            return False
+        return True
+
     def managed_containers(self) -> list[Container]:
-        """Every container carrying llem's label, running or not."""
-        found: list[Container] = self.client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=true"})
-        return found
+        """Every container carrying llem's label, running or not. The SDK inspects each container
+        it lists: one removed in between (another llem's run ending) is listed again without it."""
+        for _ in range(4):
+            try:
+                found: list[Container] = self.client.containers.list(
+                    all=True, filters={"label": f"{LABEL_MANAGED}=true"}
+                )
+                return found
+            except docker.errors.NotFound:
+                continue
+        return self.client.containers.list(all=True, filters={"label": f"{LABEL_MANAGED}=true"})

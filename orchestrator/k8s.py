@@ -9,6 +9,7 @@ claimable again. A pod is the run's container, so the worker runs the agent in-p
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from .container import NONROOT
 from .devices import devices_needed
 from .errors import ConfigError
 from .plan import Plan
+from .simulation import SIMULATE_ENV
 
 LABEL_PREFIX = "llem.dev"
 HF_MOUNT = "/llem/hf"
@@ -96,7 +98,15 @@ def job_name(study_dir: Path, engine: str) -> str:
 
 
 def jobs(study_dir: Path, plan: Plan, options: K8sOptions, worker_flags: Sequence[str]) -> list[dict[str, Any]]:
-    """One Indexed Job per engine of the study (a pod runs one engine image)."""
+    """One Indexed Job per engine of the study (a pod runs one engine image).
+
+    A study planned on simulated GPUs (``LLEM_SIMULATE_GPUS``, as ``--simulate-gpus`` sets it)
+    asks for ``nvidia.com/gpu`` as a real one does (they are GPUs to every seam), and its workers
+    are told the same simulation (``--simulate-gpus``, said in an annotation too): a cluster
+    without GPUs runs them with ``--cpu``, which drops the limits."""
+    simulated = os.environ.get(SIMULATE_ENV, "").strip()
+    if simulated and not any(f.startswith("--simulate-gpus") for f in worker_flags):
+        worker_flags = [*worker_flags, f"--simulate-gpus={simulated}"]
     out = []
     needs: dict[str, int] = {}
     for exp in plan.study.experiments:
@@ -198,6 +208,9 @@ def _job(
         job["metadata"]["namespace"] = options.namespace
     if options.deadline_s:
         job["spec"]["activeDeadlineSeconds"] = options.deadline_s
+    simulated = next((f.partition("=")[2] for f in flags if f.startswith("--simulate-gpus=")), None)
+    if simulated:
+        job["metadata"]["annotations"][f"{LABEL_PREFIX}/simulated-gpus"] = simulated
     return job
 
 

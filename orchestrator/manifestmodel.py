@@ -27,7 +27,7 @@ class RunFailure(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: str = Field(
-        description="agent_error | timeout | hung | oom | killed | no_result | corrupt_result "
+        description="agent_error | device_lost | timeout | hung | oom | killed | no_result | corrupt_result "
         "| circuit_open | timed_out"
     )
     type: str | None = None

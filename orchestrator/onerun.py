@@ -29,6 +29,7 @@ from llem_agent.contract import (
     RunRequest,
     write_atomic,
 )
+from llem_agent.contract.simulation import SIMULATION_TRACE_FILE
 
 from .container import SECRET_ENV, build_spec, dataset_target
 from .devices import assign_devices
@@ -38,13 +39,13 @@ from .locks import DeviceLocks, gpu_name, lock_names
 from .manifest import ManifestStore, RunFailure, utc_now
 from .plan import PlannedRun
 from .runner import ContainerOutcome, Liveness, Runner
-from .simulation import SIMULATION_FILE
+from .simulation import SIMULATION_FILE, simulated_trace
 from .studydir import MAX_ERROR_BYTES, MAX_HEARTBEAT_BYTES, RunDir, StudyDir, read_json
 from .summary import prefetch_summary_modules
 from .yamlsafe import Unreadable, read_bytes
 
 # Agent exception types that name a failure class of their own.
-_ERROR_KINDS = {"GpuNotVisible": "gpu_not_visible", "OutOfMemoryError": "oom"}
+_ERROR_KINDS = {"GpuNotVisible": "gpu_not_visible", "OutOfMemoryError": "oom", "DeviceLost": "device_lost"}
 
 
 def image_for(engine: str, images: dict[str, str]) -> str:
@@ -219,6 +220,24 @@ class RunInputs:
     dataset: Path | None = None
 
 
+def _simulation_files(inputs: RunInputs, gpus: tuple[int, ...]) -> tuple[Path | None, Path | None]:
+    """On simulated GPUs: the description its agent's simulated NVML reads, and beside it the
+    recorded trace that drives its power (trace=PATH) or none (the agent plays back whatever lies
+    there, so a resume without the setting removes an earlier one)."""
+    simulation = inputs.options.simulation
+    if simulation is None or not gpus:
+        return None, None
+    simulation_file = (inputs.study_dir / SIMULATION_FILE).resolve()
+    write_atomic(simulation_file, simulation.model_dump_json(indent=2))
+    simulation_trace = simulation_file.with_name(SIMULATION_TRACE_FILE)
+    trace = simulated_trace()
+    if trace is None:
+        simulation_trace.unlink(missing_ok=True)
+        return simulation_file, None
+    write_atomic(simulation_trace, trace)
+    return simulation_file, simulation_trace
+
+
 def run_one(
     inputs: RunInputs,
     run: PlannedRun,
@@ -244,11 +263,7 @@ def run_one(
     uuids = tuple(inputs.options.gpu_uuids[g] for g in gpus if g in inputs.options.gpu_uuids)
     model_dir = inputs.model_dir
     adapter_dir = inputs.adapter_dir
-    simulation = inputs.options.simulation
-    simulation_file = None
-    if simulation is not None and gpus:  # the description its agent's simulated NVML reads
-        simulation_file = (inputs.study_dir / SIMULATION_FILE).resolve()
-        write_atomic(simulation_file, simulation.model_dump_json(indent=2))
+    simulation_file, simulation_trace = _simulation_files(inputs, gpus)
     # The token file lives exactly as long as this run: removed however the run ends (a lock
     # refused, Ctrl-C while queued, a failed start).
     with token_file(may_download(config, model_dir, adapter_dir)) as secret:
@@ -278,6 +293,7 @@ def run_one(
             cpuset=cpus,
             simulation_file=simulation_file,
             processes=config.engine_section().processes(),
+            simulation_trace=simulation_trace,
         )
 
         def seen(target: str) -> str | None:  # where the agent sees a mount: in its container, or on the host

@@ -48,7 +48,8 @@ def reap_orphans(runner: DockerRunner) -> list[str]:
             continue
         if process_alive(int(labels[LABEL_HOST_PID])):
             continue
-        container.remove(force=True)
+        if not runner.remove_gone(container):  # another llem reaped it first
+            continue
         reaped.append(container.name or container.id or "?")
         if labels.get(LABEL_STUDY_DIR) and labels.get(LABEL_RUN):
             mark_interrupted(Path(labels[LABEL_STUDY_DIR]), labels[LABEL_RUN])

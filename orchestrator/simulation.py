@@ -13,6 +13,7 @@ faults to inject::
     1,fault=counter_bias:0.1        the counter over-counts by 10 %
     1,fault=temperature_drift:2     the temperature climbs 2 C/s
     1,fault=throttling,fault=device_lost@3
+    1,reading=instant,trace=gpu.json   a recorded NVML trace drives the power from the window on
 
 The host's NVML seam (``devices.read_nvml``) then lists these GPUs (stable ``GPU-SIM-`` UUIDs,
 the model name ``llem simulated GPU (H100-like)``), so locks, slots, assignment and ``--parallel``
@@ -23,19 +24,29 @@ says so.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from llem_agent.contract.simulation import PowerProfile, SimulatedDevice, SimulatedFault, SimulatedGpus, simulated_uuid
+from llem_agent.contract.simulation import (
+    PowerProfile,
+    SimulatedDevice,
+    SimulatedFault,
+    SimulatedGpus,
+    recorded_trace,
+    simulated_uuid,
+)
 
 from .errors import ConfigError
 
 SIMULATE_ENV = "LLEM_SIMULATE_GPUS"
 SIMULATION_FILE = "simulated-gpus.json"  # in the study directory, mounted read-only into each run
 MAX_SIMULATED_GPUS = 64
+MAX_TRACE_BYTES = 16 << 20  # a recorded trace of a window: 10 Hz for hours is far less
 # SPEC's keys and the profile field each sets.
 PROFILE_KEYS = {
     "reading": "power_reading",
@@ -92,12 +103,15 @@ def parse_spec(spec: str, where: str = f"--simulate-gpus / {SIMULATE_ENV}") -> S
             raise ConfigError(f"{where}: expects KEY=VALUE after the number, got {setting!r}")
         if key == "fault":
             faults.append(_fault(value, where))
+        elif key == "trace":
+            read_trace(value, where)
         elif key == "reading":
             profile["power_reading"] = value
         elif key in PROFILE_KEYS:
             profile[PROFILE_KEYS[key]] = _number(value, where)
         else:
-            raise ConfigError(f"{where}: unknown setting {key!r} (known: {', '.join([*PROFILE_KEYS, 'fault'])})")
+            known = ", ".join([*PROFILE_KEYS, "fault", "trace"])
+            raise ConfigError(f"{where}: unknown setting {key!r} (known: {known})")
     try:
         return SimulatedGpus(
             devices=[SimulatedDevice(index=i, uuid=simulated_uuid(i)) for i in range(int(count))],
@@ -116,3 +130,28 @@ def simulated_gpus(environ: Mapping[str, str] | None = None) -> SimulatedGpus | 
     if spec is None or not spec.strip():
         return None
     return parse_spec(spec, SIMULATE_ENV)
+
+
+def read_trace(path: str, where: str = f"--simulate-gpus / {SIMULATE_ENV}") -> str:
+    """The text of the recorded trace at ``path`` (``trace=PATH``), checked; a ConfigError in one
+    line when it is not one."""
+    file = Path(path).expanduser()
+    try:
+        with file.open("rb") as handle:
+            data = handle.read(MAX_TRACE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{where}: trace {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_TRACE_BYTES:
+        raise ConfigError(f"{where}: trace {path} is larger than {MAX_TRACE_BYTES >> 20} MiB")
+    try:
+        recorded_trace(json.loads(data))
+    except ValueError as exc:  # json's errors are ValueErrors too
+        raise ConfigError(f"{where}: trace {path}: {str(exc).splitlines()[0]}") from None
+    return data.decode()
+
+
+def simulated_trace(environ: Mapping[str, str] | None = None) -> str | None:
+    """The recorded trace's text that ``trace=PATH`` of ``LLEM_SIMULATE_GPUS`` names, or None."""
+    spec = (os.environ if environ is None else environ).get(SIMULATE_ENV) or ""
+    paths = [p.strip()[len("trace=") :] for p in spec.split(",")[1:] if p.strip().startswith("trace=")]
+    return read_trace(paths[-1], SIMULATE_ENV) if paths else None

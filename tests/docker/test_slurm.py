@@ -1,6 +1,13 @@
 """The Slurm executor on a real Slurm: Debian's slurm-wlm and munge, one node, started by
 tests/tools/ensure-slurm.sh (which `make test` runs). Jobs are real job arrays whose tasks
-run `llem worker`, which runs the study's runs through real containers."""
+run `llem worker`, which runs the study's runs through real containers.
+
+GRES: a second one-node Slurm (LLEM_SLURM_GPUS=2, its own ports and folder, so the plain node's
+tests are untouched) declares two GPUs for the simulated GPUs of --simulate-gpus. Slurm's gres/gpu
+drops a GPU without File= ("Removing file-less GPU ... from final GRES list": the node registers
+0 < 2 GPUs and is INVAL, so gres.conf Name=gpu Count=2 alone cannot work); its gres.conf names two
+placeholder character devices (copies of /dev/null) instead, and Slurm then schedules gpu GRES and
+sets CUDA_VISIBLE_DEVICES for each task as on a GPU node."""
 
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ import pytest
 
 from llem.container import LABEL_STUDY_DIR
 from llem.errors import EXIT_OK
+from llem_agent.contract.simulation import simulated_uuid
 from tests.conftest import REPO
 from tests.helpers import run_llem
 
@@ -203,3 +211,65 @@ def test_a_task_cancelled_after_the_other_passed_its_run_leaves_that_run_to_the_
     left = [c.name for c in docker_client.containers.list(all=True, filters={"label": LABEL_STUDY_DIR})
             if c.labels.get(LABEL_STUDY_DIR, "").startswith(str(tmp_path))]  # fmt: skip
     assert left == []
+
+
+SIMULATED = """
+name: gres
+model: {model}
+engine: transformers
+max_input_tokens: 16
+max_output_tokens: 8
+dataset: {{source: builtin, n_prompts: 8}}
+decoder: {{do_sample: false}}
+warmup: {{n_warmup: 1, thermal_floor_seconds: 30}}
+baseline: {{strategy: fresh, duration_seconds: 5}}
+sweep:
+  pytorch.batch_size: [1, 2]
+study_execution: {{n_cycles: 1, experiment_order: sequential, config_gap_seconds: 0, cycle_gap_seconds: 0}}
+"""
+
+
+@pytest.fixture(scope="session")
+def slurm_gres() -> dict[str, str]:
+    """SLURM_CONF of a second one-node Slurm whose node declares 2 GPUs as GRES (its own ports)."""
+    base = "/tmp/llem-slurm-gres"
+    done = subprocess.run(["bash", str(REPO / "tests" / "tools" / "ensure-slurm.sh")], capture_output=True, text=True,
+                          check=False, env={**os.environ, "LLEM_SLURM_GPUS": "2", "LLEM_SLURM_BASE": base})  # fmt: skip
+    if done.returncode != 0:
+        pytest.fail(f"no GRES Slurm ({done.stderr.strip()[-400:]}); tests/tools/ensure-slurm.sh with LLEM_SLURM_GPUS=2")
+    return {"SLURM_CONF": f"{base}/slurm.conf"}
+
+
+def test_an_array_asks_for_gres_gpus_and_its_tasks_run_on_the_simulated_gpus_slurm_gives(
+    tmp_path, slurm_gres, tiny_model, docker_client
+):
+    # The node declares two GPUs (gres.conf); the study runs on two simulated GPUs: sinfo shows GPU
+    # GRES, so each task asks for --gres=gpu:1, and its worker keeps to the GPU Slurm gave it
+    # (CUDA_VISIBLE_DEVICES, set by Slurm) as on a GPU cluster.
+    study = tmp_path / "gres.yaml"
+    study.write_text(SIMULATED.format(model=tiny_model))
+    results = tmp_path / "results"
+    done = run_llem(
+        "run", str(study), "--executor", "slurm", "--slurm-tasks", "2", "--wait", "--simulate-gpus", "2",
+        "--results-dir", str(results), "--lock-dir", str(tmp_path / "locks"), env=slurm_gres,
+    )  # fmt: skip
+    assert done.returncode == EXIT_OK, done.stderr + done.stdout
+    study_dir = study_dir_of(results)
+    script = (study_dir / "slurm" / "job.sbatch").read_text()
+    assert "#SBATCH --gres=gpu:1" in script and "--simulate-gpus=2" in script
+    doc = manifest(study_dir)
+    (submitted,) = [h for h in doc["history"] if h["status"] == "submitted"]
+    wait_for_job_end(submitted["job"], slurm_gres)
+    shown = subprocess.run(["scontrol", "show", "job", submitted["job"]], capture_output=True, text=True,
+                           check=False, env={**os.environ, **slurm_gres})  # fmt: skip
+    assert shown.stdout.count("TresPerNode=gres:gpu:1") == 2, shown.stdout  # both tasks asked for one GPU
+    assert [r["status"] for r in doc["runs"]] == ["completed"] * 2
+    for run in doc["runs"]:
+        (device,) = run["devices"]
+        result = json.loads((study_dir / "runs" / run["run_id"] / "result.json").read_text())
+        assert result["environment"]["gpus_simulated"] is True
+        assert [g["uuid"] for g in result["environment"]["gpus"]] == [simulated_uuid(int(device[len("gpu-sim") :]))]
+    # The two tasks ran side by side, each on the one GPU Slurm gave it: one run on each.
+    assert sorted(r["devices"][0] for r in doc["runs"]) == ["gpu-sim0", "gpu-sim1"]
+    logs = sorted((study_dir / "slurm").glob(f"{submitted['job']}_*.out"))
+    assert [sum(int(n) for n in re.findall(r"ran (\d+) runs?\b", log.read_text())) for log in logs] == [1, 1]

@@ -3,8 +3,22 @@
 # started directly as root (no systemd), configuration under $LLEM_SLURM_BASE. Idempotent:
 # does nothing when the node is already up. Clients need SLURM_CONF=$LLEM_SLURM_BASE/slurm.conf.
 # Test-only: llem never starts Slurm for its users (a site's Slurm is the site's).
+# LLEM_SLURM_GPUS=N: a node that declares N GPUs as GRES (GresTypes=gpu, Gres=gpu:N), for the
+# simulated GPUs of llem --simulate-gpus, as a cluster of its own beside the plain one (its own
+# ports and base, default /tmp/llem-slurm-gres), so the plain node's tests are untouched. Slurm's
+# gres/gpu drops a GPU that has no File= ("Removing file-less GPU ... from final GRES list": the
+# node then registers 0 < N GPUs and is INVAL), and wants a character device there: gres.conf
+# names N placeholders, $BASE/dev/nvidia0..., made as copies of /dev/null (1:3). Slurm then sets
+# CUDA_VISIBLE_DEVICES for each task as on a GPU node.
 set -euo pipefail
-BASE=${LLEM_SLURM_BASE:-/tmp/llem-slurm}
+GPUS=${LLEM_SLURM_GPUS:-0}
+if [ "$GPUS" -gt 0 ]; then
+  BASE=${LLEM_SLURM_BASE:-/tmp/llem-slurm-gres}
+  CLUSTER=llemgres CTLD_PORT=6917 SLURMD_PORT=6918
+else
+  BASE=${LLEM_SLURM_BASE:-/tmp/llem-slurm}
+  CLUSTER=llemtest CTLD_PORT=6817 SLURMD_PORT=6818
+fi
 export SLURM_CONF=$BASE/slurm.conf
 HOST=$(hostname -s)
 
@@ -31,8 +45,10 @@ munge -n | unmunge >/dev/null
 CPUS=$(nproc)
 MEM=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 8 / 10 ))
 cat > "$SLURM_CONF" <<CONF
-ClusterName=llemtest
+ClusterName=$CLUSTER
 SlurmctldHost=$HOST
+SlurmctldPort=$CTLD_PORT
+SlurmdPort=$SLURMD_PORT
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -53,9 +69,17 @@ ReturnToService=2
 KillWait=30
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
-NodeName=$HOST CPUs=$CPUS RealMemory=$MEM State=UNKNOWN
+NodeName=$HOST CPUs=$CPUS RealMemory=$MEM State=UNKNOWN$([ "$GPUS" -gt 0 ] && echo " Gres=gpu:$GPUS")
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+$([ "$GPUS" -gt 0 ] && echo "GresTypes=gpu")
 CONF
+if [ "$GPUS" -gt 0 ]; then
+  mkdir -p "$BASE/dev"
+  for i in $(seq 0 $((GPUS - 1))); do
+    [ -c "$BASE/dev/nvidia$i" ] || mknod "$BASE/dev/nvidia$i" c 1 3
+  done
+  echo "Name=gpu File=$BASE/dev/nvidia[0-$((GPUS - 1))]" > "$BASE/gres.conf"
+fi
 for pidfile in "$BASE/run/slurmctld.pid" "$BASE/run/slurmd.pid"; do  # a half-started earlier try
   [ -s "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
 done

@@ -10,13 +10,21 @@ import pytest
 
 from llem_agent.energy import (
     BaselineFailed,
+    DeviceLost,
     EnergyUnavailable,
     NvmlBackend,
     NvmlUnavailable,
     RaplUnavailable,
     SamplerUnavailable,
 )
-from llem_agent.energy.errors import import_vendor, nvml_errors, nvml_optional, rapl_errors, rapl_missing
+from llem_agent.energy.errors import (
+    gpu_lost_errors,
+    import_vendor,
+    nvml_errors,
+    nvml_optional,
+    rapl_errors,
+    rapl_missing,
+)
 from llem_agent.energy.rapl import RaplMeter
 
 
@@ -111,3 +119,38 @@ def test_nvml_backend_open_and_counter_errors_are_mapped(monkeypatch: pytest.Mon
     backend._handles, backend._names = [object()], ["Tesla T4"]
     with pytest.raises(NvmlUnavailable, match=r"^GPU 0 \(Tesla T4\) has no total-energy counter: Not Supported$"):
         backend.total_energy_mj(0)
+
+
+class CodedError(NVMLError):
+    """pynvml's error as the driver raises it: ``value`` is the nvmlReturn_t code."""
+
+    def __init__(self, value: int, words: str) -> None:
+        super().__init__(words)
+        self.value = value
+
+
+def test_a_lost_gpu_is_device_lost_and_any_other_read_error_stays_the_drivers():
+    # NVML_ERROR_GPU_IS_LOST is 15 in nvml.h; a timeout (10) is a reading that failed once.
+    lost, timeout = CodedError(15, "GPU is lost"), CodedError(10, "Timeout")
+    with (
+        pytest.raises(DeviceLost, match=r"^GPU 1 \(H100\) is lost: GPU is lost$"),
+        gpu_lost_errors(NVML, "GPU 1 (H100)"),
+    ):
+        raise lost
+    with pytest.raises(CodedError) as caught, gpu_lost_errors(NVML, "GPU 1 (H100)"):
+        raise timeout
+    assert caught.value is timeout
+    assert issubclass(DeviceLost, NvmlUnavailable) and DeviceLost.__name__ == "DeviceLost"
+
+    def gone(handle: object) -> int:
+        raise CodedError(15, "GPU is lost")
+
+    backend = NvmlBackend()
+    backend._nvml = SimpleNamespace(
+        NVMLError=NVMLError, nvmlDeviceGetTotalEnergyConsumption=gone, nvmlDeviceGetPowerUsage=gone
+    )
+    backend._handles, backend._names = [object()], ["Tesla T4"]
+    with pytest.raises(DeviceLost, match=r"^GPU 0 \(Tesla T4\) is lost: GPU is lost$"):
+        backend.total_energy_mj(0)
+    with pytest.raises(DeviceLost, match=r"^GPU 0 \(Tesla T4\) is lost: GPU is lost$"):
+        backend.read_power(0)

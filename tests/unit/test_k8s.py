@@ -77,6 +77,28 @@ def test_one_valid_indexed_job_per_engine_with_gpus_from_the_experiments(tmp_pat
     assert len(manifest.runs) == 6 and {e.status for e in manifest.runs} == {"pending"}
 
 
+def test_a_study_on_simulated_gpus_asks_for_them_as_gpus_and_its_pods_simulate_them(tmp_path, mixed):
+    # LLEM_SIMULATE_GPUS is what --simulate-gpus sets: the limits are the real study's (one GPU for
+    # pytorch, two for tensor_parallel_size 2), and every pod's worker is told the same simulation.
+    spec = "2,reading=instant,fault=throttling@1"
+    done = run_llem("k8s", str(mixed), "--out", str(tmp_path / "k8s"), "--results-dir", str(tmp_path / "r"),
+                    "--pvc", "p", env={"LLEM_SIMULATE_GPUS": spec})  # fmt: skip
+    assert done.returncode == EXIT_OK, done.stderr
+    docs = jobs(tmp_path / "k8s")
+    for doc in docs.values():
+        (container,) = doc["spec"]["template"]["spec"]["containers"]
+        assert container["command"].count(f"--simulate-gpus={spec}") == 1
+        assert doc["metadata"]["annotations"]["llem.dev/simulated-gpus"] == spec
+    limits = {e: d["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] for e, d in docs.items()}
+    assert {e: lim["nvidia.com/gpu"] for e, lim in limits.items()} == {"pytorch": 1, "vllm": 2}
+    real = run_llem("k8s", str(mixed), "--out", str(tmp_path / "real"), "--results-dir", str(tmp_path / "r2"),
+                    "--pvc", "p", env={"LLEM_SIMULATE_GPUS": ""})  # fmt: skip
+    assert real.returncode == EXIT_OK, real.stderr
+    for doc in jobs(tmp_path / "real").values():
+        assert not any(p.startswith("--simulate") for p in doc["spec"]["template"]["spec"]["containers"][0]["command"])
+        assert "llem.dev/simulated-gpus" not in doc["metadata"]["annotations"]
+
+
 def test_cpu_pods_ask_for_no_gpus_and_a_missing_pvc_flag_is_one_line(tmp_path, mixed):
     done = run_llem("k8s", str(mixed), "--out", str(tmp_path / "k8s"), "--results-dir", str(tmp_path / "r"),
                     "--pvc", "p", "--cpu", "--pods", "2")  # fmt: skip

@@ -63,3 +63,36 @@ def test_a_zombie_is_not_alive():
     child.wait()
     assert not process_alive(child.pid)
     assert process_alive(os.getpid())
+
+
+def test_a_container_removed_while_listing_or_reaping_is_no_crash():
+    """Two llem started at once (a parallel test, two terminals): the Docker SDK inspects each
+    container it lists, and one removed in between raised NotFound out of llem (exit 70)."""
+    import docker.errors
+
+    from llem.docker_runner import DockerRunner
+
+    class Gone:
+        def remove(self, force: bool) -> None:
+            raise docker.errors.NotFound("No such container")
+
+    class Containers:
+        calls = 0
+
+        def list(self, **_: object) -> list[object]:
+            self.calls += 1
+            if self.calls == 1:
+                raise docker.errors.NotFound("No such container: c121eef658a8")
+            return ["listed again"]
+
+    containers = Containers()
+
+    class Client:
+        pass
+
+    client = Client()
+    client.containers = containers  # type: ignore[attr-defined]
+    runner = DockerRunner(client_factory=lambda: client)  # type: ignore[arg-type, return-value]
+    assert runner.managed_containers() == ["listed again"]
+    assert containers.calls == 2
+    assert DockerRunner.remove_gone(Gone()) is False  # type: ignore[arg-type]

@@ -17,7 +17,7 @@ from llem_agent.contract.simulation import (
     is_simulated_uuid,
     simulated_uuid,
 )
-from llem_agent.energy import STEP_POLL_S, EnergyMeter, NvmlUnavailable, WindowWork
+from llem_agent.energy import STEP_POLL_S, DeviceLost, EnergyMeter, NvmlUnavailable, WindowWork
 from llem_agent.energy.simledger import ledger
 from llem_agent.energy.simpower import PowerCurve
 from llem_agent.energy.simulated import COUNTER_OFFSET_MJ, GPU_IDLE, SW_THERMAL_SLOWDOWN, SimulatedNvml
@@ -286,15 +286,27 @@ def test_throttling_lowers_the_power_and_the_clocks():
     assert (sim.read(0).throttle_reasons, sim.read(0).sm_clock_mhz) == (SW_THERMAL_SLOWDOWN, 1980.0 * 0.8)
 
 
-def test_a_lost_device_reads_as_a_sampling_gap_with_energy_from_the_trace():
-    # What the harness does today when a GPU falls off the bus mid-window: the counter's closing
-    # read fails (no counter), the power readings fail from then on (a gap to the window's end),
-    # and the energy is the trace, held flat from the last reading.
-    r, book, sim = simulated_run(SimulatedFault(kind="device_lost", at_s=1.0), power_reading="instant")
-    assert codes(r) == {"sampling_gap"}
-    assert r.source == "nvml_power_trace"
-    assert r.devices[0].energy_j is None
-    with pytest.raises(NvmlUnavailable, match="GPU is lost"):
-        sim.read_power(0)
+def test_a_lost_device_fails_the_run_in_one_line_and_a_gap_does_not():
+    # A GPU that falls off the bus mid-window never comes back: the meter raises DeviceLost (the
+    # run fails, error.json's type) instead of reporting a trace held flat since the last reading.
+    # A sampling gap of the same second is a transient failure: the window is measured and flagged.
+    with pytest.raises(DeviceLost) as caught:
+        simulated_run(SimulatedFault(kind="device_lost", at_s=1.0), power_reading="instant")
+    assert str(caught.value) == "GPU 0 (llem simulated GPU (H100-like)) is lost: it fell off the bus (simulated fault)"
+    assert "\n" not in str(caught.value)
+    r, _, _ = simulated_run(SimulatedFault(kind="sampling_gap", at_s=1.0, duration_s=1.0), power_reading="instant")
+    assert codes(r) == {"sampling_gap"} and r.energy_j is not None
+
+
+def test_a_device_lost_before_the_window_fails_the_baseline_too():
+    clock = Clock()
+    sim = SimulatedNvml(spec(1, (SimulatedFault(kind="device_lost"),)), only=[UUID0], clock=clock)
+    meter = EnergyMeter(sim.open, interval_s=INTERVAL_S, clock=clock).open()
+    meter.sleep = clock.sleep
+    sim.phase("measure")
+    sim.busy(True)  # arms the fault at once (at_s 0)
+    with pytest.raises(DeviceLost, match="is lost"):
+        meter.loaded_idle(2.0, clock.sleep)
+    with pytest.raises(DeviceLost):
+        sim.total_energy_mj(0)
     assert sim.facts()[0].power_limit_w is None
-    assert book["truth"] is not None

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from llem_agent.contract import ExperimentConfig, RunRequest, config_hash
-from llem_agent.contract.simulation import SimulatedDevice, SimulatedGpus, simulated_uuid
-from llem_agent.energy import SamplerUnavailable, Window
+from llem_agent.contract.simulation import SimulatedDevice, SimulatedFault, SimulatedGpus, simulated_uuid
+from llem_agent.energy import DeviceLost, SamplerUnavailable, Window
 from llem_agent.energy.simledger import ledger
 from llem_agent.energy.simulated import SimulatedNvml
 from llem_agent.measure import run_measurement
@@ -86,6 +86,27 @@ def test_the_engine_does_not_know_its_batches_drive_the_simulator():
         engine.generate(["a"])
     assert not sim._busy and sim.batches == [[1000.0, 1001.0]]
     assert sim.armed_s == 1000.0  # the first measured batch: faults are timed from it
+
+
+def test_a_batch_on_a_lost_simulated_gpu_fails_before_it_runs():
+    clock = Clock()
+    lost = SimulatedFault(kind="device_lost", at_s=2.0)
+    sim = SimulatedNvml(SimulatedGpus(devices=[SimulatedDevice(index=0, uuid=UUIDS[0])], faults=[lost]), clock=clock)
+    sim.phase("measure")
+    ran = []
+
+    class Counting(DummyEngine):
+        def generate(self, prompts: list[str]) -> BatchObservation:
+            ran.append(clock())
+            clock.sleep(1.5)
+            return super().generate(prompts)
+
+    engine = SimulatedEngine(Counting(), sim)
+    engine.generate(["a"])  # armed at 1000.0; lost from 1002.0
+    engine.generate(["b"])  # starts at 1001.5: still there
+    with pytest.raises(DeviceLost, match=r"^GPU 0 \(llem simulated GPU \(H100-like\)\) is lost"):
+        engine.generate(["c"])  # would start at 1003.0
+    assert ran == [1000.0, 1001.5]
 
 
 def test_a_simulated_run_through_the_measurement_loop(tmp_path: Path):

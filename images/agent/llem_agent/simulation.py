@@ -18,7 +18,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from llem_agent.contract import AgentEnvironment, ExperimentConfig, RunRequest, write_atomic
-from llem_agent.contract.simulation import SIMULATED_DEVICES_ENV, SimulatedGpus
+from llem_agent.contract.simulation import (
+    SIMULATED_DEVICES_ENV,
+    SIMULATION_TRACE_FILE,
+    SimulatedGpus,
+    recorded_trace,
+)
 from llem_agent.energy import EnergyMeter, SamplerUnavailable, Window
 from llem_agent.energy.meter import cpu_packages
 from llem_agent.energy.simledger import ledger
@@ -43,7 +48,9 @@ def load_simulation(request: RunRequest, environ: Mapping[str, str] | None = Non
     env = os.environ if environ is None else environ
     given = env.get(SIMULATED_DEVICES_ENV)
     visible = None if given is None else [u.strip() for u in given.split(",") if u.strip()]
-    return SimulatedNvml(spec, only=request.gpu_uuids, visible=visible)
+    beside = path.with_name(SIMULATION_TRACE_FILE)  # trace=PATH: a recorded trace drives the power
+    trace = recorded_trace(json.loads(beside.read_text(encoding="utf-8"))) if beside.is_file() else None
+    return SimulatedNvml(spec, only=request.gpu_uuids, visible=visible, trace=trace)
 
 
 def simulated_meter(sim: SimulatedNvml, interval_s: float, sampler: str) -> EnergyMeter:
@@ -77,6 +84,7 @@ class SimulatedEngine:
         return self._engine.prepare(prompts)
 
     def generate(self, batch: object) -> BatchObservation:
+        self._sim.check_devices()  # a batch on a lost GPU fails, as its first kernel would
         self._sim.busy(True)
         try:
             return self._engine.generate(batch)

@@ -22,6 +22,9 @@ SIMULATION_LEDGER_FILE = "simulation.json"
 # The simulated counterpart of the NVIDIA runtime's device injection: in a container, the UUIDs of
 # the simulated GPUs it was given (its simulated NVML enumerates only those).
 SIMULATED_DEVICES_ENV = "LLEM_SIMULATED_DEVICES"
+# ``--simulate-gpus N,trace=PATH``: the recorded trace, beside the description (the same folder,
+# read-only in a container), in the format ``make gpu-check`` keeps (``EnergyMeter.raw_trace``).
+SIMULATION_TRACE_FILE = "simulated-trace.json"
 
 FaultKind = Literal[
     "unsupported",  # a field the device does not report (``field``): energy, temperature, clock, ...
@@ -93,3 +96,40 @@ def simulated_uuid(index: int) -> str:
 
 def is_simulated_uuid(uuid: str) -> bool:
     return uuid.upper().startswith(SIMULATED_UUID_PREFIX)
+
+
+class RecordedTrace(_Strict):
+    """A recorded power trace (``EnergyMeter.raw_trace``'s format, the fixture ``make gpu-check``
+    keeps): one device's readings (``times_s``, ``power_w``) and the window they were taken in."""
+
+    times_s: tuple[float, ...]
+    power_w: tuple[float, ...]
+    window_s: tuple[float, float]
+
+
+INF = float("inf")
+
+
+def recorded_trace(raw: object, device: int = 0) -> RecordedTrace:
+    """Device ``device``'s readings of a raw trace; a ValueError in one line when it holds none."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("samples"), list):
+        raise ValueError("not a recorded NVML trace: expects an object with samples (EnergyMeter.raw_trace)")
+    window = raw.get("window")
+    if not (isinstance(window, list) and len(window) == 2 and all(isinstance(w, int | float) for w in window)):
+        raise ValueError("recorded trace: window must be [start_s, end_s]")
+    points = []
+    for sample in raw["samples"]:
+        if isinstance(sample, dict) and sample.get("device", 0) == device:
+            t, p = sample.get("time_s"), sample.get("power_w")
+            if not isinstance(t, int | float) or not isinstance(p, int | float) or not (abs(t) < INF and 0 <= p < INF):
+                raise ValueError(f"recorded trace: sample {sample!r} has no finite time_s and power_w >= 0")
+            points.append((float(t), float(p)))
+    points.sort()
+    if len(points) < 2 or any(points[i + 1][0] <= points[i][0] for i in range(len(points) - 1)):
+        raise ValueError(f"recorded trace: device {device} needs two or more samples at distinct times")
+    start, end = float(window[0]), float(window[1])
+    if not points[0][0] <= start < end <= points[-1][0]:
+        raise ValueError(f"recorded trace: its samples ({points[0][0]}-{points[-1][0]} s) do not cover its window")
+    return RecordedTrace(
+        times_s=tuple(t for t, _ in points), power_w=tuple(p for _, p in points), window_s=(start, end)
+    )

@@ -15,6 +15,7 @@ and optionally an external tool (Zeus, CodeCarbon).
 
 from llem_agent.energy.errors import (
     BaselineFailed,
+    DeviceLost,
     EnergyUnavailable,
     NvmlUnavailable,
     RaplUnavailable,
@@ -42,6 +43,7 @@ __all__ = [
     "MAX_STEP_WAIT_S",
     "STEP_POLL_S",
     "BaselineFailed",
+    "DeviceLost",
     "EnergyBackend",
     "EnergyMeter",
     "EnergySource",

@@ -31,6 +31,11 @@ class NvmlUnavailable(EnergyUnavailable):
     """NVML cannot be used here (no driver, no device, or no energy counter)."""
 
 
+class DeviceLost(NvmlUnavailable):
+    """A GPU of the run is gone (NVML: GPU is lost, it fell off the bus): unlike a reading that
+    fails for a while (a gap in the trace), it will not come back, so the run fails."""
+
+
 class RaplUnavailable(EnergyUnavailable):
     """The CPU packages' RAPL counters are absent or unreadable."""
 
@@ -52,6 +57,15 @@ def import_vendor(name: str, missing: EnergyUnavailable) -> Any:
         raise missing from None
 
 
+# nvmlReturn_t NVML_ERROR_GPU_IS_LOST: the GPU fell off the bus or is otherwise inaccessible.
+NVML_ERROR_GPU_IS_LOST = 15
+
+
+def _gpu_lost(nvml: Any, exc: Exception) -> bool:
+    code = getattr(nvml, "NVML_ERROR_GPU_IS_LOST", NVML_ERROR_GPU_IS_LOST)
+    return getattr(exc, "value", None) == code
+
+
 @contextlib.contextmanager
 def nvml_errors(nvml: Any, what: str) -> Iterator[None]:
     """An ``NVMLError`` inside becomes ``NvmlUnavailable("<what>: <the driver's words>")``."""
@@ -59,6 +73,18 @@ def nvml_errors(nvml: Any, what: str) -> Iterator[None]:
         yield
     except nvml.NVMLError as exc:
         raise NvmlUnavailable(f"{what}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def gpu_lost_errors(nvml: Any, what: str) -> Iterator[None]:
+    """A lost GPU inside becomes ``DeviceLost("<what> is lost: ...")``; every other error passes
+    as it is (a reading that failed once: a gap in the trace, not a failure of the run)."""
+    try:
+        yield
+    except nvml.NVMLError as exc:
+        if _gpu_lost(nvml, exc):
+            raise DeviceLost(f"{what} is lost: {exc}") from exc
+        raise
 
 
 def nvml_optional(nvml: Any, call: Callable[[], T], *also: type[Exception]) -> T | None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from llem_agent.baseline import resolve_baseline
 from llem_agent.contract import BaselineConfig, BaselineReport, EnergyReport, GpuFacts
-from llem_agent.energy.errors import BaselineFailed, NvmlUnavailable
+from llem_agent.energy.errors import BaselineFailed, DeviceLost, NvmlUnavailable
 from llem_agent.energy.nvml import (
     DEFAULT_INTERVAL_S,
     MAX_STEP_WAIT_S,
@@ -103,6 +103,8 @@ class NvmlSource:
         sampler = Sampler(self._backend, self.interval_s, self._clock)
         for _ in range(max(1, round(duration_s / self.interval_s))):
             sampler.sample_once()
+            if sampler.lost is not None:
+                raise sampler.lost
             sleep(self.interval_s)
         return sampler.samples
 
@@ -149,8 +151,10 @@ class NvmlSource:
         for index in range(len(self._backend.device_names())):
             try:
                 values.append(self._backend.total_energy_mj(index))
+            except DeviceLost:
+                raise  # gone for good: the run fails (close() stops the sampler)
             except NvmlUnavailable:
-                values.append(None)
+                values.append(None)  # no counter on this device: the trace is its energy
         return values
 
     def _on_step(self, steps: int) -> tuple[list[int | None], float | None]:
@@ -193,6 +197,8 @@ class NvmlSource:
         window.end = self._clock()
         self._sampler.sample_once(full=True)  # and one at its very end
         self.samples = self._sampler.stop()
+        if self._sampler.lost is not None:  # a GPU that left mid-window: no energy to report
+            raise self._sampler.lost
 
     def measured(self, report: EnergyReport, work: WindowWork, window: Window) -> EnergyReport:
         self._work = work

@@ -24,7 +24,7 @@ from functools import partial
 from typing import Any, Literal, Protocol
 
 from llem_agent.contract import GpuFacts
-from llem_agent.energy.errors import NvmlUnavailable, import_vendor, nvml_errors, nvml_optional
+from llem_agent.energy.errors import NvmlUnavailable, gpu_lost_errors, import_vendor, nvml_errors, nvml_optional
 from llem_agent.telemetry import Sample
 
 DEFAULT_INTERVAL_S = 0.1
@@ -168,13 +168,18 @@ class NvmlBackend:
         return [str(self._nvml.nvmlDeviceGetUUID(h)) for h in self._handles]
 
     def total_energy_mj(self, index: int) -> int:
-        nvml = self._nvml
-        with nvml_errors(nvml, f"GPU {index} ({self._names[index]}) has no total-energy counter"):
+        nvml, gpu = self._nvml, f"GPU {index} ({self._names[index]})"
+        with nvml_errors(nvml, f"{gpu} has no total-energy counter"), gpu_lost_errors(nvml, gpu):
             return int(nvml.nvmlDeviceGetTotalEnergyConsumption(self._handles[index]))
 
     def read_power(self, index: int) -> float:
         """The reading :meth:`power_readings` names: instant (module scope on a superchip whose
-        driver gives it) where the driver offers it, else ``nvmlDeviceGetPowerUsage``."""
+        driver gives it) where the driver offers it, else ``nvmlDeviceGetPowerUsage``. A lost GPU
+        raises ``DeviceLost``; any other failure is the driver's error (a gap in the trace)."""
+        with gpu_lost_errors(self._nvml, f"GPU {index} ({self._names[index]})"):
+            return self._read_power(index)
+
+    def _read_power(self, index: int) -> float:
         nvml, handle = self._nvml, self._handles[index]
         reading = self._readings[index] if index < len(self._readings) else PowerReading()
         instant = getattr(nvml, "NVML_FI_DEV_POWER_INSTANT", None)

@@ -8,18 +8,23 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
+from llem_agent.energy.errors import DeviceLost
 from llem_agent.energy.nvml import SLOW_FIELDS_S, EnergyBackend
 from llem_agent.telemetry import Sample
 
 
 class Sampler:
-    """One thread that reads every device each interval; never two pollers on one device."""
+    """One thread that reads every device each interval; never two pollers on one device.
+
+    A read that fails is a gap in the trace; a device that is lost (``DeviceLost``) is kept in
+    ``lost`` for whoever stops the sampler to raise: the thread itself never raises."""
 
     def __init__(self, backend: EnergyBackend, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.backend = backend
         self.interval_s = interval_s
         self.clock = clock
         self.samples: list[Sample] = []
+        self.lost: DeviceLost | None = None
         self._sweeps = 0
         self._slow_every = max(1, round(SLOW_FIELDS_S / interval_s)) if interval_s > 0 else 1
         self._stop = threading.Event()
@@ -44,10 +49,14 @@ class Sampler:
         for index in range(len(self.backend.device_names())):
             with contextlib.suppress(Exception):  # one failed read is a gap, not a crash
                 now = self.clock()
-                if full or power_only is None:
-                    self.samples.append(replace(self.backend.read(index), time_s=now, device=index))
-                else:
-                    self.samples.append(Sample(time_s=now, device=index, power_w=float(power_only(index))))
+                try:
+                    if full or power_only is None:
+                        self.samples.append(replace(self.backend.read(index), time_s=now, device=index))
+                    else:
+                        self.samples.append(Sample(time_s=now, device=index, power_w=float(power_only(index))))
+                except DeviceLost as exc:
+                    self.lost = self.lost or exc
+                    raise
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -85,6 +85,9 @@ def ledger(sim: SimulatedNvml, window: tuple[float, float] | None, output_tokens
             for f in sim.spec.faults
         ],
         "origin_s": sim.origin_s,
+        "trace": None
+        if sim.trace is None
+        else {"recorded_window_s": list(sim.trace.window_s), "readings": len(sim.trace.times_s)},
         "phases": _phases(sim, now),
         "batches": [list(b) for b in sim.batches],
         "thermal_floor": floor,

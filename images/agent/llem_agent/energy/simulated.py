@@ -23,13 +23,14 @@ from collections.abc import Callable
 from llem_agent.contract import GpuFacts
 from llem_agent.contract.simulation import (
     SIMULATED_DRIVER,
+    RecordedTrace,
     SimulatedDevice,
     SimulatedFault,
     SimulatedGpus,
 )
-from llem_agent.energy.errors import NvmlUnavailable
+from llem_agent.energy.errors import DeviceLost, NvmlUnavailable
 from llem_agent.energy.nvml import PowerReading
-from llem_agent.energy.simpower import PowerCurve
+from llem_agent.energy.simpower import Playback, PowerCurve
 from llem_agent.telemetry import Sample
 
 # Phases before the model is on the device: the GPU idles at its idle power.
@@ -46,7 +47,9 @@ MEMORY_LOADED_MB = 2048.0
 
 class SimulatedNvml:
     """Simulated GPUs behind the NVML seam. ``only``: the run's UUIDs (as ``NvmlBackend``);
-    ``visible``: what this container was given (None: every simulated GPU, as NVML on a host)."""
+    ``visible``: what this container was given (None: every simulated GPU, as NVML on a host);
+    ``trace``: a recorded trace that drives the power from the window's first batch on, its
+    readings played back as they were recorded (``simpower.Playback``)."""
 
     simulated = True
 
@@ -56,8 +59,10 @@ class SimulatedNvml:
         only: list[str] | None = None,
         visible: list[str] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        trace: RecordedTrace | None = None,
     ) -> None:
         self.spec = spec
+        self.trace = trace
         self.profile = spec.profile
         self._clock = clock
         self._only = only
@@ -65,7 +70,7 @@ class SimulatedNvml:
         self.seen = devices  # what NVML enumerates here (the agent's visible-GPU check)
         self.devices: list[SimulatedDevice] = [d for d in devices if only is None or d.uuid in only]
         self.origin_s = clock()
-        self.curve = PowerCurve(self.origin_s, self.profile.idle_w, self.profile.response_s)
+        self.curve: PowerCurve | Playback = PowerCurve(self.origin_s, self.profile.idle_w, self.profile.response_s)
         self._lock = threading.RLock()
         self.phase_name = "read"
         self._busy = False
@@ -94,6 +99,8 @@ class SimulatedNvml:
                 if self.phase_name == "measure" and self.armed_s is None:
                     self.armed_s = now
                     self._schedule_throttling(now)
+                    if self.trace is not None and isinstance(self.curve, PowerCurve):
+                        self.curve = Playback(self.curve, now, self.trace)
             elif self.batches:
                 self.batches[-1][1] = now
             self._retarget(now)
@@ -150,9 +157,14 @@ class SimulatedNvml:
     def _unsupported(self, field: str) -> bool:
         return self.fault("unsupported", field) is not None
 
+    def check_devices(self) -> None:
+        """Raise ``DeviceLost`` once a device is lost: what CUDA does to an engine's next kernel."""
+        for index in range(len(self.devices)):
+            self._check_lost(self.now(), index)
+
     def _check_lost(self, t: float, index: int) -> None:
         if self._fired("device_lost", t) is not None:
-            raise NvmlUnavailable(f"GPU {index} ({self.devices[index].name}): GPU is lost (simulated fault)")
+            raise DeviceLost(f"GPU {index} ({self.devices[index].name}) is lost: it fell off the bus (simulated fault)")
 
     # --- the NVML seam ---------------------------------------------------------------------
 
@@ -209,7 +221,10 @@ class SimulatedNvml:
         return offset + math.floor(self.counter_j(now) * 1000.0)
 
     def power_at(self, t: float) -> float:
-        """The power reading at ``t``: instantaneous, or the exact mean over the second before."""
+        """The power reading at ``t``: instantaneous, or the exact mean over the second before (a
+        played-back trace: the reading recorded then)."""
+        if isinstance(self.curve, Playback) and t >= self.curve.start_s:
+            return self.curve.power_w(t)
         if self.profile.power_reading == "average_1s":
             return self.curve.mean_w(t - 1.0, t)
         return self.curve.power_w(t)
