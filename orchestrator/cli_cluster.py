@@ -139,6 +139,21 @@ def _worker_flags(args: argparse.Namespace) -> list[str]:
     return flags
 
 
+def _pod_flags(args: argparse.Namespace) -> list[str]:
+    """The host options of ``llem run --executor k8s`` its pods' workers run with (a pod's runner
+    is local and takes no locks, its image is the Job's: those are the Job's to say)."""
+    defaults = argparse.ArgumentParser()
+    host_options(defaults)
+    flags = []
+    for name in ("run_timeout", "stall_timeout", "sample_interval"):
+        value = getattr(args, name, None)  # llem k8s has none of them
+        if value is not None and value != defaults.get_default(name):
+            flags.append(f"--{name.replace('_', '-')}={value}")
+    return flags + [
+        f"--{name.replace('_', '-')}" for name in ("fail_fast", "no_circuit_breaker") if getattr(args, name, False)
+    ]
+
+
 def _print_slurm_script(args: argparse.Namespace, study: Study, plan: Plan) -> int:
     from .dryrun import print_text
     from .slurm import script
@@ -277,7 +292,7 @@ def cmd_k8s(args: argparse.Namespace) -> int:
     options = HostSettings(results_root=root, images=images, run_timeout_s=3600.0, gpu_indices=(), lock_dir=None,
                            lock_wait_s=None, hf_home=user.hf_home)  # fmt: skip
     loop = StudyLoop(plan, options, _PodRunners(), events=NoEvents())
-    executor = Kubernetes(opts, Path(args.out), root)
+    executor = Kubernetes(opts, Path(args.out), root, _pod_flags(args))
     study_dir = executor.submit(loop, asked)
     for path in executor.written:
         print(path)

@@ -192,8 +192,8 @@ class Kubernetes:
 
     name: ExecutorName = "k8s"
 
-    def __init__(self, options: K8sOptions, out: Path, root: Path):
-        self.options, self.out, self.root = options, out, root
+    def __init__(self, options: K8sOptions, out: Path, root: Path, worker_flags: Sequence[str] = ()):
+        self.options, self.out, self.root, self.worker_flags = options, out, root, list(worker_flags)
         self.written: list[Path] = []
 
     def submit(self, loop: StudyLoop, options: Options) -> Path:
@@ -203,7 +203,7 @@ class Kubernetes:
         study_dir = open_study(options, loop, describe=False)  # host.json: not this host's runners
         loop.release()
         in_pod = Path(self.options.mount_path) / study_dir.resolve().relative_to(self.root)
-        self.written = k8s.write(self.out, k8s.jobs(in_pod, loop.plan, self.options, []))
+        self.written = k8s.write(self.out, k8s.jobs(in_pod, loop.plan, self.options, self.worker_flags))
         return study_dir
 
     def follow(self, loop: StudyLoop, study_dir: Path) -> Followed:

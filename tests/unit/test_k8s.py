@@ -214,6 +214,18 @@ def test_llem_run_executor_k8s_writes_the_jobs_llem_k8s_writes_and_a_resume_writ
     }
 
 
+def test_the_run_options_llem_run_was_given_reach_the_pods_workers(tmp_path, mixed):
+    done = run_llem("run", str(mixed), "--executor", "k8s", "--out", str(tmp_path / "k8s"), "--pvc", "p",
+                    "--results-dir", str(tmp_path / "shared"), "--run-timeout", "120", "--stall-timeout", "90",
+                    "--fail-fast", "--lock-dir", str(tmp_path / "locks"))  # fmt: skip
+    assert done.returncode == EXIT_OK, done.stderr
+    for doc in jobs(tmp_path / "k8s").values():
+        command = doc["spec"]["template"]["spec"]["containers"][0]["command"]
+        assert {"--run-timeout=120.0", "--stall-timeout=90.0", "--fail-fast"} <= set(command)
+        assert not any(c.startswith("--lock-dir") for c in command)  # a pod takes no locks (--no-lock)
+        assert command.count("--runner") == 1 and command[command.index("--runner") + 1] == "local"
+
+
 @pytest.mark.parametrize(
     ("argv", "said"),
     [
