@@ -14,13 +14,10 @@ Every metric column is one of :data:`stats.ALL_METRICS`, each read from a field 
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import importlib
 import io
 import json
 import os
-import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -195,28 +192,6 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
         writer.writeheader()
         writer.writerows(rows)
     return buffer.getvalue()
-
-
-# What summarising a study imports (numpy for the statistics, scipy's t quantile, pyarrow for the
-# parquet files): 0.1-0.2 s, on the path from a study's last container exiting to llem's exit.
-SUMMARY_MODULES = ("numpy", "scipy.special", "pyarrow", "pyarrow.parquet")
-_prefetching: list[threading.Thread] = []
-
-
-def prefetch_summary_modules() -> None:
-    """Import :data:`SUMMARY_MODULES` in a daemon thread, once per process: started as a run's
-    container starts, while this process only waits on it, so the study's summary need not."""
-    if _prefetching:
-        return
-
-    def load() -> None:
-        for name in SUMMARY_MODULES:
-            with contextlib.suppress(ImportError):
-                importlib.import_module(name)
-
-    thread = threading.Thread(target=load, name="llem-prefetch", daemon=True)
-    _prefetching.append(thread)
-    thread.start()
 
 
 def _write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
