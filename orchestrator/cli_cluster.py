@@ -121,18 +121,28 @@ def _slurm_options(args: argparse.Namespace, user: UserConfig | None) -> SlurmOp
     )
 
 
-def _worker_flags(args: argparse.Namespace) -> list[str]:
-    """The host options of this invocation that the workers must run with too."""
+def _relayed(args: argparse.Namespace, values: tuple[str, ...], switches: tuple[str, ...]) -> list[str]:
+    """``args``' host options among ``values`` and ``switches`` as flags for a worker: only what
+    differs from the workers' own defaults (an option this command lacks is not relayed)."""
     defaults = argparse.ArgumentParser()
-    host_options(defaults)  # only what differs from the workers' own defaults is passed on
-    flags = [f"--image={image}" for image in args.image]
-    for name in ("runner", "run_timeout", "stall_timeout", "sample_interval", "container_memory", "pids_limit",
-                 "lock_dir", "timeout"):  # fmt: skip
-        value = getattr(args, name)
+    host_options(defaults)
+    flags = []
+    for name in values:
+        value = getattr(args, name, None)
         if value is not None and value != defaults.get_default(name):
             flags.append(f"--{name.replace('_', '-')}={value}")
-    switches = ("no_lock", "fail_fast", "no_circuit_breaker", "no_pull")
-    flags += [f"--{name.replace('_', '-')}" for name in switches if getattr(args, name)]
+    return flags + [f"--{name.replace('_', '-')}" for name in switches if getattr(args, name, False)]
+
+
+def _worker_flags(args: argparse.Namespace) -> list[str]:
+    """The host options of this invocation that the workers must run with too."""
+    flags = [f"--image={image}" for image in args.image]
+    flags += _relayed(
+        args,
+        ("runner", "run_timeout", "stall_timeout", "sample_interval", "container_memory", "pids_limit", "lock_dir",
+         "timeout"),
+        ("no_lock", "fail_fast", "no_circuit_breaker", "no_pull"),
+    )  # fmt: skip
     simulated = os.environ.get(SIMULATE_ENV)  # --simulate-gpus sets it; said to every worker, wherever it runs
     if simulated:
         flags.append(f"--simulate-gpus={simulated}")
@@ -141,17 +151,9 @@ def _worker_flags(args: argparse.Namespace) -> list[str]:
 
 def _pod_flags(args: argparse.Namespace) -> list[str]:
     """The host options of ``llem run --executor k8s`` its pods' workers run with (a pod's runner
-    is local and takes no locks, its image is the Job's: those are the Job's to say)."""
-    defaults = argparse.ArgumentParser()
-    host_options(defaults)
-    flags = []
-    for name in ("run_timeout", "stall_timeout", "sample_interval"):
-        value = getattr(args, name, None)  # llem k8s has none of them
-        if value is not None and value != defaults.get_default(name):
-            flags.append(f"--{name.replace('_', '-')}={value}")
-    return flags + [
-        f"--{name.replace('_', '-')}" for name in ("fail_fast", "no_circuit_breaker") if getattr(args, name, False)
-    ]
+    is local and takes no locks, its image is the Job's: those are the Job's to say; llem k8s has
+    none of them)."""
+    return _relayed(args, ("run_timeout", "stall_timeout", "sample_interval"), ("fail_fast", "no_circuit_breaker"))
 
 
 def _print_slurm_script(args: argparse.Namespace, study: Study, plan: Plan) -> int:
