@@ -53,6 +53,7 @@ def main(
     n_prompts: int = 40,
     dtype: str | None = None,
     rows_file: Path | None = None,
+    source: str = "builtin",
 ) -> None:
     config = ExperimentConfig.model_validate(
         {
@@ -60,7 +61,7 @@ def main(
             "dtype": dtype,
             "max_input_tokens": tokens,
             "max_output_tokens": tokens,
-            "dataset": {"source": "builtin", "n_prompts": n_prompts},
+            "dataset": {"source": source, "n_prompts": n_prompts},
             "decoder": {"do_sample": False, "min_new_tokens": tokens},
             # The floor is not slept (sleep is a no-op below), but on a GPU its loaded-idle power is
             # still sampled back to back: the schema's minimum keeps that to 300 NVML reads a pass.
@@ -128,6 +129,7 @@ if __name__ == "__main__":
     parser.add_argument("--tokens", type=int, default=32, help="input and output tokens per request")
     parser.add_argument("--prompts", type=int, default=40)
     parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"))
+    parser.add_argument("--prompts-file", default="builtin", help="a .jsonl prompt file (default: the built-in set)")
     parser.add_argument("--rows", type=Path, help="append each pair to this file as it is measured (JSON lines)")
     args = parser.parse_args()
     main(
@@ -138,4 +140,5 @@ if __name__ == "__main__":
         n_prompts=args.prompts,
         dtype=args.dtype,
         rows_file=args.rows,
+        source=args.prompts_file,
     )

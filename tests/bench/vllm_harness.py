@@ -37,14 +37,14 @@ class LoadedOnce:
         return getattr(self.engine, name)
 
 
-def main(model: str, repetitions: int, *, batch: int, tokens: int, n_prompts: int) -> None:
+def main(model: str, repetitions: int, *, batch: int, tokens: int, n_prompts: int, source: str = "builtin") -> None:
     config = ExperimentConfig.model_validate(
         {
             "model": model,
             "engine": "vllm",
             "max_input_tokens": tokens,
             "max_output_tokens": tokens,
-            "dataset": {"source": "builtin", "n_prompts": n_prompts},
+            "dataset": {"source": source, "n_prompts": n_prompts},
             "decoder": {"do_sample": False, "min_new_tokens": tokens},
             "warmup": {"n_warmup": batch, "thermal_floor_seconds": 30},  # the floor only runs on a GPU
             "baseline": {"enabled": False},
@@ -97,5 +97,9 @@ if __name__ == "__main__":  # vLLM spawns workers: the guard is required
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=32, help="input and output tokens per request")
     parser.add_argument("--prompts", type=int, default=40)
+    parser.add_argument("--prompts-file", default="builtin", help="a .jsonl prompt file (default: the built-in set)")
     args = parser.parse_args()
-    main(args.model, args.repetitions, batch=args.batch, tokens=args.tokens, n_prompts=args.prompts)
+    main(
+        args.model, args.repetitions, batch=args.batch, tokens=args.tokens, n_prompts=args.prompts,
+        source=args.prompts_file,
+    )  # fmt: skip
