@@ -33,6 +33,10 @@ BENCH = REPO / "tests" / "bench"
 IMAGE = f"llem/pytorch:{__version__}"
 OB_IMAGE = f"llem/bench-optimum-benchmark:{__version__}"
 VLLM_IMAGE = f"llem/vllm-cpu:{__version__}"
+# The pytorch harness's workload: 160 prompts (40 batches of 4) per side and repetition, a window of
+# ~1.5 s here. With the 40 of the overhead study a window was ~0.35 s, and a 0.1 s stall of this
+# shared 2-core machine moved one side's throughput by a third (pairs from 0.70 to 1.18).
+HARNESS_ARGS = ("--prompts", "160")
 # vLLM's harness workload: 160 prompts, batches of 4 (max_num_seqs), 64 tokens in, exactly 64 out.
 VLLM_HARNESS_ARGS = ("--prompts", "160", "--tokens", "64", "--batch", "4")
 # Every prompt of the workload is longer than the tokens it is cut to (>= 83 of the tiny GPT-2's
@@ -134,7 +138,7 @@ def harness(model: Path, repetitions: int, prompts: Path) -> dict[str, object]:
     out = sh(
         DOCKER, "run", "--rm", "--network", "none", "-e", "HOME=/tmp", "--entrypoint", "/opt/llem/bin/python",
         "-v", f"{model}:/model:ro", "-v", f"{BENCH}:/bench:ro", "-v", f"{prompts}:/prompts.jsonl:ro", IMAGE,
-        "/bench/harness.py", "/model", str(repetitions), "--prompts-file", "/prompts.jsonl",
+        "/bench/harness.py", "/model", str(repetitions), *HARNESS_ARGS, "--prompts-file", "/prompts.jsonl",
     ).stdout  # fmt: skip
     data: dict[str, object] = json.loads(out.strip().splitlines()[-1])
     return data
@@ -347,7 +351,9 @@ def render(
         "",
         "Output tokens/s reported by the agent divided by tokens/s of a bare `model.generate` loop over the",
         "same pre-tokenized batches, the same loaded model object (the agent's engine, loaded once), same container,",
-        f"alternating which side goes first (torch threads: {harness_data['torch_threads']}).",
+        f"alternating which side goes first (torch threads: {harness_data['torch_threads']}). Each window is 160",
+        "prompts (40 batches of 4, 32 tokens in, exactly 32 out): with 40, a window was ~0.35 s and one stall of",
+        "this shared machine moved a pair by a third.",
         "",
         *_pairs(rows, ratios, ratio_of_medians),
         "",
