@@ -19,11 +19,12 @@ from .display import PullLines, console
 from .errors import EXIT_OK, EXIT_RUNS_FAILED, ConfigError, EnvironmentProblem
 from .execution import NoEvents
 from .plan import Plan, make_plan
-from .session import host_settings, load_plan, make_runners, plural, prepare_host, resolve_images, results_root
+from .session import host_settings, load_plan, make_runners, prepare_host, resolve_images, results_root
 from .simulation import SIMULATE_ENV
 from .study import Study, load_planned_study
 from .studydir import StudyDir
 from .userconfig import UserConfig, load_user_config
+from .words import plural
 
 if TYPE_CHECKING:
     from .execution import HostSettings, RunOutcome
