@@ -42,10 +42,11 @@ from .options import Options
 from .plan import Plan, PlannedRun
 from .profiles import PROFILES
 from .runners import RUNNER_KINDS
-from .session import gc_paused, host_settings, load_plan, make_runners, plural, prepare_host
+from .session import gc_paused, host_settings, load_plan, make_runners, prepare_host
 from .simulation import SIMULATE_ENV, parse_spec
 from .study import MAX_EXPERIMENTS, MAX_RUNS, ExperimentOrder
 from .userconfig import load_user_config
+from .words import plural
 
 if TYPE_CHECKING:
     from .display import ProgressDisplay
@@ -158,7 +159,7 @@ class _Progress:
 
         name, total = plan.study.name, len(plan.runs)
         if resumed:
-            self.err.print(f"resuming study {name} in {study_dir}: {completed} of {total} runs completed, "
+            self.err.print(f"resuming study {name} in {study_dir}: {completed} of {plural(total, 'run')} completed, "
                            f"{total - completed} to run")  # fmt: skip
         else:
             self.err.print(f"study {name}: {plural(total, 'run')} -> {study_dir}")

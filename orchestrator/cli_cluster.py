@@ -8,7 +8,7 @@ import argparse
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
@@ -19,11 +19,12 @@ from .display import PullLines, console
 from .errors import EXIT_OK, EXIT_RUNS_FAILED, ConfigError, EnvironmentProblem
 from .execution import NoEvents
 from .plan import Plan, make_plan
-from .session import host_settings, load_plan, make_runners, plural, prepare_host, resolve_images, results_root
+from .session import host_settings, load_plan, make_runners, prepare_host, resolve_images, results_root
 from .simulation import SIMULATE_ENV
 from .study import Study, load_planned_study
 from .studydir import StudyDir
 from .userconfig import UserConfig, load_user_config
+from .words import plural
 
 if TYPE_CHECKING:
     from .execution import HostSettings, RunOutcome
@@ -277,7 +278,7 @@ def cmd_k8s(args: argparse.Namespace) -> int:
     images = resolve_images(study.images, args.image, user)
     given = {canonical_engine(item.partition("=")[0]) for item in args.image}
     err = console(stderr=True)
-    pod_images = {e: _pinned(ref if e in given else k8s.worker_image(ref), err) for e, ref in images.items()}
+    pod_images = {e: _pinned(e, ref if e in given else k8s.worker_image(ref), err) for e, ref in images.items()}
     hours = args.timeout if args.timeout is not None else study.execution.wall_clock_timeout_hours
     # Checked before anything is planned: a name or size the cluster would refuse is one line.
     opts = k8s.K8sOptions(
@@ -303,17 +304,26 @@ def cmd_k8s(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _pinned(ref: str, err: Console) -> str:
+def _pinned(engine: str, ref: str, err: Console) -> str:
     """``ref`` by its registry digest (``name@sha256:...``) where this host has the image with
-    one: a tag can move between the plan and a pod's start, a digest cannot. Else the tag, said."""
-    if "@sha256:" in ref:
-        return ref
-    from .docker_runner import DockerRunner
+    one: a tag can move between the plan and a pod's start, a digest cannot. Else the tag, said.
+    An image this host has must be llem's worker image (``io.llem.worker=true``): the pods run
+    ``llem worker``, which an agent image lacks (every run would fail without result.json)."""
+    from .docker_runner import LABEL_WORKER_IMAGE, DockerRunner
 
     try:
-        digests = [str(d) for d in DockerRunner().describe([ref])[1][ref].get("repo_digests") or []]
+        here: dict[str, Any] | None = DockerRunner().describe([ref])[1][ref]
     except Exception:  # no Docker here, or the image is not: the tag it is, and say so
-        digests = []
+        here = None
+    if here is not None and (here.get("labels") or {}).get(LABEL_WORKER_IMAGE) != "true":
+        raise ConfigError(
+            f"the {engine} pods' image {ref} is not llem's worker image (no {LABEL_WORKER_IMAGE}=true label; an agent "
+            "image has no `llem worker`, the pods' command): give the worker image built from it "
+            f"(images/worker/Dockerfile with --build-arg ENGINE_IMAGE={ref}; `make images` builds the pytorch one)"
+        )
+    if "@sha256:" in ref:
+        return ref
+    digests = [str(d) for d in (here or {}).get("repo_digests") or []]
     repository = ref.rsplit(":", 1)[0] if ":" in ref.rsplit("/", 1)[-1] else ref
     pinned = next((d for d in digests if d.startswith(repository + "@")), None)
     if pinned is None:

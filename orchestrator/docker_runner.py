@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import signal
@@ -328,7 +329,9 @@ class DockerRunner:
             with signals_held():
                 container = self._create(spec)
                 self._start(container, spec)
-            return self._follow(container, timeout_s, liveness, start, started_at)
+            outcome = self._follow(container, timeout_s, liveness, start, started_at)
+            image_id, image_digest = self._image_of(container, spec.image)
+            return dataclasses.replace(outcome, image_id=image_id, image_digest=image_digest)
         finally:
             if container is not None:
                 self._save_log(container, log_path)
@@ -387,6 +390,19 @@ class DockerRunner:
             container.reload()
             oom = bool(container.attrs.get("State", {}).get("OOMKilled", False))
         return ContainerOutcome(exit_code, timed_out, oom, time.monotonic() - start, hung)
+
+    def _image_of(self, container: Container, ref: str) -> tuple[str | None, str | None]:
+        """The id of the image ``container`` ran (the daemon's, whatever ``ref`` names now) and a
+        registry digest of it, of ``ref``'s repository where it has several; None where unknown."""
+        image_id = (container.attrs or {}).get("Image")
+        if not isinstance(image_id, str) or not image_id:
+            return None, None
+        try:
+            digests = [str(d) for d in self.client.images.get(image_id).attrs.get("RepoDigests") or []]
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            digests = []  # the image was removed meanwhile: its id is still what ran
+        repository = parse_repository_tag(ref)[0]
+        return image_id, next((d for d in digests if d.partition("@")[0] == repository), next(iter(digests), None))
 
     def _leftover(self, name: str) -> Container | None:
         try:

@@ -15,7 +15,7 @@ from .display import experiment_labels
 from .errors import ConfigError
 from .models import VramEstimate, cached_snapshot, estimate_vram, hf_home, model_facts, resolve_model_dir
 from .plan import Plan
-from .session import plural
+from .words import plural
 
 
 def vram_estimates(plan: Plan) -> dict[int, VramEstimate | None]:

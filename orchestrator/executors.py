@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 from .errors import EXIT_OK, EXIT_RUNS_FAILED, EnvironmentProblem, Interrupted
 from .options import Options
-from .session import open_study, plural
+from .session import open_study
 from .studydir import StudyDir, final_status
+from .words import be, plural
 
 if TYPE_CHECKING:
     from .k8s import K8sOptions
@@ -87,8 +88,10 @@ class Parallel:
         held = ClaimBoard(study_dir).live_claims()
         if held:
             who = "; ".join(f"{run_id} by {holder}" for run_id, holder in held.items())
+            n = len(held)
             self.say(
-                f"{len(held)} runs are held by workers of another llem ({who}); this study's workers wait for them"
+                f"{plural(n, 'run')} {be(n)} held by workers of another llem ({who}); this study's workers "
+                "wait for them"
             )
         return study_dir
 
@@ -119,7 +122,10 @@ class Parallel:
         manifest = store.refresh()
         held = board.live_claims()
         if held:  # a worker lost a run to another llem's: that one concludes the study
-            self.say(f"{len(held)} runs are still held by other workers ({', '.join(held)}); they finish the study")
+            self.say(
+                f"{plural(len(held), 'run')} {be(len(held))} still held by other workers ({', '.join(held)}); "
+                "they finish the study"
+            )
             return Followed(None)
         if manifest.status == "running":  # no worker got as far as concluding the study
             ended = final_status((e.status for e in manifest.runs), note="no worker concluded")
@@ -182,7 +188,7 @@ class Slurm:
         if not self.wait:
             return Followed(None, f"follow it: squeue -j {self.job}; llem results {study_dir}")
         status, left = slurm.follow(study_dir, self.job, self.progress)
-        return Followed(status, f"{left} runs not completed" if left else "")
+        return Followed(status, f"{plural(left, 'run')} not completed" if left else "")
 
 
 class Kubernetes:

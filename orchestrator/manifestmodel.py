@@ -44,6 +44,14 @@ class RunEntry(BaseModel):
     status: RunStatus = "pending"
     image: str
     runner: Literal["docker", "local"] = "docker"
+    image_id: str | None = Field(
+        default=None,
+        description="The id of the image its last attempt's container ran (sha256:...); None for a local run, an "
+        "attempt that never got a container, and manifests of an llem that did not record it.",
+    )
+    image_digest: str | None = Field(
+        default=None, description="A registry digest of that image (repo@sha256:...), where the host had one."
+    )
     devices: list[str] = Field(default_factory=list)
     host: str | None = Field(default=None, description="The host the run ran on (its last attempt).")
     overlapped_with: list[str] = Field(

@@ -340,6 +340,8 @@ def run_one(
                 # What this attempt runs in (a resume or another worker may differ from the plan).
                 image="local" if runner.kind == "local" else spec.image,
                 runner="local" if runner.kind == "local" else "docker",
+                image_id=None,  # known once its container ran (an earlier attempt's is not this one's)
+                image_digest=None,
             )
             timeout = (
                 inputs.options.run_timeout_s if remaining_s is None else min(inputs.options.run_timeout_s, remaining_s)
@@ -363,5 +365,7 @@ def run_one(
         wall_s=round(outcome.duration_s, 3),
         exit_code=outcome.exit_code,
         failure=failure,
+        image_id=outcome.image_id,  # the image that ran, whatever its tag names by now
+        image_digest=outcome.image_digest,
     )
     return RunOutcome(run=run, entry=entry, result=result)

@@ -17,7 +17,8 @@ from .results import write_design
 from .studydir import StudyDir
 
 EntryFor = Callable[[PlannedRun], RunEntry]  # a run's manifest entry as this host would run it
-Facts = Callable[[], tuple[dict[str, Any], dict[str, dict[str, Any]]]]  # the runners' and images' facts
+Described = tuple[dict[str, Any], dict[str, dict[str, Any]]]  # the runners' facts, and each image's by ref
+Facts = Callable[[], Described]
 
 
 def create(plan: Plan, options: HostSettings, entry_for: EntryFor, runner_facts: Facts) -> tuple[Path, Manifest]:
@@ -97,7 +98,8 @@ def resume(study_dir: Path, plan: Plan, options: HostSettings, entry_for: EntryF
             f"{study_dir}: the study's design changed since it ran (design hash {manifest.study_design_hash} "
             f"-> {plan.study.design_hash}){hint}; run it as a new study instead of mixing results"
         )
-    _check_resumed_runs(study_dir, manifest, plan, entry_for)
+    facts = runner_facts()  # this host's runners, and the images this resume would run (their ids)
+    _check_resumed_runs(study_dir, manifest, plan, entry_for, facts[1])
     for run_id, why in directory.lost_results(manifest).items():  # a result gone or damaged: run it again
         problem = why.splitlines()[0][:160]
         entry = manifest.run(run_id)
@@ -109,7 +111,7 @@ def resume(study_dir: Path, plan: Plan, options: HostSettings, entry_for: EntryF
             entry.status = "pending"
     manifest.study_file = str(plan.study.anchor)  # anchors the copy's relative paths
     directory.copy_study_file(plan.study.path)  # an edited file (other runners, images): the earlier copy kept
-    _note_resumed_host(directory, plan, options, runner_facts)
+    _note_resumed_host(directory, plan, options, facts)
     known = {entry.run_id for entry in manifest.runs}
     manifest.runs.extend(entry_for(run) for run in plan.runs if run.run_id not in known)
     manifest.n_cycles = max(manifest.n_cycles, plan.n_cycles)
@@ -118,21 +120,25 @@ def resume(study_dir: Path, plan: Plan, options: HostSettings, entry_for: EntryF
     return manifest
 
 
-def _note_resumed_host(directory: StudyDir, plan: Plan, options: HostSettings, runner_facts: Facts) -> None:
+def _note_resumed_host(directory: StudyDir, plan: Plan, options: HostSettings, facts: Described) -> None:
     """host.json keeps the host the study was planned on and gains, per resume, the host and
     images that resume runs with, its measurement factors and protocol (``resumed``)."""
-    server, images = runner_facts()
+    server, images = facts
     directory.add_resumed_host(
         host_facts(server, images)
         | {"measurement": options.factors.as_dict(), "protocol": protocol(plan, options), "at": utc_now()}
     )
 
 
-def _check_resumed_runs(study_dir: Path, manifest: Manifest, plan: Plan, entry_for: EntryFor) -> None:
+def _check_resumed_runs(
+    study_dir: Path, manifest: Manifest, plan: Plan, entry_for: EntryFor, images: dict[str, dict[str, Any]]
+) -> None:
     """Each run resumed is the run planned: its experiment's config hash (a reordered sweep
     would otherwise resume into swapped experiment ids), and, where it completed, the image
     and runner this resume would use (a completed run's numbers never sit beside another
-    image's). Runs still to run take this resume's image and runner."""
+    image's): the same tag, and the same image id where the run recorded one and this host
+    knows the tag's (``images``: ref -> its facts), so a tag rebuilt or pulled since is refused
+    too. Runs still to run take this resume's image and runner."""
     planned = {run.run_id: run for run in plan.runs}
     for entry in manifest.runs:
         run = planned.get(entry.run_id)
@@ -144,12 +150,20 @@ def _check_resumed_runs(study_dir: Path, manifest: Manifest, plan: Plan, entry_f
                 f"{run.experiment.config_hash} (experiments reordered?); run it as a new study"
             )
         fresh = entry_for(run)
+        engine = run.experiment.config.engine
         if entry.status != "completed":
-            entry.image, entry.runner = fresh.image, fresh.runner
+            if (entry.image, entry.runner) != (fresh.image, fresh.runner):  # its next attempt says what it ran
+                entry.image, entry.runner, entry.image_id, entry.image_digest = fresh.image, fresh.runner, None, None
         elif (entry.image, entry.runner) != (fresh.image, fresh.runner):
-            engine = run.experiment.config.engine
             raise ConfigError(
                 f"{study_dir}: completed {engine} runs ran in {entry.image} ({entry.runner}); this resume would "
                 f"run {fresh.image} ({fresh.runner}): resume with --image {engine}={entry.image} (and that "
                 "runner), or run the study anew"
+            )
+        elif entry.image_id and (now := (images.get(fresh.image) or {}).get("id")) and now != entry.image_id:
+            raise ConfigError(
+                f"{study_dir}: completed {engine} runs ran in {entry.image} as image {entry.image_id}; that tag "
+                f"names {now} on this host now (rebuilt or pulled since): tag the image they ran in again "
+                f"where this host still has it (docker tag {entry.image_id} {entry.image}) and resume, or run the "
+                "study anew"
             )

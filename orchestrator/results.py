@@ -31,6 +31,7 @@ from .stats import ALL_METRICS, KEY_METRICS, METRIC_BY_NAME, METRICS, METRICS_KE
 from .studydir import EXPERIMENTS_FILE, HOST_FILE, RunDir, StudyDir, newest_study, read_json
 from .summary import ExperimentSummary, RunRecord, StudySummary, run_rows, summary_rows, write_summaries
 from .userconfig import MeasurementFactors
+from .words import be, plural
 
 # A coefficient of variation above this makes a single experiment's mean doubtful.
 CV_WARNING = 0.10
@@ -295,9 +296,14 @@ def _refuse_mixed(study_dir: Path, simulated: dict[bool, list[str]]) -> None:
     fake, real = simulated[True], simulated[False]
     if fake and real:
         raise ConfigError(
-            f"{study_dir}: {len(fake)} runs on simulated GPUs ({fake[0]}, ...) and {len(real)} on real GPUs or the "
-            f"CPU ({real[0]}, ...); llem never compares a simulated number with a measurement"
+            f"{study_dir}: {plural(len(fake), 'run')} on simulated GPUs ({_some(fake)}) and {len(real)} on real GPUs "
+            f"or the CPU ({_some(real)}); llem never compares a simulated number with a measurement"
         )
+
+
+def _some(run_ids: list[str]) -> str:
+    """The first of ``run_ids``, with ``...`` where there are more."""
+    return run_ids[0] + (", ..." if len(run_ids) > 1 else "")
 
 
 def _experiment_warnings(e: ExperimentSummary) -> list[str]:
@@ -324,8 +330,9 @@ def _overlap_warnings(windows: dict[str, tuple[float, float]], manifest: Manifes
     shown = ", ".join(f"{a} with {', '.join(sorted(b))}" for a, b in sorted(found.items())[:4])
     more = " ..." if len(found) > 4 else ""
     return [
-        f"{len(found)} runs were measured while other runs were ({shown}{more}): they shared this host's "
-        "power, memory bandwidth and cooling, so compare them with care (run with --parallel 1 to avoid it)"
+        f"{plural(len(found), 'run')} {be(len(found), past=True)} measured while other runs were ({shown}{more}): "
+        "they shared this host's power, memory bandwidth and cooling, so compare them with care (run with "
+        "--parallel 1 to avoid it)"
     ]
 
 

@@ -26,6 +26,10 @@ class ContainerOutcome:
     oom_killed: bool
     duration_s: float
     hung: bool = False
+    # The image the container ran, as the runner knows it (none for a local run): what the
+    # manifest records of the attempt, not the tag it was asked for.
+    image_id: str | None = None
+    image_digest: str | None = None
 
 
 @dataclass(frozen=True)

@@ -240,8 +240,3 @@ def open_study(options: Options, loop: StudyLoop, describe: bool = True) -> Path
         study_dir = Path(options.resume_dir) if options.resume_dir else newest_unfinished(root, name)
         return loop.resume(study_dir, describe=describe)
     return loop.prepare(describe=describe)
-
-
-def plural(n: int, word: str) -> str:
-    """``1 run``, ``2 runs``, ``1,000 runs``."""
-    return f"{n:,} {word}{'' if n == 1 else 's'}"

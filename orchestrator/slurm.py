@@ -24,6 +24,7 @@ from .errors import ConfigError, EnvironmentProblem
 from .manifest import CLAIMABLE, ProgressWatch
 from .plan import Plan
 from .studydir import FINAL_STATUSES, StudyDir
+from .words import plural
 
 # File systems every node of a cluster can see; anything else gets a warning.
 SHARED_FS = {"nfs", "nfs4", "lustre", "gpfs", "beegfs", "cephfs", "glusterfs", "fuse.glusterfs", "panfs", "wekafs",
@@ -96,8 +97,8 @@ def script(study_dir: Path, plan: Plan, options: SlurmOptions, worker_flags: Seq
     command = " ".join(_quote(part) for part in [*worker, *worker_flags])
     lines = [
         "#!/bin/bash",
-        f"# llem {__version__}: study {plan.study.name}, {len(plan.runs)} runs ({pending} to run) by a job array",
-        f"# of {tasks} tasks. Each task runs `llem worker`, which claims pending runs one by one",
+        f"# llem {__version__}: study {plan.study.name}, {plural(len(plan.runs), 'run')} ({pending} to run) by a job",
+        f"# array of {plural(tasks, 'task')}. Each task runs `llem worker`, which claims pending runs one by one",
         f"# ({study.claims_dir}/) until none is left; a run whose task dies is claimed again.",
         "# What is left after the job:  llem run STUDY --resume-dir THIS_STUDY_DIR --executor slurm",
         *(f"#SBATCH {h}" for h in header),

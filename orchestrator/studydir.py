@@ -47,6 +47,7 @@ from llem_agent.contract import (
 
 from .errors import ConfigError, EnvironmentProblem
 from .manifestmodel import Manifest, StudyStatus, utc_now
+from .words import plural
 from .yamlsafe import Unreadable, read_bytes
 
 MANIFEST_FILE = "manifest.json"
@@ -190,7 +191,7 @@ def final_status(
     for s in runs:
         if s != "completed":
             left[s] = left.get(s, 0) + 1
-    detail = f"{done} of {len(runs)} runs completed"
+    detail = f"{done} of {plural(len(runs), 'run')} completed"
     if left:
         detail += "; " + ", ".join(f"{n} {s}" for s, n in sorted(left.items()))
     if others:

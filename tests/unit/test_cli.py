@@ -332,7 +332,7 @@ def test_no_flag_is_taken_for_another_by_its_prefix():
 
 
 def test_counts_are_said_in_the_singular_for_one():
-    from llem.session import plural
+    from llem.words import plural
 
     assert (plural(1, "run"), plural(2, "run"), plural(1000, "run")) == ("1 run", "2 runs", "1,000 runs")
 

@@ -243,3 +243,69 @@ def test_kubernetes_flags_without_the_k8s_executor_or_missing_from_it_are_one_li
     proc = run_llem("run", str(mixed), "--results-dir", str(tmp_path / "r"), *argv)
     assert_one_line_error(proc, EXIT_CONFIG, said)
     assert not (tmp_path / "r").exists() and not (tmp_path / "o").exists()  # nothing planned, nothing written
+
+
+class HostImages:
+    """The docker runner as ``llem k8s`` asks it (describe: labels, registry digests) over the
+    images this host has; another is not found."""
+
+    def __init__(self, images: dict[str, dict]) -> None:
+        self.images = images
+
+    def __call__(self) -> HostImages:  # DockerRunner()
+        return self
+
+    def describe(self, refs):
+        from llem.errors import EnvironmentProblem
+
+        refs = sorted(set(refs))
+        missing = [r for r in refs if r not in self.images]
+        if missing:
+            raise EnvironmentProblem(f"cannot describe the Docker engine or images: {missing[0]} not found")
+        return {}, {r: self.images[r] for r in refs}
+
+
+WORKER_DIGEST = "llem/pytorch-worker@sha256:" + "f" * 64
+
+
+@pytest.fixture
+def host_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llem import docker_runner
+
+    agent = {"id": "sha256:1", "repo_digests": [], "labels": {"io.llem.engine": "pytorch"}}
+    worker = {"id": "sha256:2", "repo_digests": [WORKER_DIGEST],
+              "labels": {"io.llem.worker": "true", "io.llem.engine-image": "llem/pytorch:t"}}  # fmt: skip
+    monkeypatch.setattr(docker_runner, "DockerRunner", HostImages({"llem/pytorch:t": agent,
+                                                                   "llem/pytorch-worker:t": worker}))  # fmt: skip
+
+
+def _k8s(tmp_path: Path, study_file: Path, image: str) -> int:
+    from llem.cli import main
+
+    return main(["k8s", str(study_file), "--out", str(tmp_path / "k8s"), "--results-dir", str(tmp_path / "r"),
+                 "--pvc", "p", "--image", f"pytorch={image}"])  # fmt: skip
+
+
+def test_an_agent_image_this_host_has_is_refused_as_the_pods_image(tmp_path, study_file, host_images, capsys):
+    from llem.errors import EXIT_CONFIG
+
+    assert _k8s(tmp_path, study_file, "llem/pytorch:t") == EXIT_CONFIG  # was: Jobs whose every run fails
+    err = capsys.readouterr().err
+    assert err == (
+        "llem: error: the pytorch pods' image llem/pytorch:t is not llem's worker image (no io.llem.worker=true "
+        "label; an agent image has no `llem worker`, the pods' command): give the worker image built from it "
+        "(images/worker/Dockerfile with --build-arg ENGINE_IMAGE=llem/pytorch:t; `make images` builds the pytorch "
+        "one)\n"
+    )
+    assert not (tmp_path / "r").exists() and not (tmp_path / "k8s").exists()  # nothing planned, nothing written
+
+
+def test_a_worker_image_this_host_has_is_pinned_and_one_it_lacks_kept_by_tag(tmp_path, study_file, host_images, capsys):
+    assert _k8s(tmp_path, study_file, "llem/pytorch-worker:t") == EXIT_OK
+    (job,) = jobs(tmp_path / "k8s").values()
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == WORKER_DIGEST
+    # Not on this host: nothing to inspect, so taken as given (by tag, said), as before.
+    assert _k8s(tmp_path / "elsewhere", study_file, "registry.example/llem/pytorch-worker:t") == EXIT_OK
+    (job,) = jobs(tmp_path / "elsewhere" / "k8s").values()
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/llem/pytorch-worker:t"
+    assert "no registry digest on this host, the Jobs name it by tag" in capsys.readouterr().err

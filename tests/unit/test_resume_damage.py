@@ -48,6 +48,22 @@ def test_a_garbage_manifest_is_one_line_that_says_how_to_recover(tmp_path, study
     assert "validation error" not in message
 
 
+@pytest.mark.parametrize("damage", ["{this is not json", '{"study_name": 3}', '{"runs": "none"}'])
+def test_the_resume_line_after_a_damaged_manifest_claims_nothing_llem_results_cannot_do(tmp_path, study_file, damage):
+    loop, _ = run_study(tmp_path, study_file, FakeRunner())
+    assert loop.study_dir is not None
+    manifest = loop.study_dir / "manifest.json"
+    manifest.write_text(damage)  # not JSON, or JSON that is no manifest (pydantic would say why in many lines)
+    with pytest.raises(ConfigError) as caught:
+        make_loop(tmp_path, study_file, FakeRunner()).resume(loop.study_dir)
+    assert str(caught.value) == (
+        f"{manifest} is damaged (not a manifest llem can read); each completed run's result.json is still under "
+        f"{loop.study_dir / 'runs'}"
+    )  # was: "... run the study anew (llem results reads the old ...)", and llem results cannot read it either
+    done = run_llem("results", str(loop.study_dir))
+    assert done.returncode == 2 and "is damaged" in done.stderr  # so it must not be told to
+
+
 def test_results_of_a_study_with_a_lost_result_do_not_crash(tmp_path, study_file):
     from llem.results import summarise
 
