@@ -278,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one flat list 
     k8s_flags(k8s, required=True)
     k8s.add_argument(
         "--timeout", type=float, metavar="HOURS",
-        help="activeDeadlineSeconds of the Jobs (default: study_execution.wall_clock_timeout_hours, else none)",
+        help="activeDeadlineSeconds of the Jobs (default: study_execution.wall_clock_timeout_hours, else every run "
+        "to its --run-timeout after the longest pause and 10 minutes more, one after another)",
     )  # fmt: skip
     k8s.add_argument(
         "--image", action="append", default=[], metavar="ENGINE=IMAGE",

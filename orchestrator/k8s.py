@@ -31,6 +31,18 @@ HF_MOUNT = "/llem/hf"
 POD_MOUNTS = ("/tmp", "/dev/shm", HF_MOUNT)
 # A finished Job (and its pods' logs) is kept this long, then Kubernetes removes it.
 TTL_AFTER_FINISHED_S = 7 * 24 * 3600
+# Per run, on top of its timeout and the longest pause: a container's start, a model's download.
+DEADLINE_SLACK_PER_RUN_S = 600
+
+
+def default_deadline_s(runs: int, run_timeout_s: float, longest_pause_s: float) -> int:
+    """activeDeadlineSeconds where the study sets no wall-clock limit: one pod running every run
+    to its timeout, with the longest pause and 10 minutes more before each. A Job that makes
+    progress never reaches it (each run is stopped at its timeout); a pod hung outside any run
+    (a stuck volume, a wedged kubelet) cannot keep its Job, and its GPUs, for ever."""
+    return max(1, round(runs * (run_timeout_s + longest_pause_s + DEADLINE_SLACK_PER_RUN_S)))
+
+
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 DNS_SUBDOMAIN = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 # Kubernetes resource quantities: 4, 500m, 16Gi, 1.5G, ...

@@ -309,3 +309,26 @@ def test_a_worker_image_this_host_has_is_pinned_and_one_it_lacks_kept_by_tag(tmp
     (job,) = jobs(tmp_path / "elsewhere" / "k8s").values()
     assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/llem/pytorch-worker:t"
     assert "no registry digest on this host, the Jobs name it by tag" in capsys.readouterr().err
+
+
+def test_a_job_without_a_wall_clock_limit_still_has_a_deadline_every_run_at_its_timeout(tmp_path, mixed):
+    """issue 23 s3: no study limit and no --timeout used to leave the Jobs without activeDeadlineSeconds,
+    so a pod hung outside any run kept its Job (and GPUs) for ever. The bound: 6 runs (3 experiments
+    x 2 cycles), each at its --run-timeout of 100 s after the longest pause (300 s, a GPU machine's
+    cycle gap, above the breaker's 60 s cooldown) and 600 s more: 6 x 1,000 s."""
+    flags = ["--executor", "k8s", "--pvc", "p", "--run-timeout", "100"]
+    done = run_llem("run", str(mixed), "--out", str(tmp_path / "a"), "--results-dir", str(tmp_path / "ra"), *flags)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert {doc["spec"]["activeDeadlineSeconds"] for doc in jobs(tmp_path / "a").values()} == {6000}
+    # A study's own longer pause counts instead: 6 x (100 + 1,000 + 600) s.
+    paused = tmp_path / "paused.yaml"
+    paused.write_text(MIXED.replace("{n_cycles: 2}", "{n_cycles: 2, cycle_gap_seconds: 1000}"))
+    done = run_llem("run", str(paused), "--out", str(tmp_path / "b"), "--results-dir", str(tmp_path / "rb"), *flags)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert {doc["spec"]["activeDeadlineSeconds"] for doc in jobs(tmp_path / "b").values()} == {10200}
+    # llem k8s: the pods' workers' default run timeout, 3,600 s: 6 x (3,600 + 300 + 600) s.
+    done = run_llem(
+        "k8s", str(mixed), "--out", str(tmp_path / "c"), "--results-dir", str(tmp_path / "rc"), "--pvc", "p"
+    )
+    assert done.returncode == EXIT_OK, done.stderr
+    assert {doc["spec"]["activeDeadlineSeconds"] for doc in jobs(tmp_path / "c").values()} == {27000}
