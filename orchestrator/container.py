@@ -36,6 +36,9 @@ PASSTHROUGH_ENV = ("LLEM_FAULT_INJECTION", RAW_TRACE_ENV)
 # may download from the hub gets it as a read-only file, which huggingface_hub reads through
 # HF_TOKEN_PATH; a run with a local model gets nothing.
 SECRET_ENV = "HF_TOKEN"
+# Set by llem k8s on every pod: the pod's own image (by digest where the Job names it so), which
+# the local runner inside it records as the image its runs ran in.
+POD_IMAGE_ENV = "LLEM_POD_IMAGE"
 CONTAINER_TOKEN_FILE = "/run/secrets/hf_token"
 DEFAULT_PIDS_LIMIT = 16384  # processes and threads of one run (vLLM and TensorRT-LLM spawn many)
 NONROOT = "65532"  # the agent's user when llem itself runs as root

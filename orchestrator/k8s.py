@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from . import __version__
-from .container import NONROOT
+from .container import NONROOT, POD_IMAGE_ENV
 from .devices import devices_needed
 from .errors import ConfigError
 from .plan import Plan
@@ -165,6 +165,7 @@ def _job(
     sized = {"cpu": options.cpus, "memory": options.memory}
     limits: dict[str, Any] = sized | ({"nvidia.com/gpu": gpus} if gpus else {})
     resources: dict[str, Any] = {"requests": dict(sized), "limits": limits}
+    env.append({"name": POD_IMAGE_ENV, "value": options.images[engine]})  # what its runs record they ran in
     container = {
         "name": "worker",
         "image": options.images[engine],

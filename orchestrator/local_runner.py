@@ -34,7 +34,7 @@ from typing import Any
 
 from llem_agent.contract import CONTAINER_RUN_DIR, ENGINE_SECTIONS
 
-from .container import SECRET_ENV, ContainerSpec, Mount
+from .container import POD_IMAGE_ENV, SECRET_ENV, ContainerSpec, Mount
 from .errors import EnvironmentProblem
 from .runner import ContainerOutcome, Liveness, supervise
 
@@ -176,7 +176,9 @@ class LocalRunner:
                     os.killpg(process.pid, signal.SIGKILL)  # what the agent started (vLLM's engine core) ends with it
         code = process.returncode
         exit_code = _SIGNAL_BASE - code if code is not None and code < 0 else code
-        return ContainerOutcome(exit_code, timed_out, False, time.monotonic() - start, hung)
+        return ContainerOutcome(
+            exit_code, timed_out, False, time.monotonic() - start, hung, image_digest=pod_image_digest(os.environ)
+        )
 
 
 def _kill(process: subprocess.Popen[bytes], grace_s: float) -> None:
@@ -215,3 +217,10 @@ def _translate(value: str, mounts: Iterable[Mount]) -> str:
         if value == mount.target or value.startswith(mount.target + "/"):
             return os.path.join(os.getcwd(), mount.source) + value[len(mount.target) :]
     return value
+
+
+def pod_image_digest(environ: Any) -> str | None:
+    """In a pod of llem k8s, the pod's image where the Job names it by digest (``POD_IMAGE_ENV``):
+    the image the run ran in. None elsewhere, and for a pod whose image is a tag (it can move)."""
+    ref = str(environ.get(POD_IMAGE_ENV) or "")
+    return ref if "@sha256:" in ref else None

@@ -69,6 +69,9 @@ def test_one_valid_indexed_job_per_engine_with_gpus_from_the_experiments(tmp_pat
         assert claims == {"llem-results", "hf-cache"}
         token = [e for e in container["env"] if e["name"] == "HF_TOKEN"]
         assert token[0]["valueFrom"]["secretKeyRef"]["name"] == "hf"
+        # The pod is told its own image, which its runs record they ran in (by digest where pinned).
+        (own,) = [e["value"] for e in container["env"] if e["name"] == "LLEM_POD_IMAGE"]
+        assert own == container["image"]
     assert docs["vllm"]["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.local/llem/vllm:1"
     gpus = {e: d["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
             for e, d in docs.items()}  # fmt: skip

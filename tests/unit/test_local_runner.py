@@ -291,3 +291,18 @@ def test_an_interpreter_that_is_not_there_is_one_line(tmp_path):
     with pytest.raises(EnvironmentProblem, match="cannot start") as caught:
         LocalRunner("pytorch", python=str(tmp_path / "no-python")).check(["unused"])
     assert "\n" not in str(caught.value)
+
+
+def test_a_pods_run_records_the_pods_image_by_digest_and_no_tag(tmp_path, fake_python, monkeypatch):
+    """issue 23 s2: a Kubernetes pod's runs recorded only image "local"; the Job now tells its pods
+    their image (LLEM_POD_IMAGE), and a run records it where it is a digest (a tag can move)."""
+    monkeypatch.setenv("FAKE_AGENT", "ok")
+    pinned = "registry.example/llem/pytorch-worker@sha256:" + "ab" * 32
+    monkeypatch.setenv("LLEM_POD_IMAGE", pinned)
+    runner = LocalRunner("pytorch", python=fake_python)
+    assert runner.run(spec_for(tmp_path), 30, tmp_path / "agent.log").image_digest == pinned
+    monkeypatch.setenv("LLEM_POD_IMAGE", "registry.example/llem/pytorch-worker:0.1.0")
+    assert runner.run(spec_for(tmp_path), 30, tmp_path / "agent.log").image_digest is None
+    monkeypatch.delenv("LLEM_POD_IMAGE")
+    outcome = runner.run(spec_for(tmp_path), 30, tmp_path / "agent.log")
+    assert (outcome.image_digest, outcome.image_id) == (None, None)  # a local run outside a pod: no image
