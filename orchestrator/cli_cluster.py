@@ -317,7 +317,7 @@ def _pinned(engine: str, ref: str, err: Console) -> str:
     one: a tag can move between the plan and a pod's start, a digest cannot. Else the tag, said.
     An image this host has must be llem's worker image (``io.llem.worker=true``): the pods run
     ``llem worker``, which an agent image lacks (every run would fail without result.json)."""
-    from .docker_runner import LABEL_WORKER_IMAGE, DockerRunner
+    from .docker_runner import LABEL_WORKER_IMAGE, DockerRunner, repository_digest
 
     try:
         here: dict[str, Any] | None = DockerRunner().describe([ref])[1][ref]
@@ -331,9 +331,7 @@ def _pinned(engine: str, ref: str, err: Console) -> str:
         )
     if "@sha256:" in ref:
         return ref
-    digests = [str(d) for d in (here or {}).get("repo_digests") or []]
-    repository = ref.rsplit(":", 1)[0] if ":" in ref.rsplit("/", 1)[-1] else ref
-    pinned = next((d for d in digests if d.startswith(repository + "@")), None)
+    pinned = repository_digest([str(d) for d in (here or {}).get("repo_digests") or []], ref)
     if pinned is None:
         err.print(f"[yellow]warning[/] {ref}: no registry digest on this host, the Jobs name it by tag (push or "
                   "pull it first to pin it by digest)")  # fmt: skip

@@ -145,6 +145,12 @@ def _run_kwargs(spec: ContainerSpec) -> dict[str, Any]:
 _LAYER_DONE = ("Pull complete", "Already exists", "Download complete")
 
 
+def repository_digest(digests: list[str], ref: str) -> str | None:
+    """Of an image's registry digests (``repo@sha256:...``), the one of ``ref``'s repository."""
+    repository = parse_repository_tag(ref)[0]
+    return next((d for d in digests if d.partition("@")[0] == repository), None)
+
+
 class DockerRunner:
     """Runs agent containers with the Docker SDK: start, wait with a timeout, keep the log, remove."""
 
@@ -401,8 +407,7 @@ class DockerRunner:
             digests = [str(d) for d in self.client.images.get(image_id).attrs.get("RepoDigests") or []]
         except (docker.errors.DockerException, requests.exceptions.RequestException):
             digests = []  # the image was removed meanwhile: its id is still what ran
-        repository = parse_repository_tag(ref)[0]
-        return image_id, next((d for d in digests if d.partition("@")[0] == repository), next(iter(digests), None))
+        return image_id, repository_digest(digests, ref) or next(iter(digests), None)
 
     def _leftover(self, name: str) -> Container | None:
         try:
