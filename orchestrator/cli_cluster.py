@@ -256,13 +256,6 @@ def cmd_pull(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _longest_pause_s(execution: Any) -> float:
-    """The longest pause a pod's worker may make before a run: the gaps between runs and cycles
-    (the study's, else a GPU machine's defaults, at most 300 s) and the circuit breaker's cooldown."""
-    gaps = (execution.config_gap_seconds, execution.cycle_gap_seconds)
-    return float(max([300.0, execution.circuit_breaker_cooldown_seconds, *(g for g in gaps if g is not None)]))
-
-
 def cmd_k8s(args: argparse.Namespace) -> int:
     """``llem k8s`` (and ``llem run --executor k8s``): plan the study into --results-dir (the
     pods' volume), or resume it there, and write one Indexed Job per engine for kubectl."""
@@ -292,8 +285,7 @@ def cmd_k8s(args: argparse.Namespace) -> int:
         results_pvc=args.pvc, mount_path=mount, images=pod_images, namespace=args.namespace,
         model_cache_pvc=args.model_cache_pvc, hf_token_secret=args.hf_token_secret, pods=args.pods, gpus=not args.cpu,
         cpus=args.cpus or "4", memory=args.memory or "16Gi",
-        deadline_s=max(1, round(hours * 3600)) if hours is not None else k8s.default_deadline_s(
-            len(plan.runs), asked.run_timeout_s, _longest_pause_s(study.execution)),
+        deadline_s=k8s.default_deadline_s(plan, asked.run_timeout_s) if hours is None else max(1, round(hours * 3600)),
     )  # fmt: skip
     for model in sorted({e.config.model for e in study.experiments}):
         local = (study.path.parent / model) if not Path(model).is_absolute() else Path(model)

@@ -24,6 +24,7 @@ from .devices import devices_needed
 from .errors import ConfigError
 from .plan import Plan
 from .simulation import SIMULATE_ENV
+from .userconfig import DEFAULT_CONFIG_GAP_S, DEFAULT_CYCLE_GAP_S
 
 LABEL_PREFIX = "llem.dev"
 HF_MOUNT = "/llem/hf"
@@ -35,12 +36,17 @@ TTL_AFTER_FINISHED_S = 7 * 24 * 3600
 DEADLINE_SLACK_PER_RUN_S = 600
 
 
-def default_deadline_s(runs: int, run_timeout_s: float, longest_pause_s: float) -> int:
+def default_deadline_s(plan: Plan, run_timeout_s: float) -> int:
     """activeDeadlineSeconds where the study sets no wall-clock limit: one pod running every run
     to its timeout, with the longest pause and 10 minutes more before each. A Job that makes
     progress never reaches it (each run is stopped at its timeout); a pod hung outside any run
-    (a stuck volume, a wedged kubelet) cannot keep its Job, and its GPUs, for ever."""
-    return max(1, round(runs * (run_timeout_s + longest_pause_s + DEADLINE_SLACK_PER_RUN_S)))
+    (a stuck volume, a wedged kubelet) cannot keep its Job, and its GPUs, for ever. The longest
+    pause: the study's gaps between runs and cycles, else a GPU machine's defaults (a pod has no
+    user config), and the circuit breaker's cooldown."""
+    execution = plan.study.execution
+    gaps = [g for g in (execution.config_gap_seconds, execution.cycle_gap_seconds) if g is not None]
+    pause = max([DEFAULT_CONFIG_GAP_S, DEFAULT_CYCLE_GAP_S, execution.circuit_breaker_cooldown_seconds, *gaps])
+    return max(1, round(len(plan.runs) * (run_timeout_s + pause + DEADLINE_SLACK_PER_RUN_S)))
 
 
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
