@@ -26,6 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from llem import __version__
+from llem_agent.contract import DatasetConfig
+from llem_agent.prompts import load_prompts
 from tests.bench.cluster import SCHEDULED_RUNS, claim_rates, slurm_overhead
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,15 +48,15 @@ VLLM_HARNESS_ARGS = ("--prompts", "160", "--tokens", "64", "--batch", "4")
 # image's) generates from five times slower than unpadded ones, so the two sides did not do the
 # same work.
 PROMPT_JOIN = 5  # built-in prompts per workload prompt
+BUILTIN_PROMPTS = 200  # the built-in set's size (the agent's reader refuses to give more than it has)
 
 
 def write_prompts(path: Path) -> Path:
     """The workload's prompts: 200, the i-th joining built-in prompts i..i+4 (cycled), so every
     one starts differently (warm-up's held-out prompts share no first cache block with the
     measured ones)."""
-    source = REPO / "images" / "agent" / "llem_agent" / "data" / "builtin_prompts.jsonl"
-    builtin = [json.loads(line)["prompt"] for line in source.read_text().splitlines() if line.strip()]
-    n = len(builtin)
+    n = BUILTIN_PROMPTS
+    builtin = load_prompts(DatasetConfig(source="builtin", n_prompts=n), seed=0)  # the agent's reader, in order
     lines = [json.dumps({"prompt": " ".join(builtin[(i + k) % n] for k in range(PROMPT_JOIN))}) for i in range(n)]
     path.write_text("\n".join(lines) + "\n")
     return path
