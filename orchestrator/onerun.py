@@ -41,6 +41,7 @@ from .plan import PlannedRun
 from .runner import ContainerOutcome, Liveness, Runner
 from .simulation import SIMULATION_FILE, simulated_trace
 from .studydir import MAX_ERROR_BYTES, MAX_HEARTBEAT_BYTES, RunDir, StudyDir, read_json
+from .summary import prefetch_summary_modules
 from .yamlsafe import Unreadable, read_bytes
 
 # Agent exception types that name a failure class of their own.
@@ -352,7 +353,12 @@ def run_one(
                 download_dir(inputs.options.hf_home, config.model, model_dir),
                 inputs.events,
             )
-            liveness = Liveness(files.heartbeat_file, inputs.options.stall_timeout_s, on_poll=watch.poll)
+            liveness = Liveness(
+                files.heartbeat_file,
+                inputs.options.stall_timeout_s,
+                on_poll=watch.poll,
+                on_started=prefetch_summary_modules,  # while the agent starts, not after the study
+            )
             outcome = runner.run(spec, max(timeout, 1.0), files.log_file, liveness)
     result, failure = collect(run_dir, run.run_id, outcome)
     if not still_ours():  # judged dead (stale claim) and claimed by another worker: its record stands

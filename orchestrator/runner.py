@@ -40,6 +40,7 @@ class Liveness:
     stall_timeout_s: float
     poll_s: float = 1.0
     on_poll: Callable[[], None] | None = None  # called about every poll_s while the agent runs
+    on_started: Callable[[], None] | None = None  # called once, as soon as the run has started
 
     def stale(self, started_at: float) -> bool:
         """No beat for ``stall_timeout_s``, or for the agent's own ``patience_s`` where it said
@@ -74,6 +75,8 @@ def supervise(
     says whether it ended. Kills it at ``timeout_s`` (monotonic, since ``start``) or when its
     heartbeat goes stale (wall clock, since ``started_at``); polls progress in between.
     Returns (timed_out, hung)."""
+    if liveness is not None and liveness.on_started is not None:
+        liveness.on_started()
     while True:
         left = timeout_s - (time.monotonic() - start)
         if exited(max(0.1, min(left, liveness.poll_s if liveness else left))):
