@@ -136,6 +136,9 @@ def test_the_command_refuses_in_one_line_where_nvml_finds_no_driver(tmp_path):
     (tmp_path / "pynvml.py").write_text(
         "class NVMLError(Exception):\n    pass\n\n\ndef nvmlInit():\n    raise NVMLError('Driver Not Loaded')\n"
     )
+    # imported at start-up, so llem asks it even on a host without NVML's library (where llem
+    # would otherwise say so without importing nvidia-ml-py)
+    (tmp_path / "sitecustomize.py").write_text("import pynvml\n")
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO), str(REPO / "images" / "agent")])}
     done = gpucheck("--out", str(tmp_path / "out"), env=env)
     assert done.returncode == 3

@@ -13,7 +13,9 @@ RESULT_SCHEMA_VERSION = "1.0"
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Built at the first use, not at import: nobody reads a result before a run has run, and the
+    # host's command then builds them while the run's agent starts (llem.summary's prefetch).
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class Distribution(_Frozen):
